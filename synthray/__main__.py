@@ -1,0 +1,3 @@
+from synthray.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Compose the run configuration: base config, then `experiments/<name>.yaml`, then command-line overrides.
+
+Overrides use Hydra's grammar (`key=value`, `+key=value`, `~key`, lists as `[a,b]`) and are parsed with
+Hydra's own parser; an unknown key or malformed override is a one-line `SynthrayError`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from synthray.registry import SynthrayError, unknown_name
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONF_DIR = PACKAGE_DIR / "conf"
+DEFAULT_EXPERIMENT = "smoke"
+
+
+def experiment_dirs() -> list[Path]:
+    """Where `experiment=<name>` is looked up: $SYNTHRAY_EXPERIMENTS, ./experiments, then the source tree's."""
+    dirs = [Path(p) for p in os.environ.get("SYNTHRAY_EXPERIMENTS", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "experiments", PACKAGE_DIR.parent / "experiments"]
+    seen, out = set(), []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out
+
+
+def list_experiments() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in reversed(experiment_dirs()):  # earlier directories win
+        found.update({p.stem: p for p in sorted(d.glob("*.yaml"))})
+    return dict(sorted(found.items()))
+
+
+def _parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    parsed = []
+    for text in overrides:
+        try:
+            (override,) = parser.parse_overrides([text])
+        except OverrideParseException as err:
+            raise SynthrayError(f"malformed override '{text}': expected key=value ({str(err).splitlines()[0]})") from None
+        if override.is_sweep_override():
+            raise SynthrayError(f"override '{text}' is a Hydra sweep; give the grid as a list instead, e.g. grid.arch=[a,b]")
+        parsed.append(override)
+    return parsed
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, OmegaConfBaseException, ValueError) as err:
+        raise SynthrayError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(cfg, DictConfig):
+        raise SynthrayError(f"config {path} must hold a mapping")
+    return cfg
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Return the resolved run config for these overrides (the default experiment is `smoke`)."""
+    parsed = _parse_overrides(overrides)
+    experiment = DEFAULT_EXPERIMENT
+    rest = []
+    for o in parsed:
+        if o.key_or_group == "experiment" and not o.is_delete():
+            experiment = str(o.value())
+        else:
+            rest.append(o)
+    experiments = list_experiments()
+    if experiment not in experiments:
+        raise unknown_name("experiment", experiment, experiments)
+
+    cfg = _load_yaml(CONF_DIR / "config.yaml")
+    cfg.generators = _load_yaml(CONF_DIR / "generators.yaml")
+    OmegaConf.set_struct(cfg, True)
+    exp = _load_yaml(experiments[experiment])
+    try:
+        with open_dict(cfg.generators):  # experiments may add generators; other unknown keys are typos
+            cfg = OmegaConf.merge(cfg, exp)
+    except OmegaConfBaseException as err:
+        raise SynthrayError(f"experiment {experiments[experiment]}: {_one_line(err)}") from None
+    cfg.experiment = experiment
+    for o in rest:
+        _apply(cfg, o)
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise SynthrayError(f"config: {_one_line(err)}") from None
+    out = OmegaConf.create(resolved)
+    OmegaConf.set_struct(out, True)
+    return out
+
+
+def _one_line(err: Exception) -> str:
+    return str(err).splitlines()[0]
+
+
+def _apply(cfg: DictConfig, o: Any) -> None:
+    key = o.key_or_group
+    if not key:
+        raise SynthrayError(f"malformed override '{o.input_line}': expected key=value")
+    try:
+        if o.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if node is None or leaf not in node:
+                raise SynthrayError(f"cannot delete unknown config key '{key}'")
+            with open_dict(node):
+                del node[leaf]
+        elif o.is_add() or key.startswith("generators."):
+            with open_dict(cfg):
+                OmegaConf.update(cfg, key, o.value(), merge=True, force_add=True)
+        else:
+            if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+                parent = key.rpartition(".")[0]
+                node = OmegaConf.select(cfg, parent) if parent else cfg
+                choices = list(node.keys()) if isinstance(node, DictConfig) else []
+                raise unknown_name("config key", key, [f"{parent}.{c}" if parent else c for c in choices])
+            old, new = OmegaConf.select(cfg, key), o.value()
+            if isinstance(old, (int, float)) and not isinstance(old, bool) and not isinstance(new, (int, float)):
+                raise SynthrayError(f"override '{o.input_line}': {key} takes a number, got '{new}'")
+            OmegaConf.update(cfg, key, new, merge=True)
+    except OmegaConfBaseException as err:
+        raise SynthrayError(f"override '{o.input_line}': {_one_line(err)}") from None
+
+
+_MISSING = object()
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,138 @@
+"""Generators: a name in the zoo (`conf/generators.yaml`) resolved to something that turns prompt rows into images.
+
+Kinds:
+- `diffusers`: any diffusers pipeline class, loaded with `from_pretrained` from a hub id, a local path, or a
+  tiny offline twin (`model: tiny:<family>`) that was saved to disk the same way.
+- `real-holdout`: a control that "generates" by drawing held-out real training images of the prompted class.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from PIL import Image
+
+from synthray.artifacts import Artifact, seed_hash
+from synthray.registry import Registry, SynthrayError, unknown_name
+
+GENERATOR_KINDS = Registry("generator kind")
+PROTOCOLS = ("model-default", "paper")
+
+
+def generator_entry(cfg: Any, name: str) -> dict[str, Any]:
+    """The zoo entry for `name` (a plain dict), or a one-line error listing the zoo."""
+    if name not in cfg.generators:
+        raise unknown_name("generator", name, cfg.generators.keys())
+    entry = dict(cfg.generators[name])
+    GENERATOR_KINDS.get(entry.get("kind"))  # an unknown kind is a zoo typo
+    return entry
+
+
+def sampling_params(entry: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """Steps, guidance and resolution under a protocol: the model's own, or the study's (CFG 2, 50 steps, 512px)."""
+    if protocol not in PROTOCOLS:
+        raise unknown_name("generation protocol", protocol, PROTOCOLS)
+    if entry["kind"] != "diffusers":
+        return {}
+    params = {"steps": int(entry["steps"]), "guidance": float(entry["guidance"]), "resolution": int(entry["resolution"])}
+    if protocol == "paper" and not str(entry["model"]).startswith("tiny:"):
+        few = entry.get("distilled", False)  # turbo/schnell models sample in 4 steps
+        params = {"steps": 4 if few else 50, "guidance": float(entry.get("paper_guidance", 2.0)), "resolution": 512}
+    return params
+
+
+def tiny_model_artifact(storage: str, model: str, resolution: int) -> Artifact:
+    family = model.split(":", 1)[1]
+    return Artifact(storage, "models", {"tiny": family, "resolution": resolution, "seed": 0}, label=f"tiny {family} pipeline")
+
+
+def resolve_model(cfg: Any, entry: dict[str, Any]) -> str:
+    """Where `from_pretrained` loads from: a local path or a hub id. Fails early when weights are absent."""
+    from synthray.generation.tiny import TINY_BUILDERS
+
+    model = str(entry["model"])
+    if model.startswith("tiny:"):
+        family = model.split(":", 1)[1]
+        if family not in TINY_BUILDERS:
+            raise unknown_name("tiny pipeline family", family, TINY_BUILDERS)
+        return str(tiny_model_artifact(cfg.storage, model, int(entry["resolution"])).path / "pipeline")
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith(".") or path.exists():
+        if not (path / "model_index.json").is_file():
+            raise SynthrayError(f"generator weights not found: {path} has no model_index.json (a diffusers save_pretrained folder)")
+        return str(path.resolve())
+    if cfg.hub.allow_download:
+        return model
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any miss in the local cache means the same thing to the user
+        raise SynthrayError(
+            f"weights for '{model}' are not in the local Hugging Face cache; download them "
+            f"(huggingface-cli download {model}), point generators.<name>.model at a local folder, or set hub.allow_download=true"
+        ) from None
+
+
+@GENERATOR_KINDS.register("diffusers")
+class DiffusersGenerator:
+    """A diffusers pipeline on the actor's device. Seeds are CPU generators, so noise is device-independent."""
+
+    def __init__(self, spec: dict[str, Any]):
+        import diffusers
+        import torch
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # bf16/fp16 on CPU is slow and poorly supported; tiny and CPU runs use fp32.
+        dtype = getattr(torch, spec["dtype"]) if self.device == "cuda" else torch.float32
+        cls = getattr(diffusers, spec["pipeline"])
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if "safety_checker" in inspect.signature(cls.__init__).parameters:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)  # study: raw model output
+        self.pipe = cls.from_pretrained(spec["model_path"], **kwargs).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.params = spec["params"]
+
+    def __call__(self, rows: pd.DataFrame) -> list[Image.Image]:
+        torch = self.torch
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in rows["seed"]]
+        p = self.params
+        with torch.inference_mode():
+            out = self.pipe(
+                prompt=list(rows["prompt"]), generator=generators, num_inference_steps=p["steps"],
+                guidance_scale=p["guidance"], height=p["resolution"], width=p["resolution"], output_type="pil",
+            )
+        return out.images
+
+
+@GENERATOR_KINDS.register("real-holdout")
+class RealHoldoutGenerator:
+    """Returns held-out real images of each row's class, without repeats until a class's pool is used up."""
+
+    def __init__(self, spec: dict[str, Any]):
+        from synthray.images import read_images
+
+        holdout = read_images(Path(spec["real_path"]) / "holdout").sort_values("id", kind="stable")
+        self.pools: dict[str, list[bytes]] = {}
+        for cid, group in holdout.groupby("class_id", sort=True):
+            order = pd.Series(range(len(group))).sample(frac=1.0, random_state=seed_hash("holdout", cid) % 2**32)
+            self.pools[cid] = [group["image"].iloc[i] for i in order]
+
+    def __call__(self, rows: pd.DataFrame) -> list[Image.Image]:
+        from synthray.images import decode
+
+        out = []
+        for cid, k in zip(rows["class_id"], rows["index_in_class"]):
+            pool = self.pools.get(cid)
+            if not pool:
+                raise SynthrayError(f"real-holdout: no held-out real images of class {cid}")
+            out.append(decode(pool[int(k) % len(pool)]))
+        return out
+
+
+def build_generator(spec: dict[str, Any]) -> Any:
+    return GENERATOR_KINDS.get(spec["kind"])(spec)

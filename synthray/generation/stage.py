@@ -1,0 +1,125 @@
+"""The generation stage: a prompt table mapped through a generator on a Ray Data actor pool into parquet shards.
+
+Artifact layout: `<storage>/synthetic/<key>/data/part-NNNNN.parquet` with columns
+id, image (encoded bytes), label, class_id, class_name, prompt, prompt_id, replicate, seed, generator, protocol.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from synthray.artifacts import Artifact
+from synthray.data.real import load_classes, real_artifact
+from synthray.generation.generators import build_generator, generator_entry, resolve_model, sampling_params, tiny_model_artifact
+from synthray.generation.prompts import load_captions, prompt_table
+from synthray.images import dataset_digest, encode, square
+from synthray.shards import cluster_gpus, map_shards
+
+
+def _captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None:
+    if style != "caption":
+        return None
+    if not cfg.prompts.captions:
+        from synthray.registry import SynthrayError
+
+        raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption>")
+    return load_captions(cfg.prompts.captions, class_ids)
+
+
+def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
+    classes = load_classes(cfg.data.classes)
+    return prompt_table(
+        classes, generator=generator, style=style, n_per_class=int(cfg.prompts.n_per_class),
+        template=cfg.prompts.template, caption_template=cfg.prompts.caption_template,
+        captions=_captions(cfg, style, classes["id"].tolist()),
+    )
+
+
+def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
+    """The dataset's identity: everything that changes its bytes, and nothing that does not (batch size, actors)."""
+    entry = generator_entry(cfg, generator)
+    table = build_prompt_table(cfg, generator, style)
+    g = cfg.generation
+    spec: dict[str, Any] = {
+        "generator": generator,
+        "kind": entry["kind"],
+        "protocol": g.protocol,
+        "params": sampling_params(entry, g.protocol),
+        "prompts": {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()},
+        "format": g.image_format, "quality": int(g.jpeg_quality) if g.image_format == "jpeg" else None,
+        "stored_size": g.stored_size, "shard_size": int(g.shard_size),
+    }
+    if entry["kind"] == "diffusers":
+        spec.update(pipeline=entry["pipeline"], model=str(entry["model"]), dtype=entry["dtype"])
+    else:
+        spec["real"] = real_artifact(cfg).key
+    return Artifact(cfg.storage, "synthetic", spec, label=f"{generator}, {style}, {len(table)} images")
+
+
+def _shard_worker(gen_spec: dict[str, Any], fmt: str, quality: int, stored_size: int | None, batch_size: int) -> Callable[[dict], dict]:
+    """Runs inside each actor: load the generator once, then turn shard tasks into columns."""
+    generate = build_generator(gen_spec)
+
+    def work(task: dict[str, Any]) -> dict[str, list]:
+        rows = pd.DataFrame(task["table"])
+        images = []
+        for start in range(0, len(rows), batch_size):
+            images += generate(rows.iloc[start:start + batch_size])
+        if stored_size:
+            images = [square(im, stored_size) for im in images]
+        columns = {c: rows[c].tolist() for c in rows.columns}
+        columns["image"] = [encode(im, fmt, quality) for im in images]
+        columns["generator"] = [gen_spec["name"]] * len(rows)
+        columns["protocol"] = [gen_spec["protocol"]] * len(rows)
+        return columns
+
+    return work
+
+
+def generate(cfg: Any, generator: str, style: str) -> Artifact:
+    """Build (or reuse) the synthetic dataset of `generator` under prompt `style`."""
+    art = synthetic_artifact(cfg, generator, style)
+    entry = generator_entry(cfg, generator)
+
+    def make(workdir: Path) -> dict[str, Any]:
+        gen_spec = {"name": generator, "kind": entry["kind"], "protocol": cfg.generation.protocol, "params": art.spec["params"]}
+        if entry["kind"] == "diffusers":
+            if str(entry["model"]).startswith("tiny:"):
+                ensure_tiny_model(cfg, entry)
+            gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model_path=resolve_model(cfg, entry))
+        else:
+            gen_spec["real_path"] = str(ensure_real(cfg).path)
+        g = cfg.generation
+        table = build_prompt_table(cfg, generator, style)
+        size = int(g.shard_size)
+        tasks = [{"name": f"part-{i:05d}.parquet", "rows": len(chunk), "table": chunk.to_dict(orient="list")}
+                 for i, chunk in enumerate(table.iloc[s:s + size] for s in range(0, len(table), size))]
+        gpus = float(g.gpus_per_actor) if cluster_gpus() > 0 and entry["kind"] == "diffusers" else 0.0
+        factory = functools.partial(_shard_worker, gen_spec, g.image_format, int(g.jpeg_quality), g.stored_size, int(g.batch_size))
+        map_shards(tasks, factory, workdir / "data", what=f"generate {generator}/{style}", num_actors=int(g.num_actors), num_gpus=gpus)
+        return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(workdir / "data")}
+
+    art.build(make)
+    return art
+
+
+def ensure_real(cfg: Any) -> Artifact:
+    from synthray.data.real import build
+
+    art = real_artifact(cfg)
+    art.build(lambda workdir: build(art.spec, workdir))
+    return art
+
+
+def ensure_tiny_model(cfg: Any, entry: dict[str, Any]) -> Artifact:
+    from synthray.generation.tiny import TINY_BUILDERS
+
+    art = tiny_model_artifact(cfg.storage, str(entry["model"]), int(entry["resolution"]))
+    family = art.spec["tiny"]
+    art.build(lambda workdir: TINY_BUILDERS[family](workdir / "pipeline", resolution=art.spec["resolution"]) and None)
+    return art

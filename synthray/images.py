@@ -1,0 +1,89 @@
+"""Image encoding and the on-disk table format shared by every stage.
+
+Every image dataset is a folder of parquet shards with at least the columns of `IMAGE_SCHEMA`
+(encoded image bytes plus label); stages add metadata columns. Plain pyarrow, pandas and HF `datasets`
+read them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from synthray.artifacts import write_atomic
+
+IMAGE_COLUMNS = ("id", "image", "label", "class_id")
+
+
+def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
+    """Encode deterministically (no timestamps or optimiser passes that could vary)."""
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "png":
+        img.save(buf, format="PNG", compress_level=6)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}; choices: jpeg, png")
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def decode_array(data: bytes, size: int | None = None) -> np.ndarray:
+    """Bytes -> uint8 array (H, W, 3), resized to (size, size) bicubic when given."""
+    img = decode(data)
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def square(img: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to `size` (bicubic) and center-crop a square, the ImageNet test transform."""
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def write_table(path: Path, columns: dict[str, Iterable]) -> int:
+    """Write one parquet shard atomically; returns its row count."""
+    table = pa.table({k: list(v) for k, v in columns.items()})
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue().to_pybytes())
+    return table.num_rows
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
+
+
+def read_images(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """All shards of a dataset folder, in shard order (deterministic)."""
+    files = shard_files(folder)
+    if not files:
+        raise FileNotFoundError(f"no parquet shards in {folder}")
+    return pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
+
+
+def dataset_digest(folder: Path) -> str:
+    """sha256 over (id, image bytes) of every row, sorted by id: equal digests mean byte-identical images."""
+    import hashlib
+
+    table = read_images(folder, columns=["id", "image"]).sort_values("id", kind="stable")
+    h = hashlib.sha256()
+    for rid, img in zip(table["id"], table["image"]):
+        h.update(rid.encode() + b"\0" + len(img).to_bytes(8, "little") + img)
+    return h.hexdigest()

@@ -1,0 +1,81 @@
+"""The plan: the grid expanded into trials, checked as a whole before anything launches."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from synthray.registry import SynthrayError, unknown_name
+
+AXES = ("generator", "prompt_style", "arch", "probe")
+
+
+def grid_axes(cfg: Any) -> dict[str, list[str]]:
+    axes = {}
+    for axis in AXES:
+        if axis not in cfg.grid:
+            raise SynthrayError(f"grid.{axis} is missing; give a list, e.g. grid.{axis}=[...]")
+        values = cfg.grid[axis]
+        values = [values] if isinstance(values, (str, int, float)) else list(values or [])
+        if not values or any(v in (None, "") for v in values):
+            raise SynthrayError(f"grid.{axis} is empty; give at least one name, e.g. grid.{axis}=[name]")
+        if len(set(map(str, values))) != len(values):
+            raise SynthrayError(f"grid.{axis} lists a name twice: {values}")
+        axes[axis] = [str(v) for v in values]
+    return axes
+
+
+def trials(cfg: Any) -> list[dict[str, str]]:
+    """Every point of the grid, in a fixed order (generator-major)."""
+    axes = grid_axes(cfg)
+    return [dict(zip(AXES, combo)) for combo in itertools.product(*(axes[a] for a in AXES))]
+
+
+def _positive(cfg: Any, *keys: str) -> None:
+    for key in keys:
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SynthrayError(f"{key} must be a whole number >= 1, got {value!r}")
+
+
+def validate(cfg: Any) -> list[dict[str, str]]:
+    """Check every name, path, number and weight location the sweep will need; return its trials.
+
+    Nothing is written and nothing is launched: a bad config costs one line and no cleanup.
+    """
+    from synthray.data.real import check_source, load_classes
+    from synthray.generation.generators import generator_entry, resolve_model, sampling_params
+    from synthray.generation.prompts import PROMPT_STYLES, load_captions
+    from synthray.probes.stage import probe_params
+    from synthray.training.archs import check_arch
+
+    points = trials(cfg)
+    axes = grid_axes(cfg)
+    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size", "generation.num_actors",
+              "training.epochs", "training.batch_size", "training.num_workers", "training.image_size", "data.image_size")
+    if cfg.generation.image_format not in ("jpeg", "png"):
+        raise unknown_name("generation.image_format", cfg.generation.image_format, ["jpeg", "png"])
+    classes = load_classes(cfg.data.classes)
+    check_source(cfg)
+    for style in axes["prompt_style"]:
+        if style not in PROMPT_STYLES:
+            raise unknown_name("prompt style", style, PROMPT_STYLES)
+        if style == "caption":
+            if not cfg.prompts.captions:
+                raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption>")
+            load_captions(cfg.prompts.captions, classes["id"].tolist())
+    for arch in axes["arch"]:
+        check_arch(arch)
+    for probe in axes["probe"]:
+        probe_params(cfg, probe)
+    for name in axes["generator"]:
+        entry = generator_entry(cfg, name)
+        sampling_params(entry, cfg.generation.protocol)
+        if entry["kind"] == "diffusers":
+            resolve_model(cfg, entry)
+    if cfg.metrics.features:
+        from synthray.metrics.distribution import ENCODERS
+
+        ENCODERS.get(cfg.metrics.features)
+    return points
