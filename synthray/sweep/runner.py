@@ -28,6 +28,8 @@ def init_ray(cfg: Any) -> None:
 
     if ray.is_initialized():
         return
+    # Each trial logs what it reused or built; Ray's default de-duplication would hide the second trial's lines.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)

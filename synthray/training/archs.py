@@ -31,7 +31,9 @@ def check_arch(name: str) -> None:
 
     if name in ARCHS or timm.is_model(name):
         return
-    raise unknown_name("architecture", name, ARCHS.names() + ["<any timm model: resnet50, vit_tiny_patch16_224, ...>"])
+    err = unknown_name("architecture", name, ARCHS.names() + timm.list_models())
+    hint = str(err).split("; choices:")[0]  # timm's ~1,300 names are too many for one line
+    raise SynthrayError(f"{hint}; choices: {', '.join(ARCHS.names())} or any timm model name (timm.list_models())")
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:

@@ -30,6 +30,15 @@ def model_artifact(cfg: Any, arch: str, data_ref: str, num_classes: int, label: 
     return Artifact(cfg.storage, "models", spec, label=label)
 
 
+def _decoded_bytes(images: Path, size: int) -> int:
+    import pyarrow.parquet as pq
+
+    from synthray.images import shard_files
+
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(images))
+    return rows * size * size * 3
+
+
 def use_gpu(cfg: Any) -> bool:
     from synthray.shards import cluster_gpus
 
@@ -52,6 +61,10 @@ def train(cfg: Any, arch: str, images: Path, data_ref: str, num_classes: int, la
         dataset = ray.data.read_parquet(str(images), columns=["image", "label"]).map_batches(
             decode_images, fn_kwargs={"size": int(t.image_size)}, batch_size=256
         )
+        if _decoded_bytes(images, int(t.image_size)) <= float(t.cache_decoded_gb) * 2**30:
+            # Streaming re-runs read+decode every epoch (~10 s of fixed overhead each on a small machine);
+            # a dataset that fits is decoded once into the object store instead.
+            dataset = dataset.materialize()
         callbacks = []
         if report_to_tune:
             from ray.tune.integration.ray_train import TuneReportCallback

@@ -1,0 +1,44 @@
+"""Shared fixtures: one local Ray cluster for the whole session, and tiny configs rooted in a temp folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from synthray.config import compose
+
+# Small enough for a 2-core CI machine; every stage still runs for real.
+TINY = [
+    "prompts.n_per_class=6",
+    "generation.shard_size=16",
+    "generation.batch_size=4",
+    "training.epochs=2",
+    "training.batch_size=32",
+    "metrics.max_samples=200",
+]
+
+
+def tiny_cfg(storage: Path, *overrides: str):
+    return compose([f"storage={storage}", *TINY, *overrides])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray for every test that needs it: 8 logical CPUs so Tune, Train and Data run side by side."""
+    import ray
+
+    from synthray.logs import setup_logging
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ctx = ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True)
+    setup_logging()
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def shared_storage(tmp_path_factory):
+    """A storage root shared across tests, so expensive artifacts (the tiny pipeline, real digits) build once."""
+    return tmp_path_factory.mktemp("storage")

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from synthray.config import compose, list_experiments
+from synthray.registry import SynthrayError
+from synthray.sweep.plan import trials, validate
+
+
+def test_default_is_smoke_and_overrides_apply(tmp_path):
+    cfg = compose([f"storage={tmp_path}", "grid.arch=[tiny-cnn,resnet18]", "training.epochs=3", "generators.sd15.model=/w"])
+    assert cfg.experiment == "smoke" and cfg.name == "smoke"
+    assert list(cfg.grid.arch) == ["tiny-cnn", "resnet18"]
+    assert cfg.training.epochs == 3
+    assert cfg.generators.sd15.model == "/w"
+    assert len(trials(cfg)) == 2 * 1 * 2 * 1
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("foo=1", "unknown config key 'foo'"),
+        ("grid.archs=[a]", "did you mean grid.arch"),
+        ("grid.arch=[a", "malformed override"),
+        ("training.epochs=abc", "takes a number"),
+        ("training.epochs=1,2", "Hydra sweep"),
+        ("experiment=nope", "unknown experiment 'nope'"),
+    ],
+)
+def test_bad_overrides_are_one_line(override, message):
+    with pytest.raises(SynthrayError, match=message) as err:
+        compose([override])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("grid.generator=[nope]", "unknown generator 'nope'.*choices: .*real-holdout"),
+        ("grid.arch=[resnet5]", "did you mean .*resnet50"),
+        ("grid.probe=[depthh]", "unknown probe 'depthh'.*choices: highpass, lowpass, rgb"),
+        ("grid.prompt_style=[fancy]", "unknown prompt style"),
+        ("grid.arch=[]", "grid.arch is empty"),
+        ("training.epochs=0", "training.epochs must be a whole number >= 1"),
+        ("data.classes=/no/such.csv", "class list"),
+    ],
+)
+def test_validation_names_the_problem(tmp_path, override, message):
+    with pytest.raises(SynthrayError, match=message):
+        validate(compose([f"storage={tmp_path}", override]))
+    assert not any(tmp_path.iterdir()), "validation must write nothing"
+
+
+def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path):
+    assert {"smoke", "paper"} <= set(list_experiments())
+    cfg = compose(["experiment=paper", f"storage={tmp_path}"])
+    assert len(trials(cfg)) == 3 * 1 * 4 * 3
+    with pytest.raises(SynthrayError, match="real data folder not found"):
+        validate(cfg)
+    # With the data in place, the next thing missing is the hub weights.
+    root = tmp_path / "imagenet"
+    from synthray.data.real import load_classes
+
+    for wnid in load_classes("tiny-imagenet-200")["id"]:
+        (root / "train" / wnid).mkdir(parents=True)
+        (root / "val" / wnid).mkdir(parents=True)
+    cfg = compose(["experiment=paper", f"storage={tmp_path}/runs", f"data.root={root}", "grid.generator=[sd15]"])
+    with pytest.raises(SynthrayError, match="not in the local Hugging Face cache"):
+        validate(cfg)
+    cfg = compose(["experiment=paper", f"storage={tmp_path}/runs", f"data.root={root}", "grid.generator=[sd15]",
+                   f"generators.sd15.model={tmp_path}/missing"])
+    with pytest.raises(SynthrayError, match="generator weights not found"):
+        validate(cfg)
+    assert not Path(tmp_path / "runs").exists()
