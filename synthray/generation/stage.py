@@ -41,7 +41,11 @@ def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
 
 
 def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
-    """The dataset's identity: everything that changes its bytes, and nothing that does not (batch size, actors)."""
+    """The dataset's identity: everything that changes its bytes, and nothing that does not (actors, resumes).
+
+    The batch size is part of it: float kernels are not batch-invariant (a batch of 3 and three batches of 1 can
+    differ by one grey level in a pixel), so a new batch size makes a new dataset rather than a silent mix.
+    """
     entry = generator_entry(cfg, generator)
     table = build_prompt_table(cfg, generator, style)
     g = cfg.generation
@@ -52,7 +56,7 @@ def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
         "params": sampling_params(entry, g.protocol),
         "prompts": {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()},
         "format": g.image_format, "quality": int(g.jpeg_quality) if g.image_format == "jpeg" else None,
-        "stored_size": g.stored_size, "shard_size": int(g.shard_size),
+        "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": int(g.batch_size),
     }
     if entry["kind"] == "diffusers":
         spec.update(pipeline=entry["pipeline"], model=str(entry["model"]), dtype=entry["dtype"])

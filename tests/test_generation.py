@@ -1,0 +1,91 @@
+"""Generation: the real diffusers pipeline class built tiny, loaded back by from_pretrained, run on Ray Data."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from synthray.generation.generators import RealHoldoutGenerator, build_generator, resolve_model
+from synthray.generation.stage import build_prompt_table, ensure_real, ensure_tiny_model, generate, synthetic_artifact
+from synthray.images import dataset_digest, decode, read_images
+from synthray.registry import SynthrayError
+from tests.conftest import tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(shared_storage):
+    cfg = tiny_cfg(shared_storage)
+    entry = dict(cfg.generators["tiny-sd"])
+    ensure_tiny_model(cfg, entry)
+    spec = {"name": "tiny-sd", "kind": "diffusers", "pipeline": entry["pipeline"], "dtype": entry["dtype"],
+            "model_path": resolve_model(cfg, entry), "params": {"steps": 2, "guidance": 2.0, "resolution": 32}}
+    return build_generator(spec)
+
+
+def test_tiny_sd_is_the_real_pipeline_loaded_from_disk(tiny_sd):
+    from diffusers import StableDiffusionPipeline
+
+    assert type(tiny_sd.pipe) is StableDiffusionPipeline
+    assert len(tiny_sd.pipe.tokenizer) == 514  # 256 byte symbols, their </w> forms, start and end
+    rows = pd.DataFrame({"prompt": ["a digit one", "a digit two"], "seed": [1, 2]})
+    images = tiny_sd(rows)
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+    assert np.asarray(images[0]).std() > 0
+
+
+def test_batched_output_equals_per_row(tiny_sd):
+    """Per-row seeds make a row's image independent of its batch, up to float kernels that are not
+    batch-invariant (diffusers' own test allows 1e-4 on floats; here at most one grey level, in few pixels)."""
+    rows = pd.DataFrame({"prompt": ["one", "two", "three"], "seed": [11, 12, 13]})
+    batched = tiny_sd(rows)
+    single = [tiny_sd(rows.iloc[[i]])[0] for i in range(3)]
+    for a, b in zip(batched, single):
+        diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_real_holdout_draws_held_out_images_of_the_class(shared_storage):
+    cfg = tiny_cfg(shared_storage)
+    real = ensure_real(cfg)
+    gen = RealHoldoutGenerator({"real_path": str(real.path)})
+    table = build_prompt_table(cfg, "real-holdout", "classname")
+    images = gen(table)
+    holdout = read_images(real.path / "holdout")
+    pool = {bytes(np.asarray(decode(b)).tobytes()): c for b, c in zip(holdout["image"], holdout["class_id"])}
+    for img, cid in zip(images, table["class_id"]):
+        assert pool[np.asarray(img).tobytes()] == cid
+    per_class = [np.asarray(im).tobytes() for im, c in zip(images, table["class_id"]) if c == "3"]
+    assert len(set(per_class)) == len(per_class), "no repeats while the pool lasts"
+
+
+def test_missing_weights_fail_early(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    with pytest.raises(SynthrayError, match="not in the local Hugging Face cache"):
+        resolve_model(cfg, {"model": "no-such-org/no-such-model"})
+    with pytest.raises(SynthrayError, match="no model_index.json"):
+        resolve_model(cfg, {"model": str(tmp_path)})
+
+
+def test_generation_stage_on_ray_data(ray_cluster, shared_storage, tmp_path):
+    cfg = tiny_cfg(shared_storage, "generation.num_actors=2")
+    art = generate(cfg, "tiny-sd", "classname")
+    files = sorted((art.path / "data").glob("*.parquet"))
+    assert len(files) == 4  # 60 rows in shards of 16
+    table = pq.read_table(files[0]).to_pandas()  # plain pyarrow/pandas read the shards
+    assert {"id", "image", "label", "class_id", "prompt", "seed", "generator", "protocol"} <= set(table.columns)
+    assert Image.open(__import__("io").BytesIO(table["image"][0])).format == "JPEG"
+    assert art.meta()["rows"] == 60 and art.meta()["digest"] == dataset_digest(art.path / "data")
+
+    # Another storage root, one actor instead of two, and an interruption: the same bytes.
+    other_cfg = tiny_cfg(tmp_path, "generation.num_actors=1")
+    other = synthetic_artifact(other_cfg, "tiny-sd", "classname")
+    assert other.key == art.key
+    other.partial.joinpath("data").mkdir(parents=True)
+    kept = other.partial / "data" / files[1].name
+    os.link(files[1], kept)  # a shard left behind by a stopped run
+    generate(other_cfg, "tiny-sd", "classname")
+    assert other.meta()["digest"] == art.meta()["digest"]
+    assert (other.path / "data" / files[1].name).stat().st_ino == files[1].stat().st_ino, "finished shards are not redone"

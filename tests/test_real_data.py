@@ -1,0 +1,74 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from synthray.data.real import build, load_classes, real_artifact
+from synthray.images import decode, read_images
+from synthray.registry import SynthrayError
+from tests.conftest import tiny_cfg
+
+
+def test_digits_splits_are_real_deterministic_and_disjoint(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    art = real_artifact(cfg)
+    art.build(lambda w: build(art.spec, w))
+    splits = {s: read_images(art.path / s) for s in ("train", "holdout", "test")}
+    assert sum(len(t) for t in splits.values()) == 1797  # every real digit, once
+    ids = [set(t["id"]) for t in splits.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert 0.28 < len(splits["test"]) / 1797 < 0.32
+    assert set(splits["train"]["label"]) == set(range(10))
+    img = decode(splits["train"]["image"][0])
+    assert img.size == (32, 32) and img.mode == "RGB"
+    # Same spec in another storage root: the same bytes.
+    other = real_artifact(tiny_cfg(tmp_path / "other"))
+    assert other.key == art.key
+    other.build(lambda w: build(other.spec, w))
+    pd.testing.assert_frame_equal(read_images(other.path / "test"), splits["test"])
+
+
+def test_class_list_errors(tmp_path):
+    assert len(load_classes("tiny-imagenet-200")) == 200
+    bad = tmp_path / "classes.csv"
+    bad.write_text("id,name\na,x\nb,y\na,z\n")
+    with pytest.raises(SynthrayError, match="duplicate ids"):
+        load_classes(str(bad))
+    bad.write_text("wnid,label\na,x\n")
+    with pytest.raises(SynthrayError, match="needs columns id,name"):
+        load_classes(str(bad))
+
+
+def _imagefolder(root, classes, per_split=4):
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cid in classes:
+            (root / split / cid).mkdir(parents=True)
+            for i in range(per_split):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / split / cid / f"{i}.JPEG")
+
+
+def test_imagefolder_loader(tmp_path):
+    root = tmp_path / "imagenet"
+    _imagefolder(root, ["n01", "n02"])
+    (tmp_path / "classes.csv").write_text("id,name\nn01,cat\nn02,dog\n")
+    cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}", f"data.classes={tmp_path / 'classes.csv'}",
+                   "data.image_size=24", "data.holdout_fraction=0.5")
+    art = real_artifact(cfg)
+    art.build(lambda w: build(art.spec, w))
+    assert art.meta()["counts"] == {"train": 4, "holdout": 4, "test": 8}
+    test = read_images(art.path / "test")
+    assert decode(test["image"][0]).size == (24, 24)
+    assert sorted(set(test["class_id"])) == ["n01", "n02"]
+
+
+def test_imagefolder_corrupt_image_is_named(tmp_path):
+    root = tmp_path / "imagenet"
+    _imagefolder(root, ["n01"], per_split=2)
+    (root / "val" / "n01" / "broken.JPEG").write_bytes(b"not a jpeg")
+    (tmp_path / "classes.csv").write_text("id,name\nn01,cat\n")
+    cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}", f"data.classes={tmp_path / 'classes.csv'}")
+    art = real_artifact(cfg)
+    with pytest.raises(SynthrayError, match="broken.JPEG"):
+        art.build(lambda w: build(art.spec, w))
+    assert not art.is_complete()
