@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -80,6 +81,7 @@ class Artifact:
                 return self.path
             self.partial.mkdir(exist_ok=True)
             log.info("building %s %s (%s)", self.kind, self.key, self.label)
+            start = time.perf_counter()
             meta = dict(make(self.partial) or {})
             write_atomic(self.partial / "spec.json", json.dumps(self.spec, indent=1, sort_keys=True).encode())
             write_atomic(self.partial / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
@@ -87,5 +89,5 @@ class Artifact:
             if self.path.exists():  # a stale incomplete directory from an older layout
                 shutil.rmtree(self.path)
             os.replace(self.partial, self.path)
-            log.info("built %s %s (%s)", self.kind, self.key, self.label)
+            log.info("built %s %s (%s) in %.1f s", self.kind, self.key, self.label, time.perf_counter() - start)
         return self.path

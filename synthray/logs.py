@@ -17,6 +17,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.setLevel(level)
     # Progress bars of diffusers/transformers inside actors would interleave with synthray's own progress lines.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Each trial logs what it reused or built; Ray's de-duplication would fold the second trial's lines away.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)

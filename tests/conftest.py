@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -30,11 +29,10 @@ def ray_cluster():
     import ray
 
     from synthray.logs import setup_logging
+    from synthray.sweep.runner import start_local_ray
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ctx = ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True)
     setup_logging()
-    yield ctx.address_info["gcs_address"]
+    yield start_local_ray(num_cpus=8)
     ray.shutdown()
 
 

@@ -67,7 +67,7 @@ def train_loop(config: dict[str, Any]) -> None:
             count += len(y)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        metrics = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": lr}
+        metrics = {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": lr, "resumed_from_epoch": start_epoch}
         with tempfile.TemporaryDirectory() as tmp:
             if ctx.get_world_rank() == 0:
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
