@@ -97,8 +97,22 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     except OmegaConfBaseException as err:
         raise SynthrayError(f"config: {_one_line(err)}") from None
     out = OmegaConf.create(resolved)
+    _absolute_paths(out)
     OmegaConf.set_struct(out, True)
     return out
+
+
+def _absolute_paths(cfg: DictConfig) -> None:
+    """Resolve user paths against the directory the command ran in: Ray Tune runs each trial in its own folder."""
+    from synthray.data.real import shipped_class_lists
+
+    cfg.storage = str(Path(cfg.storage).expanduser().resolve())
+    if cfg.data.root:
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.prompts.captions:
+        cfg.prompts.captions = str(Path(cfg.prompts.captions).expanduser().resolve())
+    if cfg.data.classes not in shipped_class_lists():
+        cfg.data.classes = str(Path(cfg.data.classes).expanduser().resolve())
 
 
 def _one_line(err: Exception) -> str:

@@ -7,6 +7,14 @@ from synthray.registry import SynthrayError
 from synthray.sweep.plan import trials, validate
 
 
+def test_relative_paths_become_absolute(tmp_path, monkeypatch):
+    """Tune runs trials in their own folders, so a relative storage root must be pinned where the user ran."""
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(["storage=runs", "data.root=imagenet"])
+    assert cfg.storage == str(tmp_path / "runs") and cfg.data.root == str(tmp_path / "imagenet")
+    assert compose([]).storage == str(tmp_path / "synthray-runs")
+
+
 def test_default_is_smoke_and_overrides_apply(tmp_path):
     cfg = compose([f"storage={tmp_path}", "grid.arch=[tiny-cnn,resnet18]", "training.epochs=3", "generators.sd15.model=/w"])
     assert cfg.experiment == "smoke" and cfg.name == "smoke"
