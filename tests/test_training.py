@@ -20,11 +20,12 @@ def test_architectures_build_and_run(name):
 
 
 def test_train_stage_learns_and_is_reused(ray_cluster, shared_storage, caplog):
-    cfg = tiny_cfg(shared_storage, "training.epochs=4")
+    cfg = tiny_cfg(shared_storage, "training.epochs=6", "training.batch_size=16")
     real = ensure_real(cfg)
     art = train(cfg, "tiny-cnn", real.path / "train", f"real/{real.key}/train", 10, label="tiny-cnn on real")
-    assert art.meta()["epochs"] == 4
-    assert accuracy(art, real.path / "test", 32) > 0.5  # four epochs on real digits already beat chance (0.1) by far
+    assert art.meta()["epochs"] == 6
+    acc = accuracy(art, real.path / "test", 32)
+    assert acc > 0.5  # six short epochs on real digits already beat chance (0.1) by far
     assert isinstance(load_model(art), torch.nn.Module)
     mtime = (art.path / "model.pt").stat().st_mtime_ns
     with caplog.at_level("INFO", logger="synthray"):
