@@ -45,7 +45,8 @@ def _list(what: str) -> list[str]:
     rows = []
     for name, entry in cfg.generators.items():
         model = entry.get("model", "(real held-out images)")
-        rows.append(f"{name:<14} {entry.kind:<13} released {entry.get('released') or '-':<11} protocols model-default,paper  {model}")
+        how = f"{entry.pipeline} {entry.steps} steps cfg {entry.guidance} {entry.resolution}px" if entry.kind == "diffusers" else "held-out real images"
+        rows.append(f"{name:<17} released {entry.get('released') or '-':<11} protocols model-default,paper  {how:<52} {model}")
     return rows
 
 

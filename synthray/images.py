@@ -70,19 +70,48 @@ def shard_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
 
 
-def read_images(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """All shards of a dataset folder, in shard order (deterministic)."""
+def usable_filter(folder: Path):
+    """A pyarrow filter keeping rows that passed the generation quality guard, or None if the folder has no guard."""
+    import pyarrow.dataset as pads
+
+    files = shard_files(folder)
+    if files and "quality" in pq.read_schema(files[0]).names:
+        return pads.field("quality") == "ok"
+    return None
+
+
+def read_images(folder: Path, columns: list[str] | None = None, usable_only: bool = True) -> pd.DataFrame:
+    """All shards of a dataset folder, in shard order (deterministic); rows the quality guard flagged are dropped."""
     files = shard_files(folder)
     if not files:
         raise FileNotFoundError(f"no parquet shards in {folder}")
-    return pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
+    keep = usable_filter(folder) if usable_only else None
+    return pd.concat([pq.read_table(f, columns=columns, filters=keep).to_pandas() for f in files], ignore_index=True)
+
+
+def to_uint8(image: "np.ndarray | Image.Image") -> tuple[np.ndarray, str]:
+    """A generator's output as uint8 (H, W, 3) plus its quality: ok, nan (fp16 overflow) or black (a safety filter).
+
+    Floats in [0, 1] are rounded exactly as diffusers' `numpy_to_pil` does, so bytes match its PIL output.
+    """
+    quality = "ok"
+    if isinstance(image, Image.Image):
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    else:
+        if np.isnan(image).any():
+            quality = "nan"
+            image = np.nan_to_num(image, nan=0.0)
+        pixels = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+    if quality == "ok" and pixels.max() == 0:
+        quality = "black"
+    return pixels, quality
 
 
 def dataset_digest(folder: Path) -> str:
     """sha256 over (id, image bytes) of every row, sorted by id: equal digests mean byte-identical images."""
     import hashlib
 
-    table = read_images(folder, columns=["id", "image"]).sort_values("id", kind="stable")
+    table = read_images(folder, columns=["id", "image"], usable_only=False).sort_values("id", kind="stable")
     h = hashlib.sha256()
     for rid, img in zip(table["id"], table["image"]):
         h.update(rid.encode() + b"\0" + len(img).to_bytes(8, "little") + img)

@@ -53,12 +53,14 @@ def map_shards(
     *,
     what: str,
     num_actors: int = 1,
+    max_actors: int | None = None,
     num_gpus: float = 0.0,
     num_cpus: float = 1.0,
 ) -> dict[str, int]:
     """Write every missing shard of `tasks` to `out_dir`, logging rows done, rows/s and ETA.
 
-    `factory()` runs once inside each actor and returns `work(task) -> columns`. Returns {shard name: rows}.
+    `factory()` runs once inside each actor and returns `work(task) -> columns`. The pool starts with `num_actors`
+    and may grow to `max_actors` on an autoscaling cluster. Returns {shard name: rows}.
     """
     import ray
 
@@ -72,11 +74,12 @@ def map_shards(
     # One block per shard so that every actor gets work even for a small table.
     ds = ray.data.from_items([{"task": json.dumps(t)} for t in todo], override_num_blocks=len(todo))
     pool = max(1, min(num_actors, len(todo)))
+    most = max(pool, min(max_actors or pool, len(todo)))
     ds = ds.map_batches(
         _ShardWorker,
         fn_constructor_kwargs={"factory": factory, "out_dir": str(out_dir)},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(min_size=pool, max_size=pool),
+        compute=ray.data.ActorPoolStrategy(min_size=pool, max_size=most),
         num_gpus=num_gpus or None,
         num_cpus=num_cpus,
     )

@@ -10,7 +10,7 @@ from PIL import Image
 
 from synthray.generation.generators import RealHoldoutGenerator, build_generator, resolve_model
 from synthray.generation.stage import build_prompt_table, ensure_real, ensure_tiny_model, generate, synthetic_artifact
-from synthray.images import dataset_digest, decode, read_images
+from synthray.images import dataset_digest, decode, read_images, to_uint8
 from synthray.registry import SynthrayError
 from tests.conftest import tiny_cfg
 
@@ -32,8 +32,8 @@ def test_tiny_sd_is_the_real_pipeline_loaded_from_disk(tiny_sd):
     assert len(tiny_sd.pipe.tokenizer) == 514  # 256 byte symbols, their </w> forms, start and end
     rows = pd.DataFrame({"prompt": ["a digit one", "a digit two"], "seed": [1, 2]})
     images = tiny_sd(rows)
-    assert [im.size for im in images] == [(32, 32), (32, 32)]
-    assert np.asarray(images[0]).std() > 0
+    assert [im.shape for im in images] == [(32, 32, 3), (32, 32, 3)]
+    assert images[0].dtype == np.float32 and 0.0 <= images[0].min() and images[0].max() <= 1.0 and images[0].std() > 0
 
 
 def test_batched_output_equals_per_row(tiny_sd):
@@ -43,7 +43,7 @@ def test_batched_output_equals_per_row(tiny_sd):
     batched = tiny_sd(rows)
     single = [tiny_sd(rows.iloc[[i]])[0] for i in range(3)]
     for a, b in zip(batched, single):
-        diff = np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int))
+        diff = np.abs(to_uint8(a)[0].astype(int) - to_uint8(b)[0].astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
@@ -89,3 +89,33 @@ def test_generation_stage_on_ray_data(ray_cluster, shared_storage, tmp_path):
     generate(other_cfg, "tiny-sd", "classname")
     assert other.meta()["digest"] == art.meta()["digest"]
     assert (other.path / "data" / files[1].name).stat().st_ino == files[1].stat().st_ino, "finished shards are not redone"
+
+
+def test_quality_guard_flags_nan_and_black():
+    ok = np.full((4, 4, 3), 0.5, dtype=np.float32)
+    assert to_uint8(ok)[1] == "ok" and to_uint8(ok)[0].max() == 128
+    nan = ok.copy()
+    nan[0, 0, 0] = np.nan
+    assert to_uint8(nan)[1] == "nan"
+    assert to_uint8(np.zeros((4, 4, 3), dtype=np.float32))[1] == "black"
+    assert to_uint8(Image.new("RGB", (4, 4)))[1] == "black"
+
+
+def test_generation_fails_past_the_bad_fraction(ray_cluster, shared_storage, tmp_path):
+    """A pipeline whose VAE decodes everything to black (as a safety checker would) fails the stage, counted."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    base = tiny_cfg(shared_storage)
+    ensure_tiny_model(base, dict(base.generators["tiny-sd"]))
+    pipe = StableDiffusionPipeline.from_pretrained(resolve_model(base, dict(base.generators["tiny-sd"])))
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.weight.zero_()
+        pipe.vae.decoder.conv_out.bias.fill_(-10.0)  # decoded pixels clamp to 0
+    pipe.save_pretrained(tmp_path / "black-sd")
+    entry = {"kind": "diffusers", "pipeline": "StableDiffusionPipeline", "model": str(tmp_path / "black-sd"),
+             "dtype": "float32", "steps": 2, "guidance": 2.0, "resolution": 32}
+    cfg = tiny_cfg(tmp_path / "runs", "prompts.n_per_class=2", *[f"generators.black-sd.{k}={v}" for k, v in entry.items()])
+    with pytest.raises(SynthrayError, match=r"20 of 20 images are NaN or all black \({'black': 20}\)"):
+        generate(cfg, "black-sd", "classname")
+    assert not synthetic_artifact(cfg, "black-sd", "classname").is_complete()

@@ -12,6 +12,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -79,7 +80,11 @@ def resolve_model(cfg: Any, entry: dict[str, Any]) -> str:
 
 @GENERATOR_KINDS.register("diffusers")
 class DiffusersGenerator:
-    """A diffusers pipeline on the actor's device. Seeds are CPU generators, so noise is device-independent."""
+    """A diffusers pipeline on the actor's device. Seeds are CPU generators, so noise is device-independent.
+
+    Spec keys: pipeline, model_path, dtype, params (steps, guidance, resolution), and optional guidance_kwarg,
+    call (extra call kwargs), cpu_offload, vae_tiling, channels_last, compile.
+    """
 
     def __init__(self, spec: dict[str, Any]):
         import diffusers
@@ -93,20 +98,40 @@ class DiffusersGenerator:
         kwargs: dict[str, Any] = {"dtype": dtype}
         if "safety_checker" in inspect.signature(cls.__init__).parameters:
             kwargs.update(safety_checker=None, requires_safety_checker=False)  # study: raw model output
-        self.pipe = cls.from_pretrained(spec["model_path"], **kwargs).to(self.device)
-        self.pipe.set_progress_bar_config(disable=True)
+        pipe = cls.from_pretrained(spec["model_path"], **kwargs)
+        if spec.get("cpu_offload") and self.device == "cuda":
+            pipe.enable_model_cpu_offload()  # a large model on a small GPU: modules visit the GPU in turn
+        else:
+            pipe.to(self.device)
+        if spec.get("vae_tiling"):
+            pipe.vae.enable_tiling()
+        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if spec.get("channels_last") and self.device == "cuda" and getattr(pipe, "unet", None) is not None:
+            pipe.unet.to(memory_format=torch.channels_last)  # convolutions run faster in NHWC on tensor cores
+        if spec.get("compile") and self.device == "cuda" and denoiser is not None:
+            denoiser.forward = torch.compile(denoiser.forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
         self.params = spec["params"]
+        self.call = dict(spec.get("call") or {})
+        self.guidance_kwarg = spec.get("guidance_kwarg") or "guidance_scale"
 
-    def __call__(self, rows: pd.DataFrame) -> list[Image.Image]:
+    def __call__(self, rows: pd.DataFrame) -> list[np.ndarray]:
+        """Float images (H, W, 3) in [0, 1], one per row; NaNs are kept for the quality guard to see."""
         torch = self.torch
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in rows["seed"]]
         p = self.params
+        call = dict(self.call)
+        for key in ("negative_prompt",):  # per-image lists, so batched calls line up with prompts
+            if isinstance(call.get(key), str):
+                call[key] = [call[key]] * len(rows)
         with torch.inference_mode():
             out = self.pipe(
                 prompt=list(rows["prompt"]), generator=generators, num_inference_steps=p["steps"],
-                guidance_scale=p["guidance"], height=p["resolution"], width=p["resolution"], output_type="pil",
+                height=p["resolution"], width=p["resolution"], output_type="np",
+                **{self.guidance_kwarg: p["guidance"]}, **call,
             )
-        return out.images
+        return [np.asarray(im, dtype=np.float32) for im in out.images]
 
 
 @GENERATOR_KINDS.register("real-holdout")

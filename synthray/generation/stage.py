@@ -17,7 +17,10 @@ from synthray.artifacts import Artifact
 from synthray.data.real import load_classes, real_artifact
 from synthray.generation.generators import build_generator, generator_entry, resolve_model, sampling_params, tiny_model_artifact
 from synthray.generation.prompts import load_captions, prompt_table
-from synthray.images import dataset_digest, encode, square
+from PIL import Image
+
+from synthray.images import dataset_digest, encode, read_images, square, to_uint8
+from synthray.registry import SynthrayError
 from synthray.shards import cluster_gpus, map_shards
 
 
@@ -25,8 +28,6 @@ def _captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None
     if style != "caption":
         return None
     if not cfg.prompts.captions:
-        from synthray.registry import SynthrayError
-
         raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption>")
     return load_captions(cfg.prompts.captions, class_ids)
 
@@ -59,7 +60,10 @@ def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
         "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": int(g.batch_size),
     }
     if entry["kind"] == "diffusers":
-        spec.update(pipeline=entry["pipeline"], model=str(entry["model"]), dtype=entry["dtype"])
+        spec.update(pipeline=entry["pipeline"], model=str(entry["model"]), dtype=entry["dtype"],
+                    call=dict(entry.get("call") or {}), guidance_kwarg=entry.get("guidance_kwarg"),
+                    # These can change low bits of the output; CPU offload only moves weights, so it is left out.
+                    kernels={"vae_tiling": bool(g.vae_tiling), "channels_last": bool(g.channels_last), "compile": bool(g.compile)})
     else:
         spec["real"] = real_artifact(cfg).key
     return Artifact(cfg.storage, "synthetic", spec, label=f"{generator}, {style}, {len(table)} images")
@@ -71,13 +75,16 @@ def _shard_worker(gen_spec: dict[str, Any], fmt: str, quality: int, stored_size:
 
     def work(task: dict[str, Any]) -> dict[str, list]:
         rows = pd.DataFrame(task["table"])
-        images = []
+        outputs = []
         for start in range(0, len(rows), batch_size):
-            images += generate(rows.iloc[start:start + batch_size])
+            outputs += generate(rows.iloc[start:start + batch_size])
+        checked = [to_uint8(out) for out in outputs]
+        images = [Image.fromarray(pixels) for pixels, _ in checked]
         if stored_size:
             images = [square(im, stored_size) for im in images]
         columns = {c: rows[c].tolist() for c in rows.columns}
         columns["image"] = [encode(im, fmt, quality) for im in images]
+        columns["quality"] = [q for _, q in checked]
         columns["generator"] = [gen_spec["name"]] * len(rows)
         columns["protocol"] = [gen_spec["protocol"]] * len(rows)
         return columns
@@ -91,25 +98,47 @@ def generate(cfg: Any, generator: str, style: str) -> Artifact:
     entry = generator_entry(cfg, generator)
 
     def make(workdir: Path) -> dict[str, Any]:
-        gen_spec = {"name": generator, "kind": entry["kind"], "protocol": cfg.generation.protocol, "params": art.spec["params"]}
+        g = cfg.generation
+        gen_spec = {"name": generator, "kind": entry["kind"], "protocol": g.protocol, "params": art.spec["params"]}
         if entry["kind"] == "diffusers":
             if str(entry["model"]).startswith("tiny:"):
                 ensure_tiny_model(cfg, entry)
-            gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model_path=resolve_model(cfg, entry))
+            gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model_path=resolve_model(cfg, entry),
+                            call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"], cpu_offload=bool(g.cpu_offload),
+                            **art.spec["kernels"])
         else:
             gen_spec["real_path"] = str(ensure_real(cfg).path)
-        g = cfg.generation
         table = build_prompt_table(cfg, generator, style)
         size = int(g.shard_size)
         tasks = [{"name": f"part-{i:05d}.parquet", "rows": len(chunk), "table": chunk.to_dict(orient="list")}
                  for i, chunk in enumerate(table.iloc[s:s + size] for s in range(0, len(table), size))]
         gpus = float(g.gpus_per_actor) if cluster_gpus() > 0 and entry["kind"] == "diffusers" else 0.0
+        min_actors, max_actors = actor_pool_size(g, gpus)
         factory = functools.partial(_shard_worker, gen_spec, g.image_format, int(g.jpeg_quality), g.stored_size, int(g.batch_size))
-        map_shards(tasks, factory, workdir / "data", what=f"generate {generator}/{style}", num_actors=int(g.num_actors), num_gpus=gpus)
-        return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(workdir / "data")}
+        map_shards(tasks, factory, workdir / "data", what=f"generate {generator}/{style}",
+                   num_actors=min_actors, max_actors=max_actors, num_gpus=gpus)
+        quality = read_images(workdir / "data", columns=["quality"], usable_only=False)["quality"].value_counts()
+        counts = {k: int(v) for k, v in quality.items()}
+        bad = len(table) - counts.get("ok", 0)
+        if bad > float(g.max_bad_fraction) * len(table):
+            raise SynthrayError(
+                f"generate {generator}: {bad} of {len(table)} images are NaN or all black ({counts}), over "
+                f"generation.max_bad_fraction={g.max_bad_fraction}; try dtype=float32/bfloat16 for this generator"
+            )
+        return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(workdir / "data"),
+                "quality": counts, "bad": bad}
 
     art.build(make)
     return art
+
+
+def actor_pool_size(g: Any, gpus_per_actor: float) -> tuple[int, int]:
+    """(min, max) actors: `auto` is one actor per GPU share on a GPU cluster, one actor on CPU."""
+    if g.num_actors == "auto":
+        count = max(1, int(cluster_gpus() // gpus_per_actor)) if gpus_per_actor > 0 else 1
+    else:
+        count = int(g.num_actors)
+    return count, max(count, int(g.max_actors or count))
 
 
 def ensure_real(cfg: Any) -> Artifact:

@@ -52,7 +52,9 @@ def validate(cfg: Any) -> list[dict[str, str]]:
 
     points = trials(cfg)
     axes = grid_axes(cfg)
-    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size", "generation.num_actors",
+    if cfg.generation.num_actors != "auto":
+        _positive(cfg, "generation.num_actors")
+    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size",
               "training.epochs", "training.batch_size", "training.num_workers", "training.image_size", "data.image_size")
     if cfg.generation.image_format not in ("jpeg", "png"):
         raise unknown_name("generation.image_format", cfg.generation.image_format, ["jpeg", "png"])

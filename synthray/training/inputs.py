@@ -12,9 +12,14 @@ STD = 0.5
 
 
 def decode_images(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-    """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels."""
-    images = np.stack([decode_array(b, size) for b in batch["image"]])
-    return {"image": images, "label": batch["label"].astype(np.int64)}
+    """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels.
+
+    Rows the generation quality guard flagged (NaN or black images) are dropped here.
+    """
+    keep = batch["quality"] == "ok" if "quality" in batch else np.ones(len(batch["label"]), dtype=bool)
+    images = [decode_array(b, size) for b, k in zip(batch["image"], keep) if k]
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
+    return {"image": stacked, "label": batch["label"][keep].astype(np.int64)}
 
 
 def to_input(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

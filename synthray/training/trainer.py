@@ -58,7 +58,10 @@ def train(cfg: Any, arch: str, images: Path, data_ref: str, num_classes: int, la
         from synthray.training.inputs import decode_images
 
         t = cfg.training
-        dataset = ray.data.read_parquet(str(images), columns=["image", "label"]).map_batches(
+        from synthray.images import usable_filter
+
+        columns = ["image", "label"] + (["quality"] if usable_filter(images) is not None else [])
+        dataset = ray.data.read_parquet(str(images), columns=columns).map_batches(
             decode_images, fn_kwargs={"size": int(t.image_size)}, batch_size=256
         )
         if _decoded_bytes(images, int(t.image_size)) <= float(t.cache_decoded_gb) * 2**30:
