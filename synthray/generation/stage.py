@@ -70,21 +70,31 @@ def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
 
 
 def _shard_worker(gen_spec: dict[str, Any], fmt: str, quality: int, stored_size: int | None, batch_size: int) -> Callable[[dict], dict]:
-    """Runs inside each actor: load the generator once, then turn shard tasks into columns."""
+    """Runs inside each actor: load the generator once, then turn shard tasks into columns.
+
+    Encoding runs on a thread pool while the next batch is generated, so the GPU does not wait for JPEG work
+    (PIL releases the GIL while it encodes).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     generate = build_generator(gen_spec)
+    encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+
+    def finish(outputs: list) -> list[tuple[bytes, str]]:
+        done = []
+        for out in outputs:
+            pixels, verdict = to_uint8(out)
+            image = Image.fromarray(pixels)
+            done.append((encode(square(image, stored_size) if stored_size else image, fmt, quality), verdict))
+        return done
 
     def work(task: dict[str, Any]) -> dict[str, list]:
         rows = pd.DataFrame(task["table"])
-        outputs = []
-        for start in range(0, len(rows), batch_size):
-            outputs += generate(rows.iloc[start:start + batch_size])
-        checked = [to_uint8(out) for out in outputs]
-        images = [Image.fromarray(pixels) for pixels, _ in checked]
-        if stored_size:
-            images = [square(im, stored_size) for im in images]
+        pending = [encoder.submit(finish, generate(rows.iloc[s:s + batch_size])) for s in range(0, len(rows), batch_size)]
+        encoded = [item for future in pending for item in future.result()]
         columns = {c: rows[c].tolist() for c in rows.columns}
-        columns["image"] = [encode(im, fmt, quality) for im in images]
-        columns["quality"] = [q for _, q in checked]
+        columns["image"] = [data for data, _ in encoded]
+        columns["quality"] = [verdict for _, verdict in encoded]
         columns["generator"] = [gen_spec["name"]] * len(rows)
         columns["protocol"] = [gen_spec["protocol"]] * len(rows)
         return columns

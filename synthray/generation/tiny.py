@@ -100,3 +100,4 @@ def build_tiny_sd(path: Path, seed: int = 0, resolution: int = 32) -> Path:
 
 
 TINY_BUILDERS = {"sd": build_tiny_sd}
+import synthray.generation.tiny_families  # noqa: E402,F401  (registers the other families)
