@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("overrides", nargs="*", help="only storage=<dir> is read")
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("what", choices=LISTABLE)
+    exp = sub.add_parser("export", help="write a synthetic dataset as an ImageFolder tree")
+    exp.add_argument("dataset", help="dataset folder: <storage>/synthetic/<key>")
+    exp.add_argument("out", help="output folder (class folders are created inside)")
     return p
 
 
@@ -67,6 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             print("\n".join(_list(args.what)))
+            return 0
+        if args.command == "export":
+            from pathlib import Path
+
+            from synthray.generation.export import export_imagefolder
+
+            count = export_imagefolder(Path(args.dataset), Path(args.out))
+            print(f"exported {count} images to {args.out}")
             return 0
         from synthray.sweep.runner import format_table, resume_sweep, run_sweep
 

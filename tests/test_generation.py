@@ -150,3 +150,19 @@ def test_killed_generation_resumes_byte_identical(ray_cluster, tmp_path):
     assert art.meta()["digest"] == reference.meta()["digest"]
     for name, inode in survivors.items():
         assert (art.path / "data" / name).stat().st_ino == inode, "finished shards are kept, not redone"
+
+
+def test_shards_are_readable_by_hf_datasets_and_export_to_imagefolder(ray_cluster, shared_storage, tmp_path):
+    import datasets
+
+    from synthray.cli import main
+
+    art = generate(tiny_cfg(shared_storage, "generation.num_actors=2"), "tiny-sd", "classname")
+    files = sorted(str(p) for p in (art.path / "data").glob("*.parquet"))
+    hf = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    assert hf.num_rows == 60 and {"image", "label", "prompt", "seed"} <= set(hf.column_names)
+
+    assert main(["export", str(art.path), str(tmp_path / "folder")]) == 0
+    images = sorted((tmp_path / "folder").rglob("*.jpg"))
+    assert len(images) == 60 and sorted({p.parent.name for p in images}) == [str(d) for d in range(10)]
+    assert Image.open(images[0]).size == (32, 32)
