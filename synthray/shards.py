@@ -56,11 +56,12 @@ def map_shards(
     max_actors: int | None = None,
     num_gpus: float = 0.0,
     num_cpus: float = 1.0,
-) -> dict[str, int]:
+) -> list[dict[str, Any]]:
     """Write every missing shard of `tasks` to `out_dir`, logging rows done, rows/s and ETA.
 
     `factory()` runs once inside each actor and returns `work(task) -> columns`. The pool starts with `num_actors`
-    and may grow to `max_actors` on an autoscaling cluster. Returns {shard name: rows}.
+    and may grow to `max_actors` on an autoscaling cluster. Returns one record per shard written now:
+    name, rows, seconds (inside the worker) and done_at (seconds since the stage started, as seen by the driver).
     """
     import ray
 
@@ -69,7 +70,7 @@ def map_shards(
     if len(todo) < len(tasks):
         log.info("%s: %d of %d shards already on disk, resuming", what, len(tasks) - len(todo), len(tasks))
     if not todo:
-        return {}
+        return []
     total_rows = sum(int(t.get("rows", 0)) for t in todo)
     # One block per shard so that every actor gets work even for a small table.
     ds = ray.data.from_items([{"task": json.dumps(t)} for t in todo], override_num_blocks=len(todo))
@@ -83,11 +84,12 @@ def map_shards(
         num_gpus=num_gpus or None,
         num_cpus=num_cpus,
     )
-    done, rows_done, start = {}, 0, time.perf_counter()
+    done: list[dict[str, Any]] = []
+    rows_done, start = 0, time.perf_counter()
     for row in ds.iter_rows():
-        done[row["name"]] = int(row["rows"])
-        rows_done += int(row["rows"])
         elapsed = time.perf_counter() - start
+        done.append({"name": row["name"], "rows": int(row["rows"]), "seconds": float(row["seconds"]), "done_at": elapsed})
+        rows_done += int(row["rows"])
         rate = rows_done / elapsed if elapsed > 0 else 0.0
         eta = (total_rows - rows_done) / rate if rate > 0 and total_rows else 0.0
         log.info("%s: shard %d/%d, %d/%d rows, %.1f rows/s, ETA %.0f s", what, len(done), len(todo), rows_done, total_rows, rate, eta)

@@ -166,3 +166,16 @@ def test_shards_are_readable_by_hf_datasets_and_export_to_imagefolder(ray_cluste
     images = sorted((tmp_path / "folder").rglob("*.jpg"))
     assert len(images) == 60 and sorted({p.parent.name for p in images}) == [str(d) for d in range(10)]
     assert Image.open(images[0]).size == (32, 32)
+
+
+TINY_TWINS = [name for name in tiny_cfg("/unused").generators if name.startswith("tiny-")]
+
+
+@pytest.mark.parametrize("name", TINY_TWINS)
+def test_every_tiny_family_generates_through_the_ray_data_stage(ray_cluster, shared_storage, name):
+    cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1")
+    art = generate(cfg, name, "classname")
+    table = read_images(art.path / "data")
+    assert len(table) == 10 and set(table["generator"]) == {name}
+    assert art.meta()["quality"] == {"ok": 10}
+    assert decode(table["image"][0]).size == (32, 32)

@@ -125,8 +125,8 @@ def generate(cfg: Any, generator: str, style: str) -> Artifact:
         gpus = float(g.gpus_per_actor) if cluster_gpus() > 0 and entry["kind"] == "diffusers" else 0.0
         min_actors, max_actors = actor_pool_size(g, gpus)
         factory = functools.partial(_shard_worker, gen_spec, g.image_format, int(g.jpeg_quality), g.stored_size, int(g.batch_size))
-        map_shards(tasks, factory, workdir / "data", what=f"generate {generator}/{style}",
-                   num_actors=min_actors, max_actors=max_actors, num_gpus=gpus)
+        shards = map_shards(tasks, factory, workdir / "data", what=f"generate {generator}/{style}",
+                            num_actors=min_actors, max_actors=max_actors, num_gpus=gpus)
         quality = read_images(workdir / "data", columns=["quality"], usable_only=False)["quality"].value_counts()
         counts = {k: int(v) for k, v in quality.items()}
         bad = len(table) - counts.get("ok", 0)
@@ -136,7 +136,7 @@ def generate(cfg: Any, generator: str, style: str) -> Artifact:
                 f"generation.max_bad_fraction={g.max_bad_fraction}; try dtype=float32/bfloat16 for this generator"
             )
         return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(workdir / "data"),
-                "quality": counts, "bad": bad}
+                "quality": counts, "bad": bad, "timing": shards}
 
     art.build(make)
     return art

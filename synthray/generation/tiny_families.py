@@ -6,8 +6,8 @@ allows, with every tokenizer built in code (`tiny_tokenizers`) instead of fetche
 
 PixArt-alpha and Sana keep the real pipelines' default `use_resolution_binning=True`, which snaps the request to
 the aspect-ratio bin of `transformer.config.sample_size` (256 px for PixArt, 512 px for Sana), renders there and
-resizes back. Their VAEs are therefore built with the real downsample factors (8 and 32), so the bin's latent grid
-is only 16x16 / 32x32 tokens.
+resizes back. Their VAEs are therefore built with the real downsample factors (8 and 32), so a bin is still only
+16x16 transformer tokens.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def _kl_vae(levels: int, latent_channels: int, resolution: int, **extra: Any) ->
 
 
 def _save(pipe: Any, path: Path) -> Path:
+    """Save as safetensors, the way hub checkpoints ship, and return `path`."""
     pipe.save_pretrained(str(path), safe_serialization=True)
     return path
 
@@ -128,7 +129,7 @@ def build_tiny_sd3(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     text_encoder = CLIPTextModelWithProjection(_clip_config(vocab_size, hidden=16, projection=16))
     text_encoder_2 = CLIPTextModelWithProjection(_clip_config(vocab_size, hidden=16, projection=16))
     text_encoder_3 = _t5_encoder(len(tokenizer_3), d_model=32)
-    check_vocab(tokenizer_3, len(tokenizer_3), text_encoder_3.config.vocab_size)
+    check_vocab(tokenizer_3, encoder_vocab=text_encoder_3.config.vocab_size)
     transformer = SD3Transformer2DModel(
         sample_size=resolution // 2, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=32,
@@ -155,7 +156,7 @@ def build_tiny_flux(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(_clip_config(vocab_size, hidden=32, projection=32))
     text_encoder_2 = _t5_encoder(len(tokenizer_2), d_model=32)
-    check_vocab(tokenizer_2, len(tokenizer_2), text_encoder_2.config.vocab_size)
+    check_vocab(tokenizer_2, encoder_vocab=text_encoder_2.config.vocab_size)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16,  # 4 latent channels packed 2x2
         num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
@@ -174,7 +175,10 @@ def build_tiny_flux(path: Path, seed: int = 0, resolution: int = 32) -> Path:
 
 
 def build_tiny_pixart(path: Path, seed: int = 0, resolution: int = 32) -> Path:
-    """Random-weight `PixArtAlphaPipeline` (T5 + DiT, VAE /8); any resolution, rendered in the 256 px bins."""
+    """Random-weight `PixArtAlphaPipeline` (T5 + DiT, VAE /8); any resolution, rendered in the 256 px bins.
+
+    `resolution` does not change the weights: binning, not the checkpoint, decides the render size.
+    """
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
     from synthray.generation.tiny_tokenizers import check_vocab, t5_tokenizer
@@ -182,7 +186,7 @@ def build_tiny_pixart(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
     text_encoder = _t5_encoder(len(tokenizer), d_model=32)
-    check_vocab(tokenizer, len(tokenizer), text_encoder.config.vocab_size)
+    check_vocab(tokenizer, encoder_vocab=text_encoder.config.vocab_size)
     transformer = PixArtTransformer2DModel(
         sample_size=32,  # must be 32/64/128 for resolution binning; 32 is PixArt-256's latent grid
         num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
@@ -198,7 +202,10 @@ def build_tiny_pixart(path: Path, seed: int = 0, resolution: int = 32) -> Path:
 
 
 def build_tiny_sana(path: Path, seed: int = 0, resolution: int = 32) -> Path:
-    """Random-weight `SanaPipeline` (Gemma2 + linear-attention DiT, DC-AE /32); any resolution, 512 px bins."""
+    """Random-weight `SanaPipeline` (Gemma2 + linear-attention DiT, DC-AE /32); any resolution, 512 px bins.
+
+    `resolution` does not change the weights: binning, not the checkpoint, decides the render size.
+    """
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
 
     from synthray.generation.tiny_tokenizers import check_vocab, gemma_tokenizer
@@ -206,7 +213,7 @@ def build_tiny_sana(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     tokenizer = gemma_tokenizer()
     torch.manual_seed(seed)
     text_encoder = _gemma2_encoder(len(tokenizer), hidden=16)
-    check_vocab(tokenizer, len(tokenizer), text_encoder.config.vocab_size)
+    check_vocab(tokenizer, encoder_vocab=text_encoder.config.vocab_size)
     transformer = SanaTransformer2DModel(
         patch_size=1, in_channels=4, out_channels=4, num_layers=1, num_attention_heads=2, attention_head_dim=4,
         num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=16,
@@ -237,7 +244,7 @@ def build_tiny_lumina2(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     tokenizer = gemma_tokenizer()
     torch.manual_seed(seed)
     text_encoder = _gemma2_encoder(len(tokenizer), hidden=16)
-    check_vocab(tokenizer, len(tokenizer), text_encoder.config.vocab_size)
+    check_vocab(tokenizer, encoder_vocab=text_encoder.config.vocab_size)
     transformer = Lumina2Transformer2DModel(
         sample_size=resolution // 8, patch_size=2, in_channels=4, hidden_size=16, num_layers=1, num_refiner_layers=1,
         num_attention_heads=2, num_kv_heads=1, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
@@ -275,7 +282,7 @@ def build_tiny_qwenimage(path: Path, seed: int = 0, resolution: int = 32) -> Pat
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
-    check_vocab(tokenizer, len(tokenizer), config.text_config.vocab_size)
+    check_vocab(tokenizer, encoder_vocab=config.text_config.vocab_size)
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4,  # 4 latent channels packed 2x2
         num_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False,
