@@ -179,3 +179,24 @@ def test_every_tiny_family_generates_through_the_ray_data_stage(ray_cluster, sha
     assert len(table) == 10 and set(table["generator"]) == {name}
     assert art.meta()["quality"] == {"ok": 10}
     assert decode(table["image"][0]).size == (32, 32)
+
+
+def test_protocols():
+    from synthray.generation.generators import sampling_params
+
+    cfg = tiny_cfg("/unused")
+    sd15, schnell = dict(cfg.generators["sd15"]), dict(cfg.generators["flux1-schnell"])
+    assert sampling_params(sd15, "model-default") == {"steps": 50, "guidance": 7.5, "resolution": 512}
+    assert sampling_params(sd15, "paper") == {"steps": 50, "guidance": 2.0, "resolution": 512}
+    assert sampling_params(schnell, "paper") == {"steps": 4, "guidance": 2.0, "resolution": 512}
+    assert sampling_params(dict(cfg.generators["qwen-image"]), "model-default")["resolution"] == 1328
+    with pytest.raises(SynthrayError, match="unknown generation protocol"):
+        sampling_params(sd15, "fast")
+
+
+def test_png_and_stored_size(ray_cluster, shared_storage):
+    cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1", "generation.image_format=png", "generation.stored_size=24")
+    art = generate(cfg, "tiny-sd", "classname")
+    table = read_images(art.path / "data")
+    img = Image.open(__import__("io").BytesIO(table["image"][0]))
+    assert img.format == "PNG" and img.size == (24, 24)
