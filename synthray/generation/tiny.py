@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-def _bytes_to_unicode() -> list[str]:
+def bytes_to_unicode() -> list[str]:
     """CLIP's reversible byte -> printable-character table (openai/CLIP `bytes_to_unicode`)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -29,7 +29,7 @@ def write_clip_tokenizer(path: Path) -> int:
     """Write an offline CLIP tokenizer (vocab.json + empty merges.txt) to `path`; returns the vocab size."""
     from transformers import CLIPTokenizer
 
-    symbols = _bytes_to_unicode()
+    symbols = bytes_to_unicode()
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     path.mkdir(parents=True, exist_ok=True)

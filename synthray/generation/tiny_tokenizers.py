@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synthray.generation.tiny import _bytes_to_unicode
+from synthray.generation.tiny import bytes_to_unicode
 
 # Qwen2's chat and vision markers; the QwenImage prompt template is written with the first three.
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -34,7 +34,7 @@ def t5_tokenizer(model_max_length: int = 512) -> Any:
 
     # T5 has no byte fallback, so the alphabet is the 256 printable stand-ins of CLIP's byte table plus "▁";
     # anything outside it is <unk>, which is harmless for a random encoder.
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)] + [(c, -3.0) for c in _bytes_to_unicode()]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)] + [(c, -3.0) for c in bytes_to_unicode()]
     backend = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
@@ -77,7 +77,7 @@ def qwen2_tokenizer(model_max_length: int = 2048) -> Any:
     from tokenizers.models import BPE
     from transformers import Qwen2TokenizerFast
 
-    symbols = _bytes_to_unicode() + list(QWEN_SPECIALS)
+    symbols = bytes_to_unicode() + list(QWEN_SPECIALS)
     vocab = {s: i for i, s in enumerate(symbols)}
     backend = Tokenizer(BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -16,8 +16,8 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from synthray.registry import SynthrayError
-from synthray.sweep.plan import AXES, trials, validate
-from synthray.sweep.trial import RESULT_COLUMNS, result_artifact, tune_trial
+from synthray.sweep.plan import grid_axes, validate
+from synthray.sweep.trial import RESULT_COLUMNS, planned_artifacts, tune_trial
 
 log = logging.getLogger("synthray")
 
@@ -50,13 +50,8 @@ def init_ray(cfg: Any) -> None:
 
 def plan_summary(cfg: Any) -> list[str]:
     """What the sweep will reuse and what it must compute, from artifact keys alone (nothing is built)."""
-    from synthray.generation.stage import real_artifact, synthetic_artifact
-
     lines, done = [], 0
-    real = real_artifact(cfg)
-    for point in trials(cfg):
-        synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"])
-        result = result_artifact(cfg, point, synth.key, real.key)
+    for point, synth, result in planned_artifacts(cfg):
         if result.is_complete():
             done += 1
             state = f"reused result {result.key}"
@@ -84,7 +79,7 @@ def run_sweep(cfg: Any) -> tuple[pd.DataFrame, Path]:
     """Validate, then run every trial of the grid under Ray Tune; returns the results table and its path."""
     from ray import tune
 
-    points = validate(cfg)
+    validate(cfg)
     sweep = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = storage_root(cfg) / "sweeps" / sweep
     init_ray(cfg)
@@ -95,7 +90,7 @@ def run_sweep(cfg: Any) -> tuple[pd.DataFrame, Path]:
     log.info("sweep %s: state in %s", sweep, sweep_dir)
     tuner = tune.Tuner(
         _trainable(cfg),
-        param_space={axis: tune.grid_search(sorted({p[axis] for p in points}, key=[p[axis] for p in points].index)) for axis in AXES},
+        param_space={axis: tune.grid_search(values) for axis, values in grid_axes(cfg).items()},
         tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)),
         run_config=tune.RunConfig(
             name=sweep, storage_path=str(sweep_dir.parent),
@@ -141,14 +136,7 @@ def resume_sweep(storage: str | Path, sweep: str | None = None) -> tuple[pd.Data
 
 def collect(cfg: Any, sweep_dir: Path) -> tuple[pd.DataFrame, Path]:
     """Read the result record of every planned trial (DomainBed's collect_results) into `results.parquet`."""
-    from synthray.generation.stage import real_artifact, synthetic_artifact
-
-    real = real_artifact(cfg)
-    rows = []
-    for point in trials(cfg):
-        synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"])
-        art = result_artifact(cfg, point, synth.key, real.key)
-        rows.append(art.meta() if art.is_complete() else dict(point, status="missing"))
+    rows = [art.meta() if art.is_complete() else dict(point, status="missing") for point, _, art in planned_artifacts(cfg)]
     table = pd.DataFrame(rows)
     if "status" not in table:
         table["status"] = "done"

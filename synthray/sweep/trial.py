@@ -32,6 +32,19 @@ def result_artifact(cfg: Any, point: dict[str, str], synth_key: str, real_key: s
     return Artifact(cfg.storage, "results", spec, label="/".join(point.values()))
 
 
+def planned_artifacts(cfg: Any) -> list[tuple[dict[str, str], Artifact, Artifact]]:
+    """(point, synthetic dataset, result record) for every trial of the grid, from keys alone (nothing is built)."""
+    from synthray.generation.stage import real_artifact, synthetic_artifact
+    from synthray.sweep.plan import trials
+
+    real = real_artifact(cfg)
+    out = []
+    for point in trials(cfg):
+        synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"])
+        out.append((point, synth, result_artifact(cfg, point, synth.key, real.key)))
+    return out
+
+
 def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> dict[str, Any]:
     """Generate, probe, train and evaluate one grid point; returns its results row."""
     from synthray.data.real import load_classes
