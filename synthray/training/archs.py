@@ -53,3 +53,4 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+import synthray.training.bagnet  # noqa: E402,F401  (registers bagnet9/17/33)
