@@ -65,3 +65,20 @@ def test_trainer_resumes_from_its_last_checkpoint(ray_cluster, shared_storage, t
     assert first.metrics["epoch"] == 1 and first.metrics["resumed_from_epoch"] == 0
     second = fit(3)  # as after a crash: same name, same storage
     assert second.metrics["epoch"] == 3 and second.metrics["resumed_from_epoch"] == 1
+
+
+STUDY_ARCHS = ["resnet50", "vit_tiny_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224", "bagnet9"]
+
+
+@pytest.mark.parametrize("arch", STUDY_ARCHS)
+def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, shared_storage, tmp_path, arch):
+    """Each architecture of the study takes one real optimiser step at 224 px inside a TorchTrainer on CPU."""
+    from synthray.images import read_images, write_table
+
+    real = ensure_real(tiny_cfg(shared_storage))
+    rows = read_images(real.path / "test").groupby("label").head(1)  # one image per class, upscaled to 224
+    write_table(tmp_path / "data" / "part-00000.parquet", {c: rows[c].tolist() for c in rows.columns})
+    cfg = tiny_cfg(tmp_path / "runs", "training.epochs=1", "training.batch_size=10", "training.image_size=224")
+    art = train(cfg, arch, tmp_path / "data", f"test/{arch}", 10, label=arch)
+    assert art.meta()["epochs"] == 1 and art.meta()["train_loss"] > 0
+    assert load_model(art)(torch.zeros(1, 3, 224, 224)).shape == (1, 10)
