@@ -1,12 +1,16 @@
 import numpy as np
 
-from synthray.metrics.accuracy import top1
+from synthray.metrics.accuracy import per_class, top1, topk
 from synthray.metrics.distribution import density_coverage
 
 
-def test_top1():
-    logits = np.array([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0]])
-    assert top1(np.array([0, 1, 1]), logits) == 2 / 3
+def test_top1_topk_per_class():
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [5.0, 0.0, 1.0]])
+    labels = np.array([0, 1, 2])
+    assert top1(labels, logits) == 2 / 3
+    assert topk(labels, logits, 2) == 1.0 and topk(labels, logits, 1) == 2 / 3
+    assert topk(labels, logits, 5) == 1.0  # k larger than the class count means every class
+    assert per_class(labels, logits, 4) == [1.0, 1.0, 0.0, None]
 
 
 def test_density_coverage_invariants():

@@ -40,5 +40,25 @@ def top1(labels: np.ndarray, logits: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
+def topk(labels: np.ndarray, logits: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k largest logits (labels (N,), logits (N, C))."""
+    k = min(k, logits.shape[1])
+    best = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float((best == labels[:, None]).any(axis=1).mean())
+
+
+def per_class(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> list[float | None]:
+    """Top-1 accuracy of each class (None where the set has no image of it)."""
+    hits = logits.argmax(axis=1) == labels
+    return [float(hits[labels == c].mean()) if (labels == c).any() else None for c in range(num_classes)]
+
+
 def accuracy(model: Artifact, images: Path, image_size: int) -> float:
     return top1(*predict(model, images, image_size))
+
+
+def accuracy_report(model: Artifact, images: Path, image_size: int, prefix: str) -> dict[str, object]:
+    """`<prefix>_acc`, `<prefix>_top5` and `<prefix>_per_class` (a list, label order) of one model on one set."""
+    labels, logits = predict(model, images, image_size)
+    return {f"{prefix}_acc": top1(labels, logits), f"{prefix}_top5": topk(labels, logits, 5),
+            f"{prefix}_per_class": per_class(labels, logits, logits.shape[1])}

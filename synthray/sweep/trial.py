@@ -27,7 +27,7 @@ def ref(path: Path) -> str:
 def result_artifact(cfg: Any, point: dict[str, str], synth_key: str, real_key: str) -> Artifact:
     from synthray.training.trainer import recipe
 
-    spec = {"point": point, "synthetic": synth_key, "real": real_key, "recipe": recipe(cfg),
+    spec = {"schema": 2, "point": point, "synthetic": synth_key, "real": real_key, "recipe": recipe(cfg),
             "probe_params": dict(cfg.probes.get(point["probe"]) or {}), "metrics": dict(cfg.metrics)}
     return Artifact(cfg.storage, "results", spec, label="/".join(point.values()))
 
@@ -61,7 +61,7 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
 def _evaluate_point(cfg: Any, point: dict[str, str], num_classes: int, report_to_tune: bool) -> dict[str, Any]:
     from synthray.generation.generators import generator_entry
     from synthray.generation.stage import ensure_real, generate
-    from synthray.metrics.accuracy import accuracy
+    from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
     from synthray.probes.stage import view
     from synthray.training.trainer import train
@@ -76,9 +76,9 @@ def _evaluate_point(cfg: Any, point: dict[str, str], num_classes: int, report_to
     real_model = train(cfg, arch, real_view / "train", f"{ref(real_view)}/train", num_classes, label=f"{arch} on real/{probe}")
     size = int(cfg.training.image_size)
     row: dict[str, Any] = dict(point)
-    row["synth_to_real_acc"] = accuracy(synth_model, real_view / "test", size)
-    row["real_to_synth_acc"] = accuracy(real_model, synth_view / "data", size)
-    row["real_to_real_acc"] = accuracy(real_model, real_view / "test", size)
+    row.update(accuracy_report(synth_model, real_view / "test", size, "synth_to_real"))
+    row.update(accuracy_report(real_model, synth_view / "data", size, "real_to_synth"))
+    row.update(accuracy_report(real_model, real_view / "test", size, "real_to_real"))
     m = cfg.metrics
     row.update(distribution_metrics(real_view / "train", synth_view / "data", m.features, int(m.prdc_k), int(m.max_samples), int(cfg.seed)))
     row["n_synthetic"] = synth.meta()["rows"]
@@ -101,4 +101,4 @@ def tune_trial(config: dict[str, Any], cfg_yaml: str) -> None:
     cfg = OmegaConf.create(cfg_yaml)
     point = {axis: config[axis] for axis in ("generator", "prompt_style", "arch", "probe")}
     row = run_point(cfg, point, report_to_tune=True)
-    tune.report({k: v for k, v in row.items() if v is not None})
+    tune.report({k: v for k, v in row.items() if isinstance(v, (int, float, str))})  # per-class lists stay in the record
