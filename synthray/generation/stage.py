@@ -163,6 +163,10 @@ def ensure_tiny_model(cfg: Any, entry: dict[str, Any]) -> Artifact:
     from synthray.generation.tiny import TINY_BUILDERS
 
     art = tiny_model_artifact(cfg.storage, str(entry["model"]), int(entry["resolution"]))
-    family = art.spec["tiny"]
-    art.build(lambda workdir: TINY_BUILDERS[family](workdir / "pipeline", resolution=art.spec["resolution"]) and None)
+
+    def make(workdir: Path) -> dict[str, Any]:
+        TINY_BUILDERS[art.spec["tiny"]](workdir / "pipeline", resolution=art.spec["resolution"])
+        return {"family": art.spec["tiny"]}
+
+    art.build(make)
     return art
