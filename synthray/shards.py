@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from synthray.images import write_table
+
 log = logging.getLogger("synthray")
 
 
@@ -32,8 +34,6 @@ class _ShardWorker:
             task = json.loads(payload)
             start = time.perf_counter()
             columns = self.work(task)
-            from synthray.images import write_table
-
             rows.append(write_table(self.out_dir / task["name"], columns))
             names.append(task["name"])
             seconds.append(time.perf_counter() - start)

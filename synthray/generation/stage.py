@@ -24,7 +24,8 @@ from synthray.registry import SynthrayError
 from synthray.shards import cluster_gpus, map_shards
 
 
-def _captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None:
+def style_captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None:
+    """The validated captions table when `style` needs one (caption), else None."""
     if style != "caption":
         return None
     if not cfg.prompts.captions:
@@ -37,7 +38,7 @@ def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
     return prompt_table(
         classes, generator=generator, style=style, n_per_class=int(cfg.prompts.n_per_class),
         template=cfg.prompts.template, caption_template=cfg.prompts.caption_template,
-        captions=_captions(cfg, style, classes["id"].tolist()),
+        captions=style_captions(cfg, style, classes["id"].tolist()),
     )
 
 

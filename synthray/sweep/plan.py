@@ -46,7 +46,8 @@ def validate(cfg: Any) -> list[dict[str, str]]:
     """
     from synthray.data.real import check_source, load_classes
     from synthray.generation.generators import generator_entry, resolve_model, sampling_params
-    from synthray.generation.prompts import PROMPT_STYLES, load_captions
+    from synthray.generation.prompts import PROMPT_STYLES
+    from synthray.generation.stage import style_captions
     from synthray.probes.stage import probe_params
     from synthray.training.archs import check_arch
 
@@ -63,10 +64,7 @@ def validate(cfg: Any) -> list[dict[str, str]]:
     for style in axes["prompt_style"]:
         if style not in PROMPT_STYLES:
             raise unknown_name("prompt style", style, PROMPT_STYLES)
-        if style == "caption":
-            if not cfg.prompts.captions:
-                raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption>")
-            load_captions(cfg.prompts.captions, classes["id"].tolist())
+        style_captions(cfg, style, classes["id"].tolist())
     for arch in axes["arch"]:
         check_arch(arch)
     for probe in axes["probe"]:
