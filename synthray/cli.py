@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthray", description="Sweeps generators x prompt styles x architectures x probes on Ray.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment (default: smoke)", description="Overrides use Hydra's grammar: "
-                         "experiment=paper storage=/data/runs grid.arch=[resnet50,convnext_tiny] training.epochs=3")
+                         "experiment=paper storage=/data/runs grid.arch=[resnet50,convnext_tiny] recipe.epochs=3")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
     res = sub.add_parser("resume", help="continue an interrupted sweep")
     res.add_argument("sweep", nargs="?", help="sweep name, name prefix or folder (default: the newest)")

@@ -1,5 +1,8 @@
 """Compose the run configuration: base config, then `experiments/<name>.yaml`, then command-line overrides.
 
+`recipe` works like a Hydra config group: `recipe=paper` (or `recipe: paper` in an experiment) selects
+`conf/recipes/paper.yaml` or a YAML path, and `recipe.<field>=...` changes one field of the selected recipe.
+
 Overrides use Hydra's grammar (`key=value`, `+key=value`, `~key`, lists as `[a,b]`) and are parsed with
 Hydra's own parser; an unknown key or malformed override is a one-line `SynthrayError`.
 """
@@ -39,6 +42,19 @@ def list_experiments() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "recipes").glob("*.yaml"))
+
+
+def _recipe(name: str) -> DictConfig:
+    path = CONF_DIR / "recipes" / f"{name}.yaml"
+    if not path.is_file():
+        path = Path(name).expanduser()
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            raise unknown_name("recipe", name, list_recipes())
+    return _load_yaml(path)
+
+
 def _parse_overrides(overrides: Sequence[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
@@ -69,11 +85,13 @@ def _load_yaml(path: Path) -> DictConfig:
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """Return the resolved run config for these overrides (the default experiment is `smoke`)."""
     parsed = _parse_overrides(overrides)
-    experiment = DEFAULT_EXPERIMENT
+    experiment, recipe = DEFAULT_EXPERIMENT, None
     rest = []
     for o in parsed:
         if o.key_or_group == "experiment" and not o.is_delete():
             experiment = str(o.value())
+        elif o.key_or_group == "recipe" and not o.is_delete() and isinstance(o.value(), str):
+            recipe = o.value()
         else:
             rest.append(o)
     experiments = list_experiments()
@@ -84,6 +102,17 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     cfg.generators = _load_yaml(CONF_DIR / "generators.yaml")
     OmegaConf.set_struct(cfg, True)
     exp = _load_yaml(experiments[experiment])
+    # An experiment selects a recipe by name (`recipe: paper`) and may change its fields (`recipe: {name: paper, epochs: 5}`).
+    exp_recipe = exp.pop("recipe", None)
+    if isinstance(exp_recipe, str):
+        exp_recipe = OmegaConf.create({"name": exp_recipe})
+    recipe = recipe or (exp_recipe.get("name") if exp_recipe is not None else None) or cfg.recipe
+    with open_dict(cfg):
+        cfg.recipe = _recipe(recipe)
+    if exp_recipe is not None:
+        exp.recipe = exp_recipe
+        if exp_recipe.get("name") not in (None, recipe):  # the command line chose another recipe: drop its name only
+            del exp.recipe["name"]
     try:
         with open_dict(cfg.generators):  # experiments may add generators; other unknown keys are typos
             cfg = OmegaConf.merge(cfg, exp)

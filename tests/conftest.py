@@ -13,8 +13,8 @@ TINY = [
     "prompts.n_per_class=6",
     "generation.shard_size=16",
     "generation.batch_size=4",
-    "training.epochs=2",
-    "training.batch_size=32",
+    "recipe.epochs=2",
+    "recipe.batch_size=32",
     "metrics.max_samples=200",
 ]
 

@@ -16,10 +16,10 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
 
 
 def test_default_is_smoke_and_overrides_apply(tmp_path):
-    cfg = compose([f"storage={tmp_path}", "grid.arch=[tiny-cnn,resnet18]", "training.epochs=3", "generators.sd15.model=/w"])
+    cfg = compose([f"storage={tmp_path}", "grid.arch=[tiny-cnn,resnet18]", "recipe.epochs=3", "generators.sd15.model=/w"])
     assert cfg.experiment == "smoke" and cfg.name == "smoke"
     assert list(cfg.grid.arch) == ["tiny-cnn", "resnet18"]
-    assert cfg.training.epochs == 3
+    assert cfg.recipe.epochs == 3
     assert cfg.generators.sd15.model == "/w"
     assert len(trials(cfg)) == 2 * 1 * 2 * 1
 
@@ -30,8 +30,8 @@ def test_default_is_smoke_and_overrides_apply(tmp_path):
         ("foo=1", "unknown config key 'foo'"),
         ("grid.archs=[a]", "did you mean grid.arch"),
         ("grid.arch=[a", "malformed override"),
-        ("training.epochs=abc", "takes a number"),
-        ("training.epochs=1,2", "Hydra sweep"),
+        ("recipe.epochs=abc", "takes a number"),
+        ("recipe.epochs=1,2", "Hydra sweep"),
         ("experiment=nope", "unknown experiment 'nope'"),
     ],
 )
@@ -49,7 +49,7 @@ def test_bad_overrides_are_one_line(override, message):
         ("grid.probe=[depthh]", "unknown probe 'depthh'.*choices: highpass, lowpass, rgb"),
         ("grid.prompt_style=[fancy]", "unknown prompt style"),
         ("grid.arch=[]", "grid.arch is empty"),
-        ("training.epochs=0", "training.epochs must be a whole number >= 1"),
+        ("recipe.epochs=0", "recipe.epochs must be a whole number >= 1"),
         ("data.classes=/no/such.csv", "class list"),
     ],
 )

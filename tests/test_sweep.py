@@ -12,8 +12,8 @@ from synthray.sweep.runner import find_sweep, run_sweep
 from synthray.sweep.trial import RESULT_COLUMNS
 from tests.conftest import TINY, tiny_cfg
 
-GRID = ["grid.generator=[real-holdout,tiny-sd]", "grid.probe=[rgb,highpass]", "training.epochs=8", "training.lr=3e-3",
-        "training.batch_size=16",
+GRID = ["grid.generator=[real-holdout,tiny-sd]", "grid.probe=[rgb,highpass]", "recipe.epochs=8", "recipe.lr=3e-3",
+        "recipe.batch_size=16",
         "prompts.n_per_class=20", "tune.max_concurrent_trials=2"]
 
 
@@ -48,7 +48,7 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
 def test_stopped_sweep_resumes(ray_cluster, tmp_path):
     """`synthray run` stopped with Ctrl-C (SIGINT) midway, then `synthray resume`, as a user would."""
     env = dict(os.environ, RAY_ADDRESS=ray_cluster)
-    args = [f"storage={tmp_path}", *TINY, "grid.generator=[real-holdout,tiny-sd]", "tune.max_concurrent_trials=1", "training.epochs=3"]
+    args = [f"storage={tmp_path}", *TINY, "grid.generator=[real-holdout,tiny-sd]", "tune.max_concurrent_trials=1", "recipe.epochs=3"]
     run = subprocess.Popen([sys.executable, "-m", "synthray", "run", *args], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300

@@ -1,5 +1,10 @@
 """Training through Ray Train's TorchTrainer on a local cluster, with real timm models and real checkpoints."""
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -7,7 +12,7 @@ from synthray.generation.stage import ensure_real
 from synthray.metrics.accuracy import accuracy, load_model
 from synthray.training.archs import check_arch, count_parameters, create_model
 from synthray.training.trainer import train
-from tests.conftest import tiny_cfg
+from tests.conftest import TINY, tiny_cfg
 
 
 @pytest.mark.parametrize("name", ["tiny-cnn", "test_resnet", "test_vit"])
@@ -20,11 +25,11 @@ def test_architectures_build_and_run(name):
 
 
 def test_train_stage_learns_and_is_reused(ray_cluster, shared_storage, caplog):
-    cfg = tiny_cfg(shared_storage, "training.epochs=6", "training.batch_size=16")
+    cfg = tiny_cfg(shared_storage, "recipe.epochs=6", "recipe.batch_size=16")
     real = ensure_real(cfg)
     art = train(cfg, "tiny-cnn", real.path / "train", f"real/{real.key}/train", 10, label="tiny-cnn on real")
     assert art.meta()["epochs"] == 6
-    acc = accuracy(art, real.path / "test", 32)
+    acc = accuracy(art, real.path / "test")
     assert acc > 0.5  # six short epochs on real digits already beat chance (0.1) by far
     assert isinstance(load_model(art), torch.nn.Module)
     mtime = (art.path / "model.pt").stat().st_mtime_ns
@@ -34,37 +39,59 @@ def test_train_stage_learns_and_is_reused(ray_cluster, shared_storage, caplog):
 
 
 def test_timm_model_trains_one_step(ray_cluster, shared_storage):
-    cfg = tiny_cfg(shared_storage, "training.epochs=1", "training.image_size=32")
+    cfg = tiny_cfg(shared_storage, "recipe.epochs=1")
     real = ensure_real(cfg)
     art = train(cfg, "test_resnet", real.path / "holdout", f"real/{real.key}/holdout", 10, label="test_resnet")
     assert art.meta()["arch"] == "test_resnet" and art.meta()["epochs"] == 1
 
 
-def test_trainer_resumes_from_its_last_checkpoint(ray_cluster, shared_storage, tmp_path):
-    """A TorchTrainer rebuilt with the same RunConfig name continues from ray.train.get_checkpoint()."""
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
 
-    from synthray.training.inputs import decode_images
-    from synthray.training.loop import train_loop
+import ray
+
+from synthray.config import compose
+from synthray.logs import setup_logging
+from synthray.training.trainer import train
+
+setup_logging()
+ray.init(address=sys.argv[1])
+train(compose(sys.argv[3:]), "tiny-cnn", Path(sys.argv[2]), "test/kill", 10, label="to be killed")
+"""
+
+
+def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, shared_storage, tmp_path):
+    """SIGKILL a training driver in the middle of an epoch, rerun it: the final (and best) weights equal, bit
+    for bit, those of a run that was never stopped (CPU, fixed seeds)."""
+    from synthray.training.trainer import model_artifact
 
     real = ensure_real(tiny_cfg(shared_storage))
-    ds = ray.data.read_parquet(str(real.path / "holdout")).map_batches(decode_images, fn_kwargs={"size": 32}).materialize()
-    config = {"arch": "tiny-cnn", "num_classes": 10, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0, "shift": 0,
-              "seed": 0, "grad_clip": 1.0}
+    data = real.path / "train"
+    args = ["recipe.epochs=4", "recipe.batch_size=8", "training.max_failures=0"]
+    whole = train(tiny_cfg(tmp_path / "whole", *args), "tiny-cnn", data, "test/kill", 10, label="never stopped")
 
-    def fit(epochs):
-        return TorchTrainer(
-            train_loop, train_loop_config=dict(config, epochs=epochs), datasets={"train": ds},
-            scaling_config=ray.train.ScalingConfig(num_workers=1),
-            run_config=ray.train.RunConfig(name="resume-me", storage_path=str(tmp_path)),
-        ).fit()
+    cfg = tiny_cfg(tmp_path / "killed", *args)
+    key = model_artifact(cfg, "tiny-cnn", "test/kill", 10, "").key
+    checkpoints = tmp_path / "killed" / "train-runs" / key
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster)
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, ray_cluster, str(data), f"storage={tmp_path / 'killed'}",
+                             *TINY, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not list(checkpoints.glob("checkpoint_*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.3 * whole.meta()["rows"] / whole.meta()["images_per_s"])  # about a third into epoch 2
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (tmp_path / "killed" / "models" / key / "_SUCCESS").exists()
 
-    first = fit(1)
-    assert first.metrics["epoch"] == 1 and first.metrics["resumed_from_epoch"] == 0
-    second = fit(3)  # as after a crash: same name, same storage
-    assert second.metrics["epoch"] == 3 and second.metrics["resumed_from_epoch"] == 1
+    resumed = train(cfg, "tiny-cnn", data, "test/kill", 10, label="resumed")
+    assert resumed.meta()["resumed_from_epoch"] >= 1, "the rerun started over instead of resuming"
+    for weights in ("last.pt", "model.pt"):
+        a, b = (torch.load(art.path / weights, weights_only=True) for art in (whole, resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+    assert resumed.meta()["best_epoch"] == whole.meta()["best_epoch"]
 
 
 STUDY_ARCHS = ["resnet50", "vit_tiny_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224", "bagnet9"]
@@ -78,7 +105,7 @@ def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, share
     real = ensure_real(tiny_cfg(shared_storage))
     rows = read_images(real.path / "test").groupby("label").head(1)  # one image per class, upscaled to 224
     write_table(tmp_path / "data" / "part-00000.parquet", {c: rows[c].tolist() for c in rows.columns})
-    cfg = tiny_cfg(tmp_path / "runs", "training.epochs=1", "training.batch_size=10", "training.image_size=224")
+    cfg = tiny_cfg(tmp_path / "runs", "recipe=paper", "recipe.epochs=1", "recipe.batch_size=10")
     art = train(cfg, arch, tmp_path / "data", f"test/{arch}", 10, label=arch)
     assert art.meta()["epochs"] == 1 and art.meta()["train_loss"] > 0
     assert load_model(art)(torch.zeros(1, 3, 224, 224)).shape == (1, 10)

@@ -10,28 +10,34 @@ import torch
 from synthray.artifacts import Artifact
 from synthray.images import read_images
 from synthray.training.archs import create_model
-from synthray.training.inputs import to_input
+from synthray.training.augment import test_batch
 
 
-def load_model(model: Artifact) -> torch.nn.Module:
+def load_model(model: Artifact, weights: str = "model.pt") -> torch.nn.Module:
+    """The trained network: `model.pt` is the best epoch on the held-out split, `last.pt` the final epoch."""
     net = create_model(model.spec["arch"], model.spec["num_classes"])
-    net.load_state_dict(torch.load(model.path / "model.pt", map_location="cpu", weights_only=True))
+    net.load_state_dict(torch.load(model.path / weights, map_location="cpu", weights_only=True))
     return net.eval()
 
 
-def predict(model: Artifact, images: Path, image_size: int, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (N,) and logits (N, num_classes) of `model` on every image in the folder `images`."""
+def predict(model: Artifact, images: Path, weights: str = "model.pt", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and logits (N, num_classes) of `model` on every usable image in the folder `images`.
+
+    Images go through the model's own recipe test transform (resize, centre crop, normalise).
+    """
     from synthray.images import decode_array
 
+    recipe = model.spec["recipe"]
+    size = int(recipe["test_transform"]["resize"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    net = load_model(model).to(device)
+    net = load_model(model, weights).to(device)
     table = read_images(images, columns=["image", "label"])
     logits = []
     with torch.inference_mode():
         for start in range(0, len(table), batch_size):
             chunk = table["image"].iloc[start:start + batch_size]
-            x = torch.from_numpy(np.stack([decode_array(b, image_size) for b in chunk]))
-            logits.append(net(to_input(x, device)).float().cpu().numpy())
+            x = torch.from_numpy(np.stack([decode_array(b, size) for b in chunk])).to(device)
+            logits.append(net(test_batch(x, recipe)).float().cpu().numpy())
     return table["label"].to_numpy(), np.concatenate(logits)
 
 
@@ -53,12 +59,14 @@ def per_class(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> list[
     return [float(hits[labels == c].mean()) if (labels == c).any() else None for c in range(num_classes)]
 
 
-def accuracy(model: Artifact, images: Path, image_size: int) -> float:
-    return top1(*predict(model, images, image_size))
+def accuracy(model: Artifact, images: Path, weights: str = "model.pt") -> float:
+    return top1(*predict(model, images, weights))
 
 
-def accuracy_report(model: Artifact, images: Path, image_size: int, prefix: str) -> dict[str, object]:
-    """`<prefix>_acc`, `<prefix>_top5` and `<prefix>_per_class` (a list, label order) of one model on one set."""
-    labels, logits = predict(model, images, image_size)
+def accuracy_report(model: Artifact, images: Path, prefix: str) -> dict[str, object]:
+    """`<prefix>_acc`, `_top5` and `_per_class` (a list, label order) of the best-epoch model on one set, and
+    `<prefix>_acc_last` of the final epoch's."""
+    labels, logits = predict(model, images)
     return {f"{prefix}_acc": top1(labels, logits), f"{prefix}_top5": topk(labels, logits, 5),
-            f"{prefix}_per_class": per_class(labels, logits, logits.shape[1])}
+            f"{prefix}_per_class": per_class(labels, logits, logits.shape[1]),
+            f"{prefix}_acc_last": accuracy(model, images, "last.pt")}

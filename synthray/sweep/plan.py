@@ -50,13 +50,14 @@ def validate(cfg: Any) -> list[dict[str, str]]:
     from synthray.generation.stage import style_captions
     from synthray.probes.stage import probe_params
     from synthray.training.archs import check_arch
+    from synthray.training.recipe import check_recipe
 
     points = trials(cfg)
     axes = grid_axes(cfg)
     if cfg.generation.num_actors != "auto":
         _positive(cfg, "generation.num_actors")
     _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size",
-              "training.epochs", "training.batch_size", "training.num_workers", "training.image_size", "data.image_size")
+              "data.image_size")
     if cfg.generation.image_format not in ("jpeg", "png"):
         raise unknown_name("generation.image_format", cfg.generation.image_format, ["jpeg", "png"])
     classes = load_classes(cfg.data.classes)
@@ -67,6 +68,7 @@ def validate(cfg: Any) -> list[dict[str, str]]:
         style_captions(cfg, style, classes["id"].tolist())
     for arch in axes["arch"]:
         check_arch(arch)
+    check_recipe(cfg)
     for probe in axes["probe"]:
         probe_params(cfg, probe)
     for name in axes["generator"]:

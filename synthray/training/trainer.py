@@ -1,7 +1,9 @@
 """The training stage: a content-addressed trained classifier, produced by a Ray Train `TorchTrainer`.
 
-Artifact layout: `<storage>/models/<key>/model.pt` (state dict) and `meta.json`. Ray Train's own run state
-(per-epoch checkpoints) lives under `<storage>/train-runs/<key>`, so a rebuilt trainer with the same name resumes.
+Artifact layout: `<storage>/models/<key>/model.pt` (the best epoch on the held-out split of the training
+domain), `last.pt` (the final epoch) and `meta.json` (both accuracies, the per-epoch history). Ray Train's
+own run state (per-epoch checkpoints) lives under `<storage>/train-runs/<key>`, so a rerun after a crash
+resumes from the last epoch instead of starting over.
 """
 
 from __future__ import annotations
@@ -17,27 +19,6 @@ from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
 log = logging.getLogger("synthray")
 
-# Execution settings: they change where and how fast a model trains, not which model it is.
-_EXECUTION_KEYS = {"num_workers", "use_gpu", "max_failures"}
-
-
-def recipe(cfg: Any) -> dict[str, Any]:
-    return {k: v for k, v in dict(cfg.training).items() if k not in _EXECUTION_KEYS}
-
-
-def model_artifact(cfg: Any, arch: str, data_ref: str, num_classes: int, label: str) -> Artifact:
-    spec = {"arch": arch, "num_classes": num_classes, "data": data_ref, "recipe": recipe(cfg)}
-    return Artifact(cfg.storage, "models", spec, label=label)
-
-
-def _decoded_bytes(images: Path, size: int) -> int:
-    import pyarrow.parquet as pq
-
-    from synthray.images import shard_files
-
-    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in shard_files(images))
-    return rows * size * size * 3
-
 
 def use_gpu(cfg: Any) -> bool:
     from synthray.shards import cluster_gpus
@@ -46,61 +27,126 @@ def use_gpu(cfg: Any) -> bool:
     return cluster_gpus() > 0 if setting == "auto" else bool(setting)
 
 
-def train(cfg: Any, arch: str, images: Path, data_ref: str, num_classes: int, label: str, report_to_tune: bool = False) -> Artifact:
-    """Train `arch` on the dataset folder `images` (identified by `data_ref`), or reuse a trained copy."""
-    art = model_artifact(cfg, arch, data_ref, num_classes, label)
+def numerics(cfg: Any) -> dict[str, Any]:
+    """Execution settings that change a model's bits (so they are part of its key), with `auto` resolved."""
+    t, gpu = cfg.training, use_gpu(cfg)
+    return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
+            "channels_last": gpu if t.channels_last == "auto" else bool(t.channels_last),
+            "compile": bool(t.compile)}
 
-    def make(workdir: Path) -> dict[str, Any]:
-        import ray.data
-        import ray.train
-        from ray.train.torch import TorchTrainer
 
-        from synthray.training.inputs import decode_images
+def training_spec(cfg: Any) -> dict[str, Any]:
+    """What a model's key depends on besides its data: the recipe and the numerics it ran with."""
+    from omegaconf import OmegaConf
 
-        t = cfg.training
-        from synthray.images import usable_filter
+    return {"recipe": OmegaConf.to_container(cfg.recipe, resolve=True), "numerics": numerics(cfg)}
 
-        columns = ["image", "label"] + (["quality"] if usable_filter(images) is not None else [])
-        dataset = ray.data.read_parquet(str(images), columns=columns).map_batches(
-            decode_images, fn_kwargs={"size": int(t.image_size)}, batch_size=256
-        )
-        if _decoded_bytes(images, int(t.image_size)) <= float(t.cache_decoded_gb) * 2**30:
+
+def model_artifact(cfg: Any, arch: str, data_ref: str, num_classes: int, label: str) -> Artifact:
+    spec = {"arch": arch, "num_classes": num_classes, "data": data_ref, **training_spec(cfg)}
+    return Artifact(cfg.storage, "models", spec, label=label)
+
+
+def split_counts(images: Path, fraction: float, seed: int) -> tuple[int, int]:
+    """(training rows, held-out rows) of a dataset folder, from its id and quality columns alone."""
+    import pyarrow.parquet as pq
+
+    from synthray.images import shard_files
+    from synthray.training.inputs import in_holdout
+
+    train = held = 0
+    for f in shard_files(images):
+        columns = [c for c in ("id", "quality") if c in pq.ParquetFile(f).schema_arrow.names]
+        table = pq.read_table(f, columns=columns).to_pydict()
+        ok = [q == "ok" for q in table.get("quality", ["ok"] * len(table["id"]))]
+        mask = in_holdout(table["id"], fraction, seed)
+        held += int(sum(m and k for m, k in zip(mask, ok)))
+        train += int(sum((not m) and k for m, k in zip(mask, ok)))
+    return train, held
+
+
+def _datasets(cfg: Any, images: Path, rows: tuple[int, int]) -> dict[str, Any]:
+    """Ray Data pipelines for the training rows and the held-out rows: read, shuffle once, decode."""
+    import ray.data
+
+    from synthray.images import shard_files, usable_filter
+    from synthray.training.inputs import decode_images
+
+    r = cfg.recipe
+    files = [str(f) for f in shard_files(images)]
+    columns = ["id", "image", "label"] + (["quality"] if usable_filter(images) is not None else [])
+    parts = {"train": int(r.load_size), "holdout": int(r.test_transform.resize)} if rows[1] else {"train": int(r.load_size)}
+    decoded_bytes = sum(n * s * s * 3 for n, s in zip(rows, parts.values()))
+    out = {}
+    for part, size in parts.items():
+        # One block per shard and a seeded shuffle of the (small) encoded rows: the order a worker sees is a
+        # function of the seed alone, which exact resume needs; class-sorted real data gets mixed too.
+        dataset = ray.data.read_parquet(files, columns=columns, override_num_blocks=len(files))
+        dataset.context.execution_options.preserve_order = True
+        dataset = dataset.random_shuffle(seed=int(r.seed)).map_batches(
+            decode_images, fn_kwargs={"size": size, "part": part, "holdout_fraction": float(r.holdout_fraction),
+                                      "seed": int(r.seed)}, batch_size=256)
+        if decoded_bytes <= float(cfg.training.cache_decoded_gb) * 2**30:
             # Streaming re-runs read+decode every epoch (~10 s of fixed overhead each on a small machine);
             # a dataset that fits is decoded once into the object store instead.
             dataset = dataset.materialize()
+        out[part] = dataset
+    return out
+
+
+def train(cfg: Any, arch: str, images: Path, data_ref: str, num_classes: int, label: str, report_to_tune: bool = False) -> Artifact:
+    """Train `arch` on the dataset folder `images` (identified by `data_ref`), or reuse a trained copy."""
+    art = model_artifact(cfg, arch, data_ref, num_classes, label)
+    run_dir = Path(cfg.storage).expanduser().resolve() / "train-runs"
+
+    def make(workdir: Path) -> dict[str, Any]:
+        import ray.train
+        import torch
+        from ray.train.torch import TorchTrainer
+
+        r, t = cfg.recipe, cfg.training
+        rows = split_counts(images, float(r.holdout_fraction), int(r.seed))
+        if rows[0] == 0:
+            raise RuntimeError(f"{images} has no usable training rows")
         callbacks = []
         if report_to_tune:
             from ray.tune.integration.ray_train import TuneReportCallback
 
             callbacks.append(TuneReportCallback())
-        loop_config = {
-            "arch": arch, "num_classes": num_classes, "epochs": int(t.epochs), "batch_size": int(t.batch_size),
-            "lr": float(t.lr), "weight_decay": float(t.weight_decay), "shift": int(t.get("shift", 0)),
-            "seed": int(t.seed), "grad_clip": float(t.get("grad_clip", 1.0)),
-        }
+        from omegaconf import OmegaConf
+
+        loop_config = {"arch": arch, "num_classes": num_classes, "recipe": OmegaConf.to_container(r, resolve=True),
+                       "rows": rows[0], "has_holdout": rows[1] > 0, "accumulate": int(t.accumulate), **numerics(cfg)}
         trainer = TorchTrainer(
             train_loop,
             train_loop_config=loop_config,
             scaling_config=ray.train.ScalingConfig(num_workers=int(t.num_workers), use_gpu=use_gpu(cfg)),
-            datasets={"train": dataset},
+            datasets=_datasets(cfg, images, rows),
             run_config=ray.train.RunConfig(
                 name=art.key,
-                storage_path=str(Path(cfg.storage).expanduser().resolve() / "train-runs"),
+                storage_path=str(run_dir),
                 failure_config=ray.train.FailureConfig(max_failures=int(t.max_failures)),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
                 callbacks=callbacks,
             ),
         )
         result = trainer.fit()
-        import torch
-
         with result.checkpoint.as_directory() as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
-        torch.save(state["model"], workdir / "model.pt")
-        metrics = dict(result.metrics or {})
-        return {"epochs": state["epoch"] + 1, "train_loss": metrics.get("train_loss"), "arch": arch, "num_classes": num_classes}
+        best, history = state["best"], state["history"]
+        torch.save(state["model"], workdir / "last.pt")
+        torch.save(best["model"] if best["model"] is not None else state["model"], workdir / "model.pt")
+        speeds = [h["images_per_s"] for h in history[1:]] or [history[-1]["images_per_s"]]  # epoch 1 pays warm-up
+        meta = {"arch": arch, "num_classes": num_classes, "epochs": state["epoch"] + 1, "rows": rows[0],
+                "holdout_rows": rows[1], "best_epoch": best["epoch"], "holdout_acc_best": history[best["epoch"] - 1]["holdout_acc"],
+                "holdout_acc_last": history[-1]["holdout_acc"], "train_loss": history[-1]["train_loss"],
+                "images_per_s": sorted(speeds)[len(speeds) // 2],
+                "resumed_from_epoch": (result.metrics or {}).get("resumed_from_epoch", 0), "history": history}
+        log.info("%s: best epoch %s of %s (held-out acc %s), %.0f img/s", label, best["epoch"], meta["epochs"],
+                 meta["holdout_acc_best"], meta["images_per_s"])
+        return meta
 
     art.build(make)
     # The per-epoch checkpoints served resume only; the artifact now holds the final weights.
-    shutil.rmtree(Path(cfg.storage).expanduser().resolve() / "train-runs" / art.key, ignore_errors=True)
+    shutil.rmtree(run_dir / art.key, ignore_errors=True)
     return art

@@ -1,0 +1,186 @@
+"""A recipe's train and test transforms as batched tensor ops on the training device.
+
+Random parameters are drawn on the host from a numpy `Generator` (a seed gives the same augmentation on CPU and
+GPU, and a resumed epoch re-derives them), then applied to the whole batch at once: one `grid_sample` for
+RandomResizedCrop + flip, one grouped convolution for the blurs. A per-image Python loop or a CPU PIL pipeline
+would cap a GPU that trains a ResNet-50 at ~4,000 img/s.
+
+Shapes: images arrive as uint8 (N, H, W, 3) and leave as normalised float (N, 3, S, S).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1], on the images' device."""
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
+    mean = torch.tensor(spec["mean"], device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec["std"], device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def crop_boxes(rng: np.random.Generator, n: int, height: int, width: int, scale, ratio) -> np.ndarray:
+    """torchvision's RandomResizedCrop.get_params for n images at once: (n, 4) boxes top, left, h, w.
+
+    Ten candidate boxes per image; the first that fits wins, else a centre crop clamped to the ratio range.
+    """
+    area = height * width
+    target = area * rng.uniform(scale[0], scale[1], (n, 10))
+    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, 10)))
+    w = np.round(np.sqrt(target * aspect)).astype(int)
+    h = np.round(np.sqrt(target / aspect)).astype(int)
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.argmax(axis=1)
+    rows = np.arange(n)
+    h, w = h[rows, first], w[rows, first]
+    top = (rng.random(n) * (height - h + 1)).astype(int)
+    left = (rng.random(n) * (width - w + 1)).astype(int)
+    boxes = np.stack([top, left, h, w], axis=1)
+    in_ratio = width / height
+    fw, fh = (width, round(width / ratio[0])) if in_ratio < ratio[0] else \
+        (round(height * ratio[1]), height) if in_ratio > ratio[1] else (width, height)
+    boxes[~fits.any(axis=1)] = [(height - fh) // 2, (width - fw) // 2, fh, fw]
+    return boxes
+
+
+def resized_crop(x: torch.Tensor, boxes: np.ndarray, size: int, flip: np.ndarray, mode: str = "bicubic") -> torch.Tensor:
+    """Crop each image to its box, resize to (size, size) and mirror where `flip`: one `grid_sample` call."""
+    n, _, height, width = x.shape
+    b = torch.as_tensor(boxes, dtype=torch.float32)
+    sx = b[:, 3] / width * torch.where(torch.as_tensor(flip), -1.0, 1.0)
+    sy = b[:, 2] / height
+    cx = (2 * b[:, 1] + b[:, 3]) / width - 1  # box centre in [-1, 1] (align_corners=False coordinates)
+    cy = (2 * b[:, 0] + b[:, 2]) / height - 1
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1).to(x.device)
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0, 1)
+
+
+def random_shift(x: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
+    """Translate each image by up to `pad` px (reflect padding, then a random crop), gathered in one indexing op."""
+    if pad <= 0:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.as_tensor(rng.integers(0, 2 * pad + 1, n), device=x.device)
+    dx = torch.as_tensor(rng.integers(0, 2 * pad + 1, n), device=x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    index = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(3, device=x.device)[None, :, None, None]
+    return padded[index, channel, rows, cols]
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> luma (N, 1, H, W)."""
+    return (x * torch.tensor(LUMA, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: np.ndarray, kernel: int) -> torch.Tensor:
+    """Blur image i with a `kernel`-tap Gaussian of std sigma[i]: a separable grouped conv, reflect padding."""
+    n, c, h, w = x.shape
+    taps = torch.arange(kernel, dtype=torch.float32) - (kernel - 1) / 2
+    weights = torch.exp(-taps[None] ** 2 / (2 * torch.as_tensor(sigma, dtype=torch.float32)[:, None] ** 2))
+    weights = (weights / weights.sum(1, keepdim=True)).repeat_interleave(c, 0).to(x.device)  # (N*C, k)
+    half = kernel // 2
+    y = F.pad(x.reshape(1, n * c, h, w), (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, weights[:, None, None, :], groups=n * c)
+    y = F.conv2d(y, weights[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def one_of(x: torch.Tensor, ops: list[str], spec: dict[str, Any], rng: np.random.Generator) -> torch.Tensor:
+    """Apply exactly one of `ops` (grayscale, solarize, gaussian_blur) to each image, chosen uniformly."""
+    if not ops:
+        return x
+    choice = torch.as_tensor(rng.integers(0, len(ops), len(x)), device=x.device).view(-1, 1, 1, 1)
+    blur = spec["gaussian_blur"]
+    sigma = rng.uniform(blur["sigma"][0], blur["sigma"][1], len(x))  # drawn even when unused: a fixed RNG stream
+    out = x
+    for i, op in enumerate(ops):
+        if op == "grayscale":
+            y = grayscale(x).expand_as(x)
+        elif op == "solarize":
+            y = torch.where(x >= spec["solarize_threshold"], 1.0 - x, x)
+        elif op == "gaussian_blur":
+            y = gaussian_blur(x, sigma, int(blur["kernel"]))
+        else:
+            raise ValueError(f"unknown augmentation '{op}' in train_transform.one_of; choices: grayscale, solarize, gaussian_blur")
+        out = torch.where(choice == i, y, out)
+    return out
+
+
+def jitter_factors(rng: np.random.Generator, strength: list[float], n: int) -> np.ndarray:
+    """(n, 3) brightness, contrast and saturation factors, each from [max(0, 1 - s), 1 + s]."""
+    return np.stack([rng.uniform(max(0.0, 1 - s), 1 + s, n) for s in strength], axis=1)
+
+
+def color_jitter(x: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
+    """torchvision's adjust_brightness, adjust_contrast, adjust_saturation per image, in that fixed order."""
+    f = torch.as_tensor(factors, dtype=x.dtype, device=x.device).view(len(x), 3, 1, 1, 1).unbind(1)
+    x = (x * f[0]).clamp_(0, 1)
+    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    x = (f[1] * x + (1 - f[1]) * mean).clamp_(0, 1)
+    return (f[2] * x + (1 - f[2]) * grayscale(x)).clamp_(0, 1)
+
+
+def train_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Generator) -> torch.Tensor:
+    """The recipe's training augmentation: uint8 (N, H, W, 3) -> normalised float (N, 3, S, S)."""
+    t = recipe["train_transform"]
+    x = to_unit(images)
+    flip = rng.random(len(x)) < float(t["hflip"])
+    crop = t.get("random_resized_crop")
+    if crop:
+        boxes = crop_boxes(rng, len(x), x.shape[2], x.shape[3], crop["scale"], crop["ratio"])
+        x = resized_crop(x, boxes, int(crop["size"]), flip, crop.get("interpolation", "bicubic"))
+    else:
+        x = random_shift(x, int(t.get("random_shift") or 0), rng)
+        x = torch.where(torch.as_tensor(flip, device=x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    x = one_of(x, list(t.get("one_of") or []), t, rng)
+    if t.get("color_jitter"):
+        x = color_jitter(x, jitter_factors(rng, list(t["color_jitter"]), len(x)))
+    return normalize(x, recipe["normalize"])
+
+
+def test_batch(images: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
+    """The recipe's test transform on images already decoded at `test_transform.resize`: centre crop, normalise."""
+    x = to_unit(images)
+    crop = int(recipe["test_transform"]["center_crop"])
+    top, left = (x.shape[2] - crop) // 2, (x.shape[3] - crop) // 2
+    return normalize(x[:, :, top:top + crop, left:left + crop], recipe["normalize"])
+
+
+def cutmix(x: torch.Tensor, rng: np.random.Generator, alpha: float) -> tuple[torch.Tensor, float]:
+    """Paste one random box from the batch reversed into every image (timm's CutMix); returns (x, lam).
+
+    The loss is then lam * CE(out, y) + (1 - lam) * CE(out, y.flip(0)), lam being the unpasted area fraction.
+    """
+    h, w = x.shape[2:]
+    lam = float(rng.beta(alpha, alpha))
+    cut = math.sqrt(1 - lam)
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x.flip(0)[:, :, y0:y1, x0:x1]
+    return x, 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def output_size(recipe: dict[str, Any]) -> int:
+    """The side of the model's input square, which train and test transforms must agree on."""
+    crop = recipe["train_transform"].get("random_resized_crop")
+    return int(crop["size"]) if crop else int(recipe["load_size"])

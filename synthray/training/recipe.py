@@ -1,0 +1,77 @@
+"""The recipe's optimiser, learning-rate schedule and batch geometry, and a one-line check of a recipe's values.
+
+A recipe is a config file (`synthray/conf/recipes/*.yaml`); nothing here holds a number of its own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from synthray.registry import SynthrayError
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+AUGMENTATIONS = ("grayscale", "solarize", "gaussian_blur")
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: dict[str, Any]) -> torch.optim.Optimizer:
+    cls = OPTIMIZERS[recipe["optimizer"]]
+    return cls(params, lr=float(recipe["lr"]), betas=tuple(recipe["betas"]), weight_decay=float(recipe["weight_decay"]))
+
+
+def lr_at(step: int, steps_per_epoch: int, recipe: dict[str, Any]) -> float:
+    """Learning rate before optimiser step `step` (0-based): linear warm-up, then cosine down to `min_lr`."""
+    base, start, floor = float(recipe["lr"]), float(recipe["warmup_start_lr"]), float(recipe["min_lr"])
+    total = int(recipe["epochs"]) * steps_per_epoch
+    warm = min(round(float(recipe["warmup_epochs"]) * steps_per_epoch), total)
+    if step < warm:
+        return start + (base - start) * step / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_geometry(global_batch: int, workers: int, accumulate: int) -> int:
+    """Images per forward pass on one worker, such that workers x accumulate x it == the recipe's global batch."""
+    if global_batch % (workers * accumulate):
+        raise SynthrayError(
+            f"recipe.batch_size={global_batch} is not divisible by training.num_workers={workers} x "
+            f"training.accumulate={accumulate}; the global batch must stay as the recipe says")
+    return global_batch // (workers * accumulate)
+
+
+def steps_per_epoch(rows: int, workers: int, per_step_per_worker: int) -> int:
+    """Optimiser steps in one epoch when each of `workers` sees rows // workers rows (Ray Train's equal split)."""
+    return max(1, math.ceil((rows // workers) / per_step_per_worker))
+
+
+def check_recipe(cfg: Any) -> None:
+    """Validate the selected recipe and its execution settings: one line naming the first bad value."""
+    from synthray.training.augment import output_size
+
+    r, t = cfg.recipe, cfg.training
+    for key in ("epochs", "batch_size", "load_size"):
+        if not isinstance(r[key], int) or r[key] < 1:
+            raise SynthrayError(f"recipe.{key} must be a whole number >= 1, got {r[key]}")
+    if r.optimizer not in OPTIMIZERS:
+        raise SynthrayError(f"recipe.optimizer '{r.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
+    if not 0 <= float(r.holdout_fraction) < 1:
+        raise SynthrayError(f"recipe.holdout_fraction must be in [0, 1), got {r.holdout_fraction}")
+    bad = [op for op in r.train_transform.one_of or [] if op not in AUGMENTATIONS]
+    if bad:
+        raise SynthrayError(f"recipe.train_transform.one_of: unknown '{bad[0]}'; choices: {', '.join(AUGMENTATIONS)}")
+    test = r.test_transform
+    if int(test.center_crop) > int(test.resize):
+        raise SynthrayError(f"recipe.test_transform: center_crop {test.center_crop} is larger than resize {test.resize}")
+    size = output_size(r)
+    if size != int(test.center_crop):
+        raise SynthrayError(f"recipe: training images are {size} px but test images {test.center_crop} px; "
+                            "make train_transform's crop size (or load_size) equal test_transform.center_crop")
+    for key in ("num_workers", "accumulate"):
+        if not isinstance(t[key], int) or t[key] < 1:
+            raise SynthrayError(f"training.{key} must be a whole number >= 1, got {t[key]}")
+    batch_geometry(int(r.batch_size), int(t.num_workers), int(t.accumulate))
+    for key, choices in (("precision", ("auto", "bf16", "fp32")), ("channels_last", ("auto", True, False))):
+        if t[key] not in choices:
+            raise SynthrayError(f"training.{key}={t[key]} is not one of {', '.join(map(str, choices))}")
