@@ -11,7 +11,7 @@ from synthray.registry import SynthrayError
 
 log = logging.getLogger("synthray")
 
-LISTABLE = ("generators", "archs", "probes", "experiments")
+LISTABLE = ("generators", "archs", "probes", "experiments", "recipes")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +36,15 @@ def _list(what: str) -> list[str]:
 
     if what == "experiments":
         return [f"{name:<16} {path}" for name, path in list_experiments().items()]
+    if what == "recipes":
+        from synthray.config import list_recipes
+
+        out = []
+        for name in list_recipes():
+            r = compose([f"recipe={name}"]).recipe
+            out.append(f"{name:<8} {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}, "
+                       f"{r.test_transform.center_crop}px, cutmix {r.cutmix.prob}")
+        return out
     if what == "probes":
         from synthray.probes.transforms import PROBES
 

@@ -6,6 +6,7 @@ from PIL import Image
 from synthray.data.real import build, load_classes, real_artifact
 from synthray.images import decode, read_images
 from synthray.registry import SynthrayError
+from synthray.sweep.plan import validate
 from tests.conftest import tiny_cfg
 
 
@@ -72,3 +73,47 @@ def test_imagefolder_corrupt_image_is_named(tmp_path):
     with pytest.raises(SynthrayError, match="broken.JPEG"):
         art.build(lambda w: build(art.spec, w))
     assert not art.is_complete()
+
+
+def test_imagefolder_corrupt_image_can_be_skipped(tmp_path):
+    root = tmp_path / "imagenet"
+    _imagefolder(root, ["n01"], per_split=2)
+    (root / "val" / "n01" / "broken.JPEG").write_bytes(b"not a jpeg")
+    (tmp_path / "classes.csv").write_text("id,name\nn01,cat\n")
+    cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}",
+                   f"data.classes={tmp_path / 'classes.csv'}", "data.on_corrupt=skip")
+    art = real_artifact(cfg)
+    art.build(lambda w: build(art.spec, w))
+    assert art.meta()["counts"]["test"] == 2
+    assert len(art.meta()["skipped"]) == 1 and "broken.JPEG" in art.meta()["skipped"][0]
+
+
+def test_parquet_source_reads_a_hugging_face_datasets_export(tmp_path):
+    """Real data from parquet as `datasets` writes it: Image structs and ClassLabel ints named in the metadata."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["n01", "n02", "n03"])})
+    for split, n in (("train", 12), ("validation", 6)):
+        rows = {"image": [Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)) for _ in range(n)],
+                "label": [i % 3 for i in range(n)]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "hf" / "data" / f"{split}-00000-of-00001.parquet"))
+    (tmp_path / "classes.csv").write_text("id,name\nn01,cat\nn03,dog\n")  # a subset, in another order
+    cfg = tiny_cfg(tmp_path / "runs", "data.source=parquet", f"data.root={tmp_path / 'hf'}", "data.image_size=16",
+                   f"data.classes={tmp_path / 'classes.csv'}", "data.holdout_fraction=0.5")
+    validate(cfg)
+    art = real_artifact(cfg)
+    art.build(lambda w: build(art.spec, w))
+    assert art.meta()["counts"] == {"train": 4, "holdout": 4, "test": 4}
+    test = read_images(art.path / "test")
+    assert sorted(set(zip(test["class_id"], test["label"]))) == [("n01", 0), ("n03", 1)]
+    assert decode(test["image"][0]).size == (16, 16)
+
+    with pytest.raises(SynthrayError, match="no column picture"):
+        bad = tiny_cfg(tmp_path / "runs2", "data.source=parquet", f"data.root={tmp_path / 'hf'}", "data.image_column=picture",
+                       f"data.classes={tmp_path / 'classes.csv'}")
+        a = real_artifact(bad)
+        a.build(lambda w: build(a.spec, w))
+    with pytest.raises(SynthrayError, match="no test parquet files"):
+        (tmp_path / "hf" / "data" / "validation-00000-of-00001.parquet").unlink()
+        validate(cfg)

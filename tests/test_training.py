@@ -109,3 +109,14 @@ def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, share
     art = train(cfg, arch, tmp_path / "data", f"test/{arch}", 10, label=arch)
     assert art.meta()["epochs"] == 1 and art.meta()["train_loss"] > 0
     assert load_model(art)(torch.zeros(1, 3, 224, 224)).shape == (1, 10)
+
+
+def test_two_workers_with_accumulation_keep_the_global_batch(ray_cluster, shared_storage, tmp_path):
+    """DDP over 2 CPU workers x 2 micro-batches: one optimiser step per 16 images, as with one worker."""
+    real = ensure_real(tiny_cfg(shared_storage))
+    cfg = tiny_cfg(tmp_path, "recipe.epochs=2", "recipe.batch_size=16", "training.num_workers=2", "training.accumulate=2")
+    art = train(cfg, "tiny-cnn", real.path / "train", f"real/{real.key}/train", 10, label="two workers")
+    meta = art.meta()
+    # Each worker sees rows // 2 rows in batches of 8 (2 micro-batches of 4): ceil((rows // 2) / 8) steps an epoch.
+    assert meta["history"][-1]["step"] == 2 * -(-(meta["rows"] // 2) // 8)
+    assert 0 < meta["holdout_acc_best"] <= 1 and meta["best_epoch"] in (1, 2)

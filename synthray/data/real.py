@@ -2,14 +2,18 @@
 
 Splits: `train` (Real->Real and Real->Synth training), `holdout` (drawn by the real-holdout control
 generator, never trained on by the real model) and `test` (every evaluation on real images).
-Sources: scikit-learn's bundled handwritten digits (offline, the embedded default) or an ImageFolder tree laid
-out like ImageNet (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`).
+Sources: scikit-learn's bundled handwritten digits (offline, the embedded default), an ImageFolder tree laid
+out like ImageNet (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), or parquet files such as a Hugging Face
+`datasets` export (`train*.parquet`, `test*.parquet`/`validation*.parquet`, or `train/` and `test/` folders of them).
+An unreadable image is named with its path; `data.on_corrupt=skip` drops it (and lists it in meta.json) instead.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -19,6 +23,8 @@ from synthray.artifacts import Artifact, seed_hash
 from synthray.images import encode, square
 from synthray.registry import SynthrayError
 
+log = logging.getLogger("synthray")
+SOURCES = ("digits", "imagefolder", "parquet")
 CLASS_DIR = Path(__file__).resolve().parent / "classes"
 SPLITS = ("train", "holdout", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -52,7 +58,8 @@ def real_spec(cfg: Any) -> dict[str, Any]:
     return {
         "source": d.source, "root": root, "classes": classes["id"].tolist(), "image_size": int(d.image_size),
         "test_fraction": float(d.test_fraction), "holdout_fraction": float(d.holdout_fraction),
-        "max_per_class": d.max_per_class, "seed": int(cfg.seed),
+        "max_per_class": d.max_per_class, "seed": int(cfg.seed), "on_corrupt": str(d.on_corrupt),
+        "image_column": str(d.image_column), "label_column": str(d.label_column),
     }
 
 
@@ -64,21 +71,41 @@ def real_artifact(cfg: Any) -> Artifact:
 def check_source(cfg: Any) -> None:
     """Validate the real-data source without reading images: one line naming what is missing."""
     d = cfg.data
+    if d.source not in SOURCES:
+        raise SynthrayError(f"unknown data.source '{d.source}'; choices: {', '.join(SOURCES)}")
+    if d.on_corrupt not in ("fail", "skip"):
+        raise SynthrayError(f"data.on_corrupt={d.on_corrupt} is not one of fail, skip")
     if d.source == "digits":
         return
-    if d.source != "imagefolder":
-        raise SynthrayError(f"unknown data.source '{d.source}'; choices: digits, imagefolder")
     if not d.root:
-        raise SynthrayError("data.source=imagefolder needs data.root=<folder with train/ and val/>")
+        what = "train/ and val/ class folders" if d.source == "imagefolder" else "train and test parquet files"
+        raise SynthrayError(f"data.source={d.source} needs data.root=<folder with {what}>")
     root = Path(d.root).expanduser()
     if not root.is_dir():
         raise SynthrayError(f"real data folder not found: data.root={root}")
+    if d.source == "parquet":
+        for split in ("train", "test"):
+            _parquet_files(root, split)
+        return
     test_dir = _test_dir(root)
     ids = load_classes(d.classes)["id"].tolist()
     for split_dir in (root / "train", test_dir):
         missing = [c for c in ids if not (split_dir / c).is_dir()]
         if missing:
             raise SynthrayError(f"{split_dir}: {len(missing)} of {len(ids)} class folders missing, e.g. {', '.join(missing[:3])}")
+
+
+PARQUET_SPLITS = {"train": ("train",), "test": ("test", "val", "validation")}
+
+
+def _parquet_files(root: Path, split: str) -> list[Path]:
+    """`<root>/<split>/**.parquet`, else `<root>/**/<split>*.parquet` (HF hub layout: data/train-00000-of-00004.parquet)."""
+    for name in PARQUET_SPLITS[split]:
+        files = sorted((root / name).rglob("*.parquet")) if (root / name).is_dir() else \
+            sorted(p for p in root.rglob(f"{name}*.parquet") if p.name[len(name):][:1] in ("", "-", "_", "."))
+        if files:
+            return files
+    raise SynthrayError(f"{root}: no {split} parquet files (looked for {split}/ or {'|'.join(PARQUET_SPLITS[split])}*.parquet)")
 
 
 def _test_dir(root: Path) -> Path:
@@ -98,19 +125,22 @@ def _split_indices(n: int, fractions: list[float], seed: int) -> list[np.ndarray
 
 
 def build(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Write `<workdir>/<split>/part-00000.parquet` for each split; returns per-split counts."""
+    """Write `<workdir>/<split>/part-00000.parquet` for each split; returns per-split counts (and skipped images)."""
     from synthray.images import write_table
 
-    rows = _digits(spec) if spec["source"] == "digits" else _imagefolder(spec)
+    skipped: list[str] = []
+    rows = {"digits": _digits, "imagefolder": _imagefolder, "parquet": _parquet}[spec["source"]](spec, skipped)
+    if skipped:
+        log.warning("skipped %d unreadable real images (data.on_corrupt=skip), e.g. %s", len(skipped), skipped[0])
     counts = {}
     for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
         columns = {k: [r[k] for r in part] for k in ("id", "image", "label", "class_id")}
         counts[split] = write_table(workdir / split / "part-00000.parquet", columns)
-    return {"counts": counts}
+    return {"counts": counts, "skipped": skipped}
 
 
-def _digits(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def _digits(spec: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()  # ships with scikit-learn: 1,797 real 8x8 images, 17 gray levels
@@ -134,21 +164,75 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _imagefolder(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    root = Path(spec["root"])
-    test_dir = _test_dir(root)
-    size, cap = spec["image_size"], spec["max_per_class"]
-    out = []
+def _real_image(source: Any, where: str, spec: dict[str, Any], skipped: list[str]) -> bytes | None:
+    """A path or encoded bytes -> square JPEG bytes at the real image size; None when unreadable and skipping."""
+    import io
+
+    try:
+        img = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
+        return encode(square(img.convert("RGB"), spec["image_size"]), "jpeg", 95)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        if spec["on_corrupt"] == "skip":
+            skipped.append(f"{where}: {err}")
+            return None
+        raise SynthrayError(f"cannot read real image {where}: {err} (set data.on_corrupt=skip to leave such images out)") from None
+
+
+def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: list[str]) -> list[dict[str, Any]]:
+    """items[split][class id] = [(row id, path or bytes)] with split train or test -> rows with train cut into
+    holdout and train, each capped at max_per_class, images squared and re-encoded."""
+    cap, out = spec["max_per_class"], []
     for label, cid in enumerate(spec["classes"]):
-        train_files = _list_images(root / "train" / cid)
-        test_files = _list_images(test_dir / cid)
-        hold, train = _split_indices(len(train_files), [spec["holdout_fraction"], 1 - spec["holdout_fraction"]], seed_hash(spec["seed"], "folder", cid))
-        chosen = {"holdout": [train_files[i] for i in sorted(hold)], "train": [train_files[i] for i in sorted(train)], "test": test_files}
-        for split, files in chosen.items():
-            for path in files[:cap] if cap else files:
-                try:
-                    img = square(Image.open(path).convert("RGB"), size)
-                except OSError as err:
-                    raise SynthrayError(f"cannot read real image {path}: {err}") from None
-                out.append({"id": str(path.relative_to(root)), "image": encode(img, "jpeg", 95), "label": label, "class_id": cid, "split": split})
+        train = items["train"].get(cid, [])
+        hold, keep = _split_indices(len(train), [spec["holdout_fraction"], 1 - spec["holdout_fraction"]], seed_hash(spec["seed"], "real", cid))
+        chosen = {"holdout": [train[i] for i in sorted(hold)], "train": [train[i] for i in sorted(keep)], "test": items["test"].get(cid, [])}
+        for split, entries in chosen.items():
+            for row_id, source in entries[:cap] if cap else entries:
+                data = _real_image(source, row_id, spec, skipped)
+                if data is not None:
+                    out.append({"id": row_id, "image": data, "label": label, "class_id": cid, "split": split})
     return out
+
+
+def _imagefolder(spec: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
+    root = Path(spec["root"])
+    dirs = {"train": root / "train", "test": _test_dir(root)}
+    items = {split: {cid: [(str(p.relative_to(root)), p) for p in _list_images(d / cid)] for cid in spec["classes"]} for split, d in dirs.items()}
+    return _assign(spec, items, skipped)
+
+
+def _class_names(schema: Any, column: str) -> list[str] | None:
+    """A Hugging Face ClassLabel's names for `column`, from the parquet schema metadata `datasets` writes."""
+    import json
+
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if not meta:
+        return None
+    feature = json.loads(meta).get("info", {}).get("features", {}).get(column, {})
+    return feature.get("names")
+
+
+def _parquet(spec: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
+    """Rows of the listed classes from parquet files: labels are class ids, or ints named by the HF ClassLabel
+    metadata (or, without it, the int itself as the id); images are bytes or HF's {bytes, path} structs."""
+    import pyarrow.parquet as pq
+
+    root, image_col, label_col = Path(spec["root"]), spec["image_column"], spec["label_column"]
+    wanted = set(spec["classes"])
+    items: dict[str, dict[str, list]] = {}
+    for split in ("train", "test"):
+        items[split] = {}
+        for path in _parquet_files(root, split):
+            pf = pq.ParquetFile(path)
+            missing = [c for c in (image_col, label_col) if c not in pf.schema_arrow.names]
+            if missing:
+                raise SynthrayError(f"{path} has no column {missing[0]} (columns: {', '.join(pf.schema_arrow.names)}); "
+                                    "set data.image_column / data.label_column")
+            names = _class_names(pf.schema_arrow, label_col)
+            table = pf.read(columns=[image_col, label_col]).to_pydict()
+            for i, (image, label) in enumerate(zip(table[image_col], table[label_col])):
+                cid = names[label] if names and isinstance(label, int) else str(label)
+                if cid in wanted:
+                    data = image.get("bytes") if isinstance(image, dict) else image
+                    items[split].setdefault(cid, []).append((f"{path.relative_to(root)}#{i}", data or b""))
+    return _assign(spec, items, skipped)

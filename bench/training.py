@@ -1,0 +1,132 @@
+"""GPU benchmark of the training stage: synthray's Ray Train loop against a plain PyTorch loop, same GPU, same run.
+
+  (a) a plain PyTorch loop on GPU-resident random tensors: the same model, batch, Adam, bf16 autocast and
+      channels_last, no data loading at all (the ceiling);
+  (b) synthray's training stage: Ray Train `TorchTrainer` reading a dataset artifact of JPEGs (parquet shards
+      as the generation stage writes them) through Ray Data, decoding on CPU workers, augmenting on the GPU
+      with the `paper` recipe (RandomResizedCrop, one-of, ColorJitter, flip, CutMix).
+It prints images/s of both, and b/a, for each architecture. Target (issue 4): b/a >= 0.9.
+
+  python bench/training.py                          # resnet50 and vit_tiny, 20k 256px JPEGs, batch 256
+  python bench/training.py --compile                # (a) and (b) with torch.compile
+  python bench/training.py --cache-gb 0             # (b) streams from the shards instead of a decoded cache
+  python bench/training.py --tiny                   # CPU smoke run of the same code path (speeds mean nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def write_jpeg_dataset(folder: Path, images: int, size: int, classes: int, shard: int = 1000) -> Path:
+    """Parquet shards of smooth random JPEGs (q95, like generated images; pure noise would be a decode worst case)."""
+    from PIL import Image
+
+    from synthray.images import encode, write_table
+
+    rng = np.random.default_rng(0)
+    for start in range(0, images, shard):
+        n = min(shard, images - start)
+        low = rng.integers(0, 256, (n, size // 16, size // 16, 3), dtype=np.uint8)
+        data = [encode(Image.fromarray(a).resize((size, size), Image.BICUBIC), "jpeg", 95) for a in low]
+        write_table(folder / f"shard-{start // shard:05d}.parquet",
+                    {"id": [f"bench/{start + i}" for i in range(n)], "image": data,
+                     "label": [int(v) for v in rng.integers(0, classes, n)]})
+    return folder
+
+
+def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compile_model: bool) -> float:
+    """(a): images/s of forward+backward+Adam on random GPU tensors, after warm-up steps."""
+    from synthray.training.archs import create_model
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = create_model(arch, classes).to(device).to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if compile_model else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = torch.nn.functional.cross_entropy(forward(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(max(3, steps // 5)):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def synthray_loop(arch: str, data: Path, storage: Path, batch: int, epochs: int, cache_gb: float,
+                  compile_model: bool, tiny: bool) -> dict:
+    """(b): the training stage on the JPEG dataset; images/s is the median over epochs after the first."""
+    from synthray.config import compose
+    from synthray.training.trainer import train
+
+    overrides = [f"storage={storage}", "recipe=paper", f"recipe.epochs={epochs}", f"recipe.batch_size={batch}",
+                 "recipe.holdout_fraction=0.0", f"training.cache_decoded_gb={cache_gb}", f"training.compile={compile_model}"]
+    if tiny:
+        overrides += ["recipe.load_size=72", "recipe.train_transform.random_resized_crop.size=64",
+                      "recipe.test_transform.resize=64", "recipe.test_transform.center_crop=64"]
+    art = train(compose(overrides), arch, data, f"bench/{data.name}", 1000, label=f"bench {arch}")
+    return art.meta()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", nargs="+", default=["resnet50", "vit_tiny_patch16_224"])
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--size", type=int, default=256, help="stored JPEG size")
+    parser.add_argument("--batch", type=int, default=256, help="global batch for (a) and (b)")
+    parser.add_argument("--epochs", type=int, default=3, help="(b) epochs; the first is excluded as warm-up")
+    parser.add_argument("--steps", type=int, default=50, help="(a) timed steps")
+    parser.add_argument("--cache-gb", type=float, default=8.0, help="(b) decoded-cache limit; 0 streams")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--tiny", action="store_true", help="CPU check: tiny-cnn, 256 images of 72 px, batch 32")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.tiny:
+        args.arch, args.images, args.size, args.batch, args.steps, args.epochs = ["tiny-cnn"], 256, 72, 32, 5, 2
+
+    from synthray.logs import setup_logging
+    from synthray.sweep.runner import start_local_ray
+
+    start_local_ray()
+    setup_logging()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    crop = 64 if args.tiny else 224
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_jpeg_dataset(Path(tmp) / f"jpeg-{args.images}-{args.size}", args.images, args.size, 1000)
+        for arch in args.arch:
+            a = plain_loop(arch, args.batch, crop, 1000, args.steps, args.compile)
+            meta = synthray_loop(arch, data, Path(tmp) / f"runs-{arch}", args.batch, args.epochs, args.cache_gb,
+                                 args.compile, args.tiny)
+            b = meta["images_per_s"]
+            rows.append({"arch": arch, "device": device, "batch": args.batch, "images": args.images, "compile": args.compile,
+                         "cache_gb": args.cache_gb, "plain_img_s": round(a, 1), "synthray_img_s": round(b, 1),
+                         "ratio": round(b / a, 3), "epochs_img_s": [round(h["images_per_s"], 1) for h in meta["history"]]})
+            print(f"{arch}: (a) plain {a:.0f} img/s  (b) synthray {b:.0f} img/s  b/a = {b / a:.3f}  [{device}]", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
