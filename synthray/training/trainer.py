@@ -142,8 +142,8 @@ def train(cfg: Any, arch: str, images: Path, data_ref: str, num_classes: int, la
                 "holdout_acc_last": history[-1]["holdout_acc"], "train_loss": history[-1]["train_loss"],
                 "images_per_s": sorted(speeds)[len(speeds) // 2],
                 "resumed_from_epoch": (result.metrics or {}).get("resumed_from_epoch", 0), "history": history}
-        log.info("%s: best epoch %s of %s (held-out acc %s), %.0f img/s", label, best["epoch"], meta["epochs"],
-                 meta["holdout_acc_best"], meta["images_per_s"])
+        held = "no held-out rows" if rows[1] == 0 else f"held-out acc {meta['holdout_acc_best']:.3f} of {rows[1]} rows"
+        log.info("%s: best epoch %s of %s (%s), %.0f img/s", label, best["epoch"], meta["epochs"], held, meta["images_per_s"])
         return meta
 
     art.build(make)
