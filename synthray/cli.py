@@ -57,7 +57,7 @@ def _list(what: str) -> list[str]:
     rows = []
     for name, entry in cfg.generators.items():
         model = entry.get("model", "(real held-out images)")
-        how = f"{entry.pipeline} {entry.steps} steps cfg {entry.guidance} {entry.resolution}px" if entry.kind == "diffusers" else "held-out real images"
+        how = f"{entry.pipeline} {entry.steps} steps cfg {entry.guidance} {entry.resolution}px" if entry.kind == "diffusers" else f"control: {entry.kind} (held-out real images)"
         rows.append(f"{name:<17} released {entry.get('released') or '-':<11} protocols model-default,paper  {how:<52} {model}")
     return rows
 

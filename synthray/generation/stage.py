@@ -42,6 +42,11 @@ def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
     )
 
 
+def control_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """A control generator's own settings (e.g. collapsed: prototypes, noise, shift), part of its dataset key."""
+    return {k: v for k, v in dict(entry).items() if k not in ("kind", "released")}
+
+
 def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
     """The dataset's identity: everything that changes its bytes, and nothing that does not (actors, resumes).
 
@@ -67,6 +72,7 @@ def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
                     kernels={"vae_tiling": bool(g.vae_tiling), "channels_last": bool(g.channels_last), "compile": bool(g.compile)})
     else:
         spec["real"] = real_artifact(cfg).key
+        spec["control"] = control_params(entry)
     return Artifact(cfg.storage, "synthetic", spec, label=f"{generator}, {style}, {len(table)} images")
 
 
@@ -118,7 +124,7 @@ def generate(cfg: Any, generator: str, style: str) -> Artifact:
                             call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"], cpu_offload=bool(g.cpu_offload),
                             **art.spec["kernels"])
         else:
-            gen_spec["real_path"] = str(ensure_real(cfg).path)
+            gen_spec.update(real_path=str(ensure_real(cfg).path), control=art.spec["control"])
         table = build_prompt_table(cfg, generator, style)
         size = int(g.shard_size)
         tasks = [{"name": f"part-{i:05d}.parquet", "rows": len(chunk), "table": chunk.to_dict(orient="list")}
