@@ -18,7 +18,7 @@ def test_paper_recipe_numbers_come_from_its_config_file():
     assert (r.warmup_epochs, r.warmup_start_lr, r.min_lr, r.grad_clip, r.cutmix.prob) == (5, 1e-5, 1e-8, 1.0, 1.0)
     assert r.train_transform.random_resized_crop.size == 224 and r.train_transform.color_jitter == [0.3, 0.3, 0.3]
     assert list(r.train_transform.one_of) == ["grayscale", "solarize", "gaussian_blur"]
-    assert (r.test_transform.resize, r.test_transform.center_crop) == (224, 224)
+    assert (r.test_transform.resize, r.test_transform.crop) == (224, 224)
     assert compose(["recipe=paper", "recipe.epochs=7"]).recipe.epochs == 7
 
 
@@ -56,7 +56,7 @@ def test_global_batch_is_kept_across_worker_counts():
 @pytest.mark.parametrize("override, message", [
     ("training.num_workers=3", "recipe.batch_size=1024 is not divisible by training.num_workers=3"),
     ("recipe.train_transform.one_of=[sharpen]", "unknown 'sharpen'"),
-    ("recipe.test_transform.center_crop=192", "training images are 224 px but test images 192 px"),
+    ("recipe.test_transform.crop=192", "training images are 224 px but test images 192 px"),
     ("recipe.holdout_fraction=1.0", r"holdout_fraction must be in \[0, 1\)"),
     ("recipe.optimizer=lion", "recipe.optimizer 'lion'"),
 ])

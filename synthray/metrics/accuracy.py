@@ -32,12 +32,13 @@ def predict(model: Artifact, images: Path, weights: str = "model.pt", batch_size
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = load_model(model, weights).to(device)
     table = read_images(images, columns=["image", "label"])
+    rng = np.random.default_rng(int(recipe["seed"]))  # random test crops (texture probe), fixed across runs
     logits = []
     with torch.inference_mode():
         for start in range(0, len(table), batch_size):
             chunk = table["image"].iloc[start:start + batch_size]
             x = torch.from_numpy(np.stack([decode_array(b, size) for b in chunk])).to(device)
-            logits.append(net(test_batch(x, recipe)).float().cpu().numpy())
+            logits.append(net(test_batch(x, recipe, rng)).float().cpu().numpy())
     return table["label"].to_numpy(), np.concatenate(logits)
 
 

@@ -19,6 +19,23 @@ def rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+@PROBES.register("texture")
+def texture(image: np.ndarray) -> np.ndarray:
+    """Identity on the pixels: the texture probe lives in training, where BagNet sees only small random patches
+    (`probes.texture.recipe`), so shape beyond its receptive field cannot be used."""
+    return image
+
+
+@PROBES.register("depth")
+def depth(image: np.ndarray) -> np.ndarray:
+    """Monocular depth: a model, so the view stage runs it on an actor pool (`synthray.probes.depth`), not here."""
+    raise NotImplementedError("the depth probe runs through synthray.probes.depth.depth_worker on a Ray Data actor pool")
+
+
+TEXTURE_ARCHS = ("bagnet9", "bagnet17", "bagnet33")
+IDENTITY_PROBES = ("rgb", "texture")  # their views are the source images: nothing to compute or store
+
+
 def box_mask(height: int, width: int, cutoff: float) -> np.ndarray:
     """Boolean (H, W) mask, in centred (fftshift) order, of frequencies inside the low-pass box."""
     if not 0.0 < cutoff <= 1.0:

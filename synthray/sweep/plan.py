@@ -48,7 +48,7 @@ def validate(cfg: Any) -> list[dict[str, str]]:
     from synthray.generation.generators import generator_entry, resolve_model, sampling_params
     from synthray.generation.prompts import PROMPT_STYLES
     from synthray.generation.stage import style_captions
-    from synthray.probes.stage import probe_params
+    from synthray.probes.stage import check_probe_archs, check_probe_model, probe_cfg, probe_params
     from synthray.training.archs import check_arch
     from synthray.training.recipe import check_recipe
 
@@ -68,9 +68,11 @@ def validate(cfg: Any) -> list[dict[str, str]]:
         style_captions(cfg, style, classes["id"].tolist())
     for arch in axes["arch"]:
         check_arch(arch)
-    check_recipe(cfg)
+    check_probe_archs(axes["probe"], axes["arch"])
     for probe in axes["probe"]:
         probe_params(cfg, probe)
+        check_probe_model(cfg, probe)
+        check_recipe(probe_cfg(cfg, probe))
     for name in axes["generator"]:
         entry = generator_entry(cfg, name)
         sampling_params(entry, cfg.generation.protocol)

@@ -25,10 +25,12 @@ def ref(path: Path) -> str:
 
 
 def result_artifact(cfg: Any, point: dict[str, str], synth_key: str, real_key: str) -> Artifact:
+    from synthray.probes.stage import probe_cfg, probe_params
     from synthray.training.trainer import training_spec
 
+    cfg = probe_cfg(cfg, point["probe"])
     spec = {"schema": 3, "point": point, "synthetic": synth_key, "real": real_key, **training_spec(cfg),
-            "probe_params": dict(cfg.probes.get(point["probe"]) or {}), "metrics": dict(cfg.metrics)}
+            "probe_params": probe_params(cfg, point["probe"]), "metrics": dict(cfg.metrics)}
     return Artifact(cfg.storage, "results", spec, label="/".join(point.values()))
 
 
@@ -63,7 +65,7 @@ def _evaluate_point(cfg: Any, point: dict[str, str], num_classes: int, report_to
     from synthray.generation.stage import ensure_real, generate
     from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
-    from synthray.probes.stage import view
+    from synthray.probes.stage import probe_cfg, view
     from synthray.training.trainer import train
 
     probe, arch = point["probe"], point["arch"]
@@ -71,6 +73,7 @@ def _evaluate_point(cfg: Any, point: dict[str, str], num_classes: int, report_to
     synth = generate(cfg, point["generator"], point["prompt_style"])
     real_view = view(cfg, probe, real, ("train", "test"))
     synth_view = view(cfg, probe, synth, ("data",))
+    cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
     synth_model = train(cfg, arch, synth_view / "data", f"{ref(synth_view)}/data", num_classes,
                         label=f"{arch} on {point['generator']}/{point['prompt_style']}/{probe}", report_to_tune=report_to_tune)
     real_model = train(cfg, arch, real_view / "train", f"{ref(real_view)}/train", num_classes, label=f"{arch} on real/{probe}")

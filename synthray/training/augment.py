@@ -69,19 +69,29 @@ def resized_crop(x: torch.Tensor, boxes: np.ndarray, size: int, flip: np.ndarray
     return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0, 1)
 
 
+def gather_crops(x: torch.Tensor, tops: np.ndarray, lefts: np.ndarray, height: int, width: int) -> torch.Tensor:
+    """Crop image i at (tops[i], lefts[i]) to height x width, all images in one indexing op (no resampling)."""
+    n, c = x.shape[:2]
+    rows = (torch.as_tensor(tops, device=x.device)[:, None] + torch.arange(height, device=x.device))[:, None, :, None]
+    cols = (torch.as_tensor(lefts, device=x.device)[:, None] + torch.arange(width, device=x.device))[:, None, None, :]
+    index = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return x[index, channel, rows, cols]
+
+
 def random_shift(x: torch.Tensor, pad: int, rng: np.random.Generator) -> torch.Tensor:
-    """Translate each image by up to `pad` px (reflect padding, then a random crop), gathered in one indexing op."""
+    """Translate each image by up to `pad` px (reflect padding, then a random crop of the original size)."""
     if pad <= 0:
         return x
     n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.as_tensor(rng.integers(0, 2 * pad + 1, n), device=x.device)
-    dx = torch.as_tensor(rng.integers(0, 2 * pad + 1, n), device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    index = torch.arange(n, device=x.device)[:, None, None, None]
-    channel = torch.arange(3, device=x.device)[None, :, None, None]
-    return padded[index, channel, rows, cols]
+    return gather_crops(padded, rng.integers(0, 2 * pad + 1, n), rng.integers(0, 2 * pad + 1, n), h, w)
+
+
+def random_crop(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """A size x size crop of each image at a uniformly random position (the texture probe's patches)."""
+    n, _, h, w = x.shape
+    return gather_crops(x, rng.integers(0, h - size + 1, n), rng.integers(0, w - size + 1, n), size, size)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -147,20 +157,34 @@ def train_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Gen
         boxes = crop_boxes(rng, len(x), x.shape[2], x.shape[3], crop["scale"], crop["ratio"])
         x = resized_crop(x, boxes, int(crop["size"]), flip, crop.get("interpolation", "bicubic"))
     else:
+        if t.get("random_crop"):
+            x = random_crop(x, int(t["random_crop"]), rng)
         x = random_shift(x, int(t.get("random_shift") or 0), rng)
         x = torch.where(torch.as_tensor(flip, device=x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    if t.get("vflip"):
+        vflip = torch.as_tensor(rng.random(len(x)) < float(t["vflip"]), device=x.device).view(-1, 1, 1, 1)
+        x = torch.where(vflip, x.flip(-2), x)
     x = one_of(x, list(t.get("one_of") or []), t, rng)
     if t.get("color_jitter"):
         x = color_jitter(x, jitter_factors(rng, list(t["color_jitter"]), len(x)))
     return normalize(x, recipe["normalize"])
 
 
-def test_batch(images: torch.Tensor, recipe: dict[str, Any]) -> torch.Tensor:
-    """The recipe's test transform on images already decoded at `test_transform.resize`: centre crop, normalise."""
+def test_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Generator | None = None) -> torch.Tensor:
+    """The recipe's test transform on images already decoded at `test_transform.resize`: a crop, then normalise.
+
+    The crop is centred, or at a random position when `crop_at: random` (the texture probe tests on random
+    patches; `rng` then fixes them, default seed: the recipe's).
+    """
     x = to_unit(images)
-    crop = int(recipe["test_transform"]["center_crop"])
-    top, left = (x.shape[2] - crop) // 2, (x.shape[3] - crop) // 2
-    return normalize(x[:, :, top:top + crop, left:left + crop], recipe["normalize"])
+    spec = recipe["test_transform"]
+    crop = int(spec["crop"])
+    if spec.get("crop_at", "center") == "random":
+        x = random_crop(x, crop, rng if rng is not None else np.random.default_rng(int(recipe["seed"])))
+    else:
+        top, left = (x.shape[2] - crop) // 2, (x.shape[3] - crop) // 2
+        x = x[:, :, top:top + crop, left:left + crop]
+    return normalize(x, recipe["normalize"])
 
 
 def cutmix(x: torch.Tensor, rng: np.random.Generator, alpha: float) -> tuple[torch.Tensor, float]:
@@ -182,5 +206,7 @@ def cutmix(x: torch.Tensor, rng: np.random.Generator, alpha: float) -> tuple[tor
 
 def output_size(recipe: dict[str, Any]) -> int:
     """The side of the model's input square, which train and test transforms must agree on."""
-    crop = recipe["train_transform"].get("random_resized_crop")
-    return int(crop["size"]) if crop else int(recipe["load_size"])
+    t = recipe["train_transform"]
+    if t.get("random_resized_crop"):
+        return int(t["random_resized_crop"]["size"])
+    return int(t.get("random_crop") or recipe["load_size"])

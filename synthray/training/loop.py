@@ -61,9 +61,10 @@ def evaluate(model: nn.Module, shard: Any, recipe: dict[str, Any], device: torch
     net = unwrap(model)  # no DDP: workers may hold different numbers of held-out batches
     net.eval()
     hits = torch.zeros(2, device=device)
+    rng = np.random.default_rng(int(recipe["seed"]))
     with torch.no_grad(), autocast:
         for batch in shard.iter_torch_batches(batch_size=256):
-            x = test_batch(batch["image"].to(device), recipe)
+            x = test_batch(batch["image"].to(device), recipe, rng)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = batch["label"].to(device)

@@ -62,12 +62,12 @@ def check_recipe(cfg: Any) -> None:
     if bad:
         raise SynthrayError(f"recipe.train_transform.one_of: unknown '{bad[0]}'; choices: {', '.join(AUGMENTATIONS)}")
     test = r.test_transform
-    if int(test.center_crop) > int(test.resize):
-        raise SynthrayError(f"recipe.test_transform: center_crop {test.center_crop} is larger than resize {test.resize}")
+    if int(test.crop) > int(test.resize):
+        raise SynthrayError(f"recipe.test_transform: crop {test.crop} is larger than resize {test.resize}")
     size = output_size(r)
-    if size != int(test.center_crop):
-        raise SynthrayError(f"recipe: training images are {size} px but test images {test.center_crop} px; "
-                            "make train_transform's crop size (or load_size) equal test_transform.center_crop")
+    if size != int(test.crop):
+        raise SynthrayError(f"recipe: training images are {size} px but test images {test.crop} px; "
+                            "make train_transform's crop size (or load_size) equal test_transform.crop")
     for key in ("num_workers", "accumulate"):
         if not isinstance(t[key], int) or t[key] < 1:
             raise SynthrayError(f"training.{key} must be a whole number >= 1, got {t[key]}")

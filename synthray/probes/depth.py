@@ -1,0 +1,179 @@
+"""The depth probe: every image becomes the depth map a monocular depth model predicts for it.
+
+The study's model is Depth-Anything-V2-Large (a DINOv2-L backbone with a DPT head). Its prediction is resized to
+the input size, min-max normalised per image to 0..255 and replicated to 3 channels, so the classifier sees a grey
+image of relative depth. A tiny random-weight twin of the same class (`model: tiny:depth`) runs every line offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from synthray.artifacts import Artifact
+from synthray.registry import SynthrayError, unknown_name
+
+DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
+TINY_DEPTH = ("depth",)  # the families `tiny:<family>` accepts
+
+# A span this small relative to the depth's magnitude is float noise (e.g. bicubic resampling of a constant map),
+# which min-max scaling would blow up into a full-contrast pattern; such maps become 0 instead.
+FLAT_RELATIVE_SPAN = 1e-5
+
+
+class DepthEstimator:
+    """A transformers depth-estimation model and its image processor on one device.
+
+    Weights are fp16 on CUDA (more mantissa than bf16, which matters once depth is quantised to 256 levels) and fp32
+    on CPU, where half precision is slow and poorly supported.
+    """
+
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 16, dtype: str = "float16"):
+        import torch
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = getattr(torch, dtype) if self.device.startswith("cuda") else torch.float32
+        self.batch_size = int(batch_size)
+        self.processor = AutoImageProcessor.from_pretrained(model)
+        self.model = AutoModelForDepthEstimation.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+
+    def __call__(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """uint8 (H, W, 3) images -> uint8 (H, W, 3) depth views, one per image, in order.
+
+        Images are batched by size: the processor keeps aspect ratios, so only equal sizes stack into one tensor.
+        """
+        views: list[np.ndarray | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                raise ValueError(f"depth expects uint8 (H, W, 3) images, got {image.dtype} {image.shape}")
+            by_size.setdefault((image.shape[0], image.shape[1]), []).append(i)
+        for (height, width), index in by_size.items():
+            for start in range(0, len(index), self.batch_size):
+                chunk = index[start:start + self.batch_size]
+                for i, view in zip(chunk, self._views([images[i] for i in chunk], height, width)):
+                    views[i] = view
+        return views  # type: ignore[return-value]
+
+    def _views(self, batch: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+        """One forward pass over equal-size images (B of (H, W, 3)) -> B uint8 (H, W, 3) views."""
+        torch = self.torch
+        # One writable copy: decoded PIL arrays are read-only, which torch.from_numpy warns about in every actor.
+        batch = list(np.stack(batch))
+        inputs = self.processor(images=batch, return_tensors="pt", input_data_format="channels_last")
+        pixels = inputs["pixel_values"].to(self.device, self.dtype)  # (B, 3, h, w), h and w multiples of the patch
+        with torch.inference_mode():
+            depth = self.model(pixel_values=pixels).predicted_depth  # (B, h, w)
+            # Bicubic as the processor's own post_process_depth_estimation does; in fp32 so fp16 does not band it.
+            depth = torch.nn.functional.interpolate(
+                depth.float()[:, None], size=(height, width), mode="bicubic", align_corners=False
+            )[:, 0]
+            if not torch.isfinite(depth).all():
+                raise SynthrayError(f"depth model produced NaN/inf in {self.dtype}; run it in float32 (dtype=float32)")
+            lo = depth.amin(dim=(1, 2), keepdim=True)
+            hi = depth.amax(dim=(1, 2), keepdim=True)
+            span = hi - lo
+            flat = span <= FLAT_RELATIVE_SPAN * torch.maximum(lo.abs(), hi.abs())
+            scaled = torch.where(flat, torch.zeros_like(depth), (depth - lo) / torch.where(flat, torch.ones_like(span), span))
+            grey = (scaled * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()  # (B, H, W)
+        return [np.repeat(g[:, :, None], 3, axis=2) for g in grey]
+
+
+def build_tiny_depth(folder: Path, seed: int = 0) -> Path:
+    """Save a random-weight `DepthAnythingForDepthEstimation` and its image processor to `folder`; returns it.
+
+    Same classes and layout as Depth-Anything-V2 (DINOv2 backbone, 4 reassembled stages at x4, x2, x1, x0.5 of the
+    patch grid, DPT fusion, relative ReLU head), shrunk: hidden 32, 4 layers (DINOv2's backbone refuses repeated
+    `out_indices`, so the neck's 4 feature maps need 4 layers), and 56 px inputs, a 4x4 grid of 14 px patches.
+    """
+    import torch
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    # At the usual 0.02 the random features shrink through every block and the depth is ~1e-8 everywhere.
+    init = 0.1
+    backbone = Dinov2Config(
+        image_size=56, patch_size=14, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+        out_indices=[1, 2, 3, 4], reshape_hidden_states=False, initializer_range=init,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone, patch_size=14, reassemble_hidden_size=32, reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8, depth_estimation_type="relative",
+        initializer_range=init,
+    )
+    with torch.random.fork_rng(devices=[]):  # a fixed model without disturbing the caller's random stream
+        torch.manual_seed(seed)
+        model = DepthAnythingForDepthEstimation(config).eval()
+    with torch.no_grad():
+        # A trained relative head predicts positive disparity; random weights straddle 0 and the final ReLU would
+        # flatten about half of every map, so lift the last bias above the pre-activation's spread (~0.01).
+        model.head.conv3.bias.fill_(0.1)
+    # Depth-Anything-V2's preprocessing (bicubic, aspect kept, multiple of 14, ImageNet statistics), at 56 px not 518.
+    processor = DPTImageProcessor(
+        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3, do_pad=False,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    )
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder
+
+
+def resolve_depth_model(storage: str, model: str, allow_download: bool) -> str:
+    """Where `from_pretrained` loads the depth model from: a local folder or a hub id. Fails early when absent."""
+    if model.startswith("tiny:"):
+        family = model.split(":", 1)[1]
+        if family not in TINY_DEPTH:
+            raise unknown_name("tiny depth model", family, TINY_DEPTH)
+        art = Artifact(storage, "depth-models", {"tiny": family, "version": 1}, label="tiny depth model")
+
+        def make(workdir: Path) -> dict[str, Any]:
+            build_tiny_depth(workdir)
+            return {"family": family}
+
+        return str(art.build(make))
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith(".") or path.exists():
+        if not (path / "config.json").is_file():
+            raise SynthrayError(f"depth model not found: {path} has no config.json (a transformers save_pretrained folder)")
+        return str(path.resolve())
+    if allow_download:
+        return model
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any miss in the local cache means the same thing to the user
+        raise SynthrayError(
+            f"weights for depth model '{model}' are not in the local Hugging Face cache; download them "
+            f"(huggingface-cli download {model}), point probes.depth.model at a local folder, or set hub.allow_download=true"
+        ) from None
+
+
+def depth_worker(model_path: str, batch_size: int = 16) -> Callable[[dict], dict]:
+    """`map_shards` factory: load the model once per actor, then turn shard tasks into columns with depth images.
+
+    `task["src"]` is a parquet shard; every column is returned unchanged except `image`, which becomes PNG bytes.
+    Shards are decoded `batch_size` images at a time, so memory stays bounded whatever the shard size.
+    """
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from synthray.images import decode_array, encode
+
+    estimator = DepthEstimator(model_path, batch_size=batch_size)
+
+    def work(task: dict[str, Any]) -> dict[str, list]:
+        columns = pq.read_table(task["src"]).to_pydict()
+        encoded = columns["image"]
+        out: list[bytes] = []
+        for start in range(0, len(encoded), batch_size):
+            views = estimator([decode_array(b) for b in encoded[start:start + batch_size]])
+            out.extend(encode(Image.fromarray(v), "png") for v in views)
+        columns["image"] = out
+        return columns
+
+    return work
