@@ -83,7 +83,7 @@ def synthray_loop(arch: str, data: Path, storage: Path, batch: int, epochs: int,
                  "recipe.holdout_fraction=0.0", f"training.cache_decoded_gb={cache_gb}", f"training.compile={compile_model}"]
     if tiny:
         overrides += ["recipe.load_size=72", "recipe.train_transform.random_resized_crop.size=64",
-                      "recipe.test_transform.resize=64", "recipe.test_transform.center_crop=64"]
+                      "recipe.test_transform.resize=64", "recipe.test_transform.crop=64"]
     art = train(compose(overrides), arch, data, f"bench/{data.name}", 1000, label=f"bench {arch}")
     return art.meta()
 

@@ -43,7 +43,7 @@ def _list(what: str) -> list[str]:
         for name in list_recipes():
             r = compose([f"recipe={name}"]).recipe
             out.append(f"{name:<8} {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {r.lr}, "
-                       f"{r.test_transform.center_crop}px, cutmix {r.cutmix.prob}")
+                       f"{r.test_transform.crop}px, cutmix {r.cutmix.prob}")
         return out
     if what == "probes":
         from synthray.probes.transforms import PROBES
