@@ -140,6 +140,8 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     if cfg.prompts.captions:
         cfg.prompts.captions = str(Path(cfg.prompts.captions).expanduser().resolve())
+    if cfg.metrics.geneval:
+        cfg.metrics.geneval = str(Path(cfg.metrics.geneval).expanduser().resolve())
     if cfg.data.classes not in shipped_class_lists():
         cfg.data.classes = str(Path(cfg.data.classes).expanduser().resolve())
 

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 
 from synthray.metrics.accuracy import per_class, top1, topk
-from synthray.metrics.distribution import density_coverage
+from synthray.metrics.prdc import prdc
 
 
 def test_top1_topk_per_class():
@@ -13,13 +14,27 @@ def test_top1_topk_per_class():
     assert per_class(labels, logits, 4) == [1.0, 1.0, 0.0, None]
 
 
-def test_density_coverage_invariants():
-    rng = np.random.default_rng(0)
-    real = rng.normal(size=(300, 16))
-    same = density_coverage(real, real.copy(), k=5)
-    assert abs(same["coverage"] - 1.0) < 1e-9 and abs(same["density"] - 1.0) < 1e-9
-    far = density_coverage(real, real + 100.0, k=5)
-    assert far["density"] == 0.0 and far["coverage"] == 0.0
-    # A collapsed copy (one real point repeated): dense where it is, but covers almost nothing.
-    collapsed = density_coverage(real, np.repeat(real[:1], 300, axis=0), k=5)
-    assert collapsed["coverage"] < 0.05
+def test_collapsed_copy_is_dense_where_it_is_but_covers_little():
+    real = np.random.default_rng(0).normal(size=(300, 16))
+    collapsed = prdc(real, np.repeat(real[:1], 300, axis=0), k=5)
+    assert collapsed["coverage"] < 0.05 and collapsed["precision"] == 1.0
+
+
+def test_geneval_scores_join_by_generator(tmp_path):
+    import pandas as pd
+
+    from synthray.config import compose
+    from synthray.registry import SynthrayError
+    from synthray.sweep.geneval import join_geneval
+
+    csv = tmp_path / "geneval.csv"
+    csv.write_text("generator,geneval\nsd15,0.43\nflux-dev,0.66\n")
+    cfg = compose([f"metrics.geneval={csv}"])
+    table = join_geneval(cfg, pd.DataFrame({"generator": ["sd15", "real-holdout", "flux-dev"]}))
+    assert table["geneval"].tolist()[0] == 0.43 and np.isnan(table["geneval"][1]) and table["geneval"][2] == 0.66
+    for text, message in [("gen,score\na,1\n", "needs columns generator,geneval"),
+                          ("generator,geneval\nsd15,high\n", "row 2: geneval 'high' is not a number"),
+                          ("generator,geneval\nsd15,1\nsd15,2\n", "lists generator 'sd15' twice")]:
+        csv.write_text(text)
+        with pytest.raises(SynthrayError, match=message):
+            join_geneval(cfg, table)

@@ -52,20 +52,3 @@ def test_probe_view_stage(ray_cluster, shared_storage):
     expected = PROBES.get("lowpass")(decode_array(source["image"][0]), cutoff=0.2)
     assert np.array_equal(decode_array(filtered["image"][0]), expected)
     assert view(cfg, "lowpass", real, ("test",)) == path  # built once, reused
-
-
-def test_depth_and_texture_probes_run_through_a_trial(ray_cluster, shared_storage):
-    """Depth (the tiny Depth-Anything twin on a Ray Data actor pool) and texture (BagNet-9 on 16 px random
-    patches, flips, random test crops) each give a complete result row on the embedded digits."""
-    from synthray.images import decode_array, read_images
-    from synthray.sweep.trial import run_point
-
-    cfg = tiny_cfg(shared_storage, "grid.arch=[bagnet9]", "recipe.epochs=1")
-    for probe, arch in (("depth", "tiny-cnn"), ("texture", "bagnet9")):
-        row = run_point(cfg, {"generator": "real-holdout", "prompt_style": "classname", "arch": arch, "probe": probe})
-        assert 0 <= row["synth_to_real_acc"] <= 1 and row["n_synthetic"] == 60
-    depth_views = sorted((shared_storage / "views").glob("*/data"))
-    image = decode_array(read_images(depth_views[-1])["image"][0])
-    assert image.shape == (32, 32, 3) and (image[..., 0] == image[..., 1]).all() and image.max() == 255
-    models = [p for p in (shared_storage / "models").glob("*/spec.json") if '"bagnet9"' in p.read_text()]
-    assert models and all('"crop_at": "random"' in p.read_text() for p in models)

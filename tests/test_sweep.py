@@ -70,3 +70,27 @@ def test_stopped_sweep_resumes(ray_cluster, tmp_path):
     table = pd.read_parquet(find_sweep(tmp_path, None) / "results.parquet")
     assert (table["status"] == "done").all() and len(table) == 2
     assert first[0].stat().st_mtime_ns == mtime, "the finished trial was not redone"
+
+
+def test_every_probe_and_encoder_runs_through_the_sweep(ray_cluster, tmp_path):
+    """`experiment=probes` shrunk: depth (tiny Depth-Anything on an actor pool) and texture (BagNet-9
+    on random patches), with pixels, CLIP, DINOv2 and Inception features and CLIPScore. rgb and highpass go
+    through the sweep in the end-to-end test above; lowpass shares their view stage."""
+    from synthray.config import compose
+    from synthray.images import decode_array, read_images
+
+    (tmp_path / "geneval.csv").write_text("generator,geneval\nreal-holdout,0.5\n")
+    cfg = compose(["experiment=probes", f"storage={tmp_path}", *TINY, "grid.generator=[real-holdout]",
+                   "grid.probe=[depth,texture]", "recipe.epochs=1", f"metrics.geneval={tmp_path / 'geneval.csv'}"])
+    table, _ = run_sweep(cfg)
+    assert (table["status"] == "done").all() and sorted(table["probe"]) == ["depth", "texture"]
+    for encoder in ("pixels", "clip", "dinov2", "inception"):
+        for metric in ("precision", "recall", "density", "coverage", "density_macro"):
+            assert table[f"{encoder}_{metric}"].between(0, 10).all(), (encoder, metric)
+        assert (table[f"{encoder}_fd"] >= 0).all()
+    assert table["clipscore"].between(0, 100).all() and (table["geneval"] == 0.5).all()
+    depth = [p for p in (tmp_path / "views").glob("*/data") if '"depth"' in (p.parent / "spec.json").read_text()]
+    image = decode_array(read_images(depth[0])["image"][0])
+    assert image.shape == (32, 32, 3) and (image[..., 0] == image[..., 1]).all() and image.max() == 255
+    texture_models = [p for p in (tmp_path / "models").glob("*/spec.json") if '"crop_at": "random"' in p.read_text()]
+    assert len(texture_models) == 2 and all('"bagnet9"' in p.read_text() for p in texture_models)

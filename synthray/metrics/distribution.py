@@ -1,45 +1,34 @@
-"""Distribution overlap of synthetic and real images: density and coverage (Naeem et al., 2020) on features.
+"""Distribution metrics of a synthetic set against the real training set, on each configured feature encoder.
 
-Feature encoders are registered by name; `pixels` (a downsampled image, offline and instant) serves the
-embedded default. Density ~1 and high coverage mean the synthetic set sits on the real manifold and spans it.
+Per encoder: precision, recall, density and coverage (Naeem et al., 2020; exact, chunked: `prdc.py`), globally
+and per class, and the Fréchet distance (`fd.py`). Density ~1 and high coverage mean the synthetic set sits on
+the real manifold and spans it. The first encoder's values are also the unprefixed columns (density, coverage,
+precision, recall, fd); every encoder's are `<encoder>_<metric>`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from synthray.images import decode_array, read_images
-from synthray.registry import Registry
-
-ENCODERS = Registry("feature encoder")
+from synthray.metrics.fd import fd
+from synthray.metrics.features import encoder_names, features
+from synthray.metrics.prdc import METRICS, prdc, prdc_per_class
 
 
-@ENCODERS.register("pixels")
-def pixel_features(images: list[bytes], size: int = 16) -> np.ndarray:
-    """(N, size*size*3) float32 in [0, 1]: the image itself, downsampled."""
-    return np.stack([decode_array(b, size).reshape(-1) for b in images]).astype(np.float32) / 255.0
-
-
-def sample_images(folder: Path, max_samples: int, seed: int) -> list[bytes]:
-    """Up to `max_samples` encoded images, a fixed random subset so the metric is deterministic."""
-    table = read_images(folder, columns=["id", "image"]).sort_values("id", kind="stable")
-    if len(table) > max_samples:
-        table = table.sample(n=max_samples, random_state=seed)
-    return table["image"].tolist()
-
-
-def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
-    """PRDC of `fake` (M, D) against `real` (N, D), using the `prdc` reference implementation."""
-    from prdc import compute_prdc
-
-    out = compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
-    return {name: float(value) for name, value in out.items()}
-
-
-def distribution_metrics(real_folder: Path, fake_folder: Path, encoder: str, k: int, max_samples: int, seed: int) -> dict[str, float]:
-    encode = ENCODERS.get(encoder)
-    real = encode(sample_images(real_folder, max_samples, seed))
-    fake = encode(sample_images(fake_folder, max_samples, seed))
-    return density_coverage(real, fake, k)
+def distribution_metrics(cfg: Any, real: Path, real_ref: str, fake: Path, fake_ref: str) -> dict[str, Any]:
+    """Result columns for the synthetic folder `fake` against the real folder `real` (refs identify them)."""
+    k = int(cfg.metrics.prdc_k)
+    row: dict[str, Any] = {}
+    real_features, fake_features = features(cfg, real, real_ref), features(cfg, fake, fake_ref)
+    for i, name in enumerate(encoder_names(cfg)):
+        (real_x, real_y), (fake_x, fake_y) = real_features[name], fake_features[name]
+        values = dict(prdc(real_x, fake_x, k=k), fd=fd(real_x, fake_x))
+        row.update({f"{name}_{metric}": v for metric, v in values.items()})
+        if cfg.metrics.per_class:
+            per_class = prdc_per_class(real_x, real_y, fake_x, fake_y, k=k)
+            row[f"{name}_per_class"] = {m: {str(c): v for c, v in per_class[m].items()} for m in METRICS}
+            row.update({f"{name}_{m}_macro": per_class["macro"][m] for m in METRICS})
+        if i == 0:
+            row.update(values)
+    return row

@@ -78,8 +78,13 @@ def validate(cfg: Any) -> list[dict[str, str]]:
         sampling_params(entry, cfg.generation.protocol)
         if entry["kind"] == "diffusers":
             resolve_model(cfg, entry)
-    if cfg.metrics.features:
-        from synthray.metrics.distribution import ENCODERS
+    from synthray.metrics.features import check_encoders
+    from synthray.sweep.geneval import load_geneval
 
-        ENCODERS.get(cfg.metrics.features)
+    check_encoders(cfg)
+    if cfg.metrics.clipscore.model and not str(cfg.metrics.clipscore.model).startswith("tiny:"):
+        from synthray.metrics.encoders import resolve_encoder
+
+        resolve_encoder(cfg.storage, str(cfg.metrics.clipscore.model), bool(cfg.hub.allow_download))
+    load_geneval(cfg)
     return points

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from synthray.registry import SynthrayError
 from synthray.sweep.plan import grid_axes, validate
+from synthray.sweep.geneval import join_geneval
 from synthray.sweep.trial import RESULT_COLUMNS, planned_artifacts, tune_trial
 
 log = logging.getLogger("synthray")
@@ -141,6 +142,7 @@ def collect(cfg: Any, sweep_dir: Path) -> tuple[pd.DataFrame, Path]:
     if "status" not in table:
         table["status"] = "done"
     table["status"] = table["status"].fillna("done")
+    table = join_geneval(cfg, table)
     columns = [c for c in RESULT_COLUMNS + ["status"] if c in table] + [c for c in table if c not in RESULT_COLUMNS + ["status"]]
     table = table[columns]
     path = sweep_dir / "results.parquet"

@@ -15,7 +15,8 @@ log = logging.getLogger("synthray")
 
 RESULT_COLUMNS = [
     "generator", "prompt_style", "arch", "probe", "synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc",
-    "synth_to_real_acc_last", "best_epoch", "density", "coverage", "precision", "recall", "n_synthetic", "released",
+    "synth_to_real_acc_last", "best_epoch", "density", "coverage", "precision", "recall", "fd", "clipscore", "geneval",
+    "n_synthetic", "released",
 ]
 
 
@@ -25,12 +26,14 @@ def ref(path: Path) -> str:
 
 
 def result_artifact(cfg: Any, point: dict[str, str], synth_key: str, real_key: str) -> Artifact:
+    from omegaconf import OmegaConf
+
     from synthray.probes.stage import probe_cfg, probe_params
     from synthray.training.trainer import training_spec
 
     cfg = probe_cfg(cfg, point["probe"])
     spec = {"schema": 3, "point": point, "synthetic": synth_key, "real": real_key, **training_spec(cfg),
-            "probe_params": probe_params(cfg, point["probe"]), "metrics": dict(cfg.metrics)}
+            "probe_params": probe_params(cfg, point["probe"]), "metrics": OmegaConf.to_container(cfg.metrics, resolve=True)}
     return Artifact(cfg.storage, "results", spec, label="/".join(point.values()))
 
 
@@ -65,6 +68,7 @@ def _evaluate_point(cfg: Any, point: dict[str, str], num_classes: int, report_to
     from synthray.generation.stage import ensure_real, generate
     from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
+    from synthray.metrics.features import clip_score
     from synthray.probes.stage import probe_cfg, view
     from synthray.training.trainer import train
 
@@ -83,8 +87,8 @@ def _evaluate_point(cfg: Any, point: dict[str, str], num_classes: int, report_to
     row.update(accuracy_report(real_model, synth_view / "data", "real_to_synth"))
     row.update(accuracy_report(real_model, real_view / "test", "real_to_real"))
     row.update(best_epoch=synth_model.meta()["best_epoch"], holdout_acc=synth_model.meta()["holdout_acc_best"])
-    m = cfg.metrics
-    row.update(distribution_metrics(real_view / "train", synth_view / "data", m.features, int(m.prdc_k), int(m.max_samples), int(cfg.seed)))
+    row.update(distribution_metrics(cfg, real_view / "train", f"{ref(real_view)}/train", synth_view / "data", f"{ref(synth_view)}/data"))
+    row["clipscore"] = clip_score(cfg, synth.path / "data", f"{ref(synth.path)}/data")  # the generated images, not a probe view
     row["n_synthetic"] = synth.meta()["rows"]
     row["released"] = generator_entry(cfg, point["generator"]).get("released")
     row.update(dataset=synth.key, synth_model=synth_model.key, real_model=real_model.key)

@@ -1,0 +1,295 @@
+"""Feature encoders for distribution metrics: CLIP and DINOv2 (transformers) and Inception-v3 (timm) embeddings.
+
+An encoder loads a model from a hub id or a local folder (see `resolve_encoder`, which also builds the tiny offline
+twins `tiny:<kind>`) and maps uint8 (H, W, 3) images of any size to float32 (N, D) features. Preprocessing is the
+model's own eval transform read from its processor / timm config (bicubic resize, center crop, normalise),
+reimplemented in torch: resized as uint8 on the CPU (PIL's kernel), normalised on the model's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthray.artifacts import Artifact
+from synthray.registry import Registry, SynthrayError, unknown_name
+
+FEATURE_MODELS = Registry("feature model")
+# The study's encoders; feature dims 768 (CLIP ViT-L/14 projection), 1024 (DINOv2-L CLS), 2048 (Inception pool).
+DEFAULT_MODELS = {
+    "clip": "openai/clip-vit-large-patch14",
+    "dinov2": "facebook/dinov2-large",
+    "inception": "timm/inception_v3.tv_in1k",
+}
+# What `save_pretrained` (transformers) and `save_for_hf` (timm) write: a config plus one of these weight files.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# The tiny Inception twin is timm's CI-sized ResNet, not inception_v3: random-init inception_v3 (22M params) takes
+# ~9 s for a 4-image forward at 299 px on 2 CPU cores. Loading goes through the same timm folder path either way.
+TINY_TIMM_ARCH = "test_resnet"
+TINY_VERSION = 1  # bump when a tiny twin's definition changes, so stale artifacts are not reused
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """An eval transform: resize (int = shortest edge, aspect kept; (h, w) = exact), center crop, normalise."""
+
+    resize: int | tuple[int, int]
+    crop: tuple[int, int] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    mode: str = "bicubic"
+
+    def __call__(self, image: np.ndarray, device: torch.device) -> torch.Tensor:
+        """uint8 (H, W, 3) -> float32 (3, h, w) on `device`, normalised."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        x = torch.tensor(image).permute(2, 0, 1)[None]  # a copy: inputs may be read-only
+        h, w = x.shape[-2:]
+        if isinstance(self.resize, int):
+            s = self.resize  # the long side is truncated, as in HF's and torchvision's shortest-edge resize
+            size = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+        else:
+            size = tuple(self.resize)
+        if size != (h, w):
+            # Resized as uint8 on the CPU: that kernel is PIL's (a = -0.5, rounded to bytes), so it matches the
+            # reference processors within one level when upscaling too; the float kernels differ by up to ~20.
+            x = F.interpolate(x, size=size, mode=self.mode, antialias=True, align_corners=False)
+        if self.crop is not None:
+            ch, cw = self.crop
+            top, left = (x.shape[-2] - ch) // 2, (x.shape[-1] - cw) // 2
+            x = x[..., top : top + ch, left : left + cw]
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return ((x.to(device).float() / 255.0 - mean) / std)[0]
+
+
+def default_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def hf_preprocess(model: str, fallback_size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> Preprocess:
+    """The eval transform in a transformers folder's `preprocessor_config.json`, else a plain resize to the input size."""
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(model)
+    except (OSError, ValueError):  # no processor saved with the weights
+        return Preprocess((fallback_size, fallback_size), None, mean, std)
+    size = proc.size
+    resize = size.shortest_edge if size.shortest_edge else (size.height, size.width)
+    crop = (proc.crop_size.height, proc.crop_size.width) if getattr(proc, "do_center_crop", False) else None
+    mode = {2: "bilinear", 3: "bicubic"}.get(int(getattr(proc, "resample", 3)), "bicubic")
+    return Preprocess(resize, crop, tuple(proc.image_mean), tuple(proc.image_std), mode)
+
+
+class Encoder:
+    """Shared batching: preprocess on the device, then `embed` under inference mode (bf16 autocast on CUDA)."""
+
+    model: Any
+    preprocess: Preprocess
+    dim: int  # D, the feature width
+
+    def __init__(self, device: str | None, batch_size: int):
+        self.device = default_device(device)
+        self.batch_size = batch_size
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) normalised pixels -> (B, D) features."""
+        raise NotImplementedError
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()  # fp32 on CPU: bf16 there is slow and changes the features
+
+    def __call__(self, images: list[np.ndarray]) -> np.ndarray:
+        """uint8 (H, W, 3) images of any sizes -> float32 (N, D)."""
+        chunks = [torch.zeros(0, self.dim)]
+        for start in range(0, len(images), self.batch_size):
+            pixels = torch.stack([self.preprocess(im, self.device) for im in images[start : start + self.batch_size]])
+            with torch.inference_mode(), self.autocast():
+                chunks.append(self.embed(pixels).float().cpu())
+        return torch.cat(chunks).numpy()
+
+
+@FEATURE_MODELS.register("clip")
+class ClipEncoder(Encoder):
+    """CLIP image embeddings (`get_image_features`, after the projection), e.g. ViT-L/14 with D=768."""
+
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 64):
+        from transformers import CLIPModel
+
+        super().__init__(device, batch_size)
+        self.model = CLIPModel.from_pretrained(model).to(self.device).eval()
+        config = self.model.config
+        self.preprocess = hf_preprocess(model, config.vision_config.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        self.dim = config.projection_dim
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model.get_image_features(pixel_values=pixels)
+        return getattr(out, "pooler_output", out)  # transformers >= 5 returns an output whose pooler is projected
+
+
+@FEATURE_MODELS.register("dinov2")
+class Dinov2Encoder(Encoder):
+    """DINOv2 CLS token of the last hidden state after the final layer norm (`pooler_output`), e.g. ViT-L D=1024."""
+
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 64):
+        from transformers import Dinov2Model
+
+        super().__init__(device, batch_size)
+        self.model = Dinov2Model.from_pretrained(model).to(self.device).eval()
+        self.preprocess = hf_preprocess(model, self.model.config.image_size, IMAGENET_MEAN, IMAGENET_STD)
+        self.dim = self.model.config.hidden_size
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).pooler_output
+
+
+@FEATURE_MODELS.register("inception")
+class InceptionEncoder(Encoder):
+    """Global-average-pool features of a timm model (Inception-v3: D=2048), from a timm folder or hub id.
+
+    A folder is timm's `save_for_hf` format (config.json naming the architecture and its preprocessing, plus
+    model.safetensors), which is also what a timm hub repo holds; a bare timm name uses timm's own download.
+    """
+
+    def __init__(self, model: str, device: str | None = None, batch_size: int = 64):
+        import timm
+        from timm.data import resolve_model_data_config
+
+        super().__init__(device, batch_size)
+        if Path(model).is_dir():
+            name = f"local-dir:{Path(model).resolve()}"
+        else:
+            name = f"hf-hub:{model}" if "/" in model else model
+        # num_classes=0 drops the classifier, so the forward pass ends at the global average pool
+        self.model = timm.create_model(name, pretrained=True, num_classes=0).to(self.device).eval()
+        cfg = resolve_model_data_config(self.model)
+        h, w = cfg["input_size"][1:]
+        pct = cfg.get("crop_pct") or 1.0
+        # timm's eval transform: resize to input / crop_pct (the short side when square), then center crop
+        resize = math.floor(h / pct) if h == w else (math.floor(h / pct), math.floor(w / pct))
+        mode = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
+        self.preprocess = Preprocess(resize, (h, w), tuple(cfg["mean"]), tuple(cfg["std"]), mode)
+        self.dim = self.model.num_features
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels)
+
+
+def _tiny_clip(folder: Path) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from synthray.generation.tiny import write_clip_tokenizer
+
+    vocab = write_clip_tokenizer(folder)  # byte-level BPE without merges; ids <|startoftext|>=V-2, <|endoftext|>=V-1
+    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    ids = dict(bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    text = dict(layers, **ids, vocab_size=vocab, max_position_embeddings=77)
+    config = CLIPConfig(text_config=text, vision_config=dict(layers, image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(config).save_pretrained(folder, safe_serialization=True)
+    # CLIP's own transform at 32 px: shortest edge to the input size, then a center crop
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+
+
+def _tiny_dinov2(folder: Path) -> None:
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
+    Dinov2Model(config).save_pretrained(folder, safe_serialization=True)
+    # DINOv2's resize 256 / crop 224, scaled to 36 / 32
+    norm = dict(image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD))
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32}, **norm).save_pretrained(folder)
+
+
+def _tiny_timm(folder: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+
+    net = timm.create_model(TINY_TIMM_ARCH, pretrained=False, num_classes=0)
+    # inception_v3.tv_in1k's transform (bicubic, crop_pct 0.875: 341 -> 299, mean/std 0.5) scaled to 36 -> 32 px
+    data = {"input_size": (3, 32, 32), "crop_pct": 0.875, "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    save_for_hf(net, str(folder), safe_serialization=True, data_config=data)
+
+
+TINY_BUILDERS = {"clip": _tiny_clip, "dinov2": _tiny_dinov2, "inception": _tiny_timm}
+
+
+def build_tiny_encoder(kind: str, folder: Path, seed: int = 0) -> Path:
+    """Write a random-weight encoder of `kind` to `folder` in the on-disk format its real checkpoint uses."""
+    if kind not in TINY_BUILDERS:
+        raise unknown_name("tiny encoder", kind, TINY_BUILDERS)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):  # seed the init without moving the caller's RNG
+        torch.manual_seed(seed)
+        TINY_BUILDERS[kind](folder)
+    return folder
+
+
+def tiny_encoder_artifact(storage: str, kind: str) -> Artifact:
+    return Artifact(storage, "encoders", {"tiny": kind, "seed": 0, "version": TINY_VERSION}, label=f"tiny {kind} encoder")
+
+
+def check_encoder_folder(path: Path) -> Path:
+    """`path`, resolved, if it holds a config.json and model weights; a one-line SynthrayError otherwise."""
+    missing = [] if (path / "config.json").is_file() else ["config.json"]
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        missing.append("model weights (model.safetensors or pytorch_model.bin)")
+    if missing:
+        raise SynthrayError(
+            f"encoder weights not found: {path} has no {' or '.join(missing)} "
+            "(a transformers save_pretrained or timm save_for_hf folder)"
+        )
+    return path.resolve()
+
+
+def resolve_encoder(storage: str, model: str, allow_download: bool) -> str:
+    """Where an encoder loads from: a local folder, or a hub id when downloads are allowed. Fails early if absent.
+
+    `tiny:<kind>` builds (once, content-addressed) a random-weight twin and returns `<storage>/encoders/<key>/model`.
+    """
+    if model.startswith("tiny:"):
+        kind = model.split(":", 1)[1]
+        if kind not in TINY_BUILDERS:
+            raise unknown_name("tiny encoder", kind, TINY_BUILDERS)
+        art = tiny_encoder_artifact(storage, kind)
+
+        def make(workdir: Path) -> dict[str, Any]:
+            files = build_tiny_encoder(kind, workdir / "model").iterdir()
+            return {"kind": kind, "files": sorted(p.name for p in files)}
+
+        art.build(make)
+        return str(art.path / "model")
+    path = Path(model).expanduser()
+    if path.is_absolute() or model.startswith(".") or path.exists():
+        return str(check_encoder_folder(path))
+    if allow_download:
+        return model
+    from huggingface_hub import snapshot_download
+
+    missing = SynthrayError(
+        f"weights for '{model}' are not in the local Hugging Face cache; download them "
+        f"(huggingface-cli download {model}), use a local folder, or set hub.allow_download=true"
+    )
+    try:
+        folder = snapshot_download(model, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any miss in the local cache means the same thing to the user
+        # A snapshot huggingface_hub calls incomplete may still hold all we load (say, all but the TF weights).
+        folder = getattr(err, "snapshot_path", None)
+        if folder is None:
+            raise missing from None
+    try:
+        return str(check_encoder_folder(Path(folder)))
+    except SynthrayError:  # a partial snapshot (say, only config.json) is a miss too
+        raise missing from None

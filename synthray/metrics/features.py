@@ -1,0 +1,163 @@
+"""The features stage: a fixed sample of a dataset folder embedded by a feature encoder, stored as an artifact.
+
+Model encoders (CLIP, DINOv2, Inception) run as a Ray Data actor pool over the dataset's shards (one GPU each on
+a cluster), so every probe and architecture of a sweep reuses one embedding per (encoder, dataset). `pixels` (a
+16 x 16 downsample) needs no model and serves the embedded default.
+
+Artifact layout: `<storage>/features/<key>/data/part-*.parquet` with columns id, label, feature (list<float32>).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from synthray.artifacts import Artifact
+from synthray.images import decode_array, read_images, shard_files
+
+PIXELS = "pixels"
+
+
+def encoder_names(cfg: Any) -> list[str]:
+    """The configured encoders, first one first (its metrics are also the unprefixed result columns)."""
+    names = cfg.metrics.features
+    return [names] if isinstance(names, str) else [str(n) for n in names]
+
+
+def encoder_model(cfg: Any, name: str) -> str | None:
+    """The model an encoder name loads (`metrics.encoders.<name>.model`); None for `pixels`."""
+    if name == PIXELS:
+        return None
+    from synthray.metrics.encoders import FEATURE_MODELS
+
+    FEATURE_MODELS.get(name)
+    return str(cfg.metrics.encoders[name].model)
+
+
+def check_encoders(cfg: Any) -> None:
+    """Unknown encoder names and hub weights missing from the cache fail in one line before anything runs."""
+    from synthray.metrics.encoders import resolve_encoder
+
+    for name in encoder_names(cfg):
+        model = encoder_model(cfg, name)
+        if model and not model.startswith("tiny:"):
+            resolve_encoder(cfg.storage, model, bool(cfg.hub.allow_download))
+
+
+def sample_ids(folder: Path, max_samples: int, seed: int) -> list[str]:
+    """Up to `max_samples` usable row ids, a fixed random subset, so every metric sees the same rows."""
+    table = read_images(folder, columns=["id"]).sort_values("id", kind="stable")
+    if len(table) > max_samples:
+        table = table.sample(n=max_samples, random_state=seed)
+    return sorted(table["id"].tolist())
+
+
+def pixel_features(images: list[np.ndarray], size: int = 16) -> np.ndarray:
+    """(N, size*size*3) float32 in [0, 1]: each image downsampled (bicubic)."""
+    from PIL import Image
+
+    if not images:
+        return np.zeros((0, size * size * 3), dtype=np.float32)
+    small = [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images]
+    return np.stack(small).reshape(len(images), -1).astype(np.float32) / 255.0
+
+
+def _encoder(name: str, model_path: str | None) -> Callable[[list[np.ndarray]], np.ndarray]:
+    if name == PIXELS:
+        return pixel_features
+    from synthray.metrics.encoders import FEATURE_MODELS
+
+    return FEATURE_MODELS.get(name)(model_path)
+
+
+def _read_sample(task: dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[dict[str, list], list[np.ndarray]]:
+    """The sampled rows of one shard: their id, label (and `extra` columns), and decoded images."""
+    import pyarrow.parquet as pq
+
+    wanted = set(task["ids"])
+    columns = pq.read_table(task["src"], columns=["id", "image", "label", *extra]).to_pydict()
+    keep = [i for i, row_id in enumerate(columns["id"]) if row_id in wanted]
+    rows = {c: [columns[c][i] for i in keep] for c in ("id", "label", *extra)}
+    return rows, [decode_array(columns["image"][i]) for i in keep]
+
+
+def _feature_worker(models: dict[str, str | None]) -> Callable[[dict], dict]:
+    """Runs once per actor: load every encoder, then embed the sampled rows of each shard with all of them
+    (one pass over the images, one actor pool per dataset however many encoders there are)."""
+    encoders = {name: _encoder(name, path) for name, path in models.items()}
+
+    def work(task: dict[str, Any]) -> dict[str, list]:
+        rows, images = _read_sample(task)
+        for name, encode in encoders.items():
+            rows[f"feature_{name}"] = [f.astype(np.float32) for f in encode(images)]
+        return rows
+
+    return work
+
+
+def _clipscore_worker(models: dict[str, str]) -> Callable[[dict], dict]:
+    """Runs once per actor: load CLIP (`models["clip"]`), then score the sampled rows of each shard against
+    their prompts."""
+    from synthray.metrics.clipscore import ClipScorer
+
+    score = ClipScorer(models["clip"])
+
+    def work(task: dict[str, Any]) -> dict[str, list]:
+        rows, images = _read_sample(task, ("prompt",))
+        rows["clipscore"] = [float(v) for v in score(images, rows.pop("prompt"))]
+        return rows
+
+    return work
+
+
+def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], folder: Path, models: dict[str, str | None],
+                   worker: Callable[[Any], Callable], label: str) -> Any:
+    """Build (once) an artifact of `kind` holding `worker(resolved models)` applied to the sampled rows of
+    `folder`, on an actor pool (one GPU per actor on a cluster when a model is involved); returns its rows."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from synthray.metrics.encoders import resolve_encoder
+    from synthray.shards import cluster_gpus, map_shards
+
+    art = Artifact(cfg.storage, kind, spec, label=label)
+
+    def make(workdir: Path) -> dict[str, Any]:
+        ids = set(sample_ids(folder, int(spec["max_samples"]), int(spec["seed"])))
+        paths = {n: resolve_encoder(cfg.storage, m, bool(cfg.hub.allow_download)) if m else None for n, m in models.items()}
+        tasks = []
+        for f in shard_files(folder):
+            shard_ids = [i for i in pq.read_table(f, columns=["id"]).column("id").to_pylist() if i in ids]
+            if shard_ids:
+                tasks.append({"name": f.name, "src": str(f), "rows": len(shard_ids), "ids": shard_ids})
+        gpus = 1.0 if any(models.values()) and cluster_gpus() > 0 else 0.0
+        map_shards(tasks, functools.partial(worker, paths), workdir / "data", what=label,
+                   num_actors=max(1, int(cluster_gpus())) if gpus else 1, num_gpus=gpus)
+        return {"rows": len(ids)}
+
+    art.build(make)
+    return pd.concat([pd.read_parquet(f) for f in shard_files(art.path / "data")]).sort_values("id", kind="stable")
+
+
+def features(cfg: Any, folder: Path, ref: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `folder` (identified by
+    `ref`), for every configured encoder, built once per dataset."""
+    m = cfg.metrics
+    models = {name: encoder_model(cfg, name) for name in encoder_names(cfg)}
+    spec = {"encoders": models, "source": ref, "max_samples": int(m.max_samples), "seed": int(cfg.seed)}
+    table = _sampled_stage(cfg, "features", spec, folder, models, _feature_worker, f"{'+'.join(models)} features of {ref}")
+    labels = table["label"].to_numpy()
+    return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels) for name in models}
+
+
+def clip_score(cfg: Any, folder: Path, ref: str) -> float | None:
+    """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts; None when off."""
+    model = cfg.metrics.clipscore.model
+    if not model:
+        return None
+    spec = {"clipscore": str(model), "source": ref, "max_samples": int(cfg.metrics.max_samples), "seed": int(cfg.seed)}
+    table = _sampled_stage(cfg, "clipscores", spec, folder, {"clip": str(model)}, _clipscore_worker, f"CLIPScore of {ref}")
+    return float(table["clipscore"].mean())

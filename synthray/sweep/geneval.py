@@ -1,0 +1,39 @@
+"""GenEval scores, computed outside synthray (they need an object detector), joined into the results by generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from synthray.registry import SynthrayError
+
+
+def load_geneval(cfg: Any) -> dict[str, float]:
+    """generator -> GenEval overall score from `metrics.geneval` (CSV: generator,geneval); {} when unset."""
+    path = cfg.metrics.geneval
+    if not path:
+        return {}
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise SynthrayError(f"metrics.geneval: no such file {path} (a CSV with columns generator,geneval)")
+    table = pd.read_csv(path, dtype={"generator": str})
+    if not {"generator", "geneval"} <= set(table.columns):
+        raise SynthrayError(f"metrics.geneval: {path} needs columns generator,geneval; found {','.join(table.columns)}")
+    scores = pd.to_numeric(table["geneval"], errors="coerce")
+    bad = table.index[scores.isna()].tolist()
+    if bad:
+        raise SynthrayError(f"metrics.geneval: {path} row {bad[0] + 2}: geneval '{table['geneval'][bad[0]]}' is not a number")
+    dup = table["generator"][table["generator"].duplicated()].tolist()
+    if dup:
+        raise SynthrayError(f"metrics.geneval: {path} lists generator '{dup[0]}' twice")
+    return dict(zip(table["generator"], scores.astype(float)))
+
+
+def join_geneval(cfg: Any, table: pd.DataFrame) -> pd.DataFrame:
+    """The results table with a `geneval` column (NaN for generators the CSV does not list)."""
+    scores = load_geneval(cfg)
+    if scores:
+        table = table.assign(geneval=table["generator"].map(scores))
+    return table
