@@ -46,11 +46,14 @@ def test_bad_overrides_are_one_line(override, message):
     [
         ("grid.generator=[nope]", "unknown generator 'nope'.*choices: .*real-holdout"),
         ("grid.arch=[resnet5]", "did you mean .*resnet50"),
-        ("grid.probe=[depthh]", "unknown probe 'depthh'.*choices: highpass, lowpass, rgb"),
+        ("grid.probe=[depthh]", "unknown probe 'depthh' .did you mean depth.*choices: depth, highpass, lowpass, rgb, texture"),
         ("grid.prompt_style=[fancy]", "unknown prompt style"),
         ("grid.arch=[]", "grid.arch is empty"),
         ("recipe.epochs=0", "recipe.epochs must be a whole number >= 1"),
         ("data.classes=/no/such.csv", "class list"),
+        ("metrics.features=[clipp]", "unknown feature encoder 'clipp' .*choices: clip, dinov2, inception, pixels"),
+        ("grid.probe=[texture]", "probe 'texture' trains only bagnet9/bagnet17/bagnet33 .*grid.arch has tiny-cnn"),
+        ("metrics.geneval=/no/such.csv", "metrics.geneval: no such file"),
     ],
 )
 def test_validation_names_the_problem(tmp_path, override, message):

@@ -32,8 +32,10 @@ def encoder_model(cfg: Any, name: str) -> str | None:
     if name == PIXELS:
         return None
     from synthray.metrics.encoders import FEATURE_MODELS
+    from synthray.registry import unknown_name
 
-    FEATURE_MODELS.get(name)
+    if name not in FEATURE_MODELS.names():
+        raise unknown_name("feature encoder", name, [PIXELS, *FEATURE_MODELS.names()])
     return str(cfg.metrics.encoders[name].model)
 
 
