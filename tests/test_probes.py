@@ -9,9 +9,9 @@ from tests.conftest import tiny_cfg
 
 
 def test_registry():
-    assert PROBES.names() == ["highpass", "lowpass", "rgb"]
+    assert PROBES.names() == ["depth", "highpass", "lowpass", "rgb", "texture"]
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    assert PROBES.get("rgb")(image) is image
+    assert PROBES.get("rgb")(image) is image and PROBES.get("texture")(image) is image
 
 
 @pytest.mark.parametrize("cutoff", [0.2, 0.5, 0.8])
