@@ -34,6 +34,4 @@ def load_geneval(cfg: Any) -> dict[str, float]:
 def join_geneval(cfg: Any, table: pd.DataFrame) -> pd.DataFrame:
     """The results table with a `geneval` column (NaN for generators the CSV does not list)."""
     scores = load_geneval(cfg)
-    if scores:
-        table = table.assign(geneval=table["generator"].map(scores))
-    return table
+    return table.assign(geneval=table["generator"].map(scores).astype(float))  # all NaN without a CSV: same schema

@@ -153,7 +153,8 @@ def collect(cfg: Any, sweep_dir: Path) -> tuple[pd.DataFrame, Path]:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    shown = table[[c for c in RESULT_COLUMNS + ["status"] if c in table and c not in ("precision", "recall")]].copy()
+    optional = [c for c in ("clipscore", "geneval", "fd") if c in table and table[c].isna().all()]  # not configured
+    shown = table[[c for c in RESULT_COLUMNS + ["status"] if c in table and c not in ("precision", "recall", *optional)]].copy()
     if "released" in shown:  # tiny and control generators have no release date
         shown["released"] = shown["released"].fillna("-")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
