@@ -147,3 +147,10 @@ def test_resolve_local_paths_and_missing_hub_weights(tiny_dir, tmp_path):
     message = str(err.value)
     assert "\n" not in message and missing in message and "hub.allow_download=true" in message
     assert resolve_depth_model(str(tmp_path), missing, allow_download=True) == missing  # from_pretrained fetches it
+
+
+def test_registered_depth_probe_is_the_estimator_on_one_image(tiny_dir, estimator):
+    from synthray.probes.transforms import PROBES
+
+    image = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(PROBES.get("depth")(image, model=str(tiny_dir)), estimator([image])[0])

@@ -18,6 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from synthray.artifacts import Artifact, seed_hash
+from synthray.hub import hub_snapshot, local_folder
 from synthray.registry import Registry, SynthrayError, unknown_name
 
 GENERATOR_KINDS = Registry("generator kind")
@@ -61,22 +62,12 @@ def resolve_model(cfg: Any, entry: dict[str, Any]) -> str:
         if family not in TINY_BUILDERS:
             raise unknown_name("tiny pipeline family", family, TINY_BUILDERS)
         return str(tiny_model_artifact(cfg.storage, model, int(entry["resolution"])).path / "pipeline")
-    path = Path(model).expanduser()
-    if path.is_absolute() or model.startswith(".") or path.exists():
+    path = local_folder(model)
+    if path is not None:
         if not (path / "model_index.json").is_file():
             raise SynthrayError(f"generator weights not found: {path} has no model_index.json (a diffusers save_pretrained folder)")
         return str(path.resolve())
-    if cfg.hub.allow_download:
-        return model
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(model, local_files_only=True)
-    except Exception:  # noqa: BLE001 - any miss in the local cache means the same thing to the user
-        raise SynthrayError(
-            f"weights for '{model}' are not in the local Hugging Face cache; download them "
-            f"(huggingface-cli download {model}), point generators.<name>.model at a local folder, or set hub.allow_download=true"
-        ) from None
+    return hub_snapshot(model, bool(cfg.hub.allow_download), "generators.<name>.model")
 
 
 @GENERATOR_KINDS.register("diffusers")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from synthray.artifacts import Artifact
+from synthray.hub import hub_snapshot, local_folder
 from synthray.registry import Registry, SynthrayError, unknown_name
 
 FEATURE_MODELS = Registry("feature model")
@@ -271,25 +272,8 @@ def resolve_encoder(storage: str, model: str, allow_download: bool) -> str:
 
         art.build(make)
         return str(art.path / "model")
-    path = Path(model).expanduser()
-    if path.is_absolute() or model.startswith(".") or path.exists():
+    path = local_folder(model)
+    if path is not None:
         return str(check_encoder_folder(path))
-    if allow_download:
-        return model
-    from huggingface_hub import snapshot_download
-
-    missing = SynthrayError(
-        f"weights for '{model}' are not in the local Hugging Face cache; download them "
-        f"(huggingface-cli download {model}), use a local folder, or set hub.allow_download=true"
-    )
-    try:
-        folder = snapshot_download(model, local_files_only=True)
-    except Exception as err:  # noqa: BLE001 - any miss in the local cache means the same thing to the user
-        # A snapshot huggingface_hub calls incomplete may still hold all we load (say, all but the TF weights).
-        folder = getattr(err, "snapshot_path", None)
-        if folder is None:
-            raise missing from None
-    try:
-        return str(check_encoder_folder(Path(folder)))
-    except SynthrayError:  # a partial snapshot (say, only config.json) is a miss too
-        raise missing from None
+    folder = hub_snapshot(model, allow_download, "metrics.encoders.<name>.model", check_encoder_folder)
+    return folder if allow_download else str(Path(folder).resolve())

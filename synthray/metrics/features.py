@@ -40,13 +40,14 @@ def encoder_model(cfg: Any, name: str) -> str | None:
 
 
 def check_encoders(cfg: Any) -> None:
-    """Unknown encoder names and hub weights missing from the cache fail in one line before anything runs."""
+    """Unknown encoder names and hub weights missing from the cache (encoders, CLIPScore's CLIP) fail in one line
+    before anything runs. Tiny twins are built later, by the stage that needs them."""
     from synthray.metrics.encoders import resolve_encoder
 
-    for name in encoder_names(cfg):
-        model = encoder_model(cfg, name)
-        if model and not model.startswith("tiny:"):
-            resolve_encoder(cfg.storage, model, bool(cfg.hub.allow_download))
+    models = [encoder_model(cfg, name) for name in encoder_names(cfg)] + [cfg.metrics.clipscore.model]
+    for model in models:
+        if model and not str(model).startswith("tiny:"):
+            resolve_encoder(cfg.storage, str(model), bool(cfg.hub.allow_download))
 
 
 def sample_ids(folder: Path, max_samples: int, seed: int) -> list[str]:

@@ -7,12 +7,14 @@ image of relative depth. A tiny random-weight twin of the same class (`model: ti
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from synthray.artifacts import Artifact
+from synthray.hub import hub_snapshot, local_folder
 from synthray.registry import SynthrayError, unknown_name
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
@@ -135,22 +137,18 @@ def resolve_depth_model(storage: str, model: str, allow_download: bool) -> str:
             return {"family": family}
 
         return str(art.build(make))
-    path = Path(model).expanduser()
-    if path.is_absolute() or model.startswith(".") or path.exists():
+    path = local_folder(model)
+    if path is not None:
         if not (path / "config.json").is_file():
             raise SynthrayError(f"depth model not found: {path} has no config.json (a transformers save_pretrained folder)")
         return str(path.resolve())
-    if allow_download:
-        return model
-    from huggingface_hub import snapshot_download
+    return hub_snapshot(model, allow_download, "probes.depth.model")
 
-    try:
-        return snapshot_download(model, local_files_only=True)
-    except Exception:  # noqa: BLE001 - any miss in the local cache means the same thing to the user
-        raise SynthrayError(
-            f"weights for depth model '{model}' are not in the local Hugging Face cache; download them "
-            f"(huggingface-cli download {model}), point probes.depth.model at a local folder, or set hub.allow_download=true"
-        ) from None
+
+@functools.lru_cache(maxsize=2)
+def estimator(model_path: str, batch_size: int = 16) -> DepthEstimator:
+    """One loaded `DepthEstimator` per model folder and process: loading is the expensive part."""
+    return DepthEstimator(model_path, batch_size=batch_size)
 
 
 def depth_worker(model_path: str, batch_size: int = 16) -> Callable[[dict], dict]:
@@ -164,14 +162,14 @@ def depth_worker(model_path: str, batch_size: int = 16) -> Callable[[dict], dict
 
     from synthray.images import decode_array, encode
 
-    estimator = DepthEstimator(model_path, batch_size=batch_size)
+    predict = estimator(model_path, batch_size)
 
     def work(task: dict[str, Any]) -> dict[str, list]:
         columns = pq.read_table(task["src"]).to_pydict()
         encoded = columns["image"]
         out: list[bytes] = []
         for start in range(0, len(encoded), batch_size):
-            views = estimator([decode_array(b) for b in encoded[start:start + batch_size]])
+            views = predict([decode_array(b) for b in encoded[start:start + batch_size]])
             out.extend(encode(Image.fromarray(v), "png") for v in views)
         columns["image"] = out
         return columns

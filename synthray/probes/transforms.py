@@ -27,9 +27,15 @@ def texture(image: np.ndarray) -> np.ndarray:
 
 
 @PROBES.register("depth")
-def depth(image: np.ndarray) -> np.ndarray:
-    """Monocular depth: a model, so the view stage runs it on an actor pool (`synthray.probes.depth`), not here."""
-    raise NotImplementedError("the depth probe runs through synthray.probes.depth.depth_worker on a Ray Data actor pool")
+def depth(image: np.ndarray, model: str, batch_size: int = 16) -> np.ndarray:
+    """Monocular depth of one image from the depth model in folder `model` (loaded once per process).
+
+    For single images; the view stage batches whole shards through `synthray.probes.depth.depth_worker` on an
+    actor pool instead (one GPU each on a cluster).
+    """
+    from synthray.probes.depth import estimator
+
+    return estimator(model, batch_size)([image])[0]
 
 
 TEXTURE_ARCHS = ("bagnet9", "bagnet17", "bagnet33")

@@ -82,9 +82,5 @@ def validate(cfg: Any) -> list[dict[str, str]]:
     from synthray.sweep.geneval import load_geneval
 
     check_encoders(cfg)
-    if cfg.metrics.clipscore.model and not str(cfg.metrics.clipscore.model).startswith("tiny:"):
-        from synthray.metrics.encoders import resolve_encoder
-
-        resolve_encoder(cfg.storage, str(cfg.metrics.clipscore.model), bool(cfg.hub.allow_download))
     load_geneval(cfg)
     return points
