@@ -1,8 +1,15 @@
-"""Content-addressed artifacts (DomainBed's `Job`): a stage's output lives at `<storage>/<kind>/<key>`.
+"""Content-addressed artifacts (DomainBed's `Job`): a stage's output lives at `<storage>/<kind>/<key>/`.
 
-The key is a hash of the stage's spec, which embeds the keys of its inputs. A directory holding `_SUCCESS` is
-complete and is reused. Work in progress lives in `<key>.partial/` so a crashed build resumes where it stopped,
-and a file lock makes concurrent trials that need the same artifact build it once.
+The key is a hash of the stage's spec, which embeds the keys of its inputs and nothing about where it ran: not
+the storage root, the scratch folder, or the cluster's nodes and GPUs.
+
+Commit protocol (no rename, no shared lock file; see docs/DESIGN.md):
+- a builder writes the artifact's files in place, each one whole (an object PUT, or a renamed local file);
+- it writes `_MANIFEST.json` last, listing every file with its size and sha256. Only then is the artifact complete;
+- files without a manifest are an unfinished build: never read as complete, and resumed by the next builder
+  (a stage skips its shards that are already there; their content depends on the spec alone);
+- one builder per key at a time holds a lease from a named Ray actor (`synthray.leases`); the others wait for the
+  manifest. A builder that dies stops renewing its lease, and after `lease_s` another one takes over.
 """
 
 from __future__ import annotations
@@ -10,17 +17,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from filelock import FileLock
+from synthray import storage
 
 log = logging.getLogger("synthray")
 
-SUCCESS = "_SUCCESS"
+MANIFEST = "_MANIFEST.json"
 
 
 def canonical_json(obj: Any) -> str:
@@ -38,56 +46,169 @@ def seed_hash(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling and rename, so readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class Store:
+    """Where artifacts live (`root`, a URI shared by every node) and this node's `scratch` setting for caches.
+
+    `lease_s`: how long a builder's claim on a key outlives its last heartbeat.
+    """
+
+    root: str
+    scratch: str | None = None
+    lease_s: float = 120.0
+
+    @classmethod
+    def from_cfg(cls, cfg: Any) -> "Store":
+        return cls(storage.normalize(cfg.storage), cfg.get("scratch"), float(cfg.get("lease_s", 120.0)))
+
+    def uri(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def scratch_dir(self) -> Path:
+        """This node's scratch folder (resolved where it is called: each node has its own)."""
+        return storage.scratch_dir(self.scratch)
+
+
+@dataclass
+class BuildDir:
+    """What a stage's `make` writes to: `uri`, the artifact folder itself (workers write shards there directly),
+    and `local`, a scratch folder whose files are uploaded into the artifact when `make` returns."""
+
+    uri: str
+    local: Path
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record(self, rel: str, entry: Mapping[str, Any]) -> None:
+        """Remember the manifest entry of a file written straight to `uri/rel`, so it need not be read back."""
+        self.entries[rel] = dict(entry)
 
 
 class Artifact:
     """One stage output: `kind` names the stage, `spec` fully determines the content."""
 
-    def __init__(self, storage: str | Path, kind: str, spec: Mapping[str, Any], label: str = ""):
+    def __init__(self, store: Store, kind: str, spec: Mapping[str, Any], label: str = ""):
+        self.store = store
         self.kind = kind
         self.spec = dict(spec)
         self.key = spec_key(self.spec)
         self.label = label or kind
-        self.path = Path(storage).expanduser().resolve() / kind / self.key
+        self.uri = store.uri(kind, self.key)
 
     @property
-    def partial(self) -> Path:
-        return self.path.with_name(self.key + ".partial")
+    def ref(self) -> str:
+        """`<kind>/<key>`: the artifact's identity, the same under every storage root."""
+        return f"{self.kind}/{self.key}"
+
+    def file(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
 
     def is_complete(self) -> bool:
-        return (self.path / SUCCESS).exists()
+        return storage.exists(self.file(MANIFEST))
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(storage.read_text(self.file(MANIFEST)))
 
     def meta(self) -> dict[str, Any]:
-        return json.loads((self.path / "meta.json").read_text())
+        return json.loads(storage.read_text(self.file("meta.json")))
 
-    def build(self, make: Callable[[Path], Mapping[str, Any] | None]) -> Path:
-        """Return the complete artifact, calling `make(workdir)` only if nobody has built it yet.
+    def verify(self) -> list[str]:
+        """Files whose size or checksum differs from the manifest (empty: the artifact is intact)."""
+        bad = []
+        for rel, want in self.manifest()["files"].items():
+            try:
+                got = storage.entry(storage.read_bytes(self.file(rel)))
+            except FileNotFoundError:
+                got = None
+            if got != want:
+                bad.append(rel)
+        return bad
 
-        `make` fills `workdir` (which may hold files from an interrupted earlier attempt) and may return a
-        dict of metadata that is stored in `meta.json`.
+    def local_copy(self, *parts: str) -> Path:
+        """A local folder holding `parts` of this (complete) artifact: itself on local storage, else a scratch copy."""
+        return storage.local_copy(self.file(*parts), self.store.scratch_dir())
+
+    def build(self, make: Callable[[BuildDir], Mapping[str, Any] | None]) -> "Artifact":
+        """Return the complete artifact, calling `make(build_dir)` only if nobody has built it yet.
+
+        `make` may find files of an interrupted earlier attempt under `build_dir.uri`, and returns metadata that is
+        stored in `meta.json`. Concurrent callers anywhere on the cluster build it once (see the module docstring).
         """
+        from synthray.leases import Lease
+
         if self.is_complete():
             log.info("reused %s %s (%s)", self.kind, self.key, self.label)
-            return self.path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.path) + ".lock"):
-            if self.is_complete():  # another trial finished it while we waited for the lock
-                log.info("reused %s %s (%s), built by a concurrent trial", self.kind, self.key, self.label)
-                return self.path
-            self.partial.mkdir(exist_ok=True)
-            log.info("building %s %s (%s)", self.kind, self.key, self.label)
-            start = time.perf_counter()
-            meta = dict(make(self.partial) or {})
-            write_atomic(self.partial / "spec.json", json.dumps(self.spec, indent=1, sort_keys=True).encode())
-            write_atomic(self.partial / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
-            (self.partial / SUCCESS).touch()
-            if self.path.exists():  # a stale incomplete directory from an older layout
-                shutil.rmtree(self.path)
-            os.replace(self.partial, self.path)
-            log.info("built %s %s (%s) in %.1f s", self.kind, self.key, self.label, time.perf_counter() - start)
-        return self.path
+            return self
+        waited = False
+        while True:
+            with Lease(self.uri, self.store.lease_s) as lease:
+                if lease.held:
+                    if self.is_complete():  # finished by another builder while we waited
+                        break
+                    self._make(make)
+                    return self
+            if self.is_complete():
+                break
+            if not waited:
+                log.info("waiting for %s %s (%s): another trial is building it", self.kind, self.key, self.label)
+                waited = True
+            time.sleep(min(2.0, self.store.lease_s / 8))
+        log.info("reused %s %s (%s), built by a concurrent trial", self.kind, self.key, self.label)
+        return self
+
+    def _make(self, make: Callable[[BuildDir], Mapping[str, Any] | None]) -> None:
+        log.info("building %s %s (%s)", self.kind, self.key, self.label)
+        start = time.perf_counter()
+        local = Path(tempfile.mkdtemp(prefix=f"{self.kind}-{self.key}-", dir=storage.ensure_dir(self.store.scratch_dir() / "build")))
+        try:
+            out = BuildDir(self.uri, local)
+            meta = dict(make(out) or {})
+            out.entries.update(storage.upload_dir(local, self.uri))
+            out.entries["spec.json"] = storage.write_bytes(self.file("spec.json"), json.dumps(self.spec, indent=1, sort_keys=True).encode())
+            out.entries["meta.json"] = storage.write_bytes(self.file("meta.json"), json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
+            commit(self.uri, out.entries, {"kind": self.kind, "key": self.key})
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        log.info("built %s %s (%s) in %.1f s", self.kind, self.key, self.label, time.perf_counter() - start)
+
+
+def commit(uri: str, known: Mapping[str, Mapping[str, Any]], about: Mapping[str, Any]) -> dict[str, Any]:
+    """Make the folder `uri` complete: write its manifest, last, listing every file with size and sha256.
+
+    `known` holds the entries of files this builder wrote itself; any other file found (say, a shard from an
+    interrupted earlier attempt) is read back and hashed, so the manifest always describes what is there.
+    """
+    files = {}
+    for rel, size in storage.list_files(uri).items():
+        if rel == MANIFEST:
+            continue
+        entry = known.get(rel)
+        files[rel] = dict(entry) if entry and entry["size"] == size else storage.entry(storage.read_bytes(storage.join(uri, rel)))
+    manifest = dict(about, files=files)
+    storage.write_bytes(storage.join(uri, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode())
+    return manifest
+
+
+def write_folder(local: Path, uri: str, about: Mapping[str, Any]) -> int:
+    """Copy the local folder `local` to `uri` and commit it; returns the number of files."""
+    return len(commit(uri, storage.upload_dir(local, uri), about)["files"])
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """One split of an image-dataset artifact (`data`, or real data's `train`/`control`/`test`): a folder of
+    parquet shards. `ref` names it independently of the storage root; `uri` says where it is."""
+
+    artifact: Artifact
+    split: str
+
+    @property
+    def uri(self) -> str:
+        return self.artifact.file(self.split)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.artifact.ref}/{self.split}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.artifact.label} [{self.split}]"

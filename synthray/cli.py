@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             from synthray.generation.export import export_imagefolder
 
-            count = export_imagefolder(Path(args.dataset), Path(args.out))
+            count = export_imagefolder(args.dataset, Path(args.out))
             print(f"exported {count} images to {args.out}")
             return 0
         from synthray.sweep.runner import format_table, resume_sweep, run_sweep
@@ -110,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"results: {path}")
     missing = int((table["status"] != "done").sum())
     if missing:
-        print(f"synthray: {missing} trial(s) did not finish; continue with: synthray resume {path.parent.name} storage={path.parents[2]}", file=sys.stderr)
+        from synthray import storage
+
+        sweep_dir = storage.parent(path)
+        root = storage.parent(storage.parent(sweep_dir))
+        print(f"synthray: {missing} trial(s) did not finish; continue with: synthray resume {storage.name(sweep_dir)} storage={root}", file=sys.stderr)
         return 1
     return 0

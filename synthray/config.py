@@ -24,9 +24,14 @@ DEFAULT_EXPERIMENT = "smoke"
 
 
 def experiment_dirs() -> list[Path]:
-    """Where `experiment=<name>` is looked up: $SYNTHRAY_EXPERIMENTS, ./experiments, then the source tree's."""
+    """Where `experiment=<name>` is looked up, earlier directories winning: $SYNTHRAY_EXPERIMENTS,
+    ./experiments, the source tree's `experiments/` (editable installs), then the copy a wheel installs
+    as the package data `synthray/experiments/` (pyproject maps `synthray.experiments` onto `experiments/`)."""
     dirs = [Path(p) for p in os.environ.get("SYNTHRAY_EXPERIMENTS", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "experiments", PACKAGE_DIR.parent / "experiments"]
+    dirs.append(Path.cwd() / "experiments")
+    if (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # a source tree, not site-packages/experiments
+        dirs.append(PACKAGE_DIR.parent / "experiments")
+    dirs.append(PACKAGE_DIR / "experiments")
     seen, out = set(), []
     for d in dirs:
         if d.is_dir() and d.resolve() not in seen:
@@ -121,6 +126,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     cfg.experiment = experiment
     for o in rest:
         _apply(cfg, o)
+    _check_generators(cfg)
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:
@@ -135,7 +141,13 @@ def _absolute_paths(cfg: DictConfig) -> None:
     """Resolve user paths against the directory the command ran in: Ray Tune runs each trial in its own folder."""
     from synthray.data.real import shipped_class_lists
 
-    cfg.storage = str(Path(cfg.storage).expanduser().resolve())
+    from synthray.storage import normalize
+
+    cfg.storage = normalize(cfg.storage)  # URIs stay URIs; an unknown scheme is a one-line error
+    if cfg.hub.cache:
+        cfg.hub.cache = normalize(cfg.hub.cache)
+    if cfg.scratch:
+        cfg.scratch = str(Path(cfg.scratch).expanduser().resolve())
     if cfg.data.root:
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     if cfg.prompts.captions:
@@ -162,7 +174,7 @@ def _apply(cfg: DictConfig, o: Any) -> None:
                 raise SynthrayError(f"cannot delete unknown config key '{key}'")
             with open_dict(node):
                 del node[leaf]
-        elif o.is_add() or key.startswith("generators."):
+        elif o.is_add() or (key.startswith("generators.") and _new_generator_field(cfg, key)):
             with open_dict(cfg):
                 OmegaConf.update(cfg, key, o.value(), merge=True, force_add=True)
         else:
@@ -180,6 +192,59 @@ def _apply(cfg: DictConfig, o: Any) -> None:
 
 
 _MISSING = object()
+
+# The fields a generator entry may set, per kind (`conf/generators.yaml`); `call` is a free-form mapping.
+GENERATOR_FIELDS: dict[str, tuple[str, ...]] = {
+    "diffusers": ("kind", "pipeline", "model", "dtype", "steps", "guidance", "resolution", "released", "distilled",
+                  "guidance_kwarg", "call", "paper_guidance"),
+    "real-holdout": ("kind", "released"),
+    "collapsed": ("kind", "released", "prototypes", "noise", "shift"),
+}
+FREE_FORM_GENERATOR_FIELDS = ("call",)
+
+
+def _generator_fields(name: str, entry: Any) -> tuple[str, ...]:
+    """The fields generator `name` may set, from its kind; a one-line error for a non-mapping or unknown kind."""
+    if not isinstance(entry, DictConfig):
+        raise SynthrayError(f"generator '{name}' must be a mapping with a kind ({', '.join(GENERATOR_FIELDS)}), got '{entry}'")
+    kind = entry.get("kind")
+    if kind not in GENERATOR_FIELDS:
+        raise SynthrayError(f"generator '{name}': {unknown_name('generator kind', str(kind), GENERATOR_FIELDS)}")
+    return GENERATOR_FIELDS[kind]
+
+
+def _new_generator_field(cfg: DictConfig, key: str) -> bool:
+    """Check a `generators.<name>[.<field>...]` override (no `+`); True when it sets an allowed field not yet there.
+
+    The generator must exist (add one with `+generators.<name>=...`) and the field must be one its kind allows;
+    only free-form fields (`call`) take sub-keys.
+    """
+    parts = key.split(".")
+    name = parts[1]
+    if name not in cfg.generators:
+        err = unknown_name("generator", name, cfg.generators.keys())
+        raise SynthrayError(f"{err}; to add one use +generators.{name}={{kind: ..., ...}}")
+    if len(parts) == 2:
+        return False
+    allowed = _generator_fields(name, cfg.generators[name])
+    field = parts[2]
+    if field not in allowed or (len(parts) > 3 and field not in FREE_FORM_GENERATOR_FIELDS):
+        raise unknown_name("config key", key, [f"generators.{name}.{f}" for f in allowed])
+    return OmegaConf.select(cfg, key, default=_MISSING) is _MISSING
+
+
+def _check_generators(cfg: DictConfig) -> None:
+    """Every generator entry (zoo, experiment, `+generators.<name>=...`) sets only the fields its kind allows."""
+    if not isinstance(cfg.get("generators"), DictConfig):
+        raise SynthrayError(f"config: generators must be a mapping of generator names to entries, got '{cfg.get('generators')}'")
+    try:
+        for name, entry in cfg.generators.items_ex(resolve=False):
+            allowed = _generator_fields(str(name), entry)
+            for field in entry.keys():
+                if field not in allowed:
+                    raise unknown_name("config key", f"generators.{name}.{field}", [f"generators.{name}.{f}" for f in allowed])
+    except OmegaConfBaseException as err:
+        raise SynthrayError(f"config: {_one_line(err)}") from None
 
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:

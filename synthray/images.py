@@ -8,7 +8,6 @@ read them.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -17,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from synthray.artifacts import write_atomic
+from synthray import storage
 
 IMAGE_COLUMNS = ("id", "image", "label", "class_id")
 
@@ -56,37 +55,47 @@ def square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def write_table(path: Path, columns: dict[str, Iterable]) -> int:
-    """Write one parquet shard atomically; returns its row count."""
+def write_table(uri: str, columns: dict[str, Iterable]) -> dict:
+    """Write one parquet shard as one whole file; returns its manifest entry with `rows` added."""
     table = pa.table({k: list(v) for k, v in columns.items()})
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buf.getvalue().to_pybytes())
-    return table.num_rows
+    return dict(storage.write_bytes(uri, buf.getvalue().to_pybytes()), rows=table.num_rows)
 
 
-def shard_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).glob("*.parquet") if not p.name.startswith("."))
+def shard_files(folder: str) -> list[str]:
+    """The URIs of a dataset folder's parquet shards, in name order."""
+    return [storage.join(folder, rel) for rel in storage.list_files(folder) if rel.endswith(".parquet") and "/" not in rel]
 
 
-def usable_filter(folder: Path):
+def read_shard(uri: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+    fs, path = storage.resolve(uri)
+    return pq.read_table(path, columns=columns, filters=filters, filesystem=fs)
+
+
+def shard_schema(uri: str) -> pa.Schema:
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_schema(f)
+
+
+def usable_filter(folder: str):
     """A pyarrow filter keeping rows that passed the generation quality guard, or None if the folder has no guard."""
     import pyarrow.dataset as pads
 
     files = shard_files(folder)
-    if files and "quality" in pq.read_schema(files[0]).names:
+    if files and "quality" in shard_schema(files[0]).names:
         return pads.field("quality") == "ok"
     return None
 
 
-def read_images(folder: Path, columns: list[str] | None = None, usable_only: bool = True) -> pd.DataFrame:
+def read_images(folder: str, columns: list[str] | None = None, usable_only: bool = True) -> pd.DataFrame:
     """All shards of a dataset folder, in shard order (deterministic); rows the quality guard flagged are dropped."""
     files = shard_files(folder)
     if not files:
         raise FileNotFoundError(f"no parquet shards in {folder}")
     keep = usable_filter(folder) if usable_only else None
-    return pd.concat([pq.read_table(f, columns=columns, filters=keep).to_pandas() for f in files], ignore_index=True)
+    return pd.concat([read_shard(f, columns, keep).to_pandas() for f in files], ignore_index=True)
 
 
 def to_uint8(image: "np.ndarray | Image.Image") -> tuple[np.ndarray, str]:
@@ -107,7 +116,7 @@ def to_uint8(image: "np.ndarray | Image.Image") -> tuple[np.ndarray, str]:
     return pixels, quality
 
 
-def dataset_digest(folder: Path) -> str:
+def dataset_digest(folder: str) -> str:
     """sha256 over (id, image bytes) of every row, sorted by id: equal digests mean byte-identical images."""
     import hashlib
 

@@ -54,7 +54,7 @@ def test_real_holdout_draws_held_out_images_of_the_class(shared_storage):
     gen = RealHoldoutGenerator({"real_path": str(real.path)})
     table = build_prompt_table(cfg, "real-holdout", "classname")
     images = gen(table)
-    holdout = read_images(real.path / "holdout")
+    holdout = read_images(real.path / "control")
     pool = {bytes(np.asarray(decode(b)).tobytes()): c for b, c in zip(holdout["image"], holdout["class_id"])}
     for img, cid in zip(images, table["class_id"]):
         assert pool[np.asarray(img).tobytes()] == cid

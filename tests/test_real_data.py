@@ -14,7 +14,7 @@ def test_digits_splits_are_real_deterministic_and_disjoint(tmp_path):
     cfg = tiny_cfg(tmp_path)
     art = real_artifact(cfg)
     art.build(lambda w: build(art.spec, w))
-    splits = {s: read_images(art.path / s) for s in ("train", "holdout", "test")}
+    splits = {s: read_images(art.path / s) for s in ("train", "control", "test")}
     assert sum(len(t) for t in splits.values()) == 1797  # every real digit, once
     ids = [set(t["id"]) for t in splits.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -54,10 +54,10 @@ def test_imagefolder_loader(tmp_path):
     _imagefolder(root, ["n01", "n02"])
     (tmp_path / "classes.csv").write_text("id,name\nn01,cat\nn02,dog\n")
     cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}", f"data.classes={tmp_path / 'classes.csv'}",
-                   "data.image_size=24", "data.holdout_fraction=0.5")
+                   "data.image_size=24", "data.control_fraction=0.5")
     art = real_artifact(cfg)
     art.build(lambda w: build(art.spec, w))
-    assert art.meta()["counts"] == {"train": 4, "holdout": 4, "test": 8}
+    assert art.meta()["counts"] == {"train": 4, "control": 4, "test": 8}
     test = read_images(art.path / "test")
     assert decode(test["image"][0]).size == (24, 24)
     assert sorted(set(test["class_id"])) == ["n01", "n02"]
@@ -100,11 +100,11 @@ def test_parquet_source_reads_a_hugging_face_datasets_export(tmp_path):
         datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "hf" / "data" / f"{split}-00000-of-00001.parquet"))
     (tmp_path / "classes.csv").write_text("id,name\nn01,cat\nn03,dog\n")  # a subset, in another order
     cfg = tiny_cfg(tmp_path / "runs", "data.source=parquet", f"data.root={tmp_path / 'hf'}", "data.image_size=16",
-                   f"data.classes={tmp_path / 'classes.csv'}", "data.holdout_fraction=0.5")
+                   f"data.classes={tmp_path / 'classes.csv'}", "data.control_fraction=0.5")
     validate(cfg)
     art = real_artifact(cfg)
     art.build(lambda w: build(art.spec, w))
-    assert art.meta()["counts"] == {"train": 4, "holdout": 4, "test": 4}
+    assert art.meta()["counts"] == {"train": 4, "control": 4, "test": 4}
     test = read_images(art.path / "test")
     assert sorted(set(zip(test["class_id"], test["label"]))) == [("n01", 0), ("n03", 1)]
     assert decode(test["image"][0]).size == (16, 16)

@@ -57,7 +57,7 @@ def test_global_batch_is_kept_across_worker_counts():
     ("training.num_workers=3", "recipe.batch_size=1024 is not divisible by training.num_workers=3"),
     ("recipe.train_transform.one_of=[sharpen]", "unknown 'sharpen'"),
     ("recipe.test_transform.crop=192", "training images are 224 px but test images 192 px"),
-    ("recipe.holdout_fraction=1.0", r"holdout_fraction must be in \[0, 1\)"),
+    ("recipe.selection_fraction=1.0", r"selection_fraction must be in \[0, 1\)"),
     ("recipe.optimizer=lion", "recipe.optimizer 'lion'"),
 ])
 def test_bad_recipe_values_are_one_line(tmp_path, override, message):

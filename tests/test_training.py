@@ -41,7 +41,7 @@ def test_train_stage_learns_and_is_reused(ray_cluster, shared_storage, caplog):
 def test_timm_model_trains_one_step(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage, "recipe.epochs=1")
     real = ensure_real(cfg)
-    art = train(cfg, "test_resnet", real.path / "holdout", f"real/{real.key}/holdout", 10, label="test_resnet")
+    art = train(cfg, "test_resnet", real.path / "control", f"real/{real.key}/holdout", 10, label="test_resnet")
     assert art.meta()["arch"] == "test_resnet" and art.meta()["epochs"] == 1
 
 
@@ -119,4 +119,4 @@ def test_two_workers_with_accumulation_keep_the_global_batch(ray_cluster, shared
     meta = art.meta()
     # Each worker sees rows // 2 rows in batches of 8 (2 micro-batches of 4): ceil((rows // 2) / 8) steps an epoch.
     assert meta["history"][-1]["step"] == 2 * -(-(meta["rows"] // 2) // 8)
-    assert 0 < meta["holdout_acc_best"] <= 1 and meta["best_epoch"] in (1, 2)
+    assert 0 < meta["selection_acc_best"] <= 1 and meta["best_epoch"] in (1, 2)

@@ -1,7 +1,7 @@
 """Real data: the class list and a content-addressed copy of the real images in three splits.
 
-Splits: `train` (Real->Real and Real->Synth training), `holdout` (drawn by the real-holdout control
-generator, never trained on by the real model) and `test` (every evaluation on real images).
+Splits: `train` (Real->Real and Real->Synth training), `control` (drawn by the control generators real-holdout and
+collapsed, never trained on by the real model) and `test` (every evaluation on real images).
 Sources: scikit-learn's bundled handwritten digits (offline, the embedded default), an ImageFolder tree laid
 out like ImageNet (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), or parquet files such as a Hugging Face
 `datasets` export (`train*.parquet`, `test*.parquet`/`validation*.parquet`, or `train/` and `test/` folders of them).
@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from synthray.artifacts import Artifact, seed_hash
+from synthray.artifacts import Artifact, BuildDir, Store, seed_hash
 from synthray.images import encode, square
 from synthray.registry import SynthrayError
 
 log = logging.getLogger("synthray")
 SOURCES = ("digits", "imagefolder", "parquet")
 CLASS_DIR = Path(__file__).resolve().parent / "classes"
-SPLITS = ("train", "holdout", "test")
+SPLITS = ("train", "control", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
@@ -57,7 +57,7 @@ def real_spec(cfg: Any) -> dict[str, Any]:
     root = str(Path(d.root).expanduser().resolve()) if d.root else None
     return {
         "source": d.source, "root": root, "classes": classes["id"].tolist(), "image_size": int(d.image_size),
-        "test_fraction": float(d.test_fraction), "holdout_fraction": float(d.holdout_fraction),
+        "test_fraction": float(d.test_fraction), "control_fraction": float(d.control_fraction),
         "max_per_class": d.max_per_class, "seed": int(cfg.seed), "on_corrupt": str(d.on_corrupt),
         "image_column": str(d.image_column), "label_column": str(d.label_column),
     }
@@ -65,7 +65,13 @@ def real_spec(cfg: Any) -> dict[str, Any]:
 
 def real_artifact(cfg: Any) -> Artifact:
     spec = real_spec(cfg)
-    return Artifact(cfg.storage, "real", spec, label=f"{spec['source']} {len(spec['classes'])} classes")
+    return Artifact(Store.from_cfg(cfg), "real", spec, label=f"{spec['source']} {len(spec['classes'])} classes")
+
+
+def real_data(cfg: Any) -> Artifact:
+    """The real-data stage: build (or reuse) the content-addressed copy of the real images in three splits."""
+    art = real_artifact(cfg)
+    return art.build(lambda out: build(art.spec, out))
 
 
 def check_source(cfg: Any) -> None:
@@ -124,8 +130,8 @@ def _split_indices(n: int, fractions: list[float], seed: int) -> list[np.ndarray
     return np.split(order, cuts)
 
 
-def build(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Write `<workdir>/<split>/part-00000.parquet` for each split; returns per-split counts (and skipped images)."""
+def build(spec: dict[str, Any], out: BuildDir) -> dict[str, Any]:
+    """Write `<split>/part-00000.parquet` for each split into the artifact; returns per-split counts (and skipped images)."""
     from synthray.images import write_table
 
     skipped: list[str] = []
@@ -136,7 +142,9 @@ def build(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     for split in SPLITS:
         part = [r for r in rows if r["split"] == split]
         columns = {k: [r[k] for r in part] for k in ("id", "image", "label", "class_id")}
-        counts[split] = write_table(workdir / split / "part-00000.parquet", columns)
+        written = write_table(f"{out.uri}/{split}/part-00000.parquet", columns)
+        out.record(f"{split}/part-00000.parquet", written)
+        counts[split] = written["rows"]
     return {"counts": counts, "skipped": skipped}
 
 
@@ -150,9 +158,9 @@ def _digits(spec: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
     for label, cid in enumerate(ids):
         idx = np.flatnonzero(digits.target == int(cid))
         test_f = spec["test_fraction"]
-        hold_f = (1 - test_f) * spec["holdout_fraction"]
+        hold_f = (1 - test_f) * spec["control_fraction"]
         parts = _split_indices(len(idx), [test_f, hold_f, 1 - test_f - hold_f], seed_hash(spec["seed"], "digits", cid))
-        for split, part in zip(("test", "holdout", "train"), parts):
+        for split, part in zip(("test", "control", "train"), parts):
             for i in sorted(idx[part]):
                 pixels = np.round(digits.images[i] * (255 / 16)).astype(np.uint8)
                 img = Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
@@ -184,8 +192,8 @@ def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: li
     cap, out = spec["max_per_class"], []
     for label, cid in enumerate(spec["classes"]):
         train = items["train"].get(cid, [])
-        hold, keep = _split_indices(len(train), [spec["holdout_fraction"], 1 - spec["holdout_fraction"]], seed_hash(spec["seed"], "real", cid))
-        chosen = {"holdout": [train[i] for i in sorted(hold)], "train": [train[i] for i in sorted(keep)], "test": items["test"].get(cid, [])}
+        hold, keep = _split_indices(len(train), [spec["control_fraction"], 1 - spec["control_fraction"]], seed_hash(spec["seed"], "real", cid))
+        chosen = {"control": [train[i] for i in sorted(hold)], "train": [train[i] for i in sorted(keep)], "test": items["test"].get(cid, [])}
         for split, entries in chosen.items():
             for row_id, source in entries[:cap] if cap else entries:
                 data = _real_image(source, row_id, spec, skipped)

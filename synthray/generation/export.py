@@ -9,18 +9,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from synthray.artifacts import write_atomic
+from synthray import storage
 from synthray.images import read_images, shard_files
 from synthray.registry import SynthrayError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def export_imagefolder(dataset: Path, out: Path) -> int:
-    """Write every usable image of the dataset folder `dataset` (holding parquet shards) under `out`; returns the count."""
-    dataset = Path(dataset)
-    if (dataset / "data").is_dir():
-        dataset = dataset / "data"
+def export_imagefolder(dataset: str, out: Path) -> int:
+    """Write every usable image of the dataset folder `dataset` (a path or URI holding parquet shards, or a
+    synthetic artifact holding `data/`) under the local folder `out`; returns the count."""
+    dataset = storage.normalize(dataset)
+    if shard_files(storage.join(dataset, "data")):
+        dataset = storage.join(dataset, "data")
     if not shard_files(dataset):
         raise SynthrayError(f"no parquet shards in {dataset}; give a synthetic dataset folder (<storage>/synthetic/<key>)")
     table = read_images(dataset, columns=["id", "image", "class_id"])
@@ -28,5 +29,5 @@ def export_imagefolder(dataset: Path, out: Path) -> int:
         ext = ".jpg" if data[:2] == b"\xff\xd8" else ".png"
         folder = out / _UNSAFE.sub("_", str(cid))
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / (_UNSAFE.sub("_", str(rid)) + ext), data)
+        storage.write_bytes(str(folder / (_UNSAFE.sub("_", str(rid)) + ext)), data)
     return len(table)

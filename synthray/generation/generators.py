@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from synthray.artifacts import Artifact, seed_hash
-from synthray.hub import hub_snapshot, local_folder
+from synthray.artifacts import seed_hash
 from synthray.registry import Registry, SynthrayError, unknown_name
 
 GENERATOR_KINDS = Registry("generator kind")
@@ -45,29 +44,6 @@ def sampling_params(entry: dict[str, Any], protocol: str) -> dict[str, Any]:
         few = entry.get("distilled", False)  # turbo/schnell models sample in 4 steps
         params = {"steps": 4 if few else 50, "guidance": float(entry.get("paper_guidance", 2.0)), "resolution": 512}
     return params
-
-
-def tiny_model_artifact(storage: str, model: str, resolution: int) -> Artifact:
-    family = model.split(":", 1)[1]
-    return Artifact(storage, "models", {"tiny": family, "resolution": resolution, "seed": 0}, label=f"tiny {family} pipeline")
-
-
-def resolve_model(cfg: Any, entry: dict[str, Any]) -> str:
-    """Where `from_pretrained` loads from: a local path or a hub id. Fails early when weights are absent."""
-    from synthray.generation.tiny import TINY_BUILDERS
-
-    model = str(entry["model"])
-    if model.startswith("tiny:"):
-        family = model.split(":", 1)[1]
-        if family not in TINY_BUILDERS:
-            raise unknown_name("tiny pipeline family", family, TINY_BUILDERS)
-        return str(tiny_model_artifact(cfg.storage, model, int(entry["resolution"])).path / "pipeline")
-    path = local_folder(model)
-    if path is not None:
-        if not (path / "model_index.json").is_file():
-            raise SynthrayError(f"generator weights not found: {path} has no model_index.json (a diffusers save_pretrained folder)")
-        return str(path.resolve())
-    return hub_snapshot(model, bool(cfg.hub.allow_download), "generators.<name>.model")
 
 
 @GENERATOR_KINDS.register("diffusers")
@@ -128,14 +104,15 @@ class DiffusersGenerator:
 
 @GENERATOR_KINDS.register("real-holdout")
 class RealHoldoutGenerator:
-    """Returns held-out real images of each row's class, without repeats until a class's pool is used up."""
+    """Returns real images of each row's class from the real data's `control` split (never trained on), without
+    repeats until a class's pool is used up."""
 
     def __init__(self, spec: dict[str, Any]):
         from synthray.images import read_images
 
-        holdout = read_images(Path(spec["real_path"]) / "holdout").sort_values("id", kind="stable")
+        control = read_images(spec["control_uri"]).sort_values("id", kind="stable")
         self.pools: dict[str, list[bytes]] = {}
-        for cid, group in holdout.groupby("class_id", sort=True):
+        for cid, group in control.groupby("class_id", sort=True):
             order = pd.Series(range(len(group))).sample(frac=1.0, random_state=seed_hash("holdout", cid) % 2**32)
             self.pools[cid] = [group["image"].iloc[i] for i in order]
 

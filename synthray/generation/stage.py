@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-
-from synthray.artifacts import Artifact
-from synthray.data.real import load_classes, real_artifact
-from synthray.generation.generators import build_generator, generator_entry, resolve_model, sampling_params, tiny_model_artifact
-from synthray.generation.prompts import load_captions, prompt_table
 from PIL import Image
 
+from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.data.real import load_classes
+from synthray.generation.generators import build_generator, generator_entry, sampling_params
+from synthray.generation.prompts import load_captions, prompt_table
 from synthray.images import dataset_digest, encode, read_images, square, to_uint8
+from synthray.models import Models, model_identity
 from synthray.registry import SynthrayError
-from synthray.shards import cluster_gpus, map_shards
+from synthray.shards import Pool, map_shards, record_shards
 
 
 def style_captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None:
@@ -47,14 +46,15 @@ def control_params(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(entry).items() if k not in ("kind", "released")}
 
 
-def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
-    """The dataset's identity: everything that changes its bytes, and nothing that does not (actors, resumes).
+def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame, real: Artifact) -> Artifact:
+    """The dataset's identity: everything that changes its bytes, and nothing that does not (actors, resumes,
+    the device, the storage root).
 
-    The batch size is part of it: float kernels are not batch-invariant (a batch of 3 and three batches of 1 can
-    differ by one grey level in a pixel), so a new batch size makes a new dataset rather than a silent mix.
+    `table` is the prompt table (`build_prompt_table`), built once per trial. The batch size is part of the key:
+    float kernels are not batch-invariant (a batch of 3 and three batches of 1 can differ by one grey level in a
+    pixel), so a new batch size makes a new dataset rather than a silent mix. `real` is used by control generators.
     """
     entry = generator_entry(cfg, generator)
-    table = build_prompt_table(cfg, generator, style)
     g = cfg.generation
     spec: dict[str, Any] = {
         "generator": generator,
@@ -66,24 +66,33 @@ def synthetic_artifact(cfg: Any, generator: str, style: str) -> Artifact:
         "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": int(g.batch_size),
     }
     if entry["kind"] == "diffusers":
-        spec.update(pipeline=entry["pipeline"], model=str(entry["model"]), dtype=entry["dtype"],
+        spec.update(pipeline=entry["pipeline"], model=model_identity(str(entry["model"]), **_tiny_params(entry)), dtype=entry["dtype"],
                     call=dict(entry.get("call") or {}), guidance_kwarg=entry.get("guidance_kwarg"),
                     # These can change low bits of the output; CPU offload only moves weights, so it is left out.
                     kernels={"vae_tiling": bool(g.vae_tiling), "channels_last": bool(g.channels_last), "compile": bool(g.compile)})
     else:
-        spec["real"] = real_artifact(cfg).key
+        spec["real"] = real.key
         spec["control"] = control_params(entry)
-    return Artifact(cfg.storage, "synthetic", spec, label=f"{generator}, {style}, {len(table)} images")
+    return Artifact(Store.from_cfg(cfg), "synthetic", spec, label=f"{generator}, {style}, {len(table)} images")
 
 
-def _shard_worker(gen_spec: dict[str, Any], fmt: str, quality: int, stored_size: int | None, batch_size: int) -> Callable[[dict], dict]:
-    """Runs inside each actor: load the generator once, then turn shard tasks into columns.
+def _tiny_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """A tiny pipeline twin is built at the generator's resolution; real checkpoints take no build parameters."""
+    return {"resolution": int(entry["resolution"])} if str(entry.get("model", "")).startswith("tiny:") else {}
+
+
+def _shard_worker(gen_spec: dict[str, Any], models: Models, fmt: str, quality: int, stored_size: int | None,
+                  batch_size: int) -> Callable[[dict], dict]:
+    """Runs inside each actor: resolve the model name on this node, load the generator once, then turn shard
+    tasks into columns.
 
     Encoding runs on a thread pool while the next batch is generated, so the GPU does not wait for JPEG work
     (PIL releases the GIL while it encodes).
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    if gen_spec["kind"] == "diffusers":
+        gen_spec = dict(gen_spec, model_path=models.locate(gen_spec["model"], "pipeline", **gen_spec["tiny_params"]))
     generate = build_generator(gen_spec)
     encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
 
@@ -109,32 +118,31 @@ def _shard_worker(gen_spec: dict[str, Any], fmt: str, quality: int, stored_size:
     return work
 
 
-def generate(cfg: Any, generator: str, style: str) -> Artifact:
-    """Build (or reuse) the synthetic dataset of `generator` under prompt `style`."""
-    art = synthetic_artifact(cfg, generator, style)
+def generate(cfg: Any, art: Artifact, table: pd.DataFrame, real: Artifact) -> DatasetRef:
+    """Build (or reuse) the synthetic dataset `art` (from `synthetic_artifact`) of the prompt rows `table`."""
+    generator = art.spec["generator"]
     entry = generator_entry(cfg, generator)
 
-    def make(workdir: Path) -> dict[str, Any]:
+    def make(out: BuildDir) -> dict[str, Any]:
         g = cfg.generation
         gen_spec = {"name": generator, "kind": entry["kind"], "protocol": g.protocol, "params": art.spec["params"]}
         if entry["kind"] == "diffusers":
-            if str(entry["model"]).startswith("tiny:"):
-                ensure_tiny_model(cfg, entry)
-            gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model_path=resolve_model(cfg, entry),
-                            call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"], cpu_offload=bool(g.cpu_offload),
-                            **art.spec["kernels"])
+            gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model=str(entry["model"]),
+                            tiny_params=_tiny_params(entry), call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"],
+                            cpu_offload=bool(g.cpu_offload), **art.spec["kernels"])
         else:
-            gen_spec.update(real_path=str(ensure_real(cfg).path), control=art.spec["control"])
-        table = build_prompt_table(cfg, generator, style)
+            gen_spec.update(control_uri=DatasetRef(real, "control").uri, control=art.spec["control"])
         size = int(g.shard_size)
         tasks = [{"name": f"part-{i:05d}.parquet", "rows": len(chunk), "table": chunk.to_dict(orient="list")}
                  for i, chunk in enumerate(table.iloc[s:s + size] for s in range(0, len(table), size))]
-        gpus = float(g.gpus_per_actor) if cluster_gpus() > 0 and entry["kind"] == "diffusers" else 0.0
-        min_actors, max_actors = actor_pool_size(g, gpus)
-        factory = functools.partial(_shard_worker, gen_spec, g.image_format, int(g.jpeg_quality), g.stored_size, int(g.batch_size))
-        shards = map_shards(tasks, factory, workdir / "data", what=f"generate {generator}/{style}",
-                            num_actors=min_actors, max_actors=max_actors, num_gpus=gpus)
-        quality = read_images(workdir / "data", columns=["quality"], usable_only=False)["quality"].value_counts()
+        # Controls only copy real images: they run on CPU whatever the device setting.
+        pool = Pool.from_cfg(g) if entry["kind"] == "diffusers" else Pool("cpu", actors=int(g.num_actors), max_actors=g.max_actors)
+        factory = functools.partial(_shard_worker, gen_spec, Models.from_cfg(cfg), g.image_format, int(g.jpeg_quality),
+                                    g.stored_size, int(g.batch_size))
+        data = f"{out.uri}/data"
+        shards = map_shards(tasks, factory, data, what=f"generate {art.label}", pool=pool)
+        record_shards(out, "data", shards)
+        quality = read_images(data, columns=["quality"], usable_only=False)["quality"].value_counts()
         counts = {k: int(v) for k, v in quality.items()}
         bad = len(table) - counts.get("ok", 0)
         if bad > float(g.max_bad_fraction) * len(table):
@@ -142,38 +150,7 @@ def generate(cfg: Any, generator: str, style: str) -> Artifact:
                 f"generate {generator}: {bad} of {len(table)} images are NaN or all black ({counts}), over "
                 f"generation.max_bad_fraction={g.max_bad_fraction}; try dtype=float32/bfloat16 for this generator"
             )
-        return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(workdir / "data"),
+        return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(data),
                 "quality": counts, "bad": bad, "timing": shards}
 
-    art.build(make)
-    return art
-
-
-def actor_pool_size(g: Any, gpus_per_actor: float) -> tuple[int, int]:
-    """(min, max) actors: `auto` is one actor per GPU share on a GPU cluster, one actor on CPU."""
-    if g.num_actors == "auto":
-        count = max(1, int(cluster_gpus() // gpus_per_actor)) if gpus_per_actor > 0 else 1
-    else:
-        count = int(g.num_actors)
-    return count, max(count, int(g.max_actors or count))
-
-
-def ensure_real(cfg: Any) -> Artifact:
-    from synthray.data.real import build
-
-    art = real_artifact(cfg)
-    art.build(lambda workdir: build(art.spec, workdir))
-    return art
-
-
-def ensure_tiny_model(cfg: Any, entry: dict[str, Any]) -> Artifact:
-    from synthray.generation.tiny import TINY_BUILDERS
-
-    art = tiny_model_artifact(cfg.storage, str(entry["model"]), int(entry["resolution"]))
-
-    def make(workdir: Path) -> dict[str, Any]:
-        TINY_BUILDERS[art.spec["tiny"]](workdir / "pipeline", resolution=art.spec["resolution"])
-        return {"family": art.spec["tiny"]}
-
-    art.build(make)
-    return art
+    return DatasetRef(art.build(make), "data")

@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import numpy as np
 import torch
 
-from synthray.artifacts import Artifact
+from synthray import storage
+from synthray.artifacts import Artifact, DatasetRef
 from synthray.images import read_images
 from synthray.training.archs import create_model
 from synthray.training.augment import test_batch
 
 
 def load_model(model: Artifact, weights: str = "model.pt") -> torch.nn.Module:
-    """The trained network: `model.pt` is the best epoch on the held-out split, `last.pt` the final epoch."""
+    """The trained network: `model.pt` is the best epoch on the selection split, `last.pt` the final epoch."""
     net = create_model(model.spec["arch"], model.spec["num_classes"])
-    net.load_state_dict(torch.load(model.path / weights, map_location="cpu", weights_only=True))
+    state = torch.load(io.BytesIO(storage.read_bytes(model.file(weights))), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
     return net.eval()
 
 
-def predict(model: Artifact, images: Path, weights: str = "model.pt", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Labels (N,) and logits (N, num_classes) of `model` on every usable image in the folder `images`.
+def predict(model: Artifact, images: DatasetRef, weights: str = "model.pt", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (N,) and logits (N, num_classes) of `model` on every usable image of `images`.
 
     Images go through the model's own recipe test transform (resize, centre crop, normalise).
     """
@@ -31,7 +33,7 @@ def predict(model: Artifact, images: Path, weights: str = "model.pt", batch_size
     size = int(recipe["test_transform"]["resize"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = load_model(model, weights).to(device)
-    table = read_images(images, columns=["image", "label"])
+    table = read_images(images.uri, columns=["image", "label"])
     rng = np.random.default_rng(int(recipe["seed"]))  # random test crops (texture probe), fixed across runs
     logits = []
     with torch.inference_mode():
@@ -60,11 +62,11 @@ def per_class(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> list[
     return [float(hits[labels == c].mean()) if (labels == c).any() else None for c in range(num_classes)]
 
 
-def accuracy(model: Artifact, images: Path, weights: str = "model.pt") -> float:
+def accuracy(model: Artifact, images: DatasetRef, weights: str = "model.pt") -> float:
     return top1(*predict(model, images, weights))
 
 
-def accuracy_report(model: Artifact, images: Path, prefix: str) -> dict[str, object]:
+def accuracy_report(model: Artifact, images: DatasetRef, prefix: str) -> dict[str, object]:
     """`<prefix>_acc`, `_top5` and `_per_class` (a list, label order) of the best-epoch model on one set, and
     `<prefix>_acc_last` of the final epoch's."""
     labels, logits = predict(model, images)

@@ -8,19 +8,19 @@ precision, recall, fd); every encoder's are `<encoder>_<metric>`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from synthray.artifacts import DatasetRef
 from synthray.metrics.fd import fd
 from synthray.metrics.features import encoder_names, features
 from synthray.metrics.prdc import METRICS, prdc, prdc_per_class
 
 
-def distribution_metrics(cfg: Any, real: Path, real_ref: str, fake: Path, fake_ref: str) -> dict[str, Any]:
-    """Result columns for the synthetic folder `fake` against the real folder `real` (refs identify them)."""
+def distribution_metrics(cfg: Any, real: DatasetRef, fake: DatasetRef) -> dict[str, Any]:
+    """Result columns for the synthetic set `fake` against the real set `real`."""
     k = int(cfg.metrics.prdc_k)
     row: dict[str, Any] = {}
-    real_features, fake_features = features(cfg, real, real_ref), features(cfg, fake, fake_ref)
+    real_features, fake_features = features(cfg, real), features(cfg, fake)
     for i, name in enumerate(encoder_names(cfg)):
         (real_x, real_y), (fake_x, fake_y) = real_features[name], fake_features[name]
         values = dict(prdc(real_x, fake_x, k=k), fd=fd(real_x, fake_x))

@@ -1,7 +1,7 @@
 """Feature encoders for distribution metrics: CLIP and DINOv2 (transformers) and Inception-v3 (timm) embeddings.
 
-An encoder loads a model from a hub id or a local folder (see `resolve_encoder`, which also builds the tiny offline
-twins `tiny:<kind>`) and maps uint8 (H, W, 3) images of any size to float32 (N, D) features. Preprocessing is the
+An encoder loads a model from a local folder (`synthray.models` resolves hub ids, storage URIs and the tiny offline
+twins `tiny:<kind>` to one) and maps uint8 (H, W, 3) images of any size to float32 (N, D) features. Preprocessing is the
 model's own eval transform read from its processor / timm config (bicubic resize, center crop, normalise),
 reimplemented in torch: resized as uint8 on the CPU (PIL's kernel), normalised on the model's device.
 """
@@ -18,8 +18,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthray.artifacts import Artifact
-from synthray.hub import hub_snapshot, local_folder
 from synthray.registry import Registry, SynthrayError, unknown_name
 
 FEATURE_MODELS = Registry("feature model")
@@ -36,7 +34,6 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # The tiny Inception twin is timm's CI-sized ResNet, not inception_v3: random-init inception_v3 (22M params) takes
 # ~9 s for a 4-image forward at 299 px on 2 CPU cores. Loading goes through the same timm folder path either way.
 TINY_TIMM_ARCH = "test_resnet"
-TINY_VERSION = 1  # bump when a tiny twin's definition changes, so stale artifacts are not reused
 
 
 @dataclass(frozen=True)
@@ -238,10 +235,6 @@ def build_tiny_encoder(kind: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def tiny_encoder_artifact(storage: str, kind: str) -> Artifact:
-    return Artifact(storage, "encoders", {"tiny": kind, "seed": 0, "version": TINY_VERSION}, label=f"tiny {kind} encoder")
-
-
 def check_encoder_folder(path: Path) -> Path:
     """`path`, resolved, if it holds a config.json and model weights; a one-line SynthrayError otherwise."""
     missing = [] if (path / "config.json").is_file() else ["config.json"]
@@ -253,27 +246,3 @@ def check_encoder_folder(path: Path) -> Path:
             "(a transformers save_pretrained or timm save_for_hf folder)"
         )
     return path.resolve()
-
-
-def resolve_encoder(storage: str, model: str, allow_download: bool) -> str:
-    """Where an encoder loads from: a local folder, or a hub id when downloads are allowed. Fails early if absent.
-
-    `tiny:<kind>` builds (once, content-addressed) a random-weight twin and returns `<storage>/encoders/<key>/model`.
-    """
-    if model.startswith("tiny:"):
-        kind = model.split(":", 1)[1]
-        if kind not in TINY_BUILDERS:
-            raise unknown_name("tiny encoder", kind, TINY_BUILDERS)
-        art = tiny_encoder_artifact(storage, kind)
-
-        def make(workdir: Path) -> dict[str, Any]:
-            files = build_tiny_encoder(kind, workdir / "model").iterdir()
-            return {"kind": kind, "files": sorted(p.name for p in files)}
-
-        art.build(make)
-        return str(art.path / "model")
-    path = local_folder(model)
-    if path is not None:
-        return str(check_encoder_folder(path))
-    folder = hub_snapshot(model, allow_download, "metrics.encoders.<name>.model", check_encoder_folder)
-    return folder if allow_download else str(Path(folder).resolve())

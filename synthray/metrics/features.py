@@ -10,13 +10,13 @@ Artifact layout: `<storage>/features/<key>/data/part-*.parquet` with columns id,
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from synthray.artifacts import Artifact
-from synthray.images import decode_array, read_images, shard_files
+from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.images import decode_array, read_images, read_shard, shard_files
+from synthray.models import Models, check_model, model_identity
 
 PIXELS = "pixels"
 
@@ -42,15 +42,19 @@ def encoder_model(cfg: Any, name: str) -> str | None:
 def check_encoders(cfg: Any) -> None:
     """Unknown encoder names and hub weights missing from the cache (encoders, CLIPScore's CLIP) fail in one line
     before anything runs. Tiny twins are built later, by the stage that needs them."""
-    from synthray.metrics.encoders import resolve_encoder
+    from synthray.devices import check_device_name
 
-    models = [encoder_model(cfg, name) for name in encoder_names(cfg)] + [cfg.metrics.clipscore.model]
-    for model in models:
-        if model and not str(model).startswith("tiny:"):
-            resolve_encoder(cfg.storage, str(model), bool(cfg.hub.allow_download))
+    check_device_name("metrics.device", cfg.metrics.device)
+    models = Models.from_cfg(cfg)
+    for name in encoder_names(cfg):
+        model = encoder_model(cfg, name)
+        if model:
+            check_model(models, model, "encoder", f"metrics.encoders.{name}.model")
+    if cfg.metrics.clipscore.model:
+        check_model(models, str(cfg.metrics.clipscore.model), "encoder", "metrics.clipscore.model")
 
 
-def sample_ids(folder: Path, max_samples: int, seed: int) -> list[str]:
+def sample_ids(folder: str, max_samples: int, seed: int) -> list[str]:
     """Up to `max_samples` usable row ids, a fixed random subset, so every metric sees the same rows."""
     table = read_images(folder, columns=["id"]).sort_values("id", kind="stable")
     if len(table) > max_samples:
@@ -78,19 +82,17 @@ def _encoder(name: str, model_path: str | None) -> Callable[[list[np.ndarray]], 
 
 def _read_sample(task: dict[str, Any], extra: tuple[str, ...] = ()) -> tuple[dict[str, list], list[np.ndarray]]:
     """The sampled rows of one shard: their id, label (and `extra` columns), and decoded images."""
-    import pyarrow.parquet as pq
-
     wanted = set(task["ids"])
-    columns = pq.read_table(task["src"], columns=["id", "image", "label", *extra]).to_pydict()
+    columns = read_shard(task["src"], columns=["id", "image", "label", *extra]).to_pydict()
     keep = [i for i, row_id in enumerate(columns["id"]) if row_id in wanted]
     rows = {c: [columns[c][i] for i in keep] for c in ("id", "label", *extra)}
     return rows, [decode_array(columns["image"][i]) for i in keep]
 
 
-def _feature_worker(models: dict[str, str | None]) -> Callable[[dict], dict]:
-    """Runs once per actor: load every encoder, then embed the sampled rows of each shard with all of them
-    (one pass over the images, one actor pool per dataset however many encoders there are)."""
-    encoders = {name: _encoder(name, path) for name, path in models.items()}
+def _feature_worker(names: dict[str, str | None], models: Models) -> Callable[[dict], dict]:
+    """Runs once per actor: resolve and load every encoder on this node, then embed the sampled rows of each shard
+    with all of them (one pass over the images, one actor pool per dataset however many encoders there are)."""
+    encoders = {name: _encoder(name, models.locate(m, "encoder") if m else None) for name, m in names.items()}
 
     def work(task: dict[str, Any]) -> dict[str, list]:
         rows, images = _read_sample(task)
@@ -101,12 +103,12 @@ def _feature_worker(models: dict[str, str | None]) -> Callable[[dict], dict]:
     return work
 
 
-def _clipscore_worker(models: dict[str, str]) -> Callable[[dict], dict]:
-    """Runs once per actor: load CLIP (`models["clip"]`), then score the sampled rows of each shard against
+def _clipscore_worker(names: dict[str, str], models: Models) -> Callable[[dict], dict]:
+    """Runs once per actor: load CLIP (`names["clip"]`), then score the sampled rows of each shard against
     their prompts."""
     from synthray.metrics.clipscore import ClipScorer
 
-    score = ClipScorer(models["clip"])
+    score = ClipScorer(models.locate(names["clip"], "encoder"))
 
     def work(task: dict[str, Any]) -> dict[str, list]:
         rows, images = _read_sample(task, ("prompt",))
@@ -116,51 +118,51 @@ def _clipscore_worker(models: dict[str, str]) -> Callable[[dict], dict]:
     return work
 
 
-def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], folder: Path, models: dict[str, str | None],
-                   worker: Callable[[Any], Callable], label: str) -> Any:
-    """Build (once) an artifact of `kind` holding `worker(resolved models)` applied to the sampled rows of
-    `folder`, on an actor pool (one GPU per actor on a cluster when a model is involved); returns its rows."""
+def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], dataset: DatasetRef, names: dict[str, str | None],
+                   worker: Callable[..., Callable], label: str) -> Any:
+    """Build (once) an artifact of `kind` holding `worker(names, models)` applied to the sampled rows of
+    `dataset`, on an actor pool (placed by `metrics.device` when a model is involved); returns its rows."""
     import pandas as pd
-    import pyarrow.parquet as pq
 
-    from synthray.metrics.encoders import resolve_encoder
-    from synthray.shards import cluster_gpus, map_shards
+    from synthray.shards import Pool, map_shards, record_shards
 
-    art = Artifact(cfg.storage, kind, spec, label=label)
+    if any(names.values()):  # the device changes a model's numerics (bf16 autocast on GPU), so it is in the key
+        spec = dict(spec, device=str(cfg.metrics.device), models={n: model_identity(m) for n, m in names.items() if m})
+    art = Artifact(Store.from_cfg(cfg), kind, spec, label=label)
 
-    def make(workdir: Path) -> dict[str, Any]:
-        ids = set(sample_ids(folder, int(spec["max_samples"]), int(spec["seed"])))
-        paths = {n: resolve_encoder(cfg.storage, m, bool(cfg.hub.allow_download)) if m else None for n, m in models.items()}
+    def make(out: BuildDir) -> dict[str, Any]:
+        ids = set(sample_ids(dataset.uri, int(spec["max_samples"]), int(spec["seed"])))
         tasks = []
-        for f in shard_files(folder):
-            shard_ids = [i for i in pq.read_table(f, columns=["id"]).column("id").to_pylist() if i in ids]
+        for f in shard_files(dataset.uri):
+            shard_ids = [i for i in read_shard(f, columns=["id"]).column("id").to_pylist() if i in ids]
             if shard_ids:
-                tasks.append({"name": f.name, "src": str(f), "rows": len(shard_ids), "ids": shard_ids})
-        gpus = 1.0 if any(models.values()) and cluster_gpus() > 0 else 0.0
-        map_shards(tasks, functools.partial(worker, paths), workdir / "data", what=label,
-                   num_actors=max(1, int(cluster_gpus())) if gpus else 1, num_gpus=gpus)
+                tasks.append({"name": f.rsplit("/", 1)[1], "src": f, "rows": len(shard_ids), "ids": shard_ids})
+        m = cfg.metrics
+        pool = Pool(str(m.device), float(m.gpus_per_actor), 1, int(m.num_actors)) if any(names.values()) else Pool("cpu")
+        done = map_shards(tasks, functools.partial(worker, names, Models.from_cfg(cfg)), out.uri + "/data", what=label, pool=pool)
+        record_shards(out, "data", done)
         return {"rows": len(ids)}
 
     art.build(make)
-    return pd.concat([pd.read_parquet(f) for f in shard_files(art.path / "data")]).sort_values("id", kind="stable")
+    return pd.concat([read_shard(f).to_pandas() for f in shard_files(art.file("data"))]).sort_values("id", kind="stable")
 
 
-def features(cfg: Any, folder: Path, ref: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `folder` (identified by
-    `ref`), for every configured encoder, built once per dataset."""
+def features(cfg: Any, dataset: DatasetRef) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `dataset`, for every
+    configured encoder, built once per dataset."""
     m = cfg.metrics
-    models = {name: encoder_model(cfg, name) for name in encoder_names(cfg)}
-    spec = {"encoders": models, "source": ref, "max_samples": int(m.max_samples), "seed": int(cfg.seed)}
-    table = _sampled_stage(cfg, "features", spec, folder, models, _feature_worker, f"{'+'.join(models)} features of {ref}")
+    names = {name: encoder_model(cfg, name) for name in encoder_names(cfg)}
+    spec = {"encoders": names, "source": dataset.ref, "max_samples": int(m.max_samples), "seed": int(cfg.seed)}
+    table = _sampled_stage(cfg, "features", spec, dataset, names, _feature_worker, f"{'+'.join(names)} features of {dataset.ref}")
     labels = table["label"].to_numpy()
-    return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels) for name in models}
+    return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels) for name in names}
 
 
-def clip_score(cfg: Any, folder: Path, ref: str) -> float | None:
+def clip_score(cfg: Any, dataset: DatasetRef) -> float | None:
     """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts; None when off."""
     model = cfg.metrics.clipscore.model
     if not model:
         return None
-    spec = {"clipscore": str(model), "source": ref, "max_samples": int(cfg.metrics.max_samples), "seed": int(cfg.seed)}
-    table = _sampled_stage(cfg, "clipscores", spec, folder, {"clip": str(model)}, _clipscore_worker, f"CLIPScore of {ref}")
+    spec = {"clipscore": str(model), "source": dataset.ref, "max_samples": int(cfg.metrics.max_samples), "seed": int(cfg.seed)}
+    table = _sampled_stage(cfg, "clipscores", spec, dataset, {"clip": str(model)}, _clipscore_worker, f"CLIPScore of {dataset.ref}")
     return float(table["clipscore"].mean())

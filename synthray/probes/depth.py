@@ -13,12 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synthray.artifacts import Artifact
-from synthray.hub import hub_snapshot, local_folder
-from synthray.registry import SynthrayError, unknown_name
+from synthray.registry import SynthrayError
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
-TINY_DEPTH = ("depth",)  # the families `tiny:<family>` accepts
 
 # A span this small relative to the depth's magnitude is float noise (e.g. bicubic resampling of a constant map),
 # which min-max scaling would blow up into a full-contrast pattern; such maps become 0 instead.
@@ -124,27 +121,6 @@ def build_tiny_depth(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def resolve_depth_model(storage: str, model: str, allow_download: bool) -> str:
-    """Where `from_pretrained` loads the depth model from: a local folder or a hub id. Fails early when absent."""
-    if model.startswith("tiny:"):
-        family = model.split(":", 1)[1]
-        if family not in TINY_DEPTH:
-            raise unknown_name("tiny depth model", family, TINY_DEPTH)
-        art = Artifact(storage, "depth-models", {"tiny": family, "version": 1}, label="tiny depth model")
-
-        def make(workdir: Path) -> dict[str, Any]:
-            build_tiny_depth(workdir)
-            return {"family": family}
-
-        return str(art.build(make))
-    path = local_folder(model)
-    if path is not None:
-        if not (path / "config.json").is_file():
-            raise SynthrayError(f"depth model not found: {path} has no config.json (a transformers save_pretrained folder)")
-        return str(path.resolve())
-    return hub_snapshot(model, allow_download, "probes.depth.model")
-
-
 @functools.lru_cache(maxsize=2)
 def estimator(model_path: str, batch_size: int = 16) -> DepthEstimator:
     """One loaded `DepthEstimator` per model folder and process: loading is the expensive part."""
@@ -157,15 +133,14 @@ def depth_worker(model_path: str, batch_size: int = 16) -> Callable[[dict], dict
     `task["src"]` is a parquet shard; every column is returned unchanged except `image`, which becomes PNG bytes.
     Shards are decoded `batch_size` images at a time, so memory stays bounded whatever the shard size.
     """
-    import pyarrow.parquet as pq
     from PIL import Image
 
-    from synthray.images import decode_array, encode
+    from synthray.images import decode_array, encode, read_shard
 
     predict = estimator(model_path, batch_size)
 
     def work(task: dict[str, Any]) -> dict[str, list]:
-        columns = pq.read_table(task["src"]).to_pydict()
+        columns = read_shard(task["src"]).to_pydict()
         encoded = columns["image"]
         out: list[bytes] = []
         for start in range(0, len(encoded), batch_size):

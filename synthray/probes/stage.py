@@ -1,101 +1,114 @@
-"""The probe stage: a view of a dataset artifact with one probe transform applied to every image.
+"""The probe stage: a view of a dataset artifact with one probe applied to every image.
 
-Views mirror their source's layout (`data/`, or `train/`, `holdout/`, `test/`) and are artifacts of their own,
-shared by every architecture. `rgb` is the identity and reuses its source without copying.
+Views mirror their source's layout (`data/`, or `train/`, `control/`, `test/`) and are artifacts of their own,
+shared by every architecture. Identity probes (rgb, texture) reuse their source without copying. The stage
+dispatches through the probe registry: a probe with a `worker` runs its model on an actor pool placed by its own
+config (`probes.<name>.device`, `gpus_per_actor`, `num_actors`), any other maps its per-image transform on CPU.
 """
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from synthray.artifacts import Artifact
-from synthray.images import decode_array, encode, shard_files
-from synthray.probes.transforms import IDENTITY_PROBES, PROBES
-from synthray.shards import map_shards
+from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.images import decode_array, encode, read_shard, shard_files
+from synthray.models import Models, check_model, model_identity
+from synthray.probes.transforms import PROBES, Probe
+from synthray.registry import SynthrayError
+from synthray.shards import Pool, map_shards, record_shards
+
+# Keys of `probes.<name>` that say how or where a probe runs, not what it computes.
+EXECUTION_KEYS = ("recipe", "device", "gpus_per_actor", "cpus_per_actor", "num_actors", "max_actors")
 
 
-def probe_params(cfg: Any, probe: str) -> dict[str, Any]:
-    """The keyword arguments of the probe's transform (a `recipe` entry is for training, not the transform)."""
-    PROBES.get(probe)
-    return {k: v for k, v in dict(cfg.probes.get(probe) or {}).items() if k != "recipe"}
+@dataclass(frozen=True)
+class ProbeSetup:
+    """One probe as a trial uses it, built once: the record, its transform parameters, the part of them that
+    identifies its views, where it runs, and the recipe changes it implies."""
+
+    probe: Probe
+    params: dict[str, Any]
+    identity: dict[str, Any]
+    pool: Pool
+    recipe: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return self.probe.name
 
 
-def probe_cfg(cfg: Any, probe: str) -> Any:
+def probe_setup(cfg: Any, name: str) -> ProbeSetup:
+    from omegaconf import OmegaConf
+
+    probe = PROBES.get(name)
+    section = OmegaConf.to_container(cfg.probes.get(name) or OmegaConf.create({}), resolve=True)
+    params = {k: v for k, v in section.items() if k not in EXECUTION_KEYS}
+    identity = dict(params)
+    pool = Pool("cpu", actors=2)
+    if probe.worker is not None:  # a model: its identity (hub revision, tiny version) and the numerics of its device
+        identity["model"] = model_identity(str(params["model"]))
+        identity["device"] = section.get("device", "cpu")
+        pool = Pool(section.get("device", "cpu"), section.get("gpus_per_actor", 1), section.get("cpus_per_actor", 1),
+                    section.get("num_actors", 1), section.get("max_actors"))
+    return ProbeSetup(probe, params, identity, pool, section.get("recipe"))
+
+
+def probe_cfg(cfg: Any, setup: ProbeSetup) -> Any:
     """`cfg` with the probe's recipe changes merged in (texture: 128 px random patches, flips, random test crops)."""
     from omegaconf import OmegaConf
 
-    changes = (cfg.probes.get(probe) or {}).get("recipe")
-    if not changes:
+    if not setup.recipe:
         return cfg
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    out.recipe = OmegaConf.merge(out.recipe, changes)
+    out.recipe = OmegaConf.merge(out.recipe, setup.recipe)
     return out
 
 
-def check_probe_model(cfg: Any, probe: str) -> None:
-    """A model-based probe's weights must be at hand before anything launches (tiny twins are built later)."""
-    if probe == "depth":
-        from synthray.probes.depth import resolve_depth_model
+def check_probe(cfg: Any, name: str, archs: list[str]) -> None:
+    """Before launch: the probe's name, the architectures it admits, and a model-based probe's weights."""
+    from synthray.devices import check_device_name
 
-        model = str(cfg.probes.depth.model)
-        if not model.startswith("tiny:"):
-            resolve_depth_model(cfg.storage, model, bool(cfg.hub.allow_download))
-
-
-def check_probe_archs(probes: list[str], archs: list[str]) -> None:
-    """The texture probe is BagNet's receptive field: a grid crossing it with other architectures is refused."""
-    from synthray.probes.transforms import TEXTURE_ARCHS
-    from synthray.registry import SynthrayError
-
-    other = [a for a in archs if a not in TEXTURE_ARCHS]
-    if "texture" in probes and other:
+    setup = probe_setup(cfg, name)
+    other = [a for a in archs if setup.probe.archs is not None and a not in setup.probe.archs]
+    if other:
         raise SynthrayError(
-            f"probe 'texture' trains only {'/'.join(TEXTURE_ARCHS)} (their receptive field is the probe), but grid.arch "
-            f"has {', '.join(other)}; run texture as its own sweep: grid.probe=[texture] grid.arch=[bagnet9]")
+            f"probe '{name}' trains only {'/'.join(setup.probe.archs)} (their receptive field is the probe), but grid.arch "
+            f"has {', '.join(other)}; run {name} as its own sweep: grid.probe=[{name}] grid.arch=[{setup.probe.archs[0]}]")
+    if setup.probe.worker is not None:
+        check_device_name(f"probes.{name}.device", setup.pool.device)
+        check_model(Models.from_cfg(cfg), str(setup.params["model"]), "depth", f"probes.{name}.model")
 
 
-def _probe_worker(probe: str, params: dict[str, Any]) -> Callable[[dict], dict]:
-    import pyarrow.parquet as pq
+def _transform_worker(probe: Probe, params: dict[str, Any]) -> Callable[[dict], dict]:
     from PIL import Image
 
-    fn = PROBES.get(probe)
-
     def work(task: dict[str, Any]) -> dict[str, list]:
-        columns = pq.read_table(task["src"]).to_pydict()
-        columns["image"] = [encode(Image.fromarray(fn(decode_array(b), **params)), "png") for b in columns["image"]]
+        columns = read_shard(task["src"]).to_pydict()
+        columns["image"] = [encode(Image.fromarray(probe(decode_array(b), **params)), "png") for b in columns["image"]]
         return columns
 
     return work
 
 
-def view(cfg: Any, probe: str, source: Artifact, subdirs: tuple[str, ...]) -> Path:
-    """Return the folder whose `subdirs` hold `source` seen through `probe`, building it if needed.
+def view(store: Store, models: Models, setup: ProbeSetup, source: Artifact, splits: tuple[str, ...]) -> dict[str, DatasetRef]:
+    """`splits` of `source` seen through the probe, {split: DatasetRef}, building the view artifact if needed."""
+    if setup.probe.identity:
+        return {split: DatasetRef(source, split) for split in splits}
+    spec = {"probe": setup.name, "params": setup.identity, "source": source.ref, "subdirs": list(splits)}
+    art = Artifact(store, "views", spec, label=f"{setup.name} view of {source.label}")
 
-    The folder's path relative to the storage root (`<kind>/<key>`) identifies the view for later stages.
-    """
-    params = probe_params(cfg, probe)
-    if probe in IDENTITY_PROBES:
-        return source.path
-    spec = {"probe": probe, "params": params, "source": f"{source.kind}/{source.key}", "subdirs": list(subdirs)}
-    art = Artifact(cfg.storage, "views", spec, label=f"{probe} view of {source.label}")
-
-    def make(workdir: Path) -> dict[str, Any]:
-        actors, gpus = 2, 0.0
-        if probe == "depth":  # a model: one GPU actor per GPU on a cluster, one CPU actor locally
-            from synthray.probes.depth import depth_worker, resolve_depth_model
-            from synthray.shards import cluster_gpus
-
-            path = resolve_depth_model(cfg.storage, str(params["model"]), bool(cfg.hub.allow_download))
-            factory = functools.partial(depth_worker, path, int(params.get("batch_size", 16)))
-            gpus = 1.0 if cluster_gpus() > 0 else 0.0
-            actors = max(1, int(cluster_gpus())) if gpus else 1
+    def make(out: BuildDir) -> dict[str, Any]:
+        if setup.probe.worker is not None:
+            factory = functools.partial(setup.probe.worker, setup.params, models)
         else:
-            factory = functools.partial(_probe_worker, probe, params)
-        for sub in subdirs:
-            tasks = [{"name": f.name, "src": str(f)} for f in shard_files(source.path / sub)]
-            map_shards(tasks, factory, workdir / sub, what=f"probe {probe} {source.kind}/{sub}", num_actors=actors, num_gpus=gpus)
-        return {"source": spec["source"]}
+            factory = functools.partial(_transform_worker, setup.probe, setup.params)
+        for split in splits:
+            tasks = [{"name": f.rsplit("/", 1)[1], "src": f} for f in shard_files(source.file(split))]
+            done = map_shards(tasks, factory, out.uri + "/" + split, what=f"probe {setup.name} {source.ref}/{split}", pool=setup.pool)
+            record_shards(out, split, done)
+        return {"source": source.ref}
 
-    return art.build(make)
+    art.build(make)
+    return {split: DatasetRef(art, split) for split in splits}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from synthray.registry import SynthrayError, unknown_name
 
 AXES = ("generator", "prompt_style", "arch", "probe")
@@ -40,23 +42,31 @@ def _positive(cfg: Any, *keys: str) -> None:
 
 
 def validate(cfg: Any) -> list[dict[str, str]]:
-    """Check every name, path, number and weight location the sweep will need; return its trials.
+    """Check every name, path, number, storage location and weight location the sweep will need; return its trials.
 
     Nothing is written and nothing is launched: a bad config costs one line and no cleanup.
     """
     from synthray.data.real import check_source, load_classes
-    from synthray.generation.generators import generator_entry, resolve_model, sampling_params
+    from synthray.devices import check_device_name
+    from synthray.generation.generators import generator_entry, sampling_params
     from synthray.generation.prompts import PROMPT_STYLES
     from synthray.generation.stage import style_captions
-    from synthray.probes.stage import check_probe_archs, check_probe_model, probe_cfg, probe_params
+    from synthray.metrics.features import check_encoders
+    from synthray.models import Models, check_model
+    from synthray.probes.stage import check_probe, probe_cfg, probe_setup
+    from synthray.storage import check_storage
+    from synthray.sweep.geneval import load_geneval
     from synthray.training.archs import check_arch
     from synthray.training.recipe import check_recipe
 
     points = trials(cfg)
     axes = grid_axes(cfg)
-    if cfg.generation.num_actors != "auto":
-        _positive(cfg, "generation.num_actors")
-    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size",
+    check_storage(cfg.storage)
+    if cfg.hub.cache:
+        check_storage(cfg.hub.cache)
+    for key in ("device", "generation.device", "training.device"):
+        check_device_name(key, OmegaConf.select(cfg, key))
+    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size", "generation.num_actors",
               "data.image_size")
     if cfg.generation.image_format not in ("jpeg", "png"):
         raise unknown_name("generation.image_format", cfg.generation.image_format, ["jpeg", "png"])
@@ -68,19 +78,15 @@ def validate(cfg: Any) -> list[dict[str, str]]:
         style_captions(cfg, style, classes["id"].tolist())
     for arch in axes["arch"]:
         check_arch(arch)
-    check_probe_archs(axes["probe"], axes["arch"])
     for probe in axes["probe"]:
-        probe_params(cfg, probe)
-        check_probe_model(cfg, probe)
-        check_recipe(probe_cfg(cfg, probe))
+        check_probe(cfg, probe, axes["arch"])
+        check_recipe(probe_cfg(cfg, probe_setup(cfg, probe)))
+    models = Models.from_cfg(cfg)
     for name in axes["generator"]:
         entry = generator_entry(cfg, name)
         sampling_params(entry, cfg.generation.protocol)
         if entry["kind"] == "diffusers":
-            resolve_model(cfg, entry)
-    from synthray.metrics.features import check_encoders
-    from synthray.sweep.geneval import load_geneval
-
+            check_model(models, str(entry["model"]), "pipeline", f"generators.{name}.model")
     check_encoders(cfg)
     load_geneval(cfg)
     return points

@@ -1,24 +1,30 @@
 """The sweep: Ray Tune over the grid, the results table, and resume of an interrupted sweep.
 
 State: `<storage>/sweeps/<name>-<time>/` holds Tune's experiment state, the composed `config.yaml` and, at the
-end, `results.parquet` (one row per trial, read only from the trials' result records).
+end, `results.parquet` (one row per trial, read only from the trials' result records). Storage may be a URI
+(`s3://…`): Tune keeps its experiment state there too, so a sweep resumes from any machine that reaches it.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
 
+from synthray import storage
 from synthray.registry import SynthrayError
 from synthray.sweep.plan import grid_axes, validate
 from synthray.sweep.geneval import join_geneval
-from synthray.sweep.trial import RESULT_COLUMNS, planned_artifacts, tune_trial
+from synthray.sweep.trial import RESULT_COLUMNS, plan_trials, tune_trial
+
+# Secrets and endpoints that workers on a remote cluster need, taken from the submitting environment. They travel
+# in the job's runtime env only: never in a config, a key, a log line or a results file.
+FORWARDED_ENV = ("HF_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 log = logging.getLogger("synthray")
 
@@ -41,7 +47,8 @@ def init_ray(cfg: Any) -> None:
     if not ray.is_initialized():
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address, log_to_driver=True)
+            env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
         else:
             start_local_ray(cfg.ray.num_cpus)
     from synthray.logs import setup_logging
@@ -52,15 +59,15 @@ def init_ray(cfg: Any) -> None:
 def plan_summary(cfg: Any) -> list[str]:
     """What the sweep will reuse and what it must compute, from artifact keys alone (nothing is built)."""
     lines, done = [], 0
-    for point, synth, result in planned_artifacts(cfg):
-        if result.is_complete():
+    for trial in plan_trials(cfg):
+        if trial.result.is_complete():
             done += 1
-            state = f"reused result {result.key}"
-        elif synth.is_complete():
-            state = f"reused dataset {synth.key}, to train and evaluate"
+            state = f"reused result {trial.result.key}"
+        elif trial.synthetic.is_complete():
+            state = f"reused dataset {trial.synthetic.key}, to train and evaluate"
         else:
             state = "to generate, train and evaluate"
-        lines.append(f"  {'/'.join(point.values())}: {state}")
+        lines.append(f"  {trial.label}: {state}")
     head = f"plan: {len(lines)} trials, {done} already complete (reused), {len(lines) - done} to run"
     return [head] + lines
 
@@ -71,30 +78,26 @@ def _trainable(cfg: Any) -> Any:
     return tune.with_resources(tune.with_parameters(tune_trial, cfg_yaml=OmegaConf.to_yaml(cfg)), {"cpu": 1})
 
 
-def storage_root(cfg_or_path: Any) -> Path:
-    value = cfg_or_path if isinstance(cfg_or_path, (str, Path)) else cfg_or_path.storage
-    return Path(value).expanduser().resolve()
-
-
-def run_sweep(cfg: Any) -> tuple[pd.DataFrame, Path]:
-    """Validate, then run every trial of the grid under Ray Tune; returns the results table and its path."""
+def run_sweep(cfg: Any) -> tuple[pd.DataFrame, str]:
+    """Validate, then run every trial of the grid under Ray Tune; returns the results table and its URI."""
     from ray import tune
 
-    validate(cfg)
+    validate(cfg)  # storage too: an unreachable bucket fails here, before Ray starts
     sweep = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir = storage_root(cfg) / "sweeps" / sweep
+    sweeps = storage.join(cfg.storage, "sweeps")
+    sweep_dir = storage.join(sweeps, sweep)
     init_ray(cfg)
     for line in plan_summary(cfg):
         log.info(line)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
     log.info("sweep %s: state in %s", sweep, sweep_dir)
+    fs, sweeps_path = storage.resolve(sweeps)
     tuner = tune.Tuner(
         _trainable(cfg),
         param_space={axis: tune.grid_search(values) for axis, values in grid_axes(cfg).items()},
         tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)),
         run_config=tune.RunConfig(
-            name=sweep, storage_path=str(sweep_dir.parent),
+            name=sweep, storage_path=sweeps_path, storage_filesystem=fs,
             failure_config=tune.FailureConfig(max_failures=int(cfg.tune.max_failures)), verbose=1,
         ),
     )
@@ -102,42 +105,46 @@ def run_sweep(cfg: Any) -> tuple[pd.DataFrame, Path]:
     return collect(cfg, sweep_dir)
 
 
-def find_sweep(storage: str | Path, sweep: str | None) -> Path:
-    """A sweep folder by exact name, by name prefix (newest wins) or path; the newest sweep when None."""
-    if sweep and Path(sweep).expanduser().is_dir() and (Path(sweep).expanduser() / "config.yaml").is_file():
-        return Path(sweep).expanduser().resolve()
-    root = storage_root(storage) / "sweeps"
-    found = sorted((p for p in root.glob("*") if (p / "config.yaml").is_file()), key=lambda p: p.name)
+def find_sweep(root: str, sweep: str | None) -> str:
+    """A sweep folder URI by exact name, by name prefix (newest wins) or full URI/path; the newest when None."""
+    if sweep and ("/" in sweep or "://" in sweep):
+        uri = storage.normalize(sweep)
+        if storage.exists(storage.join(uri, "config.yaml")):
+            return uri
+    sweeps = storage.join(storage.check_storage(root), "sweeps")
+    names = storage.list_dirs(sweeps)
+    found = [n for n in names if storage.exists(storage.join(sweeps, n, "config.yaml"))]
     if sweep:
-        found = [p for p in found if p.name == sweep] or [p for p in found if p.name.startswith(sweep)]
+        found = [n for n in found if n == sweep] or [n for n in found if n.startswith(sweep)]
     if not found:
-        names = sorted(p.name for p in root.glob("*")) if root.is_dir() else []
         what = f"no sweep '{sweep}'" if sweep else "no sweep"
-        raise SynthrayError(f"{what} under {root}; sweeps there: {', '.join(names) or 'none'}")
-    return max(found, key=lambda p: p.name[-15:])  # names end in a sortable timestamp
+        raise SynthrayError(f"{what} under {sweeps}; sweeps there: {', '.join(names) or 'none'}")
+    return storage.join(sweeps, max(found, key=lambda n: n[-15:]))  # names end in a sortable timestamp
 
 
-def resume_sweep(storage: str | Path, sweep: str | None = None) -> tuple[pd.DataFrame, Path]:
+def resume_sweep(root: str, sweep: str | None = None) -> tuple[pd.DataFrame, str]:
     """Continue an interrupted sweep with `Tuner.restore`: finished trials stay, the rest run again."""
     from ray import tune
 
-    sweep_dir = find_sweep(storage, sweep)
-    cfg = OmegaConf.create(OmegaConf.load(sweep_dir / "config.yaml"))
+    sweep_dir = find_sweep(root, sweep)
+    cfg = OmegaConf.create(storage.read_text(storage.join(sweep_dir, "config.yaml")))
     validate(cfg)
     init_ray(cfg)
-    if not tune.Tuner.can_restore(str(sweep_dir)):
-        raise SynthrayError(f"sweep {sweep_dir.name} has no Tune state to restore (it stopped before starting); rerun it with synthray run")
-    log.info("resuming sweep %s", sweep_dir.name)
+    fs, path = storage.resolve(sweep_dir)
+    name = storage.name(sweep_dir)
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        raise SynthrayError(f"sweep {name} has no Tune state to restore (it stopped before starting); rerun it with synthray run")
+    log.info("resuming sweep %s", name)
     for line in plan_summary(cfg):
         log.info(line)
-    tuner = tune.Tuner.restore(str(sweep_dir), trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True)
+    tuner = tune.Tuner.restore(path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
     tuner.fit()
     return collect(cfg, sweep_dir)
 
 
-def collect(cfg: Any, sweep_dir: Path) -> tuple[pd.DataFrame, Path]:
+def collect(cfg: Any, sweep_dir: str) -> tuple[pd.DataFrame, str]:
     """Read the result record of every planned trial (DomainBed's collect_results) into `results.parquet`."""
-    rows = [art.meta() if art.is_complete() else dict(point, status="missing") for point, _, art in planned_artifacts(cfg)]
+    rows = [t.result.meta() if t.result.is_complete() else dict(t.point, status="missing") for t in plan_trials(cfg)]
     table = pd.DataFrame(rows)
     if "status" not in table:
         table["status"] = "done"
@@ -145,11 +152,16 @@ def collect(cfg: Any, sweep_dir: Path) -> tuple[pd.DataFrame, Path]:
     table = join_geneval(cfg, table)
     columns = [c for c in RESULT_COLUMNS + ["status"] if c in table] + [c for c in table if c not in RESULT_COLUMNS + ["status"]]
     table = table[columns]
-    path = sweep_dir / "results.parquet"
-    tmp = path.with_name(".results.parquet.tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    path = storage.join(sweep_dir, "results.parquet")
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    storage.write_bytes(path, buf.getvalue())
     return table, path
+
+
+def read_results(uri: str) -> pd.DataFrame:
+    """A sweep's `results.parquet`, from any storage URI."""
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -6,10 +6,13 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from synthray.artifacts import Artifact
+from synthray.probes.stage import ProbeSetup
 
 log = logging.getLogger("synthray")
 
@@ -20,80 +23,107 @@ RESULT_COLUMNS = [
 ]
 
 
-def ref(path: Path) -> str:
-    """An artifact folder's identity: `<kind>/<key>`, independent of the storage root."""
-    return f"{path.parent.name}/{path.name}"
+@dataclass
+class Trial:
+    """One grid point, planned once: every stage's spec and the artifacts they name (nothing is built here)."""
+
+    point: dict[str, str]
+    cfg: Any                 # the run config with the probe's recipe changes merged in
+    real: Artifact
+    table: pd.DataFrame      # the prompt table, built once per trial
+    synthetic: Artifact
+    probe: ProbeSetup
+    result: Artifact
+    num_classes: int
+
+    @property
+    def label(self) -> str:
+        return "/".join(self.point.values())
 
 
-def result_artifact(cfg: Any, point: dict[str, str], synth_key: str, real_key: str) -> Artifact:
+def _metrics_identity(cfg: Any) -> dict[str, Any]:
+    """The metric settings that change results (not where the encoder pools run)."""
     from omegaconf import OmegaConf
 
-    from synthray.probes.stage import probe_cfg, probe_params
+    m = OmegaConf.to_container(cfg.metrics, resolve=True)
+    return {k: v for k, v in m.items() if k not in ("gpus_per_actor", "num_actors")}
+
+
+def plan_trial(cfg: Any, point: dict[str, str], real: Artifact | None = None, table: pd.DataFrame | None = None) -> Trial:
+    """Plan `point`: build its specs (prompt table, probe setup, recipe) once. `real` and `table` may be shared
+    across trials that have them in common."""
+    from synthray.data.real import load_classes, real_artifact
+    from synthray.generation.stage import build_prompt_table, synthetic_artifact
+    from synthray.probes.stage import probe_cfg, probe_setup
     from synthray.training.trainer import training_spec
 
-    cfg = probe_cfg(cfg, point["probe"])
-    spec = {"schema": 3, "point": point, "synthetic": synth_key, "real": real_key, **training_spec(cfg),
-            "probe_params": probe_params(cfg, point["probe"]), "metrics": OmegaConf.to_container(cfg.metrics, resolve=True)}
-    return Artifact(cfg.storage, "results", spec, label="/".join(point.values()))
+    real = real if real is not None else real_artifact(cfg)
+    table = table if table is not None else build_prompt_table(cfg, point["generator"], point["prompt_style"])
+    synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"], table, real)
+    probe = probe_setup(cfg, point["probe"])
+    run_cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
+    spec = {"schema": 4, "point": point, "synthetic": synth.key, "real": real.key, **training_spec(run_cfg),
+            "probe": probe.identity, "metrics": _metrics_identity(cfg)}
+    result = Artifact(synth.store, "results", spec, label="/".join(point.values()))
+    return Trial(point, run_cfg, real, table, synth, probe, result, len(load_classes(cfg.data.classes)))
 
 
-def planned_artifacts(cfg: Any) -> list[tuple[dict[str, str], Artifact, Artifact]]:
-    """(point, synthetic dataset, result record) for every trial of the grid, from keys alone (nothing is built)."""
-    from synthray.generation.stage import real_artifact, synthetic_artifact
+def plan_trials(cfg: Any) -> list[Trial]:
+    """Every trial of the grid, planned from keys alone; prompt tables are shared by trials of one generator and style."""
+    from synthray.data.real import real_artifact
+    from synthray.generation.stage import build_prompt_table
     from synthray.sweep.plan import trials
 
-    real = real_artifact(cfg)
-    out = []
+    real, tables, out = real_artifact(cfg), {}, []
     for point in trials(cfg):
-        synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"])
-        out.append((point, synth, result_artifact(cfg, point, synth.key, real.key)))
+        pair = (point["generator"], point["prompt_style"])
+        if pair not in tables:
+            tables[pair] = build_prompt_table(cfg, *pair)
+        out.append(plan_trial(cfg, point, real, tables[pair]))
     return out
 
 
 def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> dict[str, Any]:
     """Generate, probe, train and evaluate one grid point; returns its results row."""
-    from synthray.data.real import load_classes
-    from synthray.generation.stage import ensure_real, synthetic_artifact
-
-    real = ensure_real(cfg)
-    synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"])
-    art = result_artifact(cfg, point, synth.key, real.key)
-    num_classes = len(load_classes(cfg.data.classes))
-    art.build(lambda workdir: _evaluate_point(cfg, point, num_classes, report_to_tune))
-    return art.meta()
+    trial = plan_trial(cfg, point)
+    trial.result.build(lambda out: _evaluate(trial, report_to_tune))
+    return trial.result.meta()
 
 
-def _evaluate_point(cfg: Any, point: dict[str, str], num_classes: int, report_to_tune: bool) -> dict[str, Any]:
+def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
+    from synthray.data.real import real_data
     from synthray.generation.generators import generator_entry
-    from synthray.generation.stage import ensure_real, generate
+    from synthray.generation.stage import generate
     from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
     from synthray.metrics.features import clip_score
-    from synthray.probes.stage import probe_cfg, view
+    from synthray.models import Models
+    from synthray.probes.stage import view
     from synthray.training.trainer import train
 
-    probe, arch = point["probe"], point["arch"]
-    real = ensure_real(cfg)
-    synth = generate(cfg, point["generator"], point["prompt_style"])
-    real_view = view(cfg, probe, real, ("train", "test"))
-    synth_view = view(cfg, probe, synth, ("data",))
-    cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
-    synth_model = train(cfg, arch, synth_view / "data", f"{ref(synth_view)}/data", num_classes,
-                        label=f"{arch} on {point['generator']}/{point['prompt_style']}/{probe}", report_to_tune=report_to_tune)
-    real_model = train(cfg, arch, real_view / "train", f"{ref(real_view)}/train", num_classes, label=f"{arch} on real/{probe}")
+    cfg, point, probe = trial.cfg, trial.point, trial.probe
+    store, models = trial.result.store, Models.from_cfg(cfg)
+    real = real_data(cfg)
+    synth = generate(cfg, trial.synthetic, trial.table, real)
+    real_view = view(store, models, probe, real, ("train", "test"))
+    synth_view = view(store, models, probe, synth.artifact, ("data",))["data"]
+    arch = point["arch"]
+    synth_model = train(cfg, arch, synth_view, trial.num_classes,
+                        label=f"{arch} on {point['generator']}/{point['prompt_style']}/{probe.name}", report_to_tune=report_to_tune)
+    real_model = train(cfg, arch, real_view["train"], trial.num_classes, label=f"{arch} on real/{probe.name}")
     row: dict[str, Any] = dict(point)
-    # The models are the best epochs on held-out training-domain rows; `_acc_last` columns give the final epochs.
-    row.update(accuracy_report(synth_model, real_view / "test", "synth_to_real"))
-    row.update(accuracy_report(real_model, synth_view / "data", "real_to_synth"))
-    row.update(accuracy_report(real_model, real_view / "test", "real_to_real"))
-    row.update(best_epoch=synth_model.meta()["best_epoch"], holdout_acc=synth_model.meta()["holdout_acc_best"])
-    row.update(distribution_metrics(cfg, real_view / "train", f"{ref(real_view)}/train", synth_view / "data", f"{ref(synth_view)}/data"))
-    row["clipscore"] = clip_score(cfg, synth.path / "data", f"{ref(synth.path)}/data")  # the generated images, not a probe view
-    row["n_synthetic"] = synth.meta()["rows"]
+    # The models are the best epochs on the selection rows of their training domain; `_acc_last` columns give the final epochs.
+    row.update(accuracy_report(synth_model, real_view["test"], "synth_to_real"))
+    row.update(accuracy_report(real_model, synth_view, "real_to_synth"))
+    row.update(accuracy_report(real_model, real_view["test"], "real_to_real"))
+    row.update(best_epoch=synth_model.meta()["best_epoch"], selection_acc=synth_model.meta()["selection_acc_best"])
+    row.update(distribution_metrics(cfg, real_view["train"], synth_view))
+    row["clipscore"] = clip_score(cfg, synth)  # the generated images, not a probe view
+    row["n_synthetic"] = trial.synthetic.meta()["rows"]
     row["released"] = generator_entry(cfg, point["generator"]).get("released")
-    row.update(dataset=synth.key, synth_model=synth_model.key, real_model=real_model.key)
+    row.update(dataset=trial.synthetic.key, synth_model=synth_model.key, real_model=real_model.key)
     log.info("trial %s: synth->real %.3f, real->synth %.3f, real->real %.3f, density %.3f, coverage %.3f",
-             "/".join(point.values()), row["synth_to_real_acc"], row["real_to_synth_acc"], row["real_to_real_acc"],
+             trial.label, row["synth_to_real_acc"], row["real_to_synth_acc"], row["real_to_real_acc"],
              row["density"], row["coverage"])
     return row
 

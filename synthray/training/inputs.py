@@ -1,4 +1,4 @@
-"""Stored image bytes -> uint8 arrays for training, and the deterministic held-out split of a training set."""
+"""Stored image bytes -> uint8 arrays for training, and the deterministic selection split of a training set."""
 
 from __future__ import annotations
 
@@ -12,23 +12,24 @@ from synthray.images import decode_array
 _BUCKETS = 1_000_000
 
 
-def in_holdout(ids: Iterable[str], fraction: float, seed: int) -> np.ndarray:
-    """Whether each row belongs to the held-out split: a hash of its id, so the split ignores row order and sharding."""
+def in_selection(ids: Iterable[str], fraction: float, seed: int) -> np.ndarray:
+    """Whether each row belongs to the selection split: a hash of its id, so the split ignores row order and sharding."""
     cut = round(fraction * _BUCKETS)
+    # The salt "holdout" is the split's old name, kept: a new salt would move every row and every result.
     return np.array([seed_hash(seed, "holdout", str(i)) % _BUCKETS < cut for i in ids], dtype=bool)
 
 
-def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, holdout_fraction: float = 0.0,
+def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, selection_fraction: float = 0.0,
                   seed: int = 0) -> dict[str, np.ndarray]:
     """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels.
 
-    `part` ("train" or "holdout") keeps only that side of the held-out split; None keeps every row. Rows the
+    `part` ("train" or "selection") keeps only that side of the selection split; None keeps every row. Rows the
     generation quality guard flagged (NaN or black images) are dropped.
     """
     keep = batch["quality"] == "ok" if "quality" in batch else np.ones(len(batch["label"]), dtype=bool)
     if part is not None:
-        held = in_holdout(batch["id"], holdout_fraction, seed)
-        keep &= held if part == "holdout" else ~held
+        held = in_selection(batch["id"], selection_fraction, seed)
+        keep &= held if part == "selection" else ~held
     images = [decode_array(b, size) for b, k in zip(batch["image"], keep) if k]
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
     return {"image": stacked, "label": batch["label"][keep].astype(np.int64)}

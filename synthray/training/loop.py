@@ -1,6 +1,6 @@
 """The per-worker training loop run by Ray Train: a recipe's epochs over a Ray Data shard, a checkpoint each epoch.
 
-Each checkpoint holds the model, the best model so far (picked on the held-out split of the training domain),
+Each checkpoint holds the model, the best model so far (picked on the selection split of the training domain),
 optimiser, scheduler, epoch, optimiser step and every worker's RNG state, so a run killed mid-epoch restarts
 from `ray.train.get_checkpoint()` and ends with the same weights as one that was never stopped.
 """
@@ -57,8 +57,8 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[str, 
 
 def evaluate(model: nn.Module, shard: Any, recipe: dict[str, Any], device: torch.device, autocast: Any,
              channels_last: bool) -> float:
-    """Top-1 accuracy on this worker's share of the held-out split, summed over all workers."""
-    net = unwrap(model)  # no DDP: workers may hold different numbers of held-out batches
+    """Top-1 accuracy on this worker's share of the selection split, summed over all workers."""
+    net = unwrap(model)  # no DDP: workers may hold different numbers of selection batches
     net.eval()
     hits = torch.zeros(2, device=device)
     rng = np.random.default_rng(int(recipe["seed"]))
@@ -75,11 +75,14 @@ def evaluate(model: nn.Module, shard: Any, recipe: dict[str, Any], device: torch
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """`config`: arch, num_classes, recipe (dict), rows (training rows), has_holdout, precision ("bf16" | "fp32"),
-    channels_last, compile and accumulate. Reports epoch, train_loss, holdout_acc, lr and images_per_s each epoch."""
+    """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, precision ("bf16" | "fp32"),
+    channels_last, compile and accumulate. Reports epoch, train_loss, selection_acc, lr and images_per_s each epoch."""
     import ray.train
     import ray.train.torch
 
+    from synthray.devices import check_device
+
+    check_device(config["device"])  # a GPU worker whose torch sees no CUDA fails in one line, not in fp32 on CPU
     recipe = config["recipe"]
     ctx = ray.train.get_context()
     world, rank = ctx.get_world_size(), ctx.get_world_rank()
@@ -100,7 +103,7 @@ def train_loop(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, spe, recipe) / float(recipe["lr"]))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
 
-    start_epoch, step, best, history = 0, 0, {"epoch": None, "holdout_acc": -1.0, "model": None}, []
+    start_epoch, step, best, history = 0, 0, {"epoch": None, "selection_acc": -1.0, "model": None}, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -115,7 +118,7 @@ def train_loop(config: dict[str, Any]) -> None:
             set_rng_state(rng)
 
     train_shard = ray.train.get_dataset_shard("train")
-    holdout_shard = ray.train.get_dataset_shard("holdout") if config["has_holdout"] else None
+    selection_shard = ray.train.get_dataset_shard("selection") if config["has_selection"] else None
     for epoch in range(start_epoch, int(recipe["epochs"])):
         model.train()
         aug = np.random.default_rng([seed, epoch, rank])  # augmentation and CutMix draws: a function of the epoch
@@ -147,13 +150,13 @@ def train_loop(config: dict[str, Any]) -> None:
             step += 1
             count += len(labels)
         seconds = time.perf_counter() - started
-        holdout_acc = evaluate(model, holdout_shard, recipe, device, autocast, config["channels_last"]) if holdout_shard else None
-        record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1), "holdout_acc": holdout_acc, "lr": lr,
+        selection_acc = evaluate(model, selection_shard, recipe, device, autocast, config["channels_last"]) if selection_shard else None
+        record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1), "selection_acc": selection_acc, "lr": lr,
                   "images_per_s": count * world / max(seconds, 1e-9), "step": step}
         history.append(record)
-        if holdout_acc is None or holdout_acc > best["holdout_acc"]:
+        if selection_acc is None or selection_acc > best["selection_acc"]:
             weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()} if rank == 0 else None
-            best = {"epoch": epoch + 1, "holdout_acc": -1.0 if holdout_acc is None else holdout_acc, "model": weights}
+            best = {"epoch": epoch + 1, "selection_acc": -1.0 if selection_acc is None else selection_acc, "model": weights}
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(rng_state(), os.path.join(tmp, f"rng-{rank}.pt"))  # Ray merges every worker's files into one checkpoint
             if rank == 0:

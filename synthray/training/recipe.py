@@ -56,8 +56,8 @@ def check_recipe(cfg: Any) -> None:
             raise SynthrayError(f"recipe.{key} must be a whole number >= 1, got {r[key]}")
     if r.optimizer not in OPTIMIZERS:
         raise SynthrayError(f"recipe.optimizer '{r.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
-    if not 0 <= float(r.holdout_fraction) < 1:
-        raise SynthrayError(f"recipe.holdout_fraction must be in [0, 1), got {r.holdout_fraction}")
+    if not 0 <= float(r.selection_fraction) < 1:
+        raise SynthrayError(f"recipe.selection_fraction must be in [0, 1), got {r.selection_fraction}")
     bad = [op for op in r.train_transform.one_of or [] if op not in AUGMENTATIONS]
     if bad:
         raise SynthrayError(f"recipe.train_transform.one_of: unknown '{bad[0]}'; choices: {', '.join(AUGMENTATIONS)}")
