@@ -28,7 +28,36 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a synthetic dataset as an ImageFolder tree")
     exp.add_argument("dataset", help="dataset folder: <storage>/synthetic/<key>")
     exp.add_argument("out", help="output folder (class folders are created inside)")
+    stage = sub.add_parser("stage-weights", help="copy hub weights to hub.cache, so autoscaled nodes never need the hub",
+                           description="Names: generators of the zoo (sd15 ...), depth, clip, dinov2, inception, or hub "
+                                       "ids (org/name[@revision]). Needs hub.cache=<storage URI>.")
+    stage.add_argument("names", nargs="+", help="model names, then key=value overrides (hub.cache=s3://bucket/hub)")
     return p
+
+
+def _stage_weights(words: Sequence[str]) -> list[str]:
+    """Stage each named model's hub snapshot to hub.cache; returns one line per model."""
+    from synthray.config import compose
+    from synthray.models import Models, stage_weights
+    from synthray.storage import check_storage
+
+    names = [w for w in words if "=" not in w]
+    cfg = compose([w for w in words if "=" in w])
+    if cfg.hub.cache:
+        check_storage(cfg.hub.cache)
+    models, lines = Models.from_cfg(cfg), []
+    for name in names:
+        if name in cfg.generators and cfg.generators[name].kind == "diffusers":
+            model, use = str(cfg.generators[name].model), "pipeline"
+        elif name == "depth":
+            model, use = str(cfg.probes.depth.model), "depth"
+        elif name in cfg.metrics.encoders:
+            model, use = str(cfg.metrics.encoders[name].model), "encoder"
+        else:
+            model, use = name, None
+        uri, count = stage_weights(models, model, use)
+        lines.append(f"staged {model} ({count} files) at {uri}")
+    return lines
 
 
 def _list(what: str) -> list[str]:
@@ -79,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "list":
             print("\n".join(_list(args.what)))
+            return 0
+        if args.command == "stage-weights":
+            print("\n".join(_stage_weights(args.names)))
             return 0
         if args.command == "export":
             from pathlib import Path

@@ -143,7 +143,7 @@ class Models:
                 return str(storage.local_copy(staged, self.store.scratch_dir()))
         repo, revision = split_revision(name)
         folder = _hf_cache_snapshot(repo, revision)
-        if folder is not None:
+        if folder is not None and _holds(folder, use):
             return folder
         if self.allow_download:
             from huggingface_hub import snapshot_download
@@ -162,6 +162,17 @@ def _hf_cache_snapshot(repo: str, revision: str) -> str | None:
     except Exception as err:  # noqa: BLE001 - any miss in the local cache means the same thing here
         # A snapshot huggingface_hub calls incomplete may still hold all we load (say, all but the TF weights).
         return getattr(err, "snapshot_path", None)
+
+
+def _holds(folder: str, use: str | None) -> bool:
+    """Whether `folder` has what a `use` model needs (a snapshot can be incomplete: an interrupted download)."""
+    if use is None:
+        return True
+    try:
+        USES[use][1](Path(folder))
+        return True
+    except SynthrayError:
+        return False
 
 
 def check_model(models: Models, name: str, use: str, setting: str) -> None:
@@ -187,20 +198,14 @@ def check_model(models: Models, name: str, use: str, setting: str) -> None:
         return
     repo, revision = split_revision(name)
     folder = _hf_cache_snapshot(repo, revision)
-    if folder is not None:
-        try:
-            check(Path(folder))
-            return
-        except SynthrayError:
-            pass
-    if models.allow_download:
+    if (folder is not None and _holds(folder, use)) or models.allow_download:
         return
     where = f"hub.cache ({models.hub_cache}) or " if models.hub_cache else ""
     raise SynthrayError(f"weights for '{name}' are not in {where}the local Hugging Face cache; stage them "
                         f"(synthray stage-weights {repo}), point {setting} at a local folder, or set hub.allow_download=true")
 
 
-def stage_weights(models: Models, name: str, use: str) -> tuple[str, int]:
+def stage_weights(models: Models, name: str, use: str | None) -> tuple[str, int]:
     """Copy hub model `name` (local cache, or a download when allowed) to `hub.cache`; returns (URI, file count).
 
     Staging is itself committed with a manifest written last, so a half-copied snapshot is never used.
@@ -221,6 +226,7 @@ def stage_weights(models: Models, name: str, use: str) -> tuple[str, int]:
     if folder is None:
         raise SynthrayError(f"'{name}' is not in the local Hugging Face cache; download it first "
                             f"(huggingface-cli download {repo}) or pass hub.allow_download=true")
-    USES[use][1](Path(folder))
+    if not _holds(folder, use):
+        raise SynthrayError(f"the cached snapshot of '{name}' is incomplete ({folder}); download it again")
     files = write_folder(Path(folder), target, {"hub": repo, "revision": revision})
     return target, files

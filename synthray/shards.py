@@ -64,7 +64,7 @@ def map_shards(
     present = set(storage.list_files(out_dir))
     todo = [t for t in tasks if t["name"] not in present]
     if len(todo) < len(tasks):
-        log.info("%s: %d of %d shards already on disk, resuming", what, len(tasks) - len(todo), len(tasks))
+        log.info("%s: %d of %d shards already in storage, resuming", what, len(tasks) - len(todo), len(tasks))
     if not todo:
         return []
     total_rows = sum(int(t.get("rows", 0)) for t in todo)

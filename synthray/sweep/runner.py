@@ -36,7 +36,9 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     # Ray Train's controller polls workers every 2 s by default, and a worker's next report waits for that
     # poll: with short epochs that is most of the run. A fast poll costs nothing on one machine.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    ctx = ray.init(num_cpus=int(num_cpus or max(8, os.cpu_count() or 1)), include_dashboard=False, log_to_driver=True)
+    # address="local": a new cluster, even when another one (say, a test rig) runs on this machine.
+    ctx = ray.init(address="local", num_cpus=int(num_cpus or max(8, os.cpu_count() or 1)), include_dashboard=False,
+                   log_to_driver=True)
     return ctx.address_info["gcs_address"]
 
 

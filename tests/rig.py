@@ -1,0 +1,110 @@
+"""The cluster test rig, real parts at small scale: a local S3 server (moto) and a 3-node local Ray cluster.
+
+Both listen on 127.0.0.1 / this machine only. The S3 variables are set before the cluster starts, so every node
+(and every worker it forks) reads the same endpoint and credentials, as nodes of a real cluster would from their
+environment. Each node has its own scratch folder (`SYNTHRAY_SCRATCH`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+BUCKET = "synthray-test"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          # Never ask the cloud metadata address for credentials: nothing outside this machine is a target.
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                        region_name="us-east-1")
+
+
+def bucket_objects(endpoint: str, bucket: str = BUCKET, prefix: str = "") -> dict[str, bytes]:
+    """Every object under `prefix` in the bucket: key -> bytes."""
+    client, out = s3_client(endpoint), {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return out
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """moto's S3 server on a free 127.0.0.1 port, with bucket `synthray-test`; the S3 variables point at it."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    from synthray.storage import _filesystem
+
+    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+    _filesystem.cache_clear()  # filesystems read the endpoint when made
+    s3_client(endpoint).create_bucket(Bucket=BUCKET)
+    try:
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _filesystem.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def three_nodes(s3_server, tmp_path_factory) -> Iterator[dict]:
+    """A head and two worker nodes (`ray.cluster_utils.Cluster`), each with its own scratch folder. The workers
+    report one fake GPU each, so the cluster has GPUs that no stage of a cpu-configured sweep may use."""
+    from ray.cluster_utils import Cluster
+
+    root = tmp_path_factory.mktemp("nodes")
+    scratch = {name: root / f"scratch-{name}" for name in ("head", "worker1", "worker2")}
+    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    cluster = Cluster(initialize_head=True, connect=False,
+                      head_node_args={"num_cpus": 4, "env_vars": dict(env, SYNTHRAY_SCRATCH=str(scratch["head"]))})
+    for name in ("worker1", "worker2"):
+        cluster.add_node(num_cpus=3, num_gpus=1, env_vars=dict(env, SYNTHRAY_SCRATCH=str(scratch[name])))
+    cluster.wait_for_nodes()
+    try:
+        yield {"address": cluster.address, "scratch": scratch}
+    finally:
+        cluster.shutdown()
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`synthray <args>` in a fresh process (as a user would), from `cwd`, capturing its output."""
+    full = dict(os.environ, **(env or {}))
+    full.pop("PYTEST_CURRENT_TEST", None)
+    return subprocess.run([sys.executable, "-m", "synthray", *args], cwd=cwd, env=full, capture_output=True, text=True,
+                          timeout=timeout)

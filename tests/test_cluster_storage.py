@@ -1,0 +1,137 @@
+"""The smoke sweep on a 3-node local Ray cluster with storage on a local S3 server, against a local-storage run.
+
+Every sweep runs as a user runs it: `synthray run|resume` in a fresh process, from an empty working folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from synthray import storage
+from synthray.artifacts import MANIFEST
+from tests.rig import BUCKET, bucket_objects, run_cli, s3_server, three_nodes  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.slow
+
+SECRET = "hf_synthray_test_token_do_not_leak_7f3a"
+METRICS = ["generator", "synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc", "synth_to_real_acc_last",
+           "best_epoch", "density", "coverage", "fd", "n_synthetic"]
+
+
+def _results(text: str) -> pd.DataFrame:
+    uri = re.search(r"^results: (\S+)$", text, re.M).group(1)
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(uri)))
+
+
+def _digests(table: pd.DataFrame, root: str) -> dict[str, str]:
+    """generator -> digest of its synthetic images, read from the dataset artifacts' metadata."""
+    import json
+
+    return {g: json.loads(storage.read_text(f"{root}/synthetic/{key}/meta.json"))["digest"]
+            for g, key in zip(table["generator"], table["dataset"])}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The smoke sweep on local storage and a plain local Ray (no GPUs): the reference."""
+    work = tmp_path_factory.mktemp("local-cwd")
+    root = tmp_path_factory.mktemp("local-storage")
+    done = run_cli("run", f"storage={root}", cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = _results(done.stdout)
+    return {"root": str(root), "table": table, "digests": _digests(table, str(root))}
+
+
+def test_rerun_on_a_cluster_with_gpus_recomputes_nothing(local_run, three_nodes, tmp_path):
+    """Keys depend on the spec alone: the same sweep against a cluster that reports 2 GPUs reuses everything."""
+    done = run_cli("run", f"storage={local_run['root']}", f"ray.address={three_nodes['address']}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "plan: 2 trials, 2 already complete" in log
+    assert "building" not in log
+    pd.testing.assert_frame_equal(_results(done.stdout)[METRICS], local_run["table"][METRICS])
+
+
+def _kill_trial_mid_generation(args: list[str], cwd: Path) -> str:
+    """Start the sweep; SIGKILL the trial process that builds the tiny-sd dataset once its first shard is stored."""
+    env = dict(os.environ, HF_TOKEN=SECRET)
+    proc = subprocess.Popen([sys.executable, "-m", "synthray", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, builder, killed = [], None, False
+    for line in proc.stdout:
+        lines.append(line)
+        found = re.search(r"pid=(\d+)\S*\s+\[synthray\] building synthetic \w+ \(tiny-sd", line)
+        if found:
+            builder = int(found.group(1))
+        if builder and not killed and re.search(r"generate tiny-sd.*shard 1/", line):
+            os.kill(builder, signal.SIGKILL)  # the builder dies mid-artifact: one shard stored, no manifest
+            killed = True
+    proc.wait(600)
+    assert killed, "".join(lines)[-3000:]
+    return "".join(lines)
+
+
+def test_s3_smoke_on_three_nodes_survives_a_killed_builder_and_matches_local(local_run, three_nodes, s3_server, tmp_path):
+    root = f"s3://{BUCKET}/runs"
+    args = ["run", f"storage={root}", f"ray.address={three_nodes['address']}", "lease_s=10"]
+    log = _kill_trial_mid_generation(args, tmp_path)
+    assert "1 trial(s) did not finish" in log
+
+    # The killed builder left shards but no manifest: nothing reads its dataset as complete.
+    synthetic = bucket_objects(s3_server, prefix="runs/synthetic/")
+    keys = {k.split("/")[2] for k in synthetic}
+    unfinished = [k for k in keys if f"runs/synthetic/{k}/{MANIFEST}" not in synthetic]
+    assert len(unfinished) == 1 and any(k.endswith(".parquet") for k in synthetic if f"/{unfinished[0]}/" in k)
+
+    # Resume from storage alone: the unfinished dataset resumes from its stored shards and completes.
+    done = run_cli("resume", f"storage={root}", cwd=tmp_path, env={"HF_TOKEN": SECRET})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "already in storage, resuming" in done.stdout + done.stderr
+    table = _results(done.stdout)
+    assert _digests(table, root) == local_run["digests"]  # byte-identical images
+    pd.testing.assert_frame_equal(table[METRICS], local_run["table"][METRICS])
+
+    # A warm rerun reuses everything.
+    start = time.perf_counter()
+    warm = run_cli(*args, cwd=tmp_path, env={"HF_TOKEN": SECRET})
+    seconds = time.perf_counter() - start
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert "building" not in warm.stdout + warm.stderr and "plan: 2 trials, 2 already complete" in warm.stdout + warm.stderr
+    assert seconds < 90, f"warm rerun took {seconds:.0f} s"
+    print(f"warm rerun on S3, 3 nodes: {seconds:.1f} s")
+
+    # Nothing outside the bucket and the nodes' scratch folders; the token is nowhere in what synthray wrote.
+    assert list(tmp_path.iterdir()) == []
+    for folder in three_nodes["scratch"].values():
+        assert {p.name for p in folder.iterdir()} <= {"build", "downloads"}, list(folder.iterdir())
+        assert not any(p.is_file() for p in (folder / "build").rglob("*")) if (folder / "build").exists() else True
+    objects = bucket_objects(s3_server, prefix="runs/")
+    assert not any(SECRET.encode() in data for data in objects.values())
+    assert SECRET not in log + done.stdout + done.stderr + warm.stdout + warm.stderr
+
+
+def test_hf_token_reaches_workers_through_the_runtime_env(three_nodes, tmp_path):
+    """The token travels in the job's runtime env (not in a config), and each node's workers see it."""
+    code = (
+        "import os, ray\n"
+        "from synthray.config import compose\n"
+        "from synthray.sweep.runner import init_ray\n"
+        f"init_ray(compose(['ray.address={three_nodes['address']}']))\n"
+        "@ray.remote(num_cpus=1)\n"
+        "def token(): return os.environ.get('HF_TOKEN') == os.environ['EXPECTED']\n"
+        "print('seen', all(ray.get([token.remote() for _ in range(6)])))\n"
+    )
+    env = dict(os.environ, HF_TOKEN=SECRET, EXPECTED=SECRET)
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "seen True" in done.stdout, done.stderr[-2000:]
+    assert SECRET not in done.stdout + done.stderr
