@@ -83,23 +83,26 @@ def synthray_stage(model: Path, storage: Path, images: int, batch: int, steps: i
     import ray
 
     from synthray.config import compose
-    from synthray.generation.stage import generate
+    from synthray.data.real import real_artifact
+    from synthray.generation.stage import build_prompt_table, generate, synthetic_artifact
 
     classes = max(1, images // 40)
     csv = storage / "classes.csv"
     csv.parent.mkdir(parents=True, exist_ok=True)
     csv.write_text("id,name\n" + "".join(f"c{i},object {i}\n" for i in range(classes)))
-    entry = {"kind": "diffusers", "pipeline": "StableDiffusionPipeline", "model": str(model), "dtype": "bfloat16",
-             "steps": steps, "guidance": guidance, "resolution": resolution}
-    cfg = compose([f"storage={storage}", f"data.classes={csv}", f"prompts.n_per_class={images // classes}",
+    entry = (f"{{kind:diffusers,pipeline:StableDiffusionPipeline,model:'{model}',dtype:bfloat16,steps:{steps},"
+             f"guidance:{guidance},resolution:{resolution},released:null}}")
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    cfg = compose([f"storage={storage}", f"device={device}", f"data.classes={csv}", f"prompts.n_per_class={images // classes}",
                    "prompts.template='a photo of {name}'", f"generation.batch_size={batch}", f"generation.shard_size={2 * batch}",
-                   f"generation.compile={str(compile_unet).lower()}", *[f"generators.bench.{k}={v}" for k, v in entry.items()]])
+                   f"generation.compile={str(compile_unet).lower()}", f"+generators.bench={entry}"])
     if not ray.is_initialized():
         ray.init(include_dashboard=False)  # one GPU: the stage's pool is one actor, like (a)
     start = time.perf_counter()
-    art = generate(cfg, "bench", "classname")
+    table, real = build_prompt_table(cfg, "bench", "classname"), real_artifact(cfg)
+    data = generate(cfg, synthetic_artifact(cfg, "bench", "classname", table, real), table, real)
     total = time.perf_counter() - start
-    meta = art.meta()
+    meta = data.artifact.meta()
     # Steady state: rows over the time the one actor spent inside shards (excludes actor start and model load).
     steady = sum(t["rows"] for t in meta["timing"]) / sum(t["seconds"] for t in meta["timing"])
     return {"end_to_end": meta["rows"] / total, "steady": steady, "rows": meta["rows"], "seconds": total}

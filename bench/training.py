@@ -25,21 +25,27 @@ import numpy as np
 import torch
 
 
-def write_jpeg_dataset(folder: Path, images: int, size: int, classes: int, shard: int = 1000) -> Path:
-    """Parquet shards of smooth random JPEGs (q95, like generated images; pure noise would be a decode worst case)."""
+def write_jpeg_dataset(root: Path, images: int, size: int, classes: int, shard: int = 1000):
+    """A dataset artifact (`data/` split) of smooth random JPEGs (q95, like generated images; pure noise would be a
+    decode worst case), as parquet shards; returns its `DatasetRef`."""
     from PIL import Image
 
+    from synthray.artifacts import Artifact, DatasetRef, Store
     from synthray.images import encode, write_table
 
-    rng = np.random.default_rng(0)
-    for start in range(0, images, shard):
-        n = min(shard, images - start)
-        low = rng.integers(0, 256, (n, size // 16, size // 16, 3), dtype=np.uint8)
-        data = [encode(Image.fromarray(a).resize((size, size), Image.BICUBIC), "jpeg", 95) for a in low]
-        write_table(folder / f"shard-{start // shard:05d}.parquet",
-                    {"id": [f"bench/{start + i}" for i in range(n)], "image": data,
-                     "label": [int(v) for v in rng.integers(0, classes, n)]})
-    return folder
+    def make(out):
+        rng = np.random.default_rng(0)
+        for start in range(0, images, shard):
+            n = min(shard, images - start)
+            low = rng.integers(0, 256, (n, size // 16, size // 16, 3), dtype=np.uint8)
+            data = [encode(Image.fromarray(a).resize((size, size), Image.BICUBIC), "jpeg", 95) for a in low]
+            write_table(f"{out.uri}/data/shard-{start // shard:05d}.parquet",
+                        {"id": [f"bench/{start + i}" for i in range(n)], "image": data,
+                         "label": [int(v) for v in rng.integers(0, classes, n)]})
+        return {"rows": images}
+
+    art = Artifact(Store(str(root)), "bench-data", {"images": images, "size": size, "classes": classes})
+    return DatasetRef(art.build(make), "data")
 
 
 def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compile_model: bool) -> float:
@@ -73,18 +79,19 @@ def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compi
     return batch * steps / (time.perf_counter() - start)
 
 
-def synthray_loop(arch: str, data: Path, storage: Path, batch: int, epochs: int, cache_gb: float,
+def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache_gb: float,
                   compile_model: bool, tiny: bool) -> dict:
     """(b): the training stage on the JPEG dataset; images/s is the median over epochs after the first."""
     from synthray.config import compose
     from synthray.training.trainer import train
 
-    overrides = [f"storage={storage}", "recipe=paper", f"recipe.epochs={epochs}", f"recipe.batch_size={batch}",
+    device = "gpu" if torch.cuda.is_available() else "cpu"
+    overrides = [f"storage={storage}", f"device={device}", "recipe=paper", f"recipe.epochs={epochs}", f"recipe.batch_size={batch}",
                  "recipe.selection_fraction=0.0", f"training.cache_decoded_gb={cache_gb}", f"training.compile={compile_model}"]
     if tiny:
         overrides += ["recipe.load_size=72", "recipe.train_transform.random_resized_crop.size=64",
                       "recipe.test_transform.resize=64", "recipe.test_transform.crop=64"]
-    art = train(compose(overrides), arch, data, f"bench/{data.name}", 1000, label=f"bench {arch}")
+    art = train(compose(overrides), arch, data, 1000, label=f"bench {arch}")
     return art.meta()
 
 
@@ -113,7 +120,7 @@ def main() -> None:
     crop = 64 if args.tiny else 224
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        data = write_jpeg_dataset(Path(tmp) / f"jpeg-{args.images}-{args.size}", args.images, args.size, 1000)
+        data = write_jpeg_dataset(Path(tmp) / "data", args.images, args.size, 1000)
         for arch in args.arch:
             a = plain_loop(arch, args.batch, crop, 1000, args.steps, args.compile)
             meta = synthray_loop(arch, data, Path(tmp) / f"runs-{arch}", args.batch, args.epochs, args.cache_gb,

@@ -12,8 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from synthray import storage
+from synthray.artifacts import Store
 from synthray.images import encode, write_table
-from synthray.probes.depth import DEFAULT_DEPTH_MODEL, DepthEstimator, build_tiny_depth, depth_worker, resolve_depth_model
+from synthray.models import Models, check_model
+from synthray.probes.depth import DEFAULT_DEPTH_MODEL, DepthEstimator, build_tiny_depth, depth_worker
 from synthray.registry import SynthrayError
 
 
@@ -114,7 +117,7 @@ def test_depth_worker_replaces_only_the_image_column(tiny_dir, tmp_path):
     images = random_images(4, *[(32, 32)] * 5)
     shard = tmp_path / "part-00000.parquet"
     ids = [f"img-{i}" for i in range(5)]
-    write_table(shard, {"id": ids, "image": [encode(Image.fromarray(a), "png") for a in images], "label": [0, 1, 2, 1, 0]})
+    write_table(str(shard), {"id": ids, "image": [encode(Image.fromarray(a), "png") for a in images], "label": [0, 1, 2, 1, 0]})
     factory = pickle.loads(pickle.dumps(functools.partial(depth_worker, str(tiny_dir), 3)))  # how Ray ships it
     columns = factory()({"name": shard.name, "src": str(shard)})
     assert set(columns) == {"id", "image", "label"} and len(columns["image"]) == 5
@@ -127,26 +130,38 @@ def test_depth_worker_replaces_only_the_image_column(tiny_dir, tmp_path):
     assert pq.read_schema(shard).names == ["id", "image", "label"]  # the source shard is untouched
 
 
-def test_resolve_tiny_builds_one_artifact(tmp_path):
-    first = resolve_depth_model(str(tmp_path), "tiny:depth", allow_download=False)
-    assert Path(first).parent == (tmp_path / "depth-models").resolve()
-    assert (Path(first) / "config.json").is_file() and (Path(first) / "_SUCCESS").is_file()
-    assert resolve_depth_model(str(tmp_path), "tiny:depth", allow_download=False) == first
-    with pytest.raises(SynthrayError, match="unknown tiny depth model 'dept'"):
-        resolve_depth_model(str(tmp_path), "tiny:dept", allow_download=False)
+def test_tiny_locates_to_one_artifact(tmp_path):
+    models = Models(Store(storage.normalize(tmp_path)))
+    first = models.locate("tiny:depth", "depth")
+    art = models.tiny_artifact("tiny:depth")
+    assert Path(first) == Path(art.uri) / "model" and Path(art.uri).parent == tmp_path / "tiny-models"
+    assert (Path(first) / "config.json").is_file() and art.is_complete() and art.verify() == []
+    assert models.locate("tiny:depth", "depth") == first  # reused, not rebuilt
+    check_model(models, "tiny:depth", "depth", "probes.depth.model")
+    with pytest.raises(SynthrayError, match="unknown tiny model family 'dept'"):
+        models.locate("tiny:dept", "depth")
+    with pytest.raises(SynthrayError, match="unknown tiny model family 'dept'"):
+        check_model(models, "tiny:dept", "depth", "probes.depth.model")
 
 
-def test_resolve_local_paths_and_missing_hub_weights(tiny_dir, tmp_path):
-    assert resolve_depth_model(str(tmp_path), str(tiny_dir), allow_download=False) == str(tiny_dir.resolve())
-    with pytest.raises(SynthrayError, match="has no config.json") as err:
-        resolve_depth_model(str(tmp_path), str(tmp_path / "empty"), allow_download=False)
-    assert "\n" not in str(err.value)
+def test_local_paths_and_missing_hub_weights(tiny_dir, tmp_path):
+    models = Models(Store(storage.normalize(tmp_path)))
+    assert models.locate(str(tiny_dir), "depth") == str(tiny_dir.resolve())
+    check_model(models, str(tiny_dir), "depth", "probes.depth.model")
+    empty = tmp_path / "empty"
+    with pytest.raises(SynthrayError, match="not a transformers save_pretrained folder") as err:
+        check_model(models, str(empty), "depth", "probes.depth.model")
+    assert "\n" not in str(err.value) and f"probes.depth.model={empty}" in str(err.value)
     missing = "synthray-tests/no-such-depth-model"
-    with pytest.raises(SynthrayError) as err:
-        resolve_depth_model(str(tmp_path), missing, allow_download=False)
+    with pytest.raises(SynthrayError) as err:  # before launch, on the driver
+        check_model(models, missing, "depth", "probes.depth.model")
     message = str(err.value)
-    assert "\n" not in message and missing in message and "hub.allow_download=true" in message
-    assert resolve_depth_model(str(tmp_path), missing, allow_download=True) == missing  # from_pretrained fetches it
+    assert "\n" not in message and missing in message and "stage-weights" in message and "hub.allow_download=true" in message
+    with pytest.raises(SynthrayError) as err:  # on a worker whose node lacks the weights
+        models.locate(missing, "depth")
+    assert "\n" not in str(err.value) and missing in str(err.value) and "stage-weights" in str(err.value)
+    # With downloads allowed the check passes: the worker fetches the weights.
+    check_model(Models(models.store, allow_download=True), missing, "depth", "probes.depth.model")
 
 
 def test_registered_depth_probe_is_the_estimator_on_one_image(tiny_dir, estimator):

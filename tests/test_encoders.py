@@ -10,14 +10,21 @@ import numpy as np
 import pytest
 import torch
 
+from synthray import storage
+from synthray.artifacts import Store
 from synthray.generation.tiny import write_clip_tokenizer
 from synthray.metrics.clipscore import ClipScorer
-from synthray.metrics.encoders import DEFAULT_MODELS, FEATURE_MODELS, build_tiny_encoder, resolve_encoder
+from synthray.metrics.encoders import DEFAULT_MODELS, FEATURE_MODELS, build_tiny_encoder
+from synthray.models import Models, check_model
 from synthray.registry import SynthrayError
 
 KINDS = ["clip", "dinov2", "inception"]
 # Sizes that exercise landscape, portrait, up- and down-scaling before the center crop.
 SIZES = [(32, 32), (20, 40), (64, 48), (100, 30), (300, 200), (17, 90)]
+
+
+def _models(root: Path, allow_download: bool = False) -> Models:
+    return Models(Store(storage.normalize(root)), allow_download=allow_download)
 
 
 def _images(seed: int) -> list[np.ndarray]:
@@ -27,9 +34,9 @@ def _images(seed: int) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
-    """Each tiny twin, built once through `resolve_encoder('tiny:<kind>')` into a content-addressed folder."""
-    storage = tmp_path_factory.mktemp("storage")
-    return {kind: resolve_encoder(str(storage), f"tiny:{kind}", allow_download=False) for kind in KINDS}
+    """Each tiny twin, built once through `Models.locate('tiny:<kind>')` into a content-addressed artifact."""
+    models = _models(tmp_path_factory.mktemp("storage"))
+    return {kind: models.locate(f"tiny:{kind}", "encoder") for kind in KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +51,21 @@ def test_registry_and_defaults():
 
 
 def test_tiny_resolves_to_one_artifact(tiny):
-    for kind, path in tiny.items():  # <storage>/encoders/<key>/model
+    for kind, path in tiny.items():  # <storage>/tiny-models/<key>/model
         assert json.loads((Path(path).parent / "spec.json").read_text())["tiny"] == kind
-        assert Path(path).parents[1].name == "encoders"
+        assert Path(path).name == "model" and Path(path).parents[1].name == "tiny-models"
+    assert len({Path(p).parent for p in tiny.values()}) == len(KINDS)
     # Same spec, same key: a second resolve reuses the folder instead of rebuilding it.
-    storage = Path(tiny["clip"]).parents[2]
-    assert resolve_encoder(str(storage), "tiny:clip", allow_download=False) == tiny["clip"]
-    with pytest.raises(SynthrayError, match="unknown tiny encoder 'clipp'"):
-        resolve_encoder(str(storage), "tiny:clipp", allow_download=False)
+    models = _models(Path(tiny["clip"]).parents[2])
+    art = models.tiny_artifact("tiny:clip")
+    assert art.is_complete() and Path(art.uri) == Path(tiny["clip"]).parent
+    before = art.manifest()
+    assert models.locate("tiny:clip", "encoder") == tiny["clip"] and art.manifest() == before
+    check_model(models, "tiny:clip", "encoder", "metrics.encoders.clip.model")
+    with pytest.raises(SynthrayError, match="unknown tiny model family 'clipp'"):
+        models.locate("tiny:clipp", "encoder")
+    with pytest.raises(SynthrayError, match="unknown tiny model family 'clipp'"):
+        check_model(models, "tiny:clipp", "encoder", "metrics.encoders.clip.model")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -119,14 +133,18 @@ def test_clipscore_range_and_prompt_dependence(tiny):
 def test_missing_weights_fail_in_one_line(tmp_path):
     model = "synthray-tests/no-such-encoder"
     with pytest.raises(SynthrayError) as err:
-        resolve_encoder(str(tmp_path), model, allow_download=False)
+        check_model(_models(tmp_path), model, "encoder", "metrics.encoders.clip.model")
     assert model in str(err.value) and "\n" not in str(err.value)
-    assert resolve_encoder(str(tmp_path), model, allow_download=True) == model
+    with pytest.raises(SynthrayError) as err:  # a worker on a node without the weights
+        _models(tmp_path).locate(model, "encoder")
+    assert model in str(err.value) and "\n" not in str(err.value)
+    check_model(_models(tmp_path, allow_download=True), model, "encoder", "metrics.encoders.clip.model")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SynthrayError) as err:
-        resolve_encoder(str(tmp_path), str(empty), allow_download=False)
-    assert str(empty) in str(err.value) and "config.json" in str(err.value) and "\n" not in str(err.value)
+        check_model(_models(tmp_path), str(empty), "encoder", "metrics.encoders.clip.model")
+    message = str(err.value)
+    assert str(empty) in message and "weights not found" in message and "\n" not in message
 
 
 def test_hub_id_resolves_from_the_local_cache(tiny, tmp_path, monkeypatch):
@@ -142,11 +160,15 @@ def test_hub_id_resolves_from_the_local_cache(tiny, tmp_path, monkeypatch):
             (repo / "snapshots" / commit / "model.safetensors").unlink()
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(commit)
-    path = resolve_encoder(str(tmp_path), "synthray-tests/full", allow_download=False)
-    assert Path(path) == (tmp_path / "hub" / "models--synthray-tests--full" / "snapshots" / commit).resolve()
+    models = _models(tmp_path)
+    check_model(models, "synthray-tests/full", "encoder", "metrics.encoders.dinov2.model")
+    path = models.locate("synthray-tests/full", "encoder")
+    assert Path(path).resolve() == (tmp_path / "hub" / "models--synthray-tests--full" / "snapshots" / commit).resolve()
     assert FEATURE_MODELS.get("dinov2")(path, device="cpu")(_images(0)).shape == (len(SIZES), 32)
     with pytest.raises(SynthrayError, match="'synthray-tests/partial' are not in the local Hugging Face cache"):
-        resolve_encoder(str(tmp_path), "synthray-tests/partial", allow_download=False)
+        check_model(models, "synthray-tests/partial", "encoder", "metrics.encoders.dinov2.model")
+    with pytest.raises(SynthrayError, match="synthray-tests/partial"):
+        models.locate("synthray-tests/partial", "encoder")
 
 
 def test_build_tiny_encoder_is_seeded(tmp_path):

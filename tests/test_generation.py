@@ -9,20 +9,39 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from synthray.generation.generators import RealHoldoutGenerator, build_generator, resolve_model
-from synthray.generation.stage import build_prompt_table, ensure_real, ensure_tiny_model, generate, synthetic_artifact
-from synthray.images import dataset_digest, decode, read_images, to_uint8
+from synthray.artifacts import Artifact, DatasetRef
+from synthray.data.real import real_artifact, real_data
+from synthray.generation.generators import RealHoldoutGenerator, build_generator, generator_entry
+from synthray.generation.stage import build_prompt_table, generate, synthetic_artifact
+from synthray.images import dataset_digest, decode, read_images, shard_files, to_uint8
+from synthray.models import Models, check_model
 from synthray.registry import SynthrayError
 from tests.conftest import tiny_cfg
+
+
+def dataset(cfg, generator: str, style: str = "classname") -> Artifact:
+    """The synthetic artifact a trial of (generator, style) plans, not built."""
+    return synthetic_artifact(cfg, generator, style, build_prompt_table(cfg, generator, style), real_artifact(cfg))
+
+
+def run_generation(cfg, generator: str, style: str = "classname") -> DatasetRef:
+    """The generation stage as a trial runs it: real data (control generators draw from it), prompt table, dataset."""
+    real = real_data(cfg) if generator_entry(cfg, generator)["kind"] != "diffusers" else real_artifact(cfg)
+    table = build_prompt_table(cfg, generator, style)
+    return generate(cfg, synthetic_artifact(cfg, generator, style, table, real), table, real)
+
+
+def tiny_sd_folder(cfg) -> str:
+    entry = cfg.generators["tiny-sd"]
+    return Models.from_cfg(cfg).locate(str(entry.model), "pipeline", resolution=int(entry.resolution))
 
 
 @pytest.fixture(scope="module")
 def tiny_sd(shared_storage):
     cfg = tiny_cfg(shared_storage)
     entry = dict(cfg.generators["tiny-sd"])
-    ensure_tiny_model(cfg, entry)
     spec = {"name": "tiny-sd", "kind": "diffusers", "pipeline": entry["pipeline"], "dtype": entry["dtype"],
-            "model_path": resolve_model(cfg, entry), "params": {"steps": 2, "guidance": 2.0, "resolution": 32}}
+            "model_path": tiny_sd_folder(cfg), "params": {"steps": 2, "guidance": 2.0, "resolution": 32}}
     return build_generator(spec)
 
 
@@ -50,11 +69,11 @@ def test_batched_output_equals_per_row(tiny_sd):
 
 def test_real_holdout_draws_held_out_images_of_the_class(shared_storage):
     cfg = tiny_cfg(shared_storage)
-    real = ensure_real(cfg)
-    gen = RealHoldoutGenerator({"real_path": str(real.path)})
+    real = real_data(cfg)
+    gen = RealHoldoutGenerator({"control_uri": DatasetRef(real, "control").uri})
     table = build_prompt_table(cfg, "real-holdout", "classname")
     images = gen(table)
-    holdout = read_images(real.path / "control")
+    holdout = read_images(real.file("control"))
     pool = {bytes(np.asarray(decode(b)).tobytes()): c for b, c in zip(holdout["image"], holdout["class_id"])}
     for img, cid in zip(images, table["class_id"]):
         assert pool[np.asarray(img).tobytes()] == cid
@@ -63,33 +82,39 @@ def test_real_holdout_draws_held_out_images_of_the_class(shared_storage):
 
 
 def test_missing_weights_fail_early(tmp_path):
-    cfg = tiny_cfg(tmp_path)
-    with pytest.raises(SynthrayError, match="not in the local Hugging Face cache"):
-        resolve_model(cfg, {"model": "no-such-org/no-such-model"})
-    with pytest.raises(SynthrayError, match="no model_index.json"):
-        resolve_model(cfg, {"model": str(tmp_path)})
+    models = Models.from_cfg(tiny_cfg(tmp_path))
+    with pytest.raises(SynthrayError, match="not in the local Hugging Face cache; stage them .synthray stage-weights"):
+        check_model(models, "no-such-org/no-such-model", "pipeline", "generators.mine.model")
+    with pytest.raises(SynthrayError, match=r"generators.mine.model=.*: not a diffusers save_pretrained folder"):
+        check_model(models, str(tmp_path), "pipeline", "generators.mine.model")
+    assert not any(tmp_path.iterdir()), "the check writes nothing"
 
 
 def test_generation_stage_on_ray_data(ray_cluster, shared_storage, tmp_path):
     cfg = tiny_cfg(shared_storage, "generation.num_actors=2")
-    art = generate(cfg, "tiny-sd", "classname")
-    files = sorted((art.path / "data").glob("*.parquet"))
+    ref = run_generation(cfg, "tiny-sd")
+    art = ref.artifact
+    assert ref.uri == art.file("data") and ref.ref == f"synthetic/{art.key}/data"
+    files = [Path(f) for f in shard_files(ref.uri)]
     assert len(files) == 4  # 60 rows in shards of 16
     table = pq.read_table(files[0]).to_pandas()  # plain pyarrow/pandas read the shards
     assert {"id", "image", "label", "class_id", "prompt", "seed", "generator", "protocol"} <= set(table.columns)
     assert Image.open(__import__("io").BytesIO(table["image"][0])).format == "JPEG"
-    assert art.meta()["rows"] == 60 and art.meta()["digest"] == dataset_digest(art.path / "data")
+    assert art.meta()["rows"] == 60 and art.meta()["digest"] == dataset_digest(ref.uri)
+    assert art.verify() == [] and {f"data/{f.name}" for f in files} <= set(art.manifest()["files"])
 
     # Another storage root, one actor instead of two, and an interruption: the same bytes.
     other_cfg = tiny_cfg(tmp_path, "generation.num_actors=1")
-    other = synthetic_artifact(other_cfg, "tiny-sd", "classname")
-    assert other.key == art.key
-    other.partial.joinpath("data").mkdir(parents=True)
-    kept = other.partial / "data" / files[1].name
-    os.link(files[1], kept)  # a shard left behind by a stopped run
-    generate(other_cfg, "tiny-sd", "classname")
-    assert other.meta()["digest"] == art.meta()["digest"]
-    assert (other.path / "data" / files[1].name).stat().st_ino == files[1].stat().st_ino, "finished shards are not redone"
+    other = dataset(other_cfg, "tiny-sd")
+    assert other.key == art.key and other.uri != art.uri
+    kept = Path(other.file("data", files[1].name))
+    kept.parent.mkdir(parents=True)
+    os.link(files[1], kept)  # a shard left behind by a stopped run (files, but no manifest)
+    assert not other.is_complete()
+    run_generation(other_cfg, "tiny-sd")
+    assert other.is_complete() and other.meta()["digest"] == art.meta()["digest"]
+    assert kept.stat().st_ino == files[1].stat().st_ino, "finished shards are not redone"
+    assert other.manifest()["files"][f"data/{files[1].name}"] == art.manifest()["files"][f"data/{files[1].name}"]
 
 
 def test_quality_guard_flags_nan_and_black():
@@ -107,19 +132,20 @@ def test_generation_fails_past_the_bad_fraction(ray_cluster, shared_storage, tmp
     import torch
     from diffusers import StableDiffusionPipeline
 
-    base = tiny_cfg(shared_storage)
-    ensure_tiny_model(base, dict(base.generators["tiny-sd"]))
-    pipe = StableDiffusionPipeline.from_pretrained(resolve_model(base, dict(base.generators["tiny-sd"])))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder(tiny_cfg(shared_storage)))
     with torch.no_grad():
         pipe.vae.decoder.conv_out.weight.zero_()
         pipe.vae.decoder.conv_out.bias.fill_(-10.0)  # decoded pixels clamp to 0
     pipe.save_pretrained(tmp_path / "black-sd")
-    entry = {"kind": "diffusers", "pipeline": "StableDiffusionPipeline", "model": str(tmp_path / "black-sd"),
+    entry = {"kind": "diffusers", "pipeline": "StableDiffusionPipeline", "model": f"'{tmp_path / 'black-sd'}'",
              "dtype": "float32", "steps": 2, "guidance": 2.0, "resolution": 32}
-    cfg = tiny_cfg(tmp_path / "runs", "prompts.n_per_class=2", *[f"generators.black-sd.{k}={v}" for k, v in entry.items()])
+    added = "{" + ",".join(f"{k}:{v}" for k, v in entry.items()) + "}"
+    cfg = tiny_cfg(tmp_path / "runs", "prompts.n_per_class=2", f"+generators.black-sd={added}")
+    assert cfg.generators["black-sd"].model == str(tmp_path / "black-sd")
     with pytest.raises(SynthrayError, match=r"20 of 20 images are NaN or all black \({'black': 20}\)"):
-        generate(cfg, "black-sd", "classname")
-    assert not synthetic_artifact(cfg, "black-sd", "classname").is_complete()
+        run_generation(cfg, "black-sd")
+    art = dataset(cfg, "black-sd")
+    assert not art.is_complete() and len(shard_files(art.file("data"))) == 2, "the shards stay, uncommitted"
 
 
 def test_killed_generation_resumes_byte_identical(ray_cluster, tmp_path):
@@ -128,16 +154,18 @@ def test_killed_generation_resumes_byte_identical(ray_cluster, tmp_path):
     import sys
     import time
 
-    overrides = ("prompts.n_per_class=12", "generation.shard_size=8")
-    reference = generate(tiny_cfg(tmp_path / "reference", *overrides), "tiny-sd", "classname")
+    # lease_s: the killed driver's claim on the dataset lapses after 5 s instead of 2 minutes (not part of any key).
+    overrides = ("prompts.n_per_class=12", "generation.shard_size=8", "lease_s=5")
+    reference = run_generation(tiny_cfg(tmp_path / "reference", *overrides), "tiny-sd")
     cfg = tiny_cfg(tmp_path / "killed", *overrides)
-    art = synthetic_artifact(cfg, "tiny-sd", "classname")
-    script = ("import sys; from tests.conftest import tiny_cfg; from synthray.generation.stage import generate; "
-              "import ray; ray.init(); generate(tiny_cfg(sys.argv[1], *sys.argv[2:]), 'tiny-sd', 'classname')")
+    art = dataset(cfg, "tiny-sd")
+    assert art.key == reference.artifact.key
+    script = ("import sys; from tests.conftest import tiny_cfg; from tests.test_generation import run_generation; "
+              "import ray; ray.init(); run_generation(tiny_cfg(sys.argv[1], *sys.argv[2:]), 'tiny-sd')")
     env = dict(os.environ, RAY_ADDRESS=ray_cluster)
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed"), *overrides], env=env,
                             cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    shards = art.partial / "data"
+    shards = Path(art.file("data"))
     deadline = time.time() + 240
     while proc.poll() is None and time.time() < deadline and len(list(shards.glob("part-*.parquet"))) < 2:
         time.sleep(0.2)
@@ -146,10 +174,11 @@ def test_killed_generation_resumes_byte_identical(ray_cluster, tmp_path):
     survivors = {p.name: p.stat().st_ino for p in shards.glob("part-*.parquet")}
     assert 2 <= len(survivors) < 15 and not art.is_complete()
 
-    generate(cfg, "tiny-sd", "classname")
-    assert art.meta()["digest"] == reference.meta()["digest"]
+    run_generation(cfg, "tiny-sd")
+    assert art.is_complete() and art.meta()["digest"] == reference.artifact.meta()["digest"]
     for name, inode in survivors.items():
-        assert (art.path / "data" / name).stat().st_ino == inode, "finished shards are kept, not redone"
+        assert (shards / name).stat().st_ino == inode, "finished shards are kept, not redone"
+    assert art.verify() == []
 
 
 def test_shards_are_readable_by_hf_datasets_and_export_to_imagefolder(ray_cluster, shared_storage, tmp_path):
@@ -157,12 +186,12 @@ def test_shards_are_readable_by_hf_datasets_and_export_to_imagefolder(ray_cluste
 
     from synthray.cli import main
 
-    art = generate(tiny_cfg(shared_storage, "generation.num_actors=2"), "tiny-sd", "classname")
-    files = sorted(str(p) for p in (art.path / "data").glob("*.parquet"))
+    ref = run_generation(tiny_cfg(shared_storage, "generation.num_actors=2"), "tiny-sd")
+    files = shard_files(ref.uri)
     hf = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
     assert hf.num_rows == 60 and {"image", "label", "prompt", "seed"} <= set(hf.column_names)
 
-    assert main(["export", str(art.path), str(tmp_path / "folder")]) == 0
+    assert main(["export", ref.artifact.uri, str(tmp_path / "folder")]) == 0
     images = sorted((tmp_path / "folder").rglob("*.jpg"))
     assert len(images) == 60 and sorted({p.parent.name for p in images}) == [str(d) for d in range(10)]
     assert Image.open(images[0]).size == (32, 32)
@@ -174,10 +203,10 @@ TINY_TWINS = [name for name in tiny_cfg("/unused").generators if name.startswith
 @pytest.mark.parametrize("name", TINY_TWINS)
 def test_every_tiny_family_generates_through_the_ray_data_stage(ray_cluster, shared_storage, name):
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1")
-    art = generate(cfg, name, "classname")
-    table = read_images(art.path / "data")
+    ref = run_generation(cfg, name)
+    table = read_images(ref.uri)
     assert len(table) == 10 and set(table["generator"]) == {name}
-    assert art.meta()["quality"] == {"ok": 10}
+    assert ref.artifact.meta()["quality"] == {"ok": 10}
     assert decode(table["image"][0]).size == (32, 32)
 
 
@@ -196,7 +225,6 @@ def test_protocols():
 
 def test_png_and_stored_size(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1", "generation.image_format=png", "generation.stored_size=24")
-    art = generate(cfg, "tiny-sd", "classname")
-    table = read_images(art.path / "data")
+    table = read_images(run_generation(cfg, "tiny-sd").uri)
     img = Image.open(__import__("io").BytesIO(table["image"][0]))
     assert img.format == "PNG" and img.size == (24, 24)

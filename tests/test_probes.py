@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
-from synthray.generation.stage import ensure_real
+from synthray.artifacts import DatasetRef, Store
+from synthray.data.real import real_data
 from synthray.images import decode_array, read_images
-from synthray.probes.stage import view
+from synthray.models import Models
+from synthray.probes.stage import probe_setup, view
 from synthray.probes.transforms import PROBES, box_mask, fft_filter, rescale
 from tests.conftest import tiny_cfg
 
@@ -12,6 +14,9 @@ def test_registry():
     assert PROBES.names() == ["depth", "highpass", "lowpass", "rgb", "texture"]
     image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     assert PROBES.get("rgb")(image) is image and PROBES.get("texture")(image) is image
+    assert PROBES.get("rgb").identity and PROBES.get("texture").identity and not PROBES.get("lowpass").identity
+    assert PROBES.get("texture").archs == ("bagnet9", "bagnet17", "bagnet33") and PROBES.get("rgb").archs is None
+    assert PROBES.get("depth").worker is not None and PROBES.get("highpass").worker is None
 
 
 @pytest.mark.parametrize("cutoff", [0.2, 0.5, 0.8])
@@ -44,11 +49,17 @@ def test_lowpass_and_highpass_views_are_rescaled_images():
 
 def test_probe_view_stage(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage)
-    real = ensure_real(cfg)
-    assert view(cfg, "rgb", real, ("test",)) == real.path  # identity reuses its source
-    path = view(cfg, "lowpass", real, ("test",))
-    source, filtered = read_images(real.path / "test"), read_images(path / "test")
+    store, models = Store.from_cfg(cfg), Models.from_cfg(cfg)
+    real = real_data(cfg)
+    rgb = view(store, models, probe_setup(cfg, "rgb"), real, ("test",))
+    assert rgb == {"test": DatasetRef(real, "test")}  # identity reuses its source
+    low = view(store, models, probe_setup(cfg, "lowpass"), real, ("test",))["test"]
+    assert low.artifact.kind == "views" and low.artifact.is_complete() and low.uri == low.artifact.file("test")
+    assert low.artifact.spec["source"] == real.ref and low.artifact.spec["params"] == {"cutoff": 0.2}
+    source, filtered = read_images(real.file("test")), read_images(low.uri)
     assert list(source["id"]) == list(filtered["id"])
     expected = PROBES.get("lowpass")(decode_array(source["image"][0]), cutoff=0.2)
     assert np.array_equal(decode_array(filtered["image"][0]), expected)
-    assert view(cfg, "lowpass", real, ("test",)) == path  # built once, reused
+    manifest = low.artifact.manifest()
+    again = view(store, models, probe_setup(cfg, "lowpass"), real, ("test",))["test"]
+    assert again.uri == low.uri and again.artifact.manifest() == manifest  # built once, reused

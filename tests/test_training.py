@@ -5,10 +5,14 @@ import subprocess
 import sys
 import time
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from synthray.generation.stage import ensure_real
+from synthray import storage
+from synthray.artifacts import MANIFEST, Artifact, DatasetRef, Store
+from synthray.data.real import real_data
 from synthray.metrics.accuracy import accuracy, load_model
 from synthray.training.archs import check_arch, count_parameters, create_model
 from synthray.training.trainer import train
@@ -26,38 +30,44 @@ def test_architectures_build_and_run(name):
 
 def test_train_stage_learns_and_is_reused(ray_cluster, shared_storage, caplog):
     cfg = tiny_cfg(shared_storage, "recipe.epochs=6", "recipe.batch_size=16")
-    real = ensure_real(cfg)
-    art = train(cfg, "tiny-cnn", real.path / "train", f"real/{real.key}/train", 10, label="tiny-cnn on real")
+    real = real_data(cfg)
+    art = train(cfg, "tiny-cnn", DatasetRef(real, "train"), 10, label="tiny-cnn on real")
+    assert art.is_complete() and art.spec["data"] == f"real/{real.key}/train"
     assert art.meta()["epochs"] == 6
-    acc = accuracy(art, real.path / "test")
+    assert {"model.pt", "last.pt", "meta.json", "spec.json"} <= set(art.manifest()["files"]) and art.verify() == []
+    assert not storage.exists(art.store.uri("train-runs", art.key)), "per-epoch checkpoints are removed once built"
+    acc = accuracy(art, DatasetRef(real, "test"))
     assert acc > 0.5  # six short epochs on real digits already beat chance (0.1) by far
     assert isinstance(load_model(art), torch.nn.Module)
-    mtime = (art.path / "model.pt").stat().st_mtime_ns
+    mtime = Path(art.file("model.pt")).stat().st_mtime_ns
     with caplog.at_level("INFO", logger="synthray"):
-        again = train(cfg, "tiny-cnn", real.path / "train", f"real/{real.key}/train", 10, label="tiny-cnn on real")
-    assert again.key == art.key and (again.path / "model.pt").stat().st_mtime_ns == mtime
+        again = train(cfg, "tiny-cnn", DatasetRef(real, "train"), 10, label="tiny-cnn on real")
+    assert again.key == art.key and Path(again.file("model.pt")).stat().st_mtime_ns == mtime
+    assert any("reused models" in r.getMessage() for r in caplog.records)
 
 
 def test_timm_model_trains_one_step(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage, "recipe.epochs=1")
-    real = ensure_real(cfg)
-    art = train(cfg, "test_resnet", real.path / "control", f"real/{real.key}/holdout", 10, label="test_resnet")
+    real = real_data(cfg)
+    art = train(cfg, "test_resnet", DatasetRef(real, "control"), 10, label="test_resnet")
     assert art.meta()["arch"] == "test_resnet" and art.meta()["epochs"] == 1
 
 
 KILL_SCRIPT = """
 import sys
-from pathlib import Path
 
 import ray
 
+from synthray.artifacts import DatasetRef
 from synthray.config import compose
+from synthray.data.real import real_artifact
 from synthray.logs import setup_logging
 from synthray.training.trainer import train
 
 setup_logging()
 ray.init(address=sys.argv[1])
-train(compose(sys.argv[3:]), "tiny-cnn", Path(sys.argv[2]), "test/kill", 10, label="to be killed")
+data = DatasetRef(real_artifact(compose([*sys.argv[3:], f"storage={sys.argv[2]}"])), "train")
+train(compose(sys.argv[3:]), "tiny-cnn", data, 10, label="to be killed")
 """
 
 
@@ -66,16 +76,17 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, sha
     for bit, those of a run that was never stopped (CPU, fixed seeds)."""
     from synthray.training.trainer import model_artifact
 
-    real = ensure_real(tiny_cfg(shared_storage))
-    data = real.path / "train"
-    args = ["recipe.epochs=4", "recipe.batch_size=8", "training.max_failures=0"]
-    whole = train(tiny_cfg(tmp_path / "whole", *args), "tiny-cnn", data, "test/kill", 10, label="never stopped")
+    data = DatasetRef(real_data(tiny_cfg(shared_storage)), "train")
+    # lease_s: the killed driver's claim on the model lapses after 5 s instead of 2 minutes (not part of the key).
+    args = ["recipe.epochs=4", "recipe.batch_size=8", "training.max_failures=0", "lease_s=5"]
+    whole = train(tiny_cfg(tmp_path / "whole", *args), "tiny-cnn", data, 10, label="never stopped")
 
     cfg = tiny_cfg(tmp_path / "killed", *args)
-    key = model_artifact(cfg, "tiny-cnn", "test/kill", 10, "").key
+    key = model_artifact(cfg, "tiny-cnn", data, 10, "").key
+    assert key == whole.key
     checkpoints = tmp_path / "killed" / "train-runs" / key
     env = dict(os.environ, RAY_ADDRESS=ray_cluster)
-    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, ray_cluster, str(data), f"storage={tmp_path / 'killed'}",
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, ray_cluster, str(shared_storage), f"storage={tmp_path / 'killed'}",
                              *TINY, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while not list(checkpoints.glob("checkpoint_*")) and time.time() < deadline and proc.poll() is None:
@@ -84,12 +95,13 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, sha
     time.sleep(0.3 * whole.meta()["rows"] / whole.meta()["images_per_s"])  # about a third into epoch 2
     proc.kill()
     proc.communicate(timeout=60)
-    assert not (tmp_path / "killed" / "models" / key / "_SUCCESS").exists()
+    assert not (tmp_path / "killed" / "models" / key / MANIFEST).exists()
 
-    resumed = train(cfg, "tiny-cnn", data, "test/kill", 10, label="resumed")
+    resumed = train(cfg, "tiny-cnn", data, 10, label="resumed")
+    assert resumed.uri == str(tmp_path / "killed" / "models" / key) and resumed.is_complete()
     assert resumed.meta()["resumed_from_epoch"] >= 1, "the rerun started over instead of resuming"
     for weights in ("last.pt", "model.pt"):
-        a, b = (torch.load(art.path / weights, weights_only=True) for art in (whole, resumed))
+        a, b = (torch.load(art.file(weights), weights_only=True) for art in (whole, resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
     assert resumed.meta()["best_epoch"] == whole.meta()["best_epoch"]
 
@@ -102,20 +114,25 @@ def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, share
     """Each architecture of the study takes one real optimiser step at 224 px inside a TorchTrainer on CPU."""
     from synthray.images import read_images, write_table
 
-    real = ensure_real(tiny_cfg(shared_storage))
-    rows = read_images(real.path / "test").groupby("label").head(1)  # one image per class, upscaled to 224
-    write_table(tmp_path / "data" / "part-00000.parquet", {c: rows[c].tolist() for c in rows.columns})
+    real = real_data(tiny_cfg(shared_storage))
+    rows = read_images(real.file("test")).groupby("label").head(1)  # one image per class, upscaled to 224
+    images = Artifact(Store(storage.normalize(tmp_path / "data")), "test-data", {"one_per_class_of": real.ref})
+
+    def make(out):
+        write_table(str(out.local / "data" / "part-00000.parquet"), {c: rows[c].tolist() for c in rows.columns})
+
+    images.build(make)
     cfg = tiny_cfg(tmp_path / "runs", "recipe=paper", "recipe.epochs=1", "recipe.batch_size=10")
-    art = train(cfg, arch, tmp_path / "data", f"test/{arch}", 10, label=arch)
+    art = train(cfg, arch, DatasetRef(images, "data"), 10, label=arch)
     assert art.meta()["epochs"] == 1 and art.meta()["train_loss"] > 0
     assert load_model(art)(torch.zeros(1, 3, 224, 224)).shape == (1, 10)
 
 
 def test_two_workers_with_accumulation_keep_the_global_batch(ray_cluster, shared_storage, tmp_path):
     """DDP over 2 CPU workers x 2 micro-batches: one optimiser step per 16 images, as with one worker."""
-    real = ensure_real(tiny_cfg(shared_storage))
+    real = real_data(tiny_cfg(shared_storage))
     cfg = tiny_cfg(tmp_path, "recipe.epochs=2", "recipe.batch_size=16", "training.num_workers=2", "training.accumulate=2")
-    art = train(cfg, "tiny-cnn", real.path / "train", f"real/{real.key}/train", 10, label="two workers")
+    art = train(cfg, "tiny-cnn", DatasetRef(real, "train"), 10, label="two workers")
     meta = art.meta()
     # Each worker sees rows // 2 rows in batches of 8 (2 micro-batches of 4): ceil((rows // 2) / 8) steps an epoch.
     assert meta["history"][-1]["step"] == 2 * -(-(meta["rows"] // 2) // 8)
