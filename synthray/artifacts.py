@@ -79,8 +79,10 @@ class BuildDir:
     entries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def record(self, rel: str, entry: Mapping[str, Any]) -> None:
-        """Remember the manifest entry of a file written straight to `uri/rel`, so it need not be read back."""
-        self.entries[rel] = dict(entry)
+        """Remember the manifest entry of a file written straight to `uri/rel`, so it need not be read back.
+
+        Only size and sha256 are kept (what `verify` compares): `write_table`'s entries also carry `rows`."""
+        self.entries[rel] = {"size": int(entry["size"]), "sha256": str(entry["sha256"])}
 
 
 class Artifact:

@@ -23,6 +23,26 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue an interrupted sweep")
     res.add_argument("sweep", nargs="?", help="sweep name, name prefix or folder (default: the newest)")
     res.add_argument("overrides", nargs="*", help="only storage=<dir> is read")
+    res.add_argument("--submit", action="store_true", help="resume it as a Ray Job on the cluster at --address")
+    _cluster_args(res)
+    sbm = sub.add_parser("submit", help="run a sweep as a Ray Job on a remote cluster (from a laptop)",
+                         description="Packages this working dir and experiments/, then runs `synthray run` on the head.")
+    sbm.add_argument("overrides", nargs="*", help="key=value overrides, as for run; storage must be a URI the cluster reaches")
+    sbm.add_argument("--follow", action="store_true", help="print the job's log until it ends, then its results")
+    _cluster_args(sbm)
+    jobs = sub.add_parser("jobs", help="list the cluster's jobs")
+    _cluster_args(jobs)
+    logs = sub.add_parser("logs", help="print a job's log")
+    logs.add_argument("job", help="submission id (from synthray submit or synthray jobs)")
+    logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    _cluster_args(logs)
+    stop = sub.add_parser("stop", help="stop a job")
+    stop.add_argument("job")
+    _cluster_args(stop)
+    rsl = sub.add_parser("results", help="print a sweep's results table (from storage; object-store URIs work)")
+    rsl.add_argument("target", help="a job id, a sweep name (with storage=...) or a sweep folder URI")
+    rsl.add_argument("overrides", nargs="*", help="storage=<uri> for a sweep name")
+    _cluster_args(rsl)
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("what", choices=LISTABLE)
     exp = sub.add_parser("export", help="write a synthetic dataset as an ImageFolder tree")
@@ -33,6 +53,59 @@ def _parser() -> argparse.ArgumentParser:
                                        "ids (org/name[@revision]). Needs hub.cache=<storage URI>.")
     stage.add_argument("names", nargs="+", help="model names, then key=value overrides (hub.cache=s3://bucket/hub)")
     return p
+
+
+def _cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="the cluster's job API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
+    parser.add_argument("--with-credentials", action="store_true",
+                        help="also pass this machine's cloud credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS) to the job")
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    """submit, jobs, logs, stop, results and resume --submit: talk to a remote cluster's job API."""
+    from synthray import submit
+
+    if args.command == "results" and not args.target.startswith("raysubmit_"):
+        from synthray.sweep.runner import find_sweep, format_table, read_results
+
+        root = _storage_override(args.overrides)
+        uri = f"{find_sweep(root, args.target)}/results.parquet"
+        print(format_table(read_results(uri)))
+        print(f"results: {uri}")
+        return 0
+    if args.command in ("submit", "resume"):
+        what = (["run", args.overrides] if args.command == "submit"
+                else ["resume", [a for a in [args.sweep, *args.overrides] if a]])
+        job = submit.submit(args.address, what[0], what[1], args.with_credentials)
+        print(f"submitted {job}; follow it with: synthray logs {job} --follow", flush=True)
+        if not getattr(args, "follow", False):
+            return 0
+        args.job = job
+    jobs = submit.client(args.address)
+    if args.command == "jobs":
+        print("\n".join(submit.list_jobs(jobs)))
+    elif args.command == "stop":
+        submit.job_info(jobs, args.job)
+        jobs.stop_job(args.job)
+        print(f"stopping {args.job}")
+    elif args.command == "logs" or args.command == "submit":
+        if args.follow:
+            for chunk in submit.follow_logs(jobs, args.job):
+                print(chunk, end="", flush=True)
+        else:
+            submit.job_info(jobs, args.job)
+            print(jobs.get_job_logs(args.job), end="")
+        status = submit.job_info(jobs, args.job).status.value
+        if args.command == "submit" or args.follow:
+            print(f"job {args.job}: {status}")
+            return 0 if status == "SUCCEEDED" else 1
+    elif args.command == "results":
+        from synthray.sweep.runner import format_table, read_results
+
+        uri = submit.results_uri(jobs, args.target)
+        print(format_table(read_results(uri)))
+        print(f"results: {uri}")
+    return 0
 
 
 def _stage_weights(words: Sequence[str]) -> list[str]:
@@ -112,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "stage-weights":
             print("\n".join(_stage_weights(args.names)))
             return 0
+        if args.command in ("submit", "jobs", "logs", "stop", "results") or getattr(args, "submit", False):
+            return _cluster_command(args)
         if args.command == "export":
             from pathlib import Path
 

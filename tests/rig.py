@@ -108,3 +108,43 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900
     full.pop("PYTEST_CURRENT_TEST", None)
     return subprocess.run([sys.executable, "-m", "synthray", *args], cwd=cwd, env=full, capture_output=True, text=True,
                           timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def token_head(tmp_path_factory) -> Iterator[dict]:
+    """A `ray start --head` with token auth (RAY_AUTH_MODE=token) and its dashboard/job API on 127.0.0.1 only."""
+    import secrets
+    import signal
+    import urllib.request
+
+    token = secrets.token_hex(32)
+    port, dashboard = free_port(), free_port()
+    log = tmp_path_factory.mktemp("token-head") / "head.log"
+    bin_dir = os.path.dirname(sys.executable)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")  # jobs run `python` from this venv
+    with open(log, "w") as out:
+        proc = subprocess.Popen([os.path.join(bin_dir, "ray"), "start", "--head", f"--port={port}", "--num-cpus=8",
+                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
+                                 "--block"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/api/version", timeout=2)
+            break
+        except urllib.error.HTTPError:  # 401: up, and asking for the token
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"token-auth head did not start: {log.read_text()[-2000:]}")
+            time.sleep(1)
+    try:
+        yield {"url": url, "token": token}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(15)

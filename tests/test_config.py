@@ -64,7 +64,11 @@ def test_validation_names_the_problem(tmp_path, override, message):
 
 def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path):
     assert {"smoke", "paper"} <= set(list_experiments())
-    cfg = compose(["experiment=paper", f"storage={tmp_path}"])
+    cfg = compose(["experiment=paper"])
+    assert cfg.storage == "s3://my-bucket/synthray" and cfg.hub.cache == "s3://my-bucket/hub" and cfg.device == "gpu"
+    assert cfg.training.device == cfg.generation.device == cfg.metrics.device == cfg.probes.depth.device == "gpu"
+    # The example bucket and hub cache are placeholders: run it on local storage, with no staged weights.
+    cfg = compose(["experiment=paper", f"storage={tmp_path}", "hub.cache=null"])
     assert len(trials(cfg)) == 3 * 1 * 4 * 3
     with pytest.raises(SynthrayError, match="real data folder not found"):
         validate(cfg)
@@ -75,11 +79,10 @@ def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path):
     for wnid in load_classes("tiny-imagenet-200")["id"]:
         (root / "train" / wnid).mkdir(parents=True)
         (root / "val" / wnid).mkdir(parents=True)
-    cfg = compose(["experiment=paper", f"storage={tmp_path}/runs", f"data.root={root}", "grid.generator=[sd15]"])
-    with pytest.raises(SynthrayError, match="not in the local Hugging Face cache"):
-        validate(cfg)
-    cfg = compose(["experiment=paper", f"storage={tmp_path}/runs", f"data.root={root}", "grid.generator=[sd15]",
-                   f"generators.sd15.model={tmp_path}/missing"])
-    with pytest.raises(SynthrayError, match="generator weights not found"):
-        validate(cfg)
+    paper = ["experiment=paper", f"storage={tmp_path}/runs", "hub.cache=null", f"data.root={root}", "grid.generator=[sd15]"]
+    with pytest.raises(SynthrayError, match="not in the local Hugging Face cache; stage them .synthray stage-weights") as err:
+        validate(compose(paper))
+    assert "\n" not in str(err.value)
+    with pytest.raises(SynthrayError, match=f"generators.sd15.model={tmp_path}/missing: not a diffusers save_pretrained folder"):
+        validate(compose([*paper, f"generators.sd15.model={tmp_path}/missing"]))
     assert not Path(tmp_path / "runs").exists()

@@ -4,6 +4,7 @@ from synthray.sweep.trial import run_point
 from tests.conftest import tiny_cfg
 
 
+@pytest.mark.slow
 def test_collapsed_control_has_low_coverage_and_transfers_worse_than_real_holdout(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=30", "recipe.epochs=12", "recipe.batch_size=32",
                    "metrics.max_samples=300")

@@ -90,6 +90,7 @@ def test_missing_weights_fail_early(tmp_path):
     assert not any(tmp_path.iterdir()), "the check writes nothing"
 
 
+@pytest.mark.slow
 def test_generation_stage_on_ray_data(ray_cluster, shared_storage, tmp_path):
     cfg = tiny_cfg(shared_storage, "generation.num_actors=2")
     ref = run_generation(cfg, "tiny-sd")
@@ -127,6 +128,7 @@ def test_quality_guard_flags_nan_and_black():
     assert to_uint8(Image.new("RGB", (4, 4)))[1] == "black"
 
 
+@pytest.mark.slow
 def test_generation_fails_past_the_bad_fraction(ray_cluster, shared_storage, tmp_path):
     """A pipeline whose VAE decodes everything to black (as a safety checker would) fails the stage, counted."""
     import torch
@@ -148,6 +150,7 @@ def test_generation_fails_past_the_bad_fraction(ray_cluster, shared_storage, tmp
     assert not art.is_complete() and len(shard_files(art.file("data"))) == 2, "the shards stay, uncommitted"
 
 
+@pytest.mark.slow
 def test_killed_generation_resumes_byte_identical(ray_cluster, tmp_path):
     """Kill the driver (SIGKILL) while shards are being written, rerun, compare with an uninterrupted run."""
     import subprocess
@@ -181,6 +184,7 @@ def test_killed_generation_resumes_byte_identical(ray_cluster, tmp_path):
     assert art.verify() == []
 
 
+@pytest.mark.slow
 def test_shards_are_readable_by_hf_datasets_and_export_to_imagefolder(ray_cluster, shared_storage, tmp_path):
     import datasets
 
@@ -200,6 +204,7 @@ def test_shards_are_readable_by_hf_datasets_and_export_to_imagefolder(ray_cluste
 TINY_TWINS = [name for name in tiny_cfg("/unused").generators if name.startswith("tiny-")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TINY_TWINS)
 def test_every_tiny_family_generates_through_the_ray_data_stage(ray_cluster, shared_storage, name):
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1")
@@ -223,6 +228,7 @@ def test_protocols():
         sampling_params(sd15, "fast")
 
 
+@pytest.mark.slow
 def test_png_and_stored_size(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1", "generation.image_format=png", "generation.stored_size=24")
     table = read_images(run_generation(cfg, "tiny-sd").uri)

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synthray.data.real import build, load_classes, real_artifact
+from synthray.data.real import build, load_classes, real_artifact, real_data
 from synthray.images import decode, read_images
 from synthray.registry import SynthrayError
 from synthray.sweep.plan import validate
@@ -12,9 +12,9 @@ from tests.conftest import tiny_cfg
 
 def test_digits_splits_are_real_deterministic_and_disjoint(tmp_path):
     cfg = tiny_cfg(tmp_path)
-    art = real_artifact(cfg)
-    art.build(lambda w: build(art.spec, w))
-    splits = {s: read_images(art.path / s) for s in ("train", "control", "test")}
+    art = real_data(cfg)
+    assert art.is_complete() and art.verify() == []
+    splits = {s: read_images(art.file(s)) for s in ("train", "control", "test")}
     assert sum(len(t) for t in splits.values()) == 1797  # every real digit, once
     ids = [set(t["id"]) for t in splits.values()]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
@@ -24,9 +24,10 @@ def test_digits_splits_are_real_deterministic_and_disjoint(tmp_path):
     assert img.size == (32, 32) and img.mode == "RGB"
     # Same spec in another storage root: the same bytes.
     other = real_artifact(tiny_cfg(tmp_path / "other"))
-    assert other.key == art.key
+    assert other.key == art.key and other.uri != art.uri
     other.build(lambda w: build(other.spec, w))
-    pd.testing.assert_frame_equal(read_images(other.path / "test"), splits["test"])
+    pd.testing.assert_frame_equal(read_images(other.file("test")), splits["test"])
+    assert other.manifest()["files"] == art.manifest()["files"]  # every file, byte for byte
 
 
 def test_class_list_errors(tmp_path):
@@ -58,7 +59,7 @@ def test_imagefolder_loader(tmp_path):
     art = real_artifact(cfg)
     art.build(lambda w: build(art.spec, w))
     assert art.meta()["counts"] == {"train": 4, "control": 4, "test": 8}
-    test = read_images(art.path / "test")
+    test = read_images(art.file("test"))
     assert decode(test["image"][0]).size == (24, 24)
     assert sorted(set(test["class_id"])) == ["n01", "n02"]
 
@@ -105,7 +106,7 @@ def test_parquet_source_reads_a_hugging_face_datasets_export(tmp_path):
     art = real_artifact(cfg)
     art.build(lambda w: build(art.spec, w))
     assert art.meta()["counts"] == {"train": 4, "control": 4, "test": 4}
-    test = read_images(art.path / "test")
+    test = read_images(art.file("test"))
     assert sorted(set(zip(test["class_id"], test["label"]))) == [("n01", 0), ("n03", 1)]
     assert decode(test["image"][0]).size == (16, 16)
 

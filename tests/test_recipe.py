@@ -23,13 +23,20 @@ def test_paper_recipe_numbers_come_from_its_config_file():
 
 
 def test_changing_a_recipe_value_changes_the_model_key(tmp_path):
+    from synthray.artifacts import Artifact, DatasetRef, Store
     from synthray.training.trainer import model_artifact
 
-    keys = {model_artifact(compose([f"storage={tmp_path}", *o]), "tiny-cnn", "d", 10, "").key
-            for o in ([], ["recipe.epochs=7"], ["recipe.lr=1e-4"], ["recipe=paper"])}
+    data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")
+
+    def key(*overrides):
+        return model_artifact(compose([f"storage={tmp_path}", *overrides]), "tiny-cnn", data, 10, "").key
+
+    keys = {key(*o) for o in ([], ["recipe.epochs=7"], ["recipe.lr=1e-4"], ["recipe=paper"])}
     assert len(keys) == 4
-    same = model_artifact(compose([f"storage={tmp_path}", "training.max_failures=3"]), "tiny-cnn", "d", 10, "").key
-    assert same in keys, "execution settings that cannot change the weights stay out of the key"
+    for execution in (["training.max_failures=3"], [f"storage={tmp_path / 'elsewhere'}"], ["lease_s=5"]):
+        assert key(*execution) in keys, f"{execution} cannot change the weights, so it stays out of the key"
+    # The device sets the numerics (bf16 autocast, channels-last on GPU): part of the key, read from config only.
+    assert key("device=gpu") not in keys and key("device=gpu") == key("training.device=gpu")
 
 
 def test_paper_schedule_warms_up_per_step_then_cosines_to_the_floor():

@@ -6,9 +6,14 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
+from pathlib import Path
 
-from synthray.sweep.runner import find_sweep, run_sweep
+import pandas as pd
+import pytest
+
+from synthray import storage
+from synthray.artifacts import MANIFEST
+from synthray.sweep.runner import find_sweep, read_results, run_sweep
 from synthray.sweep.trial import RESULT_COLUMNS
 from tests.conftest import TINY, tiny_cfg
 
@@ -21,11 +26,14 @@ def _mtimes(folder):
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
     cfg = tiny_cfg(tmp_path, *GRID)
     table, path = run_sweep(cfg)
-    assert path.is_file() and path.parent.parent == tmp_path / "sweeps"
-    stored = pd.read_parquet(path)
+    assert isinstance(path, str) and Path(path).is_file() and Path(path).parents[1] == tmp_path / "sweeps"
+    assert find_sweep(str(tmp_path), None) == storage.parent(path)
+    stored = read_results(path)
+    pd.testing.assert_frame_equal(stored, pd.read_parquet(path))  # plain pandas reads it too
     assert len(stored) == 4 and set(RESULT_COLUMNS) - {"released"} <= set(stored.columns)
     assert (stored["status"] == "done").all()
     rgb = stored[stored["probe"] == "rgb"].set_index("generator")
@@ -35,7 +43,7 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
     for col in ("synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc", "coverage"):
         assert stored[col].between(0, 1).all()
     # One dataset per generator and one real-trained model per probe, shared by the trials that need them.
-    assert len(list((tmp_path / "synthetic").glob("*/_SUCCESS"))) == 2
+    assert len(list((tmp_path / "synthetic").glob(f"*/{MANIFEST}"))) == 2
     real_models = stored.groupby("probe")["real_model"].nunique()
     assert (real_models == 1).all()
 
@@ -45,33 +53,37 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
     pd.testing.assert_frame_equal(again.reset_index(drop=True), table.reset_index(drop=True))
 
 
+@pytest.mark.slow
 def test_stopped_sweep_resumes(ray_cluster, tmp_path):
     """`synthray run` stopped with Ctrl-C (SIGINT) midway, then `synthray resume`, as a user would."""
     env = dict(os.environ, RAY_ADDRESS=ray_cluster)
-    args = [f"storage={tmp_path}", *TINY, "grid.generator=[real-holdout,tiny-sd]", "tune.max_concurrent_trials=1", "recipe.epochs=3"]
+    # lease_s: the claims of the stopped trial lapse after 5 s instead of 2 minutes, so resume need not wait.
+    args = [f"storage={tmp_path}", *TINY, "grid.generator=[real-holdout,tiny-sd]", "tune.max_concurrent_trials=1", "recipe.epochs=3",
+            "lease_s=5"]
     run = subprocess.Popen([sys.executable, "-m", "synthray", "run", *args], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not list(tmp_path.glob("results/*/_SUCCESS")) and time.time() < deadline and run.poll() is None:
+    while not list(tmp_path.glob(f"results/*/{MANIFEST}")) and time.time() < deadline and run.poll() is None:
         time.sleep(1)  # stop once the first trial is complete and the second is under way
     assert run.poll() is None, run.stdout.read()
-    first = list(tmp_path.glob("results/*/_SUCCESS"))
+    first = list(tmp_path.glob(f"results/*/{MANIFEST}"))
     assert len(first) == 1
     run.send_signal(signal.SIGINT)
     out, _ = run.communicate(timeout=120)
     assert run.returncode != 0 and "synthray resume" in out
-    assert len(list(tmp_path.glob("results/*/_SUCCESS"))) == 1
+    assert len(list(tmp_path.glob(f"results/*/{MANIFEST}"))) == 1
     mtime = first[0].stat().st_mtime_ns
 
     resumed = subprocess.run([sys.executable, "-m", "synthray", "resume", f"storage={tmp_path}"], env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming sweep" in resumed.stdout + resumed.stderr
-    table = pd.read_parquet(find_sweep(tmp_path, None) / "results.parquet")
+    table = read_results(storage.join(find_sweep(str(tmp_path), None), "results.parquet"))
     assert (table["status"] == "done").all() and len(table) == 2
     assert first[0].stat().st_mtime_ns == mtime, "the finished trial was not redone"
 
 
+@pytest.mark.slow
 def test_every_probe_and_encoder_runs_through_the_sweep(ray_cluster, tmp_path):
     """`experiment=probes` shrunk: depth (tiny Depth-Anything on an actor pool) and texture (BagNet-9
     on random patches), with pixels, CLIP, DINOv2 and Inception features and CLIPScore. rgb and highpass go

@@ -28,6 +28,7 @@ def test_architectures_build_and_run(name):
     assert count_parameters(model) > 0
 
 
+@pytest.mark.slow
 def test_train_stage_learns_and_is_reused(ray_cluster, shared_storage, caplog):
     cfg = tiny_cfg(shared_storage, "recipe.epochs=6", "recipe.batch_size=16")
     real = real_data(cfg)
@@ -46,6 +47,7 @@ def test_train_stage_learns_and_is_reused(ray_cluster, shared_storage, caplog):
     assert any("reused models" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_timm_model_trains_one_step(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage, "recipe.epochs=1")
     real = real_data(cfg)
@@ -71,6 +73,7 @@ train(compose(sys.argv[3:]), "tiny-cnn", data, 10, label="to be killed")
 """
 
 
+@pytest.mark.slow
 def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, shared_storage, tmp_path):
     """SIGKILL a training driver in the middle of an epoch, rerun it: the final (and best) weights equal, bit
     for bit, those of a run that was never stopped (CPU, fixed seeds)."""
@@ -109,6 +112,7 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, sha
 STUDY_ARCHS = ["resnet50", "vit_tiny_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224", "bagnet9"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", STUDY_ARCHS)
 def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, shared_storage, tmp_path, arch):
     """Each architecture of the study takes one real optimiser step at 224 px inside a TorchTrainer on CPU."""
@@ -128,6 +132,7 @@ def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, share
     assert load_model(art)(torch.zeros(1, 3, 224, 224)).shape == (1, 10)
 
 
+@pytest.mark.slow
 def test_two_workers_with_accumulation_keep_the_global_batch(ray_cluster, shared_storage, tmp_path):
     """DDP over 2 CPU workers x 2 micro-batches: one optimiser step per 16 images, as with one worker."""
     real = real_data(tiny_cfg(shared_storage))

@@ -50,7 +50,9 @@ def init_ray(cfg: Any) -> None:
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
             env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
+            # Inside a Ray Job the job's own runtime env already carries them (and its working dir must stay).
+            in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env and not in_job else None)
         else:
             start_local_ray(cfg.ray.num_cpus)
     from synthray.logs import setup_logging

@@ -1,0 +1,164 @@
+"""Sweeps from a laptop: submit, list, follow, stop and fetch results of Ray Jobs on a remote cluster.
+
+The laptop needs no GPU and no Ray cluster of its own: it talks to the head's job API (`--address`, else
+`$RAY_ADDRESS`; through `ray dashboard cluster.yaml`, a port-forward to the head's 127.0.0.1:8265). Token auth:
+the token comes from `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or Ray's token file `~/.ray/auth_token`.
+
+A job packages the project's working dir (where `synthray submit` runs) with `experiments/` and any experiment file
+named on the command line, and runs `python -m synthray run ...` on the head. Secrets travel in the job's runtime
+env, taken from the laptop's environment: `HF_TOKEN` always, cloud credentials only with `--with-credentials`.
+They never go into a file, a log line or a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from synthray.registry import SynthrayError
+
+SECRETS = ("HF_TOKEN",)
+CLOUD_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                     "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
+# Never uploaded with the working dir: environments, run outputs, caches and version control.
+EXCLUDES = [".git", ".venv", "venv", ".whl", "synthray-runs", "__pycache__", "*.egg-info", ".pytest_cache", "build", "dist"]
+RESULTS_LINE = re.compile(r"^results: (\S+)$", re.M)
+
+
+def auth_token() -> str | None:
+    """The cluster token: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; None without one."""
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if token:
+        return token.strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token").expanduser()
+    return path.read_text().strip() if path.is_file() else None
+
+
+def client(address: str | None) -> Any:
+    """A `JobSubmissionClient` for `address` (or $RAY_ADDRESS) with the token; one line when unreachable or refused."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SynthrayError("no cluster address: pass --address http://127.0.0.1:8265 (after `ray dashboard cluster.yaml`) "
+                            "or set RAY_ADDRESS")
+    if "://" not in address:
+        address = f"http://{address}"
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        jobs = JobSubmissionClient(address, headers=headers)
+        jobs.list_jobs()  # proves both the address and the token
+    except ConnectionError:
+        raise SynthrayError(f"cannot reach the Ray job API at {address}; is `ray dashboard cluster.yaml` running?") from None
+    except Exception as err:  # noqa: BLE001 - Ray raises several types for a refused token
+        if "401" in str(err) or "403" in str(err) or "uthentication" in type(err).__name__ + str(err):
+            raise SynthrayError(f"the cluster at {address} refused the token; set RAY_AUTH_TOKEN to the output of "
+                                "`ray get-auth-token` on the head") from None
+        raise SynthrayError(f"cannot use the Ray job API at {address}: {str(err).splitlines()[0]}") from None
+    return jobs
+
+
+def _check_storage_for_cluster(overrides: Sequence[str]) -> None:
+    """A submitted sweep's storage must be one the cluster reaches: a URI or an absolute path, never a relative one."""
+    from synthray.config import compose
+
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("storage=")]
+    if not given:
+        storage = compose(list(overrides)).storage
+        if "://" in storage:
+            return
+        raise SynthrayError("synthray submit needs storage=<URI or absolute path the cluster reaches>, "
+                            "e.g. storage=s3://my-bucket/synthray")
+    if "://" not in given[-1] and not Path(given[-1]).expanduser().is_absolute():
+        raise SynthrayError(f"storage={given[-1]} is relative to the laptop; give a URI or an absolute path the cluster reaches")
+
+
+def stage_working_dir(overrides: Sequence[str]) -> tuple[Path, list[str]]:
+    """Copy the working dir (less EXCLUDES) into a staging folder, with any experiment file named on the command line
+    placed in its `experiments/`; returns (folder, overrides with `experiment=<file>` rewritten to the name)."""
+    staging = Path(tempfile.mkdtemp(prefix="synthray-submit-"))
+    shutil.copytree(Path.cwd(), staging / "project", ignore=shutil.ignore_patterns(*EXCLUDES), dirs_exist_ok=True)
+    out = []
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key == "experiment" and value.endswith((".yaml", ".yml")):
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise SynthrayError(f"experiment file not found: {path}")
+            (staging / "project" / "experiments").mkdir(exist_ok=True)
+            shutil.copy(path, staging / "project" / "experiments" / path.name)
+            text = f"experiment={path.stem}"
+        out.append(text)
+    return staging / "project", out
+
+
+def submit(address: str | None, command: str, args: Sequence[str], with_credentials: bool = False) -> str:
+    """Submit `synthray <command> <args>` as a Ray Job; returns its submission id."""
+    from synthray.config import compose
+
+    if command == "run":
+        compose(list(args))  # a bad override fails here, on the laptop, in one line
+        _check_storage_for_cluster(args)
+    jobs = client(address)
+    folder, args = stage_working_dir(args) if command == "run" else (stage_working_dir([])[0], list(args))
+    names = SECRETS + (CLOUD_CREDENTIALS if with_credentials else ())
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+    try:
+        return jobs.submit_job(
+            entrypoint=shlex.join(["python", "-m", "synthray", command, *args]),
+            runtime_env={"working_dir": str(folder), "env_vars": env, "excludes": EXCLUDES},
+            metadata={"synthray": command},
+        )
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def job_info(jobs: Any, job: str) -> Any:
+    try:
+        return jobs.get_job_info(job)
+    except RuntimeError as err:
+        if "404" in str(err) or "does not exist" in str(err):
+            raise SynthrayError(f"no job '{job}' on this cluster; list them with: synthray jobs") from None
+        raise
+
+
+def list_jobs(jobs: Any) -> list[str]:
+    import time
+
+    rows = []
+    for info in sorted(jobs.list_jobs(), key=lambda j: j.start_time or 0):
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime((info.start_time or 0) / 1000))
+        rows.append(f"{info.submission_id or info.job_id:<28} {str(info.status.value):<10} {started}  {info.entrypoint[:80]}")
+    return rows or ["no jobs"]
+
+
+def follow_logs(jobs: Any, job: str) -> Iterator[str]:
+    """The job's log as it is written, until the job ends."""
+    job_info(jobs, job)
+    loop = asyncio.new_event_loop()
+    try:
+        agen = jobs.tail_job_logs(job)
+        while True:
+            try:
+                yield loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.close()
+
+
+def results_uri(jobs: Any, job: str) -> str:
+    """The `results.parquet` URI a finished job printed."""
+    info = job_info(jobs, job)
+    found = RESULTS_LINE.findall(jobs.get_job_logs(job))
+    if not found:
+        raise SynthrayError(f"job {job} has not printed its results yet (status {info.status.value}); "
+                            f"follow it with: synthray logs {job} --follow")
+    return found[-1]
