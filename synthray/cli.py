@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     rsl.add_argument("target", help="a job id, a sweep name (with storage=...) or a sweep folder URI")
     rsl.add_argument("overrides", nargs="*", help="storage=<uri> for a sweep name")
     _cluster_args(rsl)
+    pln = sub.add_parser("plan", help="dry run: trials, what is reused, GPU-hours and peak GPUs; launches nothing",
+                         description="Takes run's overrides; starts no Ray, builds and writes nothing. Reuse is read from "
+                                     "storage when it is reachable (else every trial counts as to run). Needs no weights.")
+    pln.add_argument("overrides", nargs="*", help="key=value overrides, as for run")
+    pln.add_argument("--throughputs", metavar="YAML", help="throughput figures (default: synthray/conf/throughputs.yaml)")
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("what", choices=LISTABLE)
     exp = sub.add_parser("export", help="write a synthetic dataset as an ImageFolder tree")
@@ -194,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             count = export_imagefolder(args.dataset, Path(args.out))
             print(f"exported {count} images to {args.out}")
+            return 0
+        if args.command == "plan":
+            from synthray.sweep.cost import plan_lines
+
+            print("\n".join(plan_lines(args.overrides, args.throughputs)))
             return 0
         from synthray.sweep.runner import format_table, resume_sweep, run_sweep
 

@@ -148,3 +148,78 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(15)
+
+
+class LocalAutoscalingCluster:
+    """Ray's fake multi-node autoscaler (`ray.cluster_utils.AutoscalingCluster`'s mechanism) with a config of our own:
+    the pip wheel lacks the base config it reads, and its start/shutdown run `ray stop --force`, which would kill
+    every other Ray on this machine. This one starts the head as its own process group and stops only that."""
+
+    def __init__(self, head_cpus: int, worker_types: dict, idle_timeout_minutes: float, env: dict):
+        self.port, self.dashboard = free_port(), free_port()
+        import ray._private.services
+
+        self.address = f"{ray._private.services.get_node_ip_address()}:{self.port}"
+        self.config = {
+            "cluster_name": "synthray-fake", "max_workers": sum(t["max_workers"] for t in worker_types.values()),
+            "upscaling_speed": 1.0, "idle_timeout_minutes": idle_timeout_minutes,
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                         "disable_launch_config_check": True, "gcs_address": self.address},
+            "auth": {}, "head_node_type": "ray.head.default",
+            "available_node_types": {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+                                     **worker_types},
+            "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+            "initialization_commands": [], "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [],
+            "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        }
+        import secrets
+
+        # Token auth, as on a real cluster: clients (the CLI, `nodes`) get the token through `client_env`.
+        self.client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.env, self.head_cpus, self.proc = dict(env, **self.client_env), head_cpus, None
+
+    def start(self, workdir: Path) -> None:
+        import json
+
+        config = workdir / "autoscaler.json"
+        config.write_text(json.dumps(self.config))
+        bin_dir = os.path.dirname(sys.executable)
+        env = dict(os.environ, AUTOSCALER_UPDATE_INTERVAL_S="1", RAY_FAKE_CLUSTER="1", **self.env,
+                   PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        with open(workdir / "head.log", "w") as out:
+            self.proc = subprocess.Popen(
+                [os.path.join(bin_dir, "ray"), "start", "--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
+                 "--num-gpus=0", f"--autoscaling-config={config}", "--dashboard-host=127.0.0.1",
+                 f"--dashboard-port={self.dashboard}", "--disable-usage-stats", "--block"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while not nodes(self.address, self.client_env):
+            if time.time() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"autoscaling head did not start: {(workdir / 'head.log').read_text()[-2000:]}")
+            time.sleep(2)
+
+    def shutdown(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(15)
+
+
+def nodes(address: str, env: dict | None = None) -> list[dict]:
+    """`ray.nodes()` of the cluster at `address`, dead ones included, from a fresh process ([] if unreachable)."""
+    import json
+
+    code = ("import json, ray\n"
+            f"ray.init(address='{address}', log_to_driver=False)\n"
+            "print('NODES' + json.dumps([{'alive': n['Alive'], 'resources': n['Resources']} for n in ray.nodes()]))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **(env or {})))
+    for line in done.stdout.splitlines():
+        if line.startswith("NODES"):
+            return json.loads(line[5:])
+    return []

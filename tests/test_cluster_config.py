@@ -1,22 +1,314 @@
-"""cluster.yaml is checked against the autoscaler schema that ships with the pinned Ray."""
+"""The cluster configs (cluster.yaml on AWS, cluster-gcp.yaml on GCP) and the one pinned constraints file they install
+against (constraints/cluster.txt).
 
+Offline and fast: no network, no cloud API. First Ray's own preparation and validation of each config, then the
+rules the configs promise: nothing listens on all interfaces, token auth everywhere, GPU workers from zero on spot
+with an on-demand fallback, a CPU head, the GPU image of our Ray, and every pip install pinned.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import socket
+import tomllib
+from functools import lru_cache
 from pathlib import Path
 
-import jsonschema
+import pytest
 import ray
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_FILES = ["cluster.yaml", "cluster-gcp.yaml"]
+CONSTRAINTS = ROOT / "constraints" / "cluster.txt"
+# Every command list a config can carry; each must be set in our files, or Ray's defaults.yaml fills it in (with an
+# unpinned `pip install` and a dashboard on all interfaces).
+COMMAND_LISTS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                 "head_start_ray_commands", "worker_start_ray_commands")
 
 
-def test_cluster_yaml_is_a_valid_autoscaler_config():
-    import json
+@lru_cache
+def _text(name: str) -> str:
+    return (ROOT / name).read_text()
 
-    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    jsonschema.validate(config, schema)
-    head = config["available_node_types"][config["head_node_type"]]
-    assert "GPU" not in head["node_config"]["InstanceType"] and head.get("resources", {}).get("GPU", 0) == 0
-    workers = [n for name, n in config["available_node_types"].items() if name != config["head_node_type"]]
-    assert workers and all(n["min_workers"] == 0 for n in workers), "GPU workers autoscale from zero"
-    assert config["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-") and "-gpu" in config["docker"]["image"]
+
+def raw(name: str) -> dict:
+    return copy.deepcopy(yaml.safe_load(_text(name)))
+
+
+@lru_cache
+def _prepared(name: str) -> dict:
+    from ray.autoscaler._private.util import prepare_config
+
+    return prepare_config(raw(name))
+
+
+def prepared(name: str) -> dict:
+    return copy.deepcopy(_prepared(name))
+
+
+def head_and_workers(config: dict) -> tuple[dict, dict[str, dict]]:
+    types = config["available_node_types"]
+    head = config["head_node_type"]
+    return types[head], {k: v for k, v in types.items() if k != head}
+
+
+def is_aws(config: dict) -> bool:
+    return config["provider"]["type"] == "aws"
+
+
+def is_spot(config: dict, node_type: dict) -> bool:
+    node = node_type["node_config"]
+    if is_aws(config):
+        return node.get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    scheduling = node.get("scheduling", {})
+    if isinstance(scheduling, list):  # Ray's own GCP examples write it as a list of one-key maps
+        scheduling = {k: v for item in scheduling for k, v in item.items()}
+    return scheduling.get("provisioningModel") == "SPOT" or bool(scheduling.get("preemptible"))
+
+
+def machine(config: dict, node_type: dict) -> str:
+    return node_type["node_config"]["InstanceType" if is_aws(config) else "machineType"]
+
+
+def the_ray_start(commands: list[str]) -> str:
+    starts = [c for c in commands if re.search(r"\bray start\b", c)]
+    assert len(starts) == 1, f"expected one `ray start` command, got {starts}"
+    return starts[0]
+
+
+def pip_installs(config: dict) -> list[list[str]]:
+    """The argument lists of every `pip install` in any command list of `config` (split at shell separators)."""
+    found = []
+    for key in COMMAND_LISTS:
+        for command in config.get(key, []):
+            for part in re.split(r"&&|\|\||;|\n", command):
+                if re.search(r"\bpip3?\s+install\b", part):
+                    found.append(shlex.split(part))
+    for node_type in config["available_node_types"].values():
+        for key in ("initialization_commands", "worker_setup_commands"):
+            for command in node_type.get(key, []):
+                for part in re.split(r"&&|\|\||;|\n", command):
+                    if re.search(r"\bpip3?\s+install\b", part):
+                        found.append(shlex.split(part))
+    return found
+
+
+def constraint_files(args: list[str]) -> list[str]:
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("-c", "--constraint") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--constraint="):
+            files.append(arg.split("=", 1)[1])
+        elif arg.startswith("-c") and len(arg) > 2:
+            files.append(arg[2:])
+    return files
+
+
+def pins() -> dict[str, str]:
+    """The constraints file as {canonical name: version}; every line must be an exact `name==version` pin."""
+    out = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)", line)
+        assert match, f"constraints/cluster.txt: '{line}' is not an exact name==version pin"
+        name = canonicalize_name(match.group(1))
+        assert name not in out, f"constraints/cluster.txt pins {name} twice"
+        out[name] = match.group(2)
+    return out
+
+
+@pytest.fixture(params=CLUSTER_FILES)
+def name(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a connection or resolve a name fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cluster config check tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+# 1. Ray's own checks.
+
+
+def test_passes_rays_prepare_config_and_validate_config(name, offline):
+    """What `ray up` does with the file, minus the steps that need the cloud.
+
+    `ray up` (commands._bootstrap_config) runs prepare_config, then the provider's
+    fillout_available_node_types_resources (AWS: EC2 DescribeInstanceTypes; GCP: TPU fields only, and its module
+    needs googleapiclient), then validate_config, then the provider's bootstrap_config (AWS: IAM, key pair, subnets,
+    security groups, AMI; GCP: project, service account, key pair, subnet), all of which call the cloud. Only the two
+    provider steps are skipped here; they cannot run offline. prepare_config itself is offline: it merges the
+    provider's defaults.yaml shipped with Ray (read from disk), merges setup commands, checks the docker section and
+    fills per-type worker counts, and this test fails if it opens a connection. Our node types declare their
+    resources, so the skipped fill-out step would change nothing that validate_config checks.
+    """
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = raw(name)
+    missing = [key for key in COMMAND_LISTS if key not in config]
+    assert not missing, f"{name} leaves {missing} to Ray's defaults"
+    ready = prepare_config(config)
+    validate_config(ready)
+    assert ready["head_setup_commands"] == config["setup_commands"] + config["head_setup_commands"]
+    assert ready["worker_setup_commands"] == config["setup_commands"] + config["worker_setup_commands"]
+    assert ready["available_node_types"][ready["head_node_type"]]["max_workers"] == 0
+
+
+# 2. Security and scheduling.
+
+
+def test_nothing_listens_on_all_interfaces(name):
+    assert "0.0.0.0" not in _text(name)
+    assert "0.0.0.0" not in json.dumps(prepared(name)), "a Ray default brought 0.0.0.0 back"
+
+
+def test_dashboard_and_job_api_on_the_heads_loopback_only(name):
+    start = the_ray_start(prepared(name)["head_start_ray_commands"])
+    assert "--head" in start
+    assert re.findall(r"--dashboard-host[= ](\S+)", start) == ["127.0.0.1"]
+
+
+def test_token_auth_on_head_and_workers(name):
+    config = prepared(name)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = the_ray_start(config[key])
+        assert "RAY_AUTH_MODE=token" in start, f"{key}: `ray start` without RAY_AUTH_MODE=token"
+        assert start.index("RAY_AUTH_MODE=token") < start.index("ray start"), f"{key}: set before `ray start`"
+    # Every node gets Ray's token file from the laptop's (file_mounts); the token itself is never in the config.
+    assert config["file_mounts"].get("/home/ray/.ray/auth_token") == "~/.ray/auth_token"
+    assert not re.search(r"RAY_AUTH_TOKEN\s*[=:]", _text(name))
+
+
+def test_gpu_workers_start_from_zero_on_spot_with_an_on_demand_fallback(name):
+    config = prepared(name)
+    _, workers = head_and_workers(config)
+    assert workers
+    for key, node_type in workers.items():
+        assert node_type.get("resources", {}).get("GPU", 0) >= 1, f"{key}: declare its GPUs to scale up from zero"
+        assert node_type["min_workers"] == 0, f"{key}: GPU workers start from zero"
+    spot = {k: v for k, v in workers.items() if is_spot(config, v)}
+    on_demand = {k: v for k, v in workers.items() if not is_spot(config, v)}
+    assert spot and on_demand
+    for key, node_type in spot.items():
+        fallbacks = [k for k, v in on_demand.items()
+                     if machine(config, v) == machine(config, node_type) and v["resources"] == node_type["resources"]]
+        assert fallbacks, f"{key}: no on-demand type of the same machine to fall back to"
+        for fallback in fallbacks:  # autoscaler v2 prefers the higher priority among equal fits
+            assert on_demand[fallback].get("priority", 0) < node_type.get("priority", 0), (key, fallback)
+
+
+def test_head_has_no_gpu(name):
+    config = prepared(name)
+    head, _ = head_and_workers(config)
+    assert head["resources"].get("GPU") == 0, "declare GPU: 0 so no GPU request is ever placed on the head"
+    node = head["node_config"]
+    if is_aws(config):
+        assert not re.match(r"(g|gr|p|inf|trn|dl)\d", node["InstanceType"]), node["InstanceType"]
+    else:
+        assert not node.get("guestAccelerators")
+        assert not re.match(r"(a\d|g\d|ct\d|tpu)", node["machineType"]), node["machineType"]
+
+
+def test_docker_image_is_the_gpu_image_of_our_ray(name):
+    config = prepared(name)
+    image = config["docker"]["image"]
+    assert re.fullmatch(rf"rayproject/ray:{re.escape(ray.__version__)}-py3\d+-gpu", image), image
+    assert "ray-ml" not in _text(name).replace("ray-ml is discontinued", "")
+    assert not {"head_image", "worker_image"} & set(config["docker"])
+    for node_type in config["available_node_types"].values():
+        assert "worker_image" not in node_type.get("docker", {})
+    assert any(opt.startswith("--shm-size") for opt in config["docker"]["run_options"])
+
+
+def test_every_pip_install_uses_the_constraints_file(name):
+    config = prepared(name)
+    installs = pip_installs(config)
+    assert installs, "the project is installed on every node"
+    mounts = {remote.rstrip("/"): local for remote, local in config["file_mounts"].items()}
+    for args in installs:
+        files = constraint_files(args)
+        assert files, f"pip install without -c: {shlex.join(args)}"
+        for remote in files:
+            # The node's path maps back, through file_mounts, to constraints/cluster.txt in this repository.
+            local = [ROOT / local / Path(remote).relative_to(mount)
+                     for mount, local in mounts.items() if remote.startswith(mount + "/")]
+            assert local and local[0].resolve() == CONSTRAINTS.resolve(), remote
+        packages = [a for a in args if not a.startswith("-") and a not in files and a not in ("pip", "pip3", "install")]
+        assert not [p for p in packages if re.match(r"torch\b", p)], f"torch must come from the pin: {shlex.join(args)}"
+    assert not re.search(r"pip3?\s+install[^\n;&|]*\btorch\b", _text(name)), "no bare `pip install torch`"
+    assert any("-e" in args for args in installs), "the submitted working dir is installed (pip install -e)"
+
+
+def test_nodes_use_only_the_network_rules_the_file_documents(name):
+    """Ray would otherwise pick the network itself: on AWS a group it creates, with SSH open to every address; on
+    GCP the project's first subnet, whose default firewall opens SSH to every address too."""
+    config = prepared(name)
+    for key, node_type in config["available_node_types"].items():
+        node = node_type["node_config"]
+        if is_aws(config):
+            assert node.get("SecurityGroupIds"), f"{key}: name the cluster's security group"
+        else:
+            assert all(nic.get("subnetwork") for nic in node.get("networkInterfaces", [])) and node.get(
+                "networkInterfaces"), f"{key}: name the cluster's subnet"
+            assert node.get("tags", {}).get("items"), f"{key}: the firewall rules match a network tag"
+    assert "security_group" not in config["provider"]
+    assert "--port 22" in _text(name) or "tcp:22" in _text(name), "document the SSH-only inbound rule"
+
+
+def test_nodes_get_a_current_gpu_driver_bucket_access_and_node_local_scratch(name):
+    config = prepared(name)
+    head, workers = head_and_workers(config)
+    for key, node_type in config["available_node_types"].items():
+        node = node_type["node_config"]
+        if is_aws(config):
+            # Ray replaces an empty ImageId (or "latest_dlami") with its default AMI, whose driver is too old.
+            assert node.get("ImageId", "").lower() not in ("", "latest_dlami"), key
+            assert node.get("IamInstanceProfile"), f"{key}: S3 access through an instance profile"
+        else:
+            boot = [d for d in node["disks"] if d.get("boot")]
+            assert boot[0]["initializeParams"]["sourceImage"].startswith(
+                "projects/deeplearning-platform-release/global/images/family/"), key
+            if node_type is not head:
+                scopes = [s for account in node.get("serviceAccounts", []) for s in account["scopes"]]
+                assert any(s.endswith(("/devstorage.read_write", "/devstorage.full_control", "/cloud-platform"))
+                           for s in scopes), f"{key}: a service account with storage scope"
+    env = dict(opt[3:].split("=", 1) for opt in config["docker"]["run_options"] if opt.startswith("-e "))
+    scratch = env["SYNTHRAY_SCRATCH"]
+    assert env["HF_HOME"].startswith(scratch + "/")
+    assert env["RAY_AUTH_MODE"] == "token"
+    volumes = [opt[3:].split(":")[1] for opt in config["docker"]["run_options"] if opt.startswith("-v ")]
+    assert any(scratch.startswith(v.rstrip("/") + "/") for v in volumes), "the scratch folder lives on the VM's disk"
+    assert any(scratch.rsplit("/", 1)[0] in c for c in config["initialization_commands"]), "scratch is set up"
+
+
+# 3. The constraints file.
+
+
+def test_constraints_pin_our_ray_and_every_direct_dependency():
+    pinned = pins()
+    assert pinned["ray"] == ray.__version__
+    assert {"torch", "torchvision"} <= set(pinned)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for text in project:
+        requirement = Requirement(text)
+        key = canonicalize_name(requirement.name)
+        assert key in pinned, f"{requirement.name} is a dependency but not pinned in constraints/cluster.txt"
+        assert requirement.specifier.contains(pinned[key], prereleases=True), (
+            f"constraints/cluster.txt pins {key}=={pinned[key]}, outside pyproject.toml's {text!r}")

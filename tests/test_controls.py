@@ -1,5 +1,7 @@
 """The control generators show the study's mechanism on the embedded digits: what matters is coverage."""
 
+import pytest
+
 from synthray.sweep.trial import run_point
 from tests.conftest import tiny_cfg
 

@@ -34,7 +34,8 @@ class Figure:
     source: str
 
     def __str__(self) -> str:
-        return f"{self.img_s:g} img/s, {self.device}, {self.source}"
+        rate = f"{self.img_s:.3g}" if self.img_s < 1000 else f"{self.img_s:.0f}"
+        return f"{rate} img/s, {self.device}, {self.source}"
 
 
 @dataclass
@@ -104,6 +105,10 @@ def _gpus(device: Any, per: Any) -> float:
     return float(per) if str(device) == "gpu" else 0.0
 
 
+def _pool(n: int, what: str, gpus: float) -> str:
+    return f"{n} {what}{'s' if n != 1 else ''} x {gpus:g} GPU"
+
+
 def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collection[str] | Callable[[str], bool] | None = None,
              real: dict[str, int] | None = None, notes: list[str] | None = None) -> list[Row]:
     """The cost of the grid's work that is not reused, one Row per stage and name.
@@ -128,13 +133,13 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
     real = real or {"train": n_synth, "test": n_synth // 10}
     shards = max(1, math.ceil(n_synth / int(g.shard_size)))
     todo = [p for p in points if not done("/".join(p.values()))]
-    pairs = sorted({(p["generator"], p["prompt_style"]) for p in todo}, key=lambda pair: str(pair))
+    pairs = sorted({(p["generator"], p["prompt_style"]) for p in todo})  # datasets some unfinished trial needs
     rows: list[Row] = []
 
     for name in axes["generator"]:
         entry = generator_entry(cfg, name)
         params = sampling_params(entry, str(g.protocol))
-        new = [s for s in axes["prompt_style"] if not done(f"{name}/{s}")]
+        new = [s for s in axes["prompt_style"] if (name, s) in pairs and not done(f"{name}/{s}")]
         work = f"{len(new)} dataset(s) x {n_synth:,} images"
         if entry["kind"] != "diffusers":
             rows.append(Row("generate", name, work + " (control: real images, CPU)", len(new) * n_synth, None))
@@ -148,7 +153,7 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
                 fig = Figure(fig.img_s * scale, fig.device, f"{fig.source}; scaled to {params['steps']} steps at {params['resolution']} px")
         actors = _actors(g, shards)
         rows.append(Row("generate", name, work, len(new) * n_synth, fig, len(new), actors * _gpus(g.device, g.gpus_per_actor),
-                        f"{actors} actors x {_gpus(g.device, g.gpus_per_actor):g} GPU"))
+                        _pool(actors, "actor", _gpus(g.device, g.gpus_per_actor))))
 
     for probe in axes["probe"]:
         if PROBES.get(probe).identity:
@@ -165,7 +170,7 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
         actors = _actors(section, shards)
         per = _gpus(section.get("device"), section.get("gpus_per_actor", 1))
         rows.append(Row("view", probe, work, images, figure(throughputs, "probes", probe, notes), len(views) + bool(users),
-                        actors * per, f"{actors} actors x {per:g} GPU"))
+                        actors * per, _pool(actors, "actor", per)))
 
     per_worker = int(t.num_workers) * _gpus(t.device, t.gpus_per_worker)
     for arch in axes["arch"]:
@@ -177,32 +182,35 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
         ep = "/".join(str(e) for e in sorted(set(epochs.values())))
         rows.append(Row("train", arch, f"{len(users)} synth x {n_synth:,} + {len(real_models)} real x {real['train']:,} images, {ep} epochs",
                         images, fig, len(users) + len(real_models), per_worker,
-                        f"{int(t.num_workers)} workers x {_gpus(t.device, t.gpus_per_worker):g} GPU"))
+                        _pool(int(t.num_workers), "worker", _gpus(t.device, t.gpus_per_worker))))
         if users:
             fwd = Figure(fig.img_s * FORWARD_SPEEDUP, fig.device, f"{FORWARD_SPEEDUP:g}x the training figure (forward only)") if fig else None
             rows.append(Row("evaluate", arch, f"{len(users)} trial(s) x ({n_synth:,} synth + 2 x {real['test']:,} real test images)",
                             len(users) * (n_synth + 2 * real["test"]), fwd))
 
     sample = int(m.max_samples)
-    sets = sorted({(p["generator"], p["prompt_style"], p["probe"]) for p in todo})
-    n_sets = len(sets) + len({p["probe"] for p in todo})  # each synthetic view, and the real train view of each probe
+    seen = lambda probe: "source" if PROBES.get(probe).identity else probe  # noqa: E731 - rgb, texture: the images themselves
+    sets = {(p["generator"], p["prompt_style"], seen(p["probe"])) for p in todo}
+    n_sets = len(sets) + len({seen(p["probe"]) for p in todo})  # each synthetic view, and the real train view of each probe
     feat_images = len(sets) * min(sample, n_synth) + (n_sets - len(sets)) * min(sample, real["train"])
     actors = max(1, int(m.get("num_actors", 1)))
     per = _gpus(m.device, m.gpus_per_actor)
     for i, enc in enumerate(e for e in encoder_names(cfg) if e != PIXELS):
         fig = figure(throughputs, "encoders", enc, notes) if m.device == "gpu" else None
         rows.append(Row("features", enc, f"{n_sets} feature set(s), up to {sample:,} images each", feat_images, fig,
-                        n_sets if i == 0 else 0, actors * per, f"{actors} actors x {per:g} GPU"))  # one pool runs every encoder
+                        n_sets if i == 0 else 0, actors * per, _pool(actors, "actor", per)))  # one pool runs every encoder
     if m.clipscore.model:
         fig = figure(throughputs, "encoders", "clip", notes) if m.device == "gpu" else None
         rows.append(Row("clipscore", "clip", f"{len(pairs)} dataset(s), up to {sample:,} images each",
-                        len(pairs) * min(sample, n_synth), fig, len(pairs), actors * per, f"{actors} actors x {per:g} GPU"))
+                        len(pairs) * min(sample, n_synth), fig, len(pairs), actors * per, _pool(actors, "actor", per)))
     return rows
 
 
 def peak_gpus(cfg: Any, rows: Sequence[Row]) -> dict[str, tuple[float, str]]:
     """GPUs each stage can request at once: min(its units, tune.max_concurrent_trials) x GPUs per unit, with words."""
-    n_trials = max(1, sum(1 for _ in _points(cfg)))
+    from synthray.sweep.plan import trials
+
+    n_trials = max(1, len(trials(cfg)))
     conc = int(cfg.tune.max_concurrent_trials or 0)
     conc = conc if conc > 0 else n_trials
     out = {}
@@ -216,16 +224,10 @@ def peak_gpus(cfg: Any, rows: Sequence[Row]) -> dict[str, tuple[float, str]]:
     return out
 
 
-def _points(cfg: Any) -> list[dict[str, str]]:
-    from synthray.sweep.plan import trials
-
-    return trials(cfg)
-
-
 def format_plan(cfg: Any, rows: Sequence[Row], notes: Sequence[str] = (), throughputs_path: str | Path | None = None) -> list[str]:
     """The cost table, the total in GPU-hours and the peak GPU demand, as plain text lines."""
     table = [("stage", "name", "work", "GPU-h", "figure (img/s on one GPU, device, source)")]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: STAGES.index(r.stage)):
         table.append((r.stage, r.name, r.work, f"{r.gpu_hours:.2f}", str(r.figure) if r.figure else "CPU: no GPU-hours"))
     widths = [max(len(row[i]) for row in table) for i in range(4)]
     lines = [f"cost of the work not reused, figures from {throughputs_path or THROUGHPUTS}:"]
@@ -287,6 +289,7 @@ def count_real(cfg: Any, real_meta: dict[str, Any] | None = None) -> tuple[dict[
 def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) -> list[str]:
     """Everything `synthray plan` prints: the grid, what is reused (when storage is reachable), cost and peak GPUs."""
     from synthray.config import compose
+    from synthray.data.real import load_classes
     from synthray.devices import check_device_name
     from synthray.generation.generators import generator_entry, sampling_params
     from synthray.generation.prompts import PROMPT_STYLES
@@ -311,7 +314,8 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) ->
     for probe in axes["probe"]:
         PROBES.get(probe)
 
-    shape = " x ".join(f"{len(v)} {k}" for k, v in axes.items())
+    words = {"generator": "generator", "prompt_style": "prompt style", "arch": "arch", "probe": "probe"}
+    shape = " x ".join(f"{len(v)} {words[k]}{'s' if len(v) != 1 else ''}" for k, v in axes.items())
     lines = [f"experiment {cfg.experiment}: {len(points)} trials ({shape}); dry run: nothing launched, nothing written"]
     lines += [f"  {k}: {', '.join(v)}" for k, v in axes.items()]
     reused, real_meta = None, None
@@ -336,7 +340,7 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) ->
     if real:
         notes.append(f"real images: train {real['train']:,}, test {real['test']:,} ({how})")
     else:
-        n = len(__import__("synthray.data.real", fromlist=["load_classes"]).load_classes(cfg.data.classes)) * int(cfg.prompts.n_per_class)
+        n = len(load_classes(cfg.data.classes)) * int(cfg.prompts.n_per_class)
         notes.append(f"real images: {how}; assumed train = classes x prompts.n_per_class = {n:,}, test = a tenth of that")
     notes.append("reuse is known per synthetic dataset and per trial result; views, models and feature sets are "
                  "counted unless every trial that uses them is complete")
