@@ -137,6 +137,7 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
             break
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
                 raise RuntimeError(f"token-auth head did not start: {log.read_text()[-2000:]}")
             time.sleep(1)
     try:
@@ -195,6 +196,7 @@ class LocalAutoscalingCluster:
         deadline = time.time() + 120
         while not nodes(self.address, self.client_env):
             if time.time() > deadline or self.proc.poll() is not None:
+                self.shutdown()
                 raise RuntimeError(f"autoscaling head did not start: {(workdir / 'head.log').read_text()[-2000:]}")
             time.sleep(2)
 

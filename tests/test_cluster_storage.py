@@ -135,3 +135,14 @@ def test_hf_token_reaches_workers_through_the_runtime_env(three_nodes, tmp_path)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "seen True" in done.stdout, done.stderr[-2000:]
     assert SECRET not in done.stdout + done.stderr
+
+
+def test_a_gpu_worker_without_cuda_fails_in_one_line(three_nodes, tmp_path):
+    """The cluster's fake GPUs have no CUDA behind them: a gpu-configured generation actor says so, once, clearly."""
+    from tests.conftest import TINY
+
+    done = run_cli("run", f"storage={tmp_path / 'runs'}", f"ray.address={three_nodes['address']}", *TINY,
+                   "grid.generator=[tiny-sd]", "generation.device=gpu", cwd=tmp_path)
+    assert done.returncode == 1
+    failed = [line for line in (done.stdout + done.stderr).splitlines() if "trial tiny-sd/classname/tiny-cnn/rgb failed:" in line]
+    assert len(failed) == 1 and "torch sees no CUDA device" in failed[0] and "set device=cpu" in failed[0], failed

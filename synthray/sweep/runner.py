@@ -42,12 +42,21 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     return ctx.address_info["gcs_address"]
 
 
+GPU_SETTINGS = ("generation.device", "training.device", "probes.depth.device", "metrics.device")
+
+
 def init_ray(cfg: Any) -> None:
     """Connect to `ray.address` / $RAY_ADDRESS, or start a local cluster."""
     import ray
 
     if not ray.is_initialized():
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if not address:
+            gpu = [k for k in GPU_SETTINGS if OmegaConf.select(cfg, k) == "gpu"]
+            if gpu and not _local_gpus():
+                # A local Ray has no autoscaler: a GPU request there would wait forever.
+                raise SynthrayError(f"{gpu[0]}=gpu, but this machine has no CUDA GPU and no cluster is given; "
+                                    "set device=cpu, or ray.address=<cluster> (or $RAY_ADDRESS)")
         if address:
             env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
             # Inside a Ray Job the job's own runtime env already carries them (and its working dir must stay).
@@ -58,6 +67,12 @@ def init_ray(cfg: Any) -> None:
     from synthray.logs import setup_logging
 
     setup_logging()
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def plan_summary(cfg: Any) -> list[str]:
@@ -105,8 +120,20 @@ def run_sweep(cfg: Any) -> tuple[pd.DataFrame, str]:
             failure_config=tune.FailureConfig(max_failures=int(cfg.tune.max_failures)), verbose=1,
         ),
     )
-    tuner.fit()
+    report_failures(tuner.fit())
     return collect(cfg, sweep_dir)
+
+
+def report_failures(results: Any) -> None:
+    """One line per failed trial: its own SynthrayError when it raised one, else the error's last line."""
+    for result in results:
+        if result.error is None:
+            continue
+        text = str(result.error)
+        mine = [line.split("SynthrayError:", 1)[1].strip() for line in text.splitlines() if "SynthrayError:" in line]
+        last = [line.strip() for line in text.splitlines() if line.strip()]
+        point = "/".join(str(result.config.get(axis, "?")) for axis in ("generator", "prompt_style", "arch", "probe"))
+        log.error("trial %s failed: %s", point, mine[-1] if mine else (last[-1] if last else type(result.error).__name__))
 
 
 def find_sweep(root: str, sweep: str | None) -> str:
@@ -142,7 +169,7 @@ def resume_sweep(root: str, sweep: str | None = None) -> tuple[pd.DataFrame, str
     for line in plan_summary(cfg):
         log.info(line)
     tuner = tune.Tuner.restore(path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
-    tuner.fit()
+    report_failures(tuner.fit())
     return collect(cfg, sweep_dir)
 
 
