@@ -186,8 +186,8 @@ def check_model(models: Models, name: str, use: str, setting: str) -> None:
         folder = Path(name).expanduser()
         try:
             check(folder)
-        except SynthrayError:
-            raise SynthrayError(f"{setting}={name}: not {what} (model weights not found)") from None
+        except SynthrayError as err:
+            raise SynthrayError(f"{setting}={name}: not {what} ({err})") from None
         return
     if kind == "uri":
         uri = storage.normalize(name)

@@ -1,6 +1,8 @@
 """The smoke sweep on a 3-node local Ray cluster with storage on a local S3 server, against a local-storage run.
 
-Every sweep runs as a user runs it: `synthray run|resume` in a fresh process, from an empty working folder.
+Every sweep runs as a user runs it: `synthray run|resume` in a fresh process, from an empty working folder. The
+smoke experiment is shrunk to test size (`SMALL`: fewer images and epochs) so the suite stays in its time budget;
+`SYNTHRAY_FULL_SMOKE=1 pytest -s tests/test_cluster_storage.py` runs the full-size smoke experiment instead.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import pytest
 
 from synthray import storage
 from synthray.artifacts import MANIFEST
+from tests.conftest import TINY
 from tests.rig import BUCKET, bucket_objects, run_cli, s3_server, three_nodes  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.slow
 
 SECRET = "hf_synthray_test_token_do_not_leak_7f3a"
+SMALL = [] if os.environ.get("SYNTHRAY_FULL_SMOKE") else [o for o in TINY if not o.startswith("recipe.epochs")] + ["recipe.epochs=4"]
 METRICS = ["generator", "synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc", "synth_to_real_acc_last",
            "best_epoch", "density", "coverage", "fd", "n_synthetic"]
 
@@ -46,7 +50,7 @@ def local_run(tmp_path_factory):
     """The smoke sweep on local storage and a plain local Ray (no GPUs): the reference."""
     work = tmp_path_factory.mktemp("local-cwd")
     root = tmp_path_factory.mktemp("local-storage")
-    done = run_cli("run", f"storage={root}", cwd=work)
+    done = run_cli("run", f"storage={root}", *SMALL, cwd=work)
     assert done.returncode == 0, done.stderr[-3000:]
     table = _results(done.stdout)
     return {"root": str(root), "table": table, "digests": _digests(table, str(root))}
@@ -54,7 +58,7 @@ def local_run(tmp_path_factory):
 
 def test_rerun_on_a_cluster_with_gpus_recomputes_nothing(local_run, three_nodes, tmp_path):
     """Keys depend on the spec alone: the same sweep against a cluster that reports 2 GPUs reuses everything."""
-    done = run_cli("run", f"storage={local_run['root']}", f"ray.address={three_nodes['address']}", cwd=tmp_path)
+    done = run_cli("run", f"storage={local_run['root']}", f"ray.address={three_nodes['address']}", *SMALL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert "plan: 2 trials, 2 already complete" in log
@@ -83,7 +87,7 @@ def _kill_trial_mid_generation(args: list[str], cwd: Path) -> str:
 
 def test_s3_smoke_on_three_nodes_survives_a_killed_builder_and_matches_local(local_run, three_nodes, s3_server, tmp_path):
     root = f"s3://{BUCKET}/runs"
-    args = ["run", f"storage={root}", f"ray.address={three_nodes['address']}", "lease_s=10"]
+    args = ["run", f"storage={root}", f"ray.address={three_nodes['address']}", "lease_s=10", *SMALL]
     log = _kill_trial_mid_generation(args, tmp_path)
     assert "1 trial(s) did not finish" in log
 
@@ -139,8 +143,6 @@ def test_hf_token_reaches_workers_through_the_runtime_env(three_nodes, tmp_path)
 
 def test_a_gpu_worker_without_cuda_fails_in_one_line(three_nodes, tmp_path):
     """The cluster's fake GPUs have no CUDA behind them: a gpu-configured generation actor says so, once, clearly."""
-    from tests.conftest import TINY
-
     done = run_cli("run", f"storage={tmp_path / 'runs'}", f"ray.address={three_nodes['address']}", *TINY,
                    "grid.generator=[tiny-sd]", "generation.device=gpu", cwd=tmp_path)
     assert done.returncode == 1

@@ -228,8 +228,8 @@ def test_protocols():
         sampling_params(sd15, "fast")
 
 
-@pytest.mark.slow
 def test_png_and_stored_size(ray_cluster, shared_storage):
+    """The quick tier's one run of the generation stage on Ray Data (10 images, ~6 s)."""
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1", "generation.image_format=png", "generation.stored_size=24")
     table = read_images(run_generation(cfg, "tiny-sd").uri)
     img = Image.open(__import__("io").BytesIO(table["image"][0]))

@@ -1,5 +1,6 @@
 """The whole data flow under Ray Tune on the shared local cluster: a small sweep, a warm rerun, stop and resume."""
 
+import json
 import os
 import signal
 import subprocess
@@ -101,8 +102,35 @@ def test_every_probe_and_encoder_runs_through_the_sweep(ray_cluster, tmp_path):
             assert table[f"{encoder}_{metric}"].between(0, 10).all(), (encoder, metric)
         assert (table[f"{encoder}_fd"] >= 0).all()
     assert table["clipscore"].between(0, 100).all() and (table["geneval"] == 0.5).all()
-    depth = [p for p in (tmp_path / "views").glob("*/data") if '"depth"' in (p.parent / "spec.json").read_text()]
-    image = decode_array(read_images(depth[0])["image"][0])
+    views = {p.parent: json.loads(p.read_text())["probe"] for p in (tmp_path / "views").glob("*/spec.json")}
+    assert set(views.values()) == {"depth"}, "texture is an identity probe: its trials read the source, no view"
+    depth = [folder / "data" for folder, probe in views.items() if probe == "depth"]
+    image = decode_array(read_images(str(depth[0]))["image"][0])
     assert image.shape == (32, 32, 3) and (image[..., 0] == image[..., 1]).all() and image.max() == 255
     texture_models = [p for p in (tmp_path / "models").glob("*/spec.json") if '"crop_at": "random"' in p.read_text()]
     assert len(texture_models) == 2 and all('"bagnet9"' in p.read_text() for p in texture_models)
+
+
+def test_plan_trials_names_every_artifact_and_builds_nothing(tmp_path):
+    """A trial is planned once from keys alone: datasets shared by the trials of a generator, one result each."""
+    from synthray.sweep.plan import trials
+    from synthray.sweep.runner import plan_summary
+    from synthray.sweep.trial import plan_trial, plan_trials
+
+    cfg = tiny_cfg(tmp_path, *GRID)
+    planned = plan_trials(cfg)
+    assert [t.point for t in planned] == trials(cfg) and len(planned) == 4
+    assert all(t.num_classes == 10 and t.probe.name == t.point["probe"] for t in planned)
+    assert len({t.real.key for t in planned}) == 1 and len({t.result.key for t in planned}) == 4
+    by_generator = {}
+    for t in planned:
+        by_generator.setdefault(t.point["generator"], []).append(t)
+    for generator, group in by_generator.items():
+        assert len({t.synthetic.key for t in group}) == 1, f"{generator}: one dataset for every probe and arch"
+        assert all(t.table is group[0].table for t in group), "the prompt table is built once per generator and style"
+    assert len({t.synthetic.key for t in planned}) == 2
+    for t in planned:  # planning one point alone names the same artifacts
+        one = plan_trial(cfg, t.point)
+        assert (one.real.key, one.synthetic.key, one.result.key) == (t.real.key, t.synthetic.key, t.result.key)
+    assert plan_summary(cfg)[0] == "plan: 4 trials, 0 already complete (reused), 4 to run"
+    assert not any(tmp_path.iterdir()), "planning writes nothing"
