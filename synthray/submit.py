@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -111,11 +112,19 @@ def submit(address: str | None, command: str, args: Sequence[str], with_credenti
     names = SECRETS + (CLOUD_CREDENTIALS if with_credentials else ())
     env = {k: os.environ[k] for k in names if os.environ.get(k)}
     try:
-        return jobs.submit_job(
-            entrypoint=shlex.join(["python", "-m", "synthray", command, *args]),
-            runtime_env={"working_dir": str(folder), "env_vars": env, "excludes": EXCLUDES},
-            metadata={"synthray": command},
-        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return jobs.submit_job(
+                    entrypoint=shlex.join(["python", "-m", "synthray", command, *args]),
+                    runtime_env={"working_dir": str(folder), "env_vars": env, "excludes": EXCLUDES},
+                    metadata={"synthray": command},
+                )
+            except RuntimeError as err:
+                # A head that just started (or a busy one) has no job agent yet; Ray says to try again.
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise SynthrayError(f"the cluster did not take the job: {str(err).splitlines()[0]}") from None
+                time.sleep(3)
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)
 

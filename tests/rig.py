@@ -82,13 +82,14 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
         _filesystem.cache_clear()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # torn down after its module: idle nodes would slow every later test
 def three_nodes(s3_server, tmp_path_factory) -> Iterator[dict]:
     """A head and two worker nodes (`ray.cluster_utils.Cluster`), each with its own scratch folder. The workers
     report one fake GPU each, so the cluster has GPUs that no stage of a cpu-configured sweep may use."""
     from ray.cluster_utils import Cluster
 
     root = tmp_path_factory.mktemp("nodes")
+    storage_module_cache_clear()
     scratch = {name: root / f"scratch-{name}" for name in ("head", "worker1", "worker2")}
     env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     cluster = Cluster(initialize_head=True, connect=False,
@@ -102,6 +103,12 @@ def three_nodes(s3_server, tmp_path_factory) -> Iterator[dict]:
         cluster.shutdown()
 
 
+def storage_module_cache_clear() -> None:
+    from synthray.storage import _filesystem
+
+    _filesystem.cache_clear()
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """`synthray <args>` in a fresh process (as a user would), from `cwd`, capturing its output."""
     full = dict(os.environ, **(env or {}))
@@ -110,7 +117,7 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900
                           timeout=timeout)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def token_head(tmp_path_factory) -> Iterator[dict]:
     """A `ray start --head` with token auth (RAY_AUTH_MODE=token) and its dashboard/job API on 127.0.0.1 only."""
     import secrets
@@ -145,7 +152,7 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(15)
+            proc.wait(3)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(15)
@@ -206,7 +213,7 @@ class LocalAutoscalingCluster:
         if self.proc is not None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(3)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(15)

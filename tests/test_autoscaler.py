@@ -20,7 +20,7 @@ def test_gpu_stage_demand_launches_a_gpu_node_that_is_released_when_idle(tmp_pat
     cluster = LocalAutoscalingCluster(
         head_cpus=8,
         worker_types={"gpu.fake": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}},
-        idle_timeout_minutes=0.25,
+        idle_timeout_minutes=0.1,
         # The fake node's "GPU" is a resource label: torch there has no CUDA, and synthray is told so.
         env={"SYNTHRAY_FAKE_GPUS": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
     )

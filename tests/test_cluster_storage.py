@@ -27,7 +27,7 @@ from tests.rig import BUCKET, bucket_objects, run_cli, s3_server, three_nodes  #
 pytestmark = pytest.mark.slow
 
 SECRET = "hf_synthray_test_token_do_not_leak_7f3a"
-SMALL = [] if os.environ.get("SYNTHRAY_FULL_SMOKE") else [o for o in TINY if not o.startswith("recipe.epochs")] + ["recipe.epochs=4"]
+SMALL = [] if os.environ.get("SYNTHRAY_FULL_SMOKE") else TINY
 METRICS = ["generator", "synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc", "synth_to_real_acc_last",
            "best_epoch", "density", "coverage", "fd", "n_synthetic"]
 
@@ -87,7 +87,9 @@ def _kill_trial_mid_generation(args: list[str], cwd: Path) -> str:
 
 def test_s3_smoke_on_three_nodes_survives_a_killed_builder_and_matches_local(local_run, three_nodes, s3_server, tmp_path):
     root = f"s3://{BUCKET}/runs"
-    args = ["run", f"storage={root}", f"ray.address={three_nodes['address']}", "lease_s=10", *SMALL]
+    # Smaller shards than the local run's: more of them, so the builder is surely killed mid-artifact. The images,
+    # and so the digest and every metric, do not depend on the shard size.
+    args = ["run", f"storage={root}", f"ray.address={three_nodes['address']}", "lease_s=10", *SMALL, "generation.shard_size=8"]
     log = _kill_trial_mid_generation(args, tmp_path)
     assert "1 trial(s) did not finish" in log
 
@@ -132,8 +134,8 @@ def test_hf_token_reaches_workers_through_the_runtime_env(three_nodes, tmp_path)
         "from synthray.sweep.runner import init_ray\n"
         f"init_ray(compose(['ray.address={three_nodes['address']}']))\n"
         "@ray.remote(num_cpus=1)\n"
-        "def token(): return os.environ.get('HF_TOKEN') == os.environ['EXPECTED']\n"
-        "print('seen', all(ray.get([token.remote() for _ in range(6)])))\n"
+        "def token(): return os.environ.get('HF_TOKEN')\n"
+        "print('seen', all(t == os.environ['EXPECTED'] for t in ray.get([token.remote() for _ in range(6)])))\n"
     )
     env = dict(os.environ, HF_TOKEN=SECRET, EXPECTED=SECRET)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -148,3 +150,59 @@ def test_a_gpu_worker_without_cuda_fails_in_one_line(three_nodes, tmp_path):
     assert done.returncode == 1
     failed = [line for line in (done.stdout + done.stderr).splitlines() if "trial tiny-sd/classname/tiny-cnn/rgb failed:" in line]
     assert len(failed) == 1 and "torch sees no CUDA device" in failed[0] and "set device=cpu" in failed[0], failed
+
+
+LEASE_CODE = """
+import json, os, signal, sys, time, uuid
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+ray.init(address=sys.argv[1], log_to_driver=False)
+workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")]
+
+@ray.remote(num_cpus=1)
+def build(root, spec, die):
+    from synthray.artifacts import Artifact, Store
+    from synthray import storage
+    made = []
+    def make(out):
+        made.append(ray.get_runtime_context().get_node_id())
+        storage.write_bytes(out.uri + "/part-0", b"x")
+        if die:
+            os.kill(os.getpid(), signal.SIGKILL)  # a builder lost mid-artifact, holding its lease
+        time.sleep(3)
+        return {}
+    start = time.time()
+    Artifact(Store(root, lease_s=5), "things", spec).build(make)
+    return {"built": bool(made), "seconds": time.time() - start}
+
+def on(node, *args):
+    return build.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False), max_retries=0).remote(*args)
+
+root = sys.argv[2]
+together = ray.get([on(w, root, {"case": "together-" + sys.argv[3]}, False) for w in workers])
+spec = {"case": "dead-" + sys.argv[3]}
+dead = on(workers[0], root, spec, True)
+time.sleep(2)
+taken = on(workers[1], root, spec, False)
+try:
+    ray.get(dead)
+except Exception:
+    pass
+print("RESULT" + json.dumps({"together": together, "taken": ray.get(taken)}))
+"""
+
+
+def test_builders_on_two_nodes_build_once_and_a_dead_builder_loses_its_lease(three_nodes, s3_server, tmp_path):
+    import json
+    import uuid
+
+    root = f"s3://{BUCKET}/leases"
+    done = subprocess.run([sys.executable, "-c", LEASE_CODE, three_nodes["address"], root, uuid.uuid4().hex[:8]],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT")]
+    assert line, done.stderr[-3000:]
+    result = json.loads(line[0][6:])
+    assert sorted(r["built"] for r in result["together"]) == [False, True]  # one node built, the other waited
+    taken = result["taken"]
+    assert taken["built"] and 4 <= taken["seconds"] < 30, taken  # took over once the dead builder's 5 s lease lapsed
+    print(f"dead builder's lease taken over after {taken['seconds']:.1f} s")

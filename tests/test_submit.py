@@ -36,9 +36,11 @@ def test_submit_with_the_token_follows_the_smoke_sweep_to_its_results(token_head
     done = run_cli("logs", "raysubmit_no_such_job", "--address", url, cwd=tmp_path, env=with_token)
     assert done.returncode == 2 and "no job 'raysubmit_no_such_job'" in done.stderr
 
-    # A second shell submits the smoke experiment (shrunk to test size) from the project folder and follows it.
+    # A second shell submits the smoke experiment (shrunk to test size: its real-holdout trial) from the project
+    # folder and follows it to the end.
     storage = tmp_path / "runs"
-    done = run_cli("submit", f"storage={storage}", *TINY, "--address", url, "--follow", cwd=ROOT, env=with_token)
+    done = run_cli("submit", f"storage={storage}", *TINY, "grid.generator=[real-holdout]", "--address", url, "--follow",
+                   cwd=ROOT, env=with_token)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     job = re.search(r"submitted (raysubmit_\w+)", done.stdout).group(1)
     assert f"job {job}: SUCCEEDED" in done.stdout
@@ -46,6 +48,6 @@ def test_submit_with_the_token_follows_the_smoke_sweep_to_its_results(token_head
     assert job in listed.stdout and "SUCCEEDED" in listed.stdout
     results = run_cli("results", job, "--address", url, cwd=tmp_path, env=with_token)
     assert results.returncode == 0, results.stderr[-2000:]
-    assert "real-holdout" in results.stdout and "tiny-sd" in results.stdout and f"results: {storage}/sweeps/" in results.stdout
+    assert "real-holdout" in results.stdout and "done" in results.stdout and f"results: {storage}/sweeps/" in results.stdout
     by_name = run_cli("results", "smoke", f"storage={storage}", cwd=tmp_path)
-    assert by_name.returncode == 0 and "tiny-sd" in by_name.stdout
+    assert by_name.returncode == 0 and "real-holdout" in by_name.stdout

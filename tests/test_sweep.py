@@ -29,7 +29,7 @@ def _mtimes(folder):
 
 @pytest.mark.slow
 def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
-    cfg = tiny_cfg(tmp_path, *GRID)
+    cfg = tiny_cfg(tmp_path, *GRID)  # 2 generators x 2 probes; the cluster tests run the smoke grid on S3
     table, path = run_sweep(cfg)
     assert isinstance(path, str) and Path(path).is_file() and Path(path).parents[1] == tmp_path / "sweeps"
     assert find_sweep(str(tmp_path), None) == storage.parent(path)
