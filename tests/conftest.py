@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from synthray.config import compose
+from tests.rig import s3_server, three_nodes, token_head  # noqa: F401  (fixtures: one instance each, defined once here)
 
 # Small enough for a 2-core CI machine; every stage still runs for real.
 TINY = [

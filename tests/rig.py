@@ -126,14 +126,18 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
 
     token = secrets.token_hex(32)
     port, dashboard = free_port(), free_port()
+    # Every port of its own: the defaults (e.g. the dashboard agent's 52365) are taken by pytest's shared Ray, and a
+    # head whose agent cannot bind answers every job submission with "No available agent".
+    ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "metrics-export-port", "runtime-env-agent-port", "ray-client-server-port")]
     log = tmp_path_factory.mktemp("token-head") / "head.log"
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
                PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")  # jobs run `python` from this venv
     with open(log, "w") as out:
         proc = subprocess.Popen([os.path.join(bin_dir, "ray"), "start", "--head", f"--port={port}", "--num-cpus=8",
-                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats",
-                                 "--block"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *ports,
+                                 "--disable-usage-stats", "--block"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while True:
@@ -198,7 +202,8 @@ class LocalAutoscalingCluster:
             self.proc = subprocess.Popen(
                 [os.path.join(bin_dir, "ray"), "start", "--head", f"--port={self.port}", f"--num-cpus={self.head_cpus}",
                  "--num-gpus=0", f"--autoscaling-config={config}", "--dashboard-host=127.0.0.1",
-                 f"--dashboard-port={self.dashboard}", "--disable-usage-stats", "--block"],
+                 f"--dashboard-port={self.dashboard}", f"--dashboard-agent-listen-port={free_port()}",
+                 f"--metrics-export-port={free_port()}", "--disable-usage-stats", "--block"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while not nodes(self.address, self.client_env):

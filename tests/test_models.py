@@ -11,7 +11,7 @@ import pytest
 from synthray.artifacts import Store
 from synthray.models import Models, check_model, model_identity, staged_uri
 from synthray.registry import SynthrayError
-from tests.rig import BUCKET, bucket_objects, s3_server  # noqa: F401  (fixture)
+from tests.rig import BUCKET, bucket_objects
 
 REPO = "synthray-tests/tiny-sd"
 

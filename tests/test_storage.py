@@ -11,7 +11,7 @@ from synthray import storage
 from synthray.artifacts import MANIFEST, Artifact, Store
 from synthray.leases import LeaseTable
 from synthray.registry import SynthrayError
-from tests.rig import BUCKET, bucket_objects, free_port, s3_server  # noqa: F401  (fixture)
+from tests.rig import BUCKET, bucket_objects, free_port
 
 
 def test_normalize_keeps_uris_and_refuses_unknown_schemes(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TINY
-from tests.rig import run_cli, token_head  # noqa: F401  (fixture)
+from tests.rig import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
