@@ -106,9 +106,10 @@ class Pool:
 
     @classmethod
     def from_cfg(cls, section: Any) -> "Pool":
-        """From a config section with `device`, `gpus_per_actor`, `cpus_per_actor`, `num_actors`, `max_actors`."""
-        return cls(str(section.device), float(section.gpus_per_actor), float(section.get("cpus_per_actor", 1)),
-                   int(section.get("num_actors", 1)), section.get("max_actors"))
+        """From a config section or dict with `device`, `gpus_per_actor`, `cpus_per_actor`, `num_actors` and
+        `max_actors` (each optional: cpu, 1 GPU, 1 CPU, 1 actor, no growth)."""
+        return cls(str(section.get("device", "cpu")), float(section.get("gpus_per_actor", 1)),
+                   float(section.get("cpus_per_actor", 1)), int(section.get("num_actors", 1)), section.get("max_actors"))
 
 
 def record_shards(out: Any, folder: str, done: list[dict[str, Any]]) -> None:

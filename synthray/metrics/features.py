@@ -137,8 +137,7 @@ def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], dataset: DatasetRe
             shard_ids = [i for i in read_shard(f, columns=["id"]).column("id").to_pylist() if i in ids]
             if shard_ids:
                 tasks.append({"name": f.rsplit("/", 1)[1], "src": f, "rows": len(shard_ids), "ids": shard_ids})
-        m = cfg.metrics
-        pool = Pool(str(m.device), float(m.gpus_per_actor), 1, int(m.num_actors)) if any(names.values()) else Pool("cpu")
+        pool = Pool.from_cfg(cfg.metrics) if any(names.values()) else Pool("cpu")
         done = map_shards(tasks, functools.partial(worker, names, Models.from_cfg(cfg)), out.uri + "/data", what=label, pool=pool)
         record_shards(out, "data", done)
         return {"rows": len(ids)}

@@ -49,9 +49,8 @@ def probe_setup(cfg: Any, name: str) -> ProbeSetup:
     pool = Pool("cpu", actors=2)
     if probe.worker is not None:  # a model: its identity (hub revision, tiny version) and the numerics of its device
         identity["model"] = model_identity(str(params["model"]))
-        identity["device"] = section.get("device", "cpu")
-        pool = Pool(section.get("device", "cpu"), section.get("gpus_per_actor", 1), section.get("cpus_per_actor", 1),
-                    section.get("num_actors", 1), section.get("max_actors"))
+        pool = Pool.from_cfg(section)
+        identity["device"] = pool.device
     return ProbeSetup(probe, params, identity, pool, section.get("recipe"))
 
 
