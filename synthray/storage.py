@@ -97,14 +97,17 @@ def _bucket_region(bucket: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _filesystem(scheme: str, bucket: str) -> Any:
+def _filesystem(scheme: str, bucket: str, retry: bool = True) -> Any:
+    """The filesystem of a scheme; a remote one retries transient errors with backoff (`synthray.retry`) unless
+    `retry=False` (the up-front storage check, which must answer at once)."""
     import pyarrow.fs as pafs
 
-    if scheme == "s3":
-        return _s3(bucket)
-    if scheme == "gs":
-        return pafs.GcsFileSystem()
-    return pafs.LocalFileSystem()
+    from synthray.retry import retrying
+
+    if scheme == "file":
+        return pafs.LocalFileSystem()
+    fs = _s3(bucket) if scheme == "s3" else pafs.GcsFileSystem()
+    return retrying(fs) if retry else fs
 
 
 def resolve(uri: str) -> tuple[Any, str]:
@@ -281,7 +284,7 @@ def check_storage(uri: str) -> str:
     where = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "the AWS endpoint"
     where = where if scheme == "s3" else "Google Cloud Storage"
     try:
-        info = filesystem(root).get_file_info(bucket)
+        info = _filesystem(scheme, bucket, retry=False).get_file_info(bucket)
     except OSError as err:
         text = str(err)
         if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "403", "INVALID_ACCESS_KEY", "SIGNATURE", "credentials")):
