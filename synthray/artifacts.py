@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from synthray import storage
+from synthray.registry import SynthrayError
 
 log = logging.getLogger("synthray")
 
@@ -111,7 +112,7 @@ class Artifact:
         return json.loads(storage.read_text(self.file(MANIFEST)))
 
     def meta(self) -> dict[str, Any]:
-        return json.loads(storage.read_text(self.file("meta.json")))
+        return json.loads(read_checked(self.file("meta.json")))
 
     def verify(self) -> list[str]:
         """Files whose size or checksum differs from the manifest (empty: the artifact is intact)."""
@@ -126,8 +127,9 @@ class Artifact:
         return bad
 
     def local_copy(self, *parts: str) -> Path:
-        """A local folder holding `parts` of this (complete) artifact: itself on local storage, else a scratch copy."""
-        return storage.local_copy(self.file(*parts), self.store.scratch_dir())
+        """A local folder holding `parts` of this (complete) artifact: itself on local storage, else a scratch copy
+        whose files were checked against the manifest."""
+        return storage.local_copy(self.file(*parts), self.store.scratch_dir(), read=read_checked)
 
     def build(self, make: Callable[[BuildDir], Mapping[str, Any] | None]) -> "Artifact":
         """Return the complete artifact, calling `make(build_dir)` only if nobody has built it yet.
@@ -171,6 +173,89 @@ class Artifact:
         finally:
             shutil.rmtree(local, ignore_errors=True)
         log.info("built %s %s (%s) in %.1f s", self.kind, self.key, self.label, time.perf_counter() - start)
+
+
+class CorruptArtifact(SynthrayError):
+    """A file of a committed artifact is missing or differs from its manifest entry."""
+
+
+_HOLDERS: dict[str, tuple[str, dict[str, dict[str, Any]]]] = {}  # folder -> (artifact uri, entries of its files)
+
+
+def committed_files(folder: str) -> tuple[str, dict[str, dict[str, Any]]] | None:
+    """(artifact uri, {file name: manifest entry}) for the files directly in `folder`, from the manifest of the
+    committed artifact that holds it (the folder itself or one of its two parents); None when none does.
+
+    Cached per process: a manifest never changes once written (a rebuild writes the same content).
+    """
+    if folder in _HOLDERS:
+        return _HOLDERS[folder]
+    here, prefix = folder, ""
+    for _ in range(3):
+        try:
+            text = storage.read_bytes(storage.join(here, MANIFEST))
+        except FileNotFoundError:
+            prefix, here = f"{storage.name(here)}/{prefix}", storage.parent(here)
+            continue
+        try:
+            files = json.loads(text)["files"]
+        except (ValueError, KeyError, TypeError):
+            _quarantine(here, MANIFEST, "is unreadable")
+        entries = {rel[len(prefix):]: e for rel, e in files.items() if rel.startswith(prefix) and "/" not in rel[len(prefix):]}
+        _HOLDERS[folder] = (here, entries)
+        return _HOLDERS[folder]
+    return None
+
+
+def read_checked(uri: str) -> bytes:
+    """The bytes of `uri`, verified against the manifest of the artifact that holds it (size and sha256).
+
+    A file that is missing or differs raises `CorruptArtifact`, one line naming the artifact and the file, after
+    removing the manifest and the bad file: the artifact is incomplete again, and the next build of it (an automatic
+    retry of the trial, or `synthray resume`) rebuilds just what is missing. Files outside a committed artifact
+    are read as they are.
+    """
+    holder = committed_files(storage.parent(uri))
+    want = holder[1].get(storage.name(uri)) if holder else None
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        if want is None:
+            raise
+        _quarantine(holder[0], storage.relative(uri, holder[0]), "is missing")
+    if want is not None:
+        got = storage.entry(data)
+        if got != want:
+            _quarantine(holder[0], storage.relative(uri, holder[0]),
+                        f"is corrupt ({got['size']} B, sha256 {got['sha256'][:12]}; the manifest says "
+                        f"{want['size']} B, {want['sha256'][:12]})")
+    return data
+
+
+def _quarantine(artifact_uri: str, rel: str, what: str) -> None:
+    # The manifest goes first: from then on nobody takes the artifact for complete, whatever happens next.
+    storage.delete_file(storage.join(artifact_uri, MANIFEST))
+    if rel != MANIFEST:
+        storage.delete_file(storage.join(artifact_uri, rel))
+    for folder in [f for f, (holder, _) in _HOLDERS.items() if holder == artifact_uri]:
+        del _HOLDERS[folder]
+    ref = "/".join(artifact_uri.rstrip("/").split("/")[-2:])
+    raise CorruptArtifact(f"artifact {ref}: {rel} {what}; removed it and the manifest so that the artifact is rebuilt "
+                          f"(storage: {artifact_uri})")
+
+
+def corruption(err: BaseException) -> str | None:
+    """The `CorruptArtifact` line in `err` or an error it wraps (Ray Tune, Train and Data re-raise worker errors,
+    sometimes only as text); None when the failure was something else."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, CorruptArtifact):
+            return str(seen).strip().splitlines()[-1]
+        lines = [line for line in str(seen).splitlines() if "CorruptArtifact: " in line]
+        if lines:
+            return lines[-1].split("CorruptArtifact: ", 1)[1].strip()
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def commit(uri: str, known: Mapping[str, Mapping[str, Any]], about: Mapping[str, Any]) -> dict[str, Any]:

@@ -64,13 +64,21 @@ def write_table(uri: str, columns: dict[str, Iterable]) -> dict:
 
 
 def shard_files(folder: str) -> list[str]:
-    """The URIs of a dataset folder's parquet shards, in name order."""
-    return [storage.join(folder, rel) for rel in storage.list_files(folder) if rel.endswith(".parquet") and "/" not in rel]
+    """The URIs of a dataset folder's parquet shards, in name order: those its artifact's manifest lists when the
+    artifact is committed (so a shard lost from storage is an error on read, never silently fewer rows), else
+    those in storage."""
+    from synthray.artifacts import committed_files
+
+    holder = committed_files(folder)
+    names = sorted(holder[1]) if holder else [rel for rel in storage.list_files(folder) if "/" not in rel]
+    return [storage.join(folder, name) for name in names if name.endswith(".parquet")]
 
 
 def read_shard(uri: str, columns: list[str] | None = None, filters=None) -> pa.Table:
-    fs, path = storage.resolve(uri)
-    return pq.read_table(path, columns=columns, filters=filters, filesystem=fs)
+    """One shard, its bytes checked against the artifact's manifest (`CorruptArtifact` if they differ)."""
+    from synthray.artifacts import read_checked
+
+    return pq.read_table(pa.BufferReader(read_checked(uri)), columns=columns, filters=filters)
 
 
 def shard_schema(uri: str) -> pa.Schema:

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from synthray.registry import SynthrayError
 
@@ -201,6 +201,15 @@ def delete(uri: str) -> None:
         fs.delete_dir(path)
 
 
+def delete_file(uri: str) -> None:
+    """Remove one file (missing is fine)."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def upload_dir(local: Path, uri: str) -> dict[str, dict[str, Any]]:
     """Copy every file under `local` to the folder `uri`; returns {relative path: manifest entry}."""
     out = {}
@@ -210,17 +219,17 @@ def upload_dir(local: Path, uri: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def download_dir(uri: str, local: Path, files: Iterable[str] | None = None) -> Path:
-    """Copy the files of folder `uri` (or just `files`, relative paths) into `local`; returns `local`."""
+def download_dir(uri: str, local: Path, files: Iterable[str] | None = None, read: Callable[[str], bytes] = read_bytes) -> Path:
+    """Copy the files of folder `uri` (or just `files`, relative paths) into `local` with `read`; returns `local`."""
     local = Path(local)
     for rel in files if files is not None else list_files(uri):
         target = local / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(read_bytes(join(uri, rel)))
+        target.write_bytes(read(join(uri, rel)))
     return local
 
 
-def local_copy(uri: str, scratch: str | Path) -> Path:
+def local_copy(uri: str, scratch: str | Path, read: Callable[[str], bytes] = read_bytes) -> Path:
     """A local folder with the content of folder `uri`: the folder itself on local storage, else a copy in this
     node's scratch cache (made once per content; `uri` must be an immutable artifact or staged snapshot)."""
     if is_local(uri):
@@ -231,7 +240,7 @@ def local_copy(uri: str, scratch: str | Path) -> Path:
     if done.exists():
         return target
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=ensure_dir(Path(scratch) / "downloads")))
-    download_dir(uri, staging)
+    download_dir(uri, staging, read=read)
     (staging / ".complete").touch()
     try:
         os.replace(staging, target)

@@ -63,7 +63,7 @@ def test_staged_weights_load_on_a_node_without_the_hub(s3_server, hub_cache_with
     assert main(["stage-weights", REPO, f"hub.cache={hub}"]) == 0
     assert f"staged {REPO}" in capsys.readouterr().out
     objects = bucket_objects(s3_server, prefix="hub/")
-    assert f"hub/models--synthray-tests--tiny-sd/main/_MANIFEST.json" in objects
+    assert "hub/models--synthray-tests--tiny-sd/main/_MANIFEST.json" in objects
     assert any(k.endswith("model_index.json") for k in objects)
 
     # Another node: an empty Hugging Face cache and its own scratch folder.

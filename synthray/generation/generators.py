@@ -10,7 +10,6 @@ Kinds:
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -7,8 +7,7 @@ import io
 import numpy as np
 import torch
 
-from synthray import storage
-from synthray.artifacts import Artifact, DatasetRef
+from synthray.artifacts import Artifact, DatasetRef, read_checked
 from synthray.images import read_images
 from synthray.training.archs import create_model
 from synthray.training.augment import test_batch
@@ -17,7 +16,7 @@ from synthray.training.augment import test_batch
 def load_model(model: Artifact, weights: str = "model.pt") -> torch.nn.Module:
     """The trained network: `model.pt` is the best epoch on the selection split, `last.pt` the final epoch."""
     net = create_model(model.spec["arch"], model.spec["num_classes"])
-    state = torch.load(io.BytesIO(storage.read_bytes(model.file(weights))), map_location="cpu", weights_only=True)
+    state = torch.load(io.BytesIO(read_checked(model.file(weights))), map_location="cpu", weights_only=True)
     net.load_state_dict(state)
     return net.eval()
 

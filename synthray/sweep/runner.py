@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -130,7 +131,7 @@ def report_failures(results: Any) -> None:
         if result.error is None:
             continue
         text = str(result.error)
-        mine = [line.split("SynthrayError:", 1)[1].strip() for line in text.splitlines() if "SynthrayError:" in line]
+        mine = [m.group(1).strip() for m in re.finditer(r"(?:SynthrayError|CorruptArtifact|StorageUnavailable)\)?: (.+)", text)]
         last = [line.strip() for line in text.splitlines() if line.strip()]
         point = "/".join(str(result.config.get(axis, "?")) for axis in ("generator", "prompt_style", "arch", "probe"))
         log.error("trial %s failed: %s", point, mine[-1] if mine else (last[-1] if last else type(result.error).__name__))

@@ -85,8 +85,19 @@ def plan_trials(cfg: Any) -> list[Trial]:
 
 def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> dict[str, Any]:
     """Generate, probe, train and evaluate one grid point; returns its results row."""
+    from synthray.artifacts import corruption
+
     trial = plan_trial(cfg, point)
-    trial.result.build(lambda out: _evaluate(trial, report_to_tune))
+    try:
+        trial.result.build(lambda out: _evaluate(trial, report_to_tune))
+    except Exception as err:
+        bad = corruption(err)
+        if bad is None:
+            raise
+        # The reader that found it removed the bad file and the manifest, so building again redoes just that, once;
+        # a second corruption fails the trial with its line.
+        log.warning("trial %s: %s", trial.label, bad)
+        trial.result.build(lambda out: _evaluate(trial, report_to_tune))
     return trial.result.meta()
 
 

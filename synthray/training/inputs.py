@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from synthray.artifacts import seed_hash
 from synthray.images import decode_array
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _BUCKETS = 1_000_000
 
@@ -17,6 +20,15 @@ def in_selection(ids: Iterable[str], fraction: float, seed: int) -> np.ndarray:
     cut = round(fraction * _BUCKETS)
     # The salt "holdout" is the split's old name, kept: a new salt would move every row and every result.
     return np.array([seed_hash(seed, "holdout", str(i)) % _BUCKETS < cut for i in ids], dtype=bool)
+
+
+def read_shards(batch: pa.Table, columns: list[str]) -> pa.Table:
+    """Ray Data batch UDF: a batch of shard URIs (column `uri`) -> their rows, each shard checked against its manifest."""
+    import pyarrow as pa
+
+    from synthray.images import read_shard
+
+    return pa.concat_tables([read_shard(uri, columns) for uri in batch.column("uri").to_pylist()])
 
 
 def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, selection_fraction: float = 0.0,

@@ -62,11 +62,10 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int]) -> dict[str, Any]:
     import ray.data
 
     from synthray.images import shard_files, usable_filter
-    from synthray.training.inputs import decode_images
+    from synthray.training.inputs import decode_images, read_shards
 
     r = cfg.recipe
-    fs = storage.filesystem(images)
-    files = [storage.resolve(f)[1] for f in shard_files(images)]
+    files = shard_files(images)
     columns = ["id", "image", "label"] + (["quality"] if usable_filter(images) is not None else [])
     parts = {"train": int(r.load_size), "selection": int(r.test_transform.resize)} if rows[1] else {"train": int(r.load_size)}
     decoded_bytes = sum(n * s * s * 3 for n, s in zip(rows, parts.values()))
@@ -74,8 +73,10 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int]) -> dict[str, Any]:
     for part, size in parts.items():
         # One block per shard and a seeded shuffle of the (small) encoded rows: the order a worker sees is a
         # function of the seed alone, which exact resume needs; class-sorted real data gets mixed too.
-        dataset = ray.data.read_parquet(files, filesystem=fs, columns=columns, override_num_blocks=len(files))
+        # Shards are read by synthray (not read_parquet) so that every byte is checked against the manifest.
+        dataset = ray.data.from_items([{"uri": f} for f in files], override_num_blocks=len(files))
         dataset.context.execution_options.preserve_order = True
+        dataset = dataset.map_batches(read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
         dataset = dataset.random_shuffle(seed=int(r.seed)).map_batches(
             decode_images, fn_kwargs={"size": size, "part": part, "selection_fraction": float(r.selection_fraction),
                                       "seed": int(r.seed)}, batch_size=256)
