@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("sweep", nargs="?", help="sweep name, name prefix or folder (default: the newest)")
     res.add_argument("overrides", nargs="*", help="only storage=<dir> is read")
     res.add_argument("--submit", action="store_true", help="resume it as a Ray Job on the cluster at --address")
+    res.add_argument("--follow", action="store_true", help="with --submit: print the job's log until it ends")
     _cluster_args(res)
     sbm = sub.add_parser("submit", help="run a sweep as a Ray Job on a remote cluster (from a laptop)",
                          description="Packages this working dir and experiments/, then runs `synthray run` on the head.")
@@ -93,7 +94,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
         submit.job_info(jobs, args.job)
         jobs.stop_job(args.job)
         print(f"stopping {args.job}")
-    elif args.command == "logs" or args.command == "submit":
+    elif args.command in ("logs", "submit", "resume"):
         if args.follow:
             for chunk in submit.follow_logs(jobs, args.job):
                 print(chunk, end="", flush=True)
@@ -101,7 +102,7 @@ def _cluster_command(args: argparse.Namespace) -> int:
             submit.job_info(jobs, args.job)
             print(jobs.get_job_logs(args.job), end="")
         status = submit.job_info(jobs, args.job).status.value
-        if args.command == "submit" or args.follow:
+        if args.command != "logs" or args.follow:
             print(f"job {args.job}: {status}")
             return 0 if status == "SUCCEEDED" else 1
     elif args.command == "results":

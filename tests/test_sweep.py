@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -57,33 +56,54 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_stopped_sweep_resumes(ray_cluster, tmp_path):
-    """`synthray run` stopped with Ctrl-C (SIGINT) midway, then `synthray resume`, as a user would."""
+def test_killed_driver_then_resume_redoes_nothing_and_rebuilds_a_corrupt_shard(ray_cluster, tmp_path):
+    """Chaos cases 3 and 5. `synthray run` is killed with SIGKILL once its first trial is done and its second is
+    under way; a byte of a stored shard of the real data is flipped; `synthray resume` from another process
+    finishes the sweep. The finished trial and its artifacts are not redone, and the flipped shard is found by its
+    checksum, removed and rebuilt (the trial retries once), so the table is complete and every artifact verifies."""
+    from synthray.artifacts import Artifact, Store
+
     env = dict(os.environ, RAY_ADDRESS=ray_cluster)
-    # lease_s: the claims of the stopped trial lapse after 5 s instead of 2 minutes, so resume need not wait.
+    # lease_s: the claims of the killed trial lapse after 5 s instead of 2 minutes, so resume need not wait.
     args = [f"storage={tmp_path}", *TINY, "grid.generator=[real-holdout,tiny-sd]", "tune.max_concurrent_trials=1", "recipe.epochs=3",
             "lease_s=5"]
     run = subprocess.Popen([sys.executable, "-m", "synthray", "run", *args], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not list(tmp_path.glob(f"results/*/{MANIFEST}")) and time.time() < deadline and run.poll() is None:
-        time.sleep(1)  # stop once the first trial is complete and the second is under way
+        time.sleep(0.5)  # kill once the first trial is complete and the second is under way
     assert run.poll() is None, run.stdout.read()
     first = list(tmp_path.glob(f"results/*/{MANIFEST}"))
     assert len(first) == 1
-    run.send_signal(signal.SIGINT)
-    out, _ = run.communicate(timeout=120)
-    assert run.returncode != 0 and "synthray resume" in out
-    assert len(list(tmp_path.glob(f"results/*/{MANIFEST}"))) == 1
-    mtime = first[0].stat().st_mtime_ns
+    killed_at = time.time()
+    run.kill()
+    run.communicate(timeout=60)
+    done_before = {p: p.stat().st_mtime_ns for p in tmp_path.glob(f"*/*/{MANIFEST}")}
+
+    shard = sorted(tmp_path.glob("real/*/test/*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
 
     resumed = subprocess.run([sys.executable, "-m", "synthray", "resume", f"storage={tmp_path}"], env=env,
                              capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "resuming sweep" in resumed.stdout + resumed.stderr
+    recovered_s = time.time() - killed_at
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-3000:]
+    assert "resuming sweep" in out
+    corrupt = [line for line in out.splitlines() if "is corrupt" in line]
+    assert corrupt and f"{shard.parent.name}/{shard.name} is corrupt" in corrupt[0], out[-3000:]
     table = read_results(storage.join(find_sweep(str(tmp_path), None), "results.parquet"))
     assert (table["status"] == "done").all() and len(table) == 2
-    assert first[0].stat().st_mtime_ns == mtime, "the finished trial was not redone"
+    assert first[0].stat().st_mtime_ns == done_before[first[0]], "the finished trial was not redone"
+    real = shard.parents[1]
+    redone = [p for p, t in done_before.items() if p.stat().st_mtime_ns != t and p.parent != real]
+    assert not redone, f"artifacts finished before the kill were rebuilt: {redone}"
+    for manifest in tmp_path.glob(f"*/*/{MANIFEST}"):
+        kind, key = manifest.parent.parent.name, manifest.parent.name
+        art = Artifact(Store(str(tmp_path)), kind, json.loads((manifest.parent / "spec.json").read_text()))
+        assert art.key == key and art.verify() == [], manifest
+    print(f"[figure] driver SIGKILL + corrupt shard: resume finished in {recovered_s:.0f} s after the kill")
 
 
 @pytest.mark.slow
