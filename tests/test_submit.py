@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
+
+from synthray.artifacts import MANIFEST
 
 from tests.conftest import TINY
 from tests.rig import run_cli
@@ -22,7 +26,7 @@ def test_bad_cluster_input_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_submit_with_the_token_follows_the_smoke_sweep_to_its_results(token_head, tmp_path):
+def test_submit_with_the_token_survives_a_killed_driver_through_resume_submit(token_head, tmp_path):
     url, token = token_head["url"], token_head["token"]
     # The job API refuses a request without the token, and synthray says so in one line.
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -36,18 +40,38 @@ def test_submit_with_the_token_follows_the_smoke_sweep_to_its_results(token_head
     done = run_cli("logs", "raysubmit_no_such_job", "--address", url, cwd=tmp_path, env=with_token)
     assert done.returncode == 2 and "no job 'raysubmit_no_such_job'" in done.stderr
 
-    # A second shell submits the smoke experiment (shrunk to test size: its real-holdout trial) from the project
-    # folder and follows it to the end.
+    # A second shell submits the smoke experiment (shrunk to test size: 2 trials, one at a time) from the project
+    # folder. Once the first trial is done, the job's driver is SIGKILLed on the head (chaos case 3, on a cluster).
     storage = tmp_path / "runs"
-    done = run_cli("submit", f"storage={storage}", *TINY, "grid.generator=[real-holdout]", "--address", url, "--follow",
-                   cwd=ROOT, env=with_token)
+    args = [f"storage={storage}", *TINY, "grid.generator=[real-holdout,tiny-sd]", "tune.max_concurrent_trials=1", "lease_s=5"]
+    done = run_cli("submit", *args, "--address", url, cwd=ROOT, env=with_token)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     job = re.search(r"submitted (raysubmit_\w+)", done.stdout).group(1)
-    assert f"job {job}: SUCCEEDED" in done.stdout
+    deadline = time.time() + 400
+    while not list(storage.glob(f"results/*/{MANIFEST}")) and time.time() < deadline:
+        time.sleep(0.5)
+    first = list(storage.glob(f"results/*/{MANIFEST}"))
+    assert len(first) == 1, run_cli("logs", job, "--address", url, cwd=tmp_path, env=with_token).stdout[-3000:]
+    driver = [p for p in psutil.process_iter(["cmdline"])
+              if "synthray" in (p.info["cmdline"] or []) and f"storage={storage}" in (p.info["cmdline"] or [])]
+    assert len(driver) == 1, driver
+    driver[0].kill()
+    killed_at = time.time()
+    while time.time() < deadline and "FAILED" not in run_cli("jobs", "--address", url, cwd=tmp_path, env=with_token).stdout:
+        time.sleep(1)
+    mtime = first[0].stat().st_mtime_ns
+
+    resumed = run_cli("resume", "--submit", "--follow", f"storage={storage}", "--address", url, cwd=ROOT, env=with_token)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    again = re.search(r"submitted (raysubmit_\w+)", resumed.stdout).group(1)
+    assert f"job {again}: SUCCEEDED" in resumed.stdout and "resuming sweep" in resumed.stdout
+    print(f"[figure] resume --submit finished {time.time() - killed_at:.0f} s after the driver was killed")
+    assert first[0].stat().st_mtime_ns == mtime, "the finished trial was not redone"
     listed = run_cli("jobs", "--address", url, cwd=tmp_path, env=with_token)
-    assert job in listed.stdout and "SUCCEEDED" in listed.stdout
-    results = run_cli("results", job, "--address", url, cwd=tmp_path, env=with_token)
+    assert job in listed.stdout and "FAILED" in listed.stdout and "SUCCEEDED" in listed.stdout
+    results = run_cli("results", again, "--address", url, cwd=tmp_path, env=with_token)
     assert results.returncode == 0, results.stderr[-2000:]
-    assert "real-holdout" in results.stdout and "done" in results.stdout and f"results: {storage}/sweeps/" in results.stdout
+    assert "real-holdout" in results.stdout and "tiny-sd" in results.stdout and f"results: {storage}/sweeps/" in results.stdout
+    assert results.stdout.count(" done") == 2 and "missing" not in results.stdout
     by_name = run_cli("results", "smoke", f"storage={storage}", cwd=tmp_path)
-    assert by_name.returncode == 0 and "real-holdout" in by_name.stdout
+    assert by_name.returncode == 0 and "tiny-sd" in by_name.stdout
