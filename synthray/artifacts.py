@@ -165,7 +165,8 @@ class Artifact:
         local = Path(tempfile.mkdtemp(prefix=f"{self.kind}-{self.key}-", dir=storage.ensure_dir(self.store.scratch_dir() / "build")))
         try:
             out = BuildDir(self.uri, local)
-            meta = dict(make(out) or {})
+            with storage.scratch_space(self.store.scratch_dir()):
+                meta = dict(make(out) or {})
             out.entries.update(storage.upload_dir(local, self.uri))
             out.entries["spec.json"] = storage.write_bytes(self.file("spec.json"), json.dumps(self.spec, indent=1, sort_keys=True).encode())
             out.entries["meta.json"] = storage.write_bytes(self.file("meta.json"), json.dumps(meta, indent=1, sort_keys=True, default=str).encode())

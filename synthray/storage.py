@@ -13,6 +13,8 @@ Credentials come from the environment, as the cloud SDKs read them:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import os
@@ -240,13 +242,32 @@ def local_copy(uri: str, scratch: str | Path, read: Callable[[str], bytes] = rea
     if done.exists():
         return target
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=ensure_dir(Path(scratch) / "downloads")))
-    download_dir(uri, staging, read=read)
-    (staging / ".complete").touch()
+    try:
+        with scratch_space(Path(scratch)):
+            download_dir(uri, staging, read=read)
+            (staging / ".complete").touch()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave half a copy behind
+        raise
     try:
         os.replace(staging, target)
     except OSError:  # another process on this node finished the same copy first
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def scratch_space(scratch: Path):
+    """Turn 'no space left on device' while writing under `scratch` into one line that names the folder."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(scratch).free if Path(scratch).exists() else 0
+        writing = f", writing {Path(err.filename).name}" if err.filename else ""
+        raise SynthrayError(f"scratch folder {scratch} is full ({free / 2**20:.0f} MiB free{writing}); free space there, "
+                            "or point scratch= (or SYNTHRAY_SCRATCH) at a larger disk") from None
 
 
 def ensure_dir(path: Path) -> Path:

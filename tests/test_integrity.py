@@ -100,3 +100,48 @@ def test_a_corrupt_shard_stops_training_data_in_ray_data_with_its_line(ray_clust
                             batch_format="pyarrow").materialize()
     line = corruption(err.value)
     assert line and line.startswith(f"artifact things/{art.key}: data/part-00000.parquet is corrupt"), line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a scratch folder that fills up (needs root, as on the CI machine; skipped elsewhere)."""
+    import subprocess
+
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_scratch_folder_is_one_line_that_names_it(tmp_path, small_disk):
+    """Chaos case 7 at its core: a build whose local files do not fit in scratch fails with one line naming the
+    folder, commits nothing and leaves no half-written build folder behind."""
+    from synthray.registry import SynthrayError
+
+    art = Artifact(Store(storage.normalize(tmp_path / "runs"), scratch=str(small_disk)), "things", {"big": True})
+    with pytest.raises(SynthrayError) as err:
+        art.build(lambda out: (out.local / "weights.bin").write_bytes(b"\0" * (3 * 2**20)) and None)
+    line = str(err.value)
+    assert "\n" not in line and f"scratch folder {small_disk} is full" in line
+    assert not art.is_complete() and not storage.list_files(art.uri)
+    assert not list((small_disk / "build").iterdir())
+
+
+def test_storage_down_past_the_retry_budget_is_one_line(monkeypatch):
+    """An endpoint that stays unreachable: retried with backoff for SYNTHRAY_STORAGE_RETRY_S, then one line."""
+    from synthray.retry import StorageUnavailable
+    from tests.rig import S3_ENV, free_port
+
+    monkeypatch.setenv("SYNTHRAY_STORAGE_RETRY_S", "2")
+    for k, v in dict(S3_ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}").items():
+        monkeypatch.setenv(k, v)
+    storage._filesystem.cache_clear()
+    try:
+        with pytest.raises(StorageUnavailable) as err:
+            storage.read_bytes("s3://synthray-test/runs/x.json")
+    finally:
+        storage._filesystem.cache_clear()
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("storage unreachable for") and "SYNTHRAY_STORAGE_RETRY_S" in line
