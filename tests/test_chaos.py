@@ -155,7 +155,7 @@ art = train(cfg, "tiny-cnn", DatasetRef(real_data(cfg), "train"), 10, label="cha
 print(json.dumps({"key": art.key, "meta": art.meta(),
                   "weights": {w: hashlib.sha256(read_bytes(art.file(w))).hexdigest() for w in ("model.pt", "last.pt")}}))
 """
-TRAIN_ARGS = [*TINY, "recipe.epochs=5", "recipe.batch_size=8", "lease_s=5"]
+TRAIN_ARGS = [*TINY, "recipe.epochs=24", "recipe.batch_size=8", "lease_s=5"]
 
 
 @pytest.mark.parametrize("how", ["killed", "drained"])
@@ -168,13 +168,13 @@ def test_2_and_8_a_node_dies_or_drains_mid_epoch(nodes, s3_server, how):
     whole = finish(driver(TRAIN, cluster.address, f"storage=s3://{BUCKET}/chaos2-whole", *TRAIN_ARGS))
     prefix = f"chaos2-{how}"
     proc = driver(TRAIN, cluster.address, f"storage=s3://{BUCKET}/{prefix}", *TRAIN_ARGS)
-    deadline = time.time() + 300
-    while not objects_exist(s3_server, f"{prefix}/train-runs/", r"checkpoint_000001/") and time.time() < deadline:
+    deadline, seen = time.time() + 300, set()
+    while len(seen) < 3 and time.time() < deadline:  # Ray Train keeps the newest two checkpoints: count as they come
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
+        seen |= {re.search(r"checkpoint_[^/]+", k).group(0) for k in objects_exist(s3_server, f"{prefix}/train-runs/", r"checkpoint_[^/]+/")}
+        time.sleep(0.05)
     epoch_s = whole["meta"]["rows"] / whole["meta"]["images_per_s"]
-    time.sleep(0.4 * epoch_s)  # well into epoch 3
-    done = len({re.search(r"checkpoint_\d+", k).group(0) for k in objects_exist(s3_server, f"{prefix}/train-runs/", r"checkpoint_\d+/")})
+    time.sleep(0.4 * epoch_s)  # into the next epoch
     node = cluster.workers[0]
     killed_at = time.time()
     if how == "drained":
@@ -184,6 +184,8 @@ def test_2_and_8_a_node_dies_or_drains_mid_epoch(nodes, s3_server, how):
                                capture_output=True, text=True)
         assert drain.returncode == 0, drain.stderr[-2000:]
         time.sleep(2)  # the cloud reclaims the node at its deadline
+    seen |= {re.search(r"checkpoint_[^/]+", k).group(0) for k in objects_exist(s3_server, f"{prefix}/train-runs/", r"checkpoint_[^/]+/")}
+    done = len(seen)  # epochs checkpointed when the node went away (a drained node keeps working until its deadline)
     cluster.kill_and_replace(node)
     got = finish(proc)
     recovered = time.time() - killed_at
@@ -191,7 +193,7 @@ def test_2_and_8_a_node_dies_or_drains_mid_epoch(nodes, s3_server, how):
     resumed = got["meta"]["resumed_from_epoch"]
     assert resumed >= 1 and done - resumed <= 1, (done, resumed)
     print(f"[figure] case {2 if how == 'killed' else 8}: node {how} after {done} epoch checkpoints; resumed from epoch "
-          f"{resumed} ({done - resumed + 1} epoch(s) redone, {epoch_s:.1f} s each); finished {recovered:.0f} s later; "
+          f"{resumed}: the interrupted epoch is redone ({epoch_s:.1f} s), {done - resumed} more; finished {recovered:.0f} s later; "
           "weights equal")
 
 

@@ -113,9 +113,24 @@ STUDY_ARCHS = ["resnet50", "vit_tiny_patch16_224", "convnext_tiny", "swin_tiny_p
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", STUDY_ARCHS)
+@pytest.mark.parametrize("arch", STUDY_ARCHS[:-1])
+def test_study_architecture_takes_one_optimiser_step(arch):
+    """The timm architectures of the study at 224 px: one real SGD step changes the weights. (The Ray Train path
+    they share is the same for every architecture; BagNet-9 takes it below.)"""
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(2, 3, 224, 224)), torch.tensor([1, 7]))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", STUDY_ARCHS[-1:])
 def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, shared_storage, tmp_path, arch):
-    """Each architecture of the study takes one real optimiser step at 224 px inside a TorchTrainer on CPU."""
+    """BagNet-9 (ours, not timm's) takes one real optimiser step at 224 px inside a TorchTrainer on CPU."""
     from synthray.images import read_images, write_table
 
     real = real_data(tiny_cfg(shared_storage))
