@@ -1,4 +1,5 @@
-"""A storage outage at small scale: a TCP relay in front of the local S3 server that can go dark and come back.
+"""Outages at small scale: a TCP relay in front of the local S3 server that can go dark and come back, and a
+size-limited tmpfs that fills up like a node's scratch disk.
 
 moto keeps its buckets in memory, so stopping its process would lose them; stopping the relay instead makes the
 endpoint refuse connections (and cuts the open ones), as an outage or a partition does, while the data survives.
@@ -6,9 +7,27 @@ endpoint refuse connections (and cuts the open ones), as an outage or a partitio
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """`folder` as a tmpfs of `size` (e.g. "1m"); needs root, as on the CI machine, and skips the test elsewhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 class TcpRelay:

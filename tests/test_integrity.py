@@ -103,30 +103,25 @@ def test_a_corrupt_shard_stops_training_data_in_ray_data_with_its_line(ray_clust
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs: a scratch folder that fills up (needs root, as on the CI machine; skipped elsewhere)."""
-    import subprocess
+def one_mib_disk(tmp_path):
+    from tests.outage import small_disk
 
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
+    with small_disk(tmp_path / "small-disk", "1m") as folder:
+        yield folder
 
 
-def test_a_full_scratch_folder_is_one_line_that_names_it(tmp_path, small_disk):
+def test_a_full_scratch_folder_is_one_line_that_names_it(tmp_path, one_mib_disk):
     """Chaos case 7 at its core: a build whose local files do not fit in scratch fails with one line naming the
     folder, commits nothing and leaves no half-written build folder behind."""
     from synthray.registry import SynthrayError
 
-    art = Artifact(Store(storage.normalize(tmp_path / "runs"), scratch=str(small_disk)), "things", {"big": True})
+    art = Artifact(Store(storage.normalize(tmp_path / "runs"), scratch=str(one_mib_disk)), "things", {"big": True})
     with pytest.raises(SynthrayError) as err:
         art.build(lambda out: (out.local / "weights.bin").write_bytes(b"\0" * (3 * 2**20)) and None)
     line = str(err.value)
-    assert "\n" not in line and f"scratch folder {small_disk} is full" in line
+    assert "\n" not in line and f"scratch folder {one_mib_disk} is full" in line
     assert not art.is_complete() and not storage.list_files(art.uri)
-    assert not list((small_disk / "build").iterdir())
+    assert not list((one_mib_disk / "build").iterdir())
 
 
 def test_storage_down_past_the_retry_budget_is_one_line(monkeypatch):
