@@ -85,8 +85,10 @@ def _s3(bucket: str) -> Any:
     if not region:
         # Real AWS serves each bucket from its own region; an S3-compatible endpoint does not care.
         region = "us-east-1" if endpoint else _bucket_region(bucket)
+    # background_writes=False: the retrying wrapper writes from inside pyarrow's IO threads (copy_files, which Ray
+    # Train and Tune use); an upload that queued its parts on that same pool and waited for them would deadlock.
     return pafs.S3FileSystem(endpoint_override=endpoint, region=region, connect_timeout=5, request_timeout=60,
-                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3))
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=3), background_writes=False)
 
 
 def _bucket_region(bucket: str) -> str:

@@ -121,3 +121,15 @@ def test_unreachable_endpoint_and_missing_credentials_fail_before_ray(tmp_path, 
     assert code == 2 and len(err) == 1 and "no S3 credentials" in err[0], err
     assert list(tmp_path.iterdir()) == [] and ray.is_initialized() == was_up
     storage._filesystem.cache_clear()
+
+
+def test_threaded_copy_into_retrying_s3_does_not_deadlock(s3_server, tmp_path):
+    """Ray Train and Tune upload with pyarrow's threaded `copy_files`; through the retrying wrapper every upload runs
+    on pyarrow's IO pool, so the S3 filesystem must not queue its own writes on that pool (it deadlocked)."""
+    import pyarrow.fs as pafs
+
+    for i in range(64):
+        (tmp_path / f"f{i}.bin").write_bytes(bytes([i]) * 20000)
+    fs, path = storage.resolve(f"s3://synthray-test/copy-{tmp_path.name}")
+    pafs.copy_files(str(tmp_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs, use_threads=True)
+    assert len(storage.list_files(f"s3://synthray-test/copy-{tmp_path.name}")) == 64
