@@ -263,11 +263,13 @@ def scratch_space(scratch: Path):
     """Turn 'no space left on device' while writing under `scratch` into one line that names the folder."""
     try:
         yield
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
+    except Exception as err:
         free = shutil.disk_usage(scratch).free if Path(scratch).exists() else 0
-        writing = f", writing {Path(err.filename).name}" if err.filename else ""
+        # Not every writer says ENOSPC: torch.save, for one, fails with a RuntimeError about a file position.
+        if not (isinstance(err, OSError) and err.errno == errno.ENOSPC) and free >= 2**20:
+            raise
+        filename = getattr(err, "filename", None)
+        writing = f", writing {Path(filename).name}" if filename else ""
         raise SynthrayError(f"scratch folder {scratch} is full ({free / 2**20:.0f} MiB free{writing}); free space there, "
                             "or point scratch= (or SYNTHRAY_SCRATCH) at a larger disk") from None
 

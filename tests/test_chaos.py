@@ -253,11 +253,20 @@ def full_scratch(tmp_path):
 
 
 def test_7_scratch_full_is_one_line(full_scratch, tmp_path):
+    fd = os.open(full_scratch / "filler", os.O_WRONLY | os.O_CREAT)  # something else on the node filled the disk
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     done = run_cli("run", f"storage={tmp_path / 'runs'}", f"scratch={full_scratch}", *TINY, "grid.generator=[real-holdout]",
                    cwd=tmp_path, env={"RAY_ADDRESS": ""})
     assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() + done.stdout.splitlines() if f"scratch folder {full_scratch} is full" in line]
+    lines = [line for line in done.stderr.splitlines() + done.stdout.splitlines() if f"failed: scratch folder {full_scratch} is full" in line]
     assert lines, (done.stdout + done.stderr)[-3000:]
-    assert not list((tmp_path / "runs").glob(f"*/*/{MANIFEST}")) or all(
-        "real" not in str(p) for p in (tmp_path / "runs").glob(f"*/*/{MANIFEST}"))
+    # The model whose weights did not fit is not committed, and no half-written build folder is left in scratch.
+    assert not list((tmp_path / "runs").glob(f"models/*/{MANIFEST}")) and not list((tmp_path / "runs").glob(f"results/*/{MANIFEST}"))
+    assert not [p for p in (full_scratch / "build").rglob("*") if p.is_file()]
     print(f"[figure] case 7: {lines[0].strip()[:160]}")
