@@ -25,7 +25,7 @@ def _dataset(root: str, built: list[str]) -> Artifact:
                 rows = range(4 * i, 4 * i + 4)
                 out.record(f"data/{name}", write_table(storage.join(out.uri, "data", name),
                                                        {"id": [f"r{j}" for j in rows], "image": [bytes([j]) * 50 for j in rows],
-                                                        "label": [j % 2 for j in rows]}))
+                                                        "label": [j % 2 for j in rows], "class_id": [f"c{j % 2}" for j in rows]}))
         return {"rows": SHARDS * 4}
 
     return art.build(make)
@@ -140,3 +140,14 @@ def test_storage_down_past_the_retry_budget_is_one_line(monkeypatch):
         storage._filesystem.cache_clear()
     line = str(err.value)
     assert "\n" not in line and line.startswith("storage unreachable for") and "SYNTHRAY_STORAGE_RETRY_S" in line
+
+
+def test_exporting_a_corrupt_dataset_is_one_line_and_writes_nothing(tmp_path):
+    from tests.rig import run_cli
+
+    art = _dataset(storage.normalize(tmp_path / "runs"), [])
+    _flip_byte(art.file("data", "part-00000.parquet"))
+    done = run_cli("export", art.uri, str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert f"synthray: error: artifact things/{art.key}: data/part-00000.parquet is corrupt" in done.stderr
+    assert not (tmp_path / "out").exists()
