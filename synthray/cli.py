@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                                      "storage when it is reachable (else every trial counts as to run). Needs no weights.")
     pln.add_argument("overrides", nargs="*", help="key=value overrides, as for run")
     pln.add_argument("--throughputs", metavar="YAML", help="throughput figures (default: synthray/conf/throughputs.yaml)")
+    cfg = sub.add_parser("config", help="print the composed configuration that run would use (Hydra's --cfg job)",
+                         description="Composes the base config, the experiment and the overrides, resolves every "
+                                     "interpolation, and prints YAML. Starts nothing, writes nothing.")
+    cfg.add_argument("overrides", nargs="*", help="key=value overrides, as for run")
+    cfg.add_argument("--package", "-p", metavar="KEY", help="print only this part, e.g. training or generators.sd15")
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("what", choices=LISTABLE)
     exp = sub.add_parser("export", help="write a synthetic dataset as an ImageFolder tree")
@@ -170,6 +175,20 @@ def _list(what: str) -> list[str]:
     return rows
 
 
+def _config_yaml(overrides: Sequence[str], package: str | None) -> str:
+    from omegaconf import OmegaConf
+
+    from synthray.config import compose
+
+    cfg = compose(overrides)
+    if package:
+        part = OmegaConf.select(cfg, package, default=None)
+        if part is None:
+            raise SynthrayError(f"config has no key '{package}'; top-level keys: {', '.join(cfg.keys())}")
+        return OmegaConf.to_yaml(part) if OmegaConf.is_config(part) else f"{part}\n"
+    return OmegaConf.to_yaml(cfg)
+
+
 def _storage_override(overrides: Sequence[str]) -> str:
     from synthray.config import compose
 
@@ -200,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             count = export_imagefolder(args.dataset, Path(args.out))
             print(f"exported {count} images to {args.out}")
+            return 0
+        if args.command == "config":
+            print(_config_yaml(args.overrides, args.package), end="")
             return 0
         if args.command == "plan":
             from synthray.sweep.cost import plan_lines

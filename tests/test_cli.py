@@ -45,3 +45,19 @@ def test_list_generators_shows_release_dates():
 def test_resume_without_sweeps_is_one_line(tmp_path):
     out = synthray("resume", f"storage={tmp_path}")
     assert out.returncode == 2 and "no sweep under" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_config_prints_the_composed_config_that_run_would_use(tmp_path):
+    from omegaconf import OmegaConf
+
+    from synthray.config import compose
+
+    overrides = ["experiment=paper", f"storage={tmp_path}", "recipe.epochs=7"]
+    done = synthray("config", *overrides)
+    assert done.returncode == 0, done.stderr
+    assert OmegaConf.to_container(OmegaConf.create(done.stdout)) == OmegaConf.to_container(compose(overrides))
+    part = synthray("config", *overrides, "--package", "recipe.epochs")
+    assert part.returncode == 0 and part.stdout == "7\n"
+    bad = synthray("config", "--package", "recipe.nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "config has no key 'recipe.nope'" in bad.stderr
+    assert not list(tmp_path.iterdir()), "config writes nothing"
