@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from synthray import storage
-from synthray.registry import SynthrayError
+from synthray.registry import SynthrayError, error_line
 
 log = logging.getLogger("synthray")
 
@@ -246,17 +246,8 @@ def _quarantine(artifact_uri: str, rel: str, what: str) -> None:
 
 
 def corruption(err: BaseException) -> str | None:
-    """The `CorruptArtifact` line in `err` or an error it wraps (Ray Tune, Train and Data re-raise worker errors,
-    sometimes only as text); None when the failure was something else."""
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, CorruptArtifact):
-            return str(seen).strip().splitlines()[-1]
-        lines = [line for line in str(seen).splitlines() if "CorruptArtifact: " in line]
-        if lines:
-            return lines[-1].split("CorruptArtifact: ", 1)[1].strip()
-        seen = seen.__cause__ or seen.__context__
-    return None
+    """The `CorruptArtifact` line in `err` or an error it wraps; None when the failure was something else."""
+    return error_line(err, "CorruptArtifact")
 
 
 def commit(uri: str, known: Mapping[str, Mapping[str, Any]], about: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,11 +3,30 @@
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any, Callable, Iterable
 
 
 class SynthrayError(Exception):
     """A user-facing problem: the CLI prints it as one line and exits non-zero."""
+
+
+def error_line(err: BaseException, *names: str) -> str | None:
+    """The message of the last error named `names` in `err` or the errors it wraps; None if there is none.
+
+    Ray Tune, Train and Data pass a worker's error on wrapped, sometimes only as the text of a traceback
+    ("RayTaskError(CorruptArtifact): ..."), so the text is searched as well as the chain.
+    """
+    pattern = re.compile(rf"(?:{'|'.join(names)})\)?: (.+)")
+    seen: BaseException | None = err
+    while seen is not None:
+        if type(seen).__name__ in names:
+            return str(seen).strip().splitlines()[-1]
+        found = pattern.findall(str(seen))
+        if found:
+            return found[-1].strip()
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> SynthrayError:

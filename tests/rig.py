@@ -36,13 +36,16 @@ def s3_client(endpoint: str):
                         region_name="us-east-1")
 
 
+def bucket_keys(endpoint: str, bucket: str = BUCKET, prefix: str = "") -> list[str]:
+    """The key of every object under `prefix` in the bucket."""
+    pages = s3_client(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
 def bucket_objects(endpoint: str, bucket: str = BUCKET, prefix: str = "") -> dict[str, bytes]:
     """Every object under `prefix` in the bucket: key -> bytes."""
-    client, out = s3_client(endpoint), {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            out[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-    return out
+    client = s3_client(endpoint)
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in bucket_keys(endpoint, bucket, prefix)}
 
 
 @pytest.fixture(scope="session")

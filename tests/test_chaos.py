@@ -24,7 +24,7 @@ from synthray import storage
 from synthray.artifacts import MANIFEST
 from tests.conftest import TINY
 from tests.outage import TcpRelay, small_disk
-from tests.rig import BUCKET, bucket_objects, run_cli
+from tests.rig import BUCKET, bucket_keys, bucket_objects, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,12 +85,12 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> dict:
 
 
 def objects_exist(endpoint: str, prefix: str, pattern: str) -> list[str]:
-    from tests.rig import s3_client
+    return [key for key in bucket_keys(endpoint, prefix=prefix) if re.search(pattern, key)]
 
-    client, keys = s3_client(endpoint), []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", []) if re.search(pattern, o["Key"])]
-    return keys
+
+def checkpoints(endpoint: str, prefix: str) -> set[str]:
+    """Names of the Ray Train checkpoints stored under `prefix` now (Train keeps only the newest two)."""
+    return {re.search(r"checkpoint_[^/]+", k).group(0) for k in objects_exist(endpoint, f"{prefix}/train-runs/", r"checkpoint_[^/]+/")}
 
 
 GENERATE = """
@@ -169,7 +169,7 @@ def test_2_and_8_a_node_dies_or_drains_mid_epoch(nodes, s3_server, how):
     deadline, seen = time.time() + 300, set()
     while len(seen) < 3 and time.time() < deadline:  # Ray Train keeps the newest two checkpoints: count as they come
         assert proc.poll() is None, proc.stdout.read()[-3000:]
-        seen |= {re.search(r"checkpoint_[^/]+", k).group(0) for k in objects_exist(s3_server, f"{prefix}/train-runs/", r"checkpoint_[^/]+/")}
+        seen |= checkpoints(s3_server, prefix)
         time.sleep(0.05)
     epoch_s = whole["meta"]["rows"] / whole["meta"]["images_per_s"]
     time.sleep(0.4 * epoch_s)  # into the next epoch
@@ -182,7 +182,7 @@ def test_2_and_8_a_node_dies_or_drains_mid_epoch(nodes, s3_server, how):
                                capture_output=True, text=True)
         assert drain.returncode == 0, drain.stderr[-2000:]
         time.sleep(2)  # the cloud reclaims the node at its deadline
-    seen |= {re.search(r"checkpoint_[^/]+", k).group(0) for k in objects_exist(s3_server, f"{prefix}/train-runs/", r"checkpoint_[^/]+/")}
+    seen |= checkpoints(s3_server, prefix)
     done = len(seen)  # epochs checkpointed when the node went away (a drained node keeps working until its deadline)
     cluster.kill_and_replace(node)
     got = finish(proc)

@@ -8,6 +8,7 @@ reimplemented in torch: resized as uint8 on the CPU (PIL's kernel), normalised o
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ def hf_preprocess(model: str, fallback_size: int, mean: tuple[float, ...], std: 
     return Preprocess(resize, crop, tuple(proc.image_mean), tuple(proc.image_std), mode)
 
 
-class Encoder:
+class Encoder(abc.ABC):
     """Shared batching: preprocess on the device, then `embed` under inference mode (bf16 autocast on CUDA)."""
 
     model: Any
@@ -100,9 +101,9 @@ class Encoder:
         self.device = default_device(device)
         self.batch_size = batch_size
 
+    @abc.abstractmethod
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) normalised pixels -> (B, D) features."""
-        raise NotImplementedError
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from synthray import storage
-from synthray.registry import SynthrayError
+from synthray.registry import SynthrayError, error_line
 from synthray.sweep.plan import grid_axes, validate
 from synthray.sweep.geneval import join_geneval
 from synthray.sweep.trial import RESULT_COLUMNS, plan_trials, tune_trial
@@ -130,11 +129,10 @@ def report_failures(results: Any) -> None:
     for result in results:
         if result.error is None:
             continue
-        text = str(result.error)
-        mine = [m.group(1).strip() for m in re.finditer(r"(?:SynthrayError|CorruptArtifact|StorageUnavailable)\)?: (.+)", text)]
-        last = [line.strip() for line in text.splitlines() if line.strip()]
+        mine = error_line(result.error, "SynthrayError", "CorruptArtifact", "StorageUnavailable")
+        last = [line.strip() for line in str(result.error).splitlines() if line.strip()]
         point = "/".join(str(result.config.get(axis, "?")) for axis in ("generator", "prompt_style", "arch", "probe"))
-        log.error("trial %s failed: %s", point, mine[-1] if mine else (last[-1] if last else type(result.error).__name__))
+        log.error("trial %s failed: %s", point, mine or (last[-1] if last else type(result.error).__name__))
 
 
 def find_sweep(root: str, sweep: str | None) -> str:

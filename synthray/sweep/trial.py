@@ -88,8 +88,12 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
     from synthray.artifacts import corruption
 
     trial = plan_trial(cfg, point)
+
+    def evaluate(out: Any) -> dict[str, Any]:
+        return _evaluate(trial, report_to_tune)
+
     try:
-        trial.result.build(lambda out: _evaluate(trial, report_to_tune))
+        trial.result.build(evaluate)
     except Exception as err:
         bad = corruption(err)
         if bad is None:
@@ -97,7 +101,7 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
         # The reader that found it removed the bad file and the manifest, so building again redoes just that, once;
         # a second corruption fails the trial with its line.
         log.warning("trial %s: %s", trial.label, bad)
-        trial.result.build(lambda out: _evaluate(trial, report_to_tune))
+        trial.result.build(evaluate)
     return trial.result.meta()
 
 
