@@ -60,9 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("dataset", help="dataset folder: <storage>/synthetic/<key>")
     exp.add_argument("out", help="output folder (class folders are created inside)")
     stage = sub.add_parser("stage-weights", help="copy hub weights to hub.cache, so autoscaled nodes never need the hub",
-                           description="Names: generators of the zoo (sd15 ...), depth, clip, dinov2, inception, or hub "
+                           description="Names: generators of the zoo (sd15 ...), depth, captioner, clip, dinov2, inception, or hub "
                                        "ids (org/name[@revision]). Needs hub.cache=<storage URI>.")
     stage.add_argument("names", nargs="+", help="model names, then key=value overrides (hub.cache=s3://bucket/hub)")
+    cap = sub.add_parser("caption", help="caption the real training images (captioner.*): builds or reuses the table",
+                         description="The table prompts.captions=captioner reads; prints its URI and row count.")
+    cap.add_argument("overrides", nargs="*", help="key=value overrides, as for run (captioner.backend=local ...)")
     return p
 
 
@@ -135,6 +138,8 @@ def _stage_weights(words: Sequence[str]) -> list[str]:
             model, use = str(cfg.generators[name].model), "pipeline"
         elif name == "depth":
             model, use = str(cfg.probes.depth.model), "depth"
+        elif name == "captioner":
+            model, use = str(cfg.captioner.local.model), "captioner"
         elif name in cfg.metrics.encoders:
             model, use = str(cfg.metrics.encoders[name].model), "encoder"
         else:
@@ -163,15 +168,16 @@ def _list(what: str) -> list[str]:
 
         return PROBES.names()
     if what == "archs":
-        from synthray.training.archs import ARCHS
+        from synthray.training.archs import describe
 
-        return ARCHS.names() + ["any timm model name (timm.list_models())"]
+        return describe()
     cfg = compose([])
     rows = []
     for name, entry in cfg.generators.items():
         model = entry.get("model", "(real held-out images)")
         how = f"{entry.pipeline} {entry.steps} steps cfg {entry.guidance} {entry.resolution}px" if entry.kind == "diffusers" else f"control: {entry.kind} (held-out real images)"
         rows.append(f"{name:<17} released {entry.get('released') or '-':<11} protocols model-default,paper  {how:<52} {model}")
+    rows.append("vae-reencode:<generator>  control: held-out real images encoded and decoded by that diffusers generator's VAE, e.g. vae-reencode:sd15")
     return rows
 
 
@@ -209,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "stage-weights":
             print("\n".join(_stage_weights(args.names)))
+            return 0
+        if args.command == "caption":
+            from synthray.captioning.stage import caption_command
+
+            print(caption_command(args.overrides))
             return 0
         if args.command in ("submit", "jobs", "logs", "stop", "results") or getattr(args, "submit", False):
             return _cluster_command(args)

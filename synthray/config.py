@@ -87,6 +87,21 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
+def _experiment(name: str, experiments: dict[str, Path], seen: tuple[str, ...] = ()) -> DictConfig:
+    """An experiment's deltas, after those of the experiments its `defaults: [<name>, ...]` lists (Hydra's
+    convention): experiments/paper-texture.yaml is experiments/paper.yaml with another grid."""
+    if name in seen:
+        raise SynthrayError(f"experiment {name}: its defaults include itself ({' -> '.join((*seen, name))})")
+    if name not in experiments:
+        raise unknown_name("experiment", name, experiments)
+    exp = _load_yaml(experiments[name])
+    bases = exp.pop("defaults", None) or []
+    merged = OmegaConf.create()
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = OmegaConf.merge(merged, _experiment(str(base), experiments, (*seen, name)))
+    return OmegaConf.merge(merged, exp) if bases else exp
+
+
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """Return the resolved run config for these overrides (the default experiment is `smoke`)."""
     parsed = _parse_overrides(overrides)
@@ -106,7 +121,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     cfg = _load_yaml(CONF_DIR / "config.yaml")
     cfg.generators = _load_yaml(CONF_DIR / "generators.yaml")
     OmegaConf.set_struct(cfg, True)
-    exp = _load_yaml(experiments[experiment])
+    exp = _experiment(experiment, experiments)
     # An experiment selects a recipe by name (`recipe: paper`) and may change its fields (`recipe: {name: paper, epochs: 5}`).
     exp_recipe = exp.pop("recipe", None)
     if isinstance(exp_recipe, str):
@@ -150,7 +165,7 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.scratch = str(Path(cfg.scratch).expanduser().resolve())
     if cfg.data.root:
         cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
-    if cfg.prompts.captions:
+    if cfg.prompts.captions and cfg.prompts.captions != "captioner":  # `captioner`: made by the captioner stage
         cfg.prompts.captions = str(Path(cfg.prompts.captions).expanduser().resolve())
     if cfg.metrics.geneval:
         cfg.metrics.geneval = str(Path(cfg.metrics.geneval).expanduser().resolve())
@@ -174,7 +189,7 @@ def _apply(cfg: DictConfig, o: Any) -> None:
                 raise SynthrayError(f"cannot delete unknown config key '{key}'")
             with open_dict(node):
                 del node[leaf]
-        elif o.is_add() or (key.startswith("generators.") and _new_generator_field(cfg, key)):
+        elif o.is_add() or key.split(".")[:2] == ["grid", "axes"] or (key.startswith("generators.") and _new_generator_field(cfg, key)):
             with open_dict(cfg):
                 OmegaConf.update(cfg, key, o.value(), merge=True, force_add=True)
         else:
@@ -184,7 +199,9 @@ def _apply(cfg: DictConfig, o: Any) -> None:
                 choices = list(node.keys()) if isinstance(node, DictConfig) else []
                 raise unknown_name("config key", key, [f"{parent}.{c}" if parent else c for c in choices])
             old, new = OmegaConf.select(cfg, key), o.value()
-            if isinstance(old, (int, float)) and not isinstance(old, bool) and not isinstance(new, (int, float)):
+            # Numbers whose null is a documented setting: every row (max_samples), the files as they are (image_size).
+            nullable = new is None and key in ("metrics.max_samples", "data.image_size")
+            if isinstance(old, (int, float)) and not isinstance(old, bool) and not nullable and not isinstance(new, (int, float)):
                 raise SynthrayError(f"override '{o.input_line}': {key} takes a number, got '{new}'")
             OmegaConf.update(cfg, key, new, merge=True)
     except OmegaConfBaseException as err:
@@ -195,12 +212,13 @@ _MISSING = object()
 
 # The fields a generator entry may set, per kind (`conf/generators.yaml`); `call` is a free-form mapping.
 GENERATOR_FIELDS: dict[str, tuple[str, ...]] = {
-    "diffusers": ("kind", "pipeline", "model", "dtype", "steps", "guidance", "resolution", "released", "distilled",
-                  "guidance_kwarg", "call", "paper_guidance"),
+    "diffusers": ("kind", "pipeline", "model", "dtype", "variant", "steps", "guidance", "resolution", "released",
+                  "distilled", "guidance_kwarg", "call", "scheduler", "paper"),
     "real-holdout": ("kind", "released"),
     "collapsed": ("kind", "released", "prototypes", "noise", "shift"),
+    "vae-reencode": ("kind", "source", "dtype", "released"),  # `vae-reencode:<generator>` needs no entry
 }
-FREE_FORM_GENERATOR_FIELDS = ("call",)
+FREE_FORM_GENERATOR_FIELDS = ("call", "paper")
 
 
 def _generator_fields(name: str, entry: Any) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ read them.
 from __future__ import annotations
 
 import io
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -21,11 +21,27 @@ from synthray import storage
 IMAGE_COLUMNS = ("id", "image", "label", "class_id")
 
 
-def encode(img: Image.Image, fmt: str = "png", quality: int = 95) -> bytes:
-    """Encode deterministically (no timestamps or optimiser passes that could vary)."""
+DEFAULT_SUBSAMPLING = "4:4:4"
+SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")  # 4:2:0 is what Pillow does when not told (the study's images)
+
+
+def jpeg_subsampling(generation: Any) -> str:
+    """`generation.jpeg_subsampling`, checked: a one-line error names the choices."""
+    from synthray.registry import unknown_name
+
+    value = str(generation.get("jpeg_subsampling") or DEFAULT_SUBSAMPLING)
+    if value not in SUBSAMPLINGS:
+        raise unknown_name("generation.jpeg_subsampling", value, SUBSAMPLINGS)
+    return value
+
+
+def encode(img: Image.Image, fmt: str = "png", quality: int = 95, subsampling: str | None = None) -> bytes:
+    """Encode deterministically (no timestamps or optimiser passes that could vary). JPEG chroma: `subsampling`
+    ("4:4:4", "4:2:0", ...), or by default full chroma at quality >= 90."""
     buf = io.BytesIO()
     if fmt == "jpeg":
-        img.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+        chroma = subsampling if subsampling is not None else (0 if quality >= 90 else 2)
+        img.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=chroma)
     elif fmt == "png":
         img.save(buf, format="PNG", compress_level=6)
     else:

@@ -48,17 +48,20 @@ USES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "pipeline": ("a diffusers save_pretrained folder", _check_files("model_index.json")),
     "depth": ("a transformers save_pretrained folder", _check_files("config.json")),
     "encoder": ("a transformers save_pretrained or timm save_for_hf folder", _check_encoder),
+    "captioner": ("a transformers save_pretrained folder", _check_files("config.json")),
 }
 
 
 def tiny_builders() -> dict[str, Callable[..., Any]]:
     """family -> builder(folder, seed=0, **params): every offline twin, in one name space."""
+    from synthray.captioning.tiny import build_tiny_captioner
     from synthray.generation.tiny import TINY_BUILDERS
     from synthray.metrics.encoders import build_tiny_encoder
     from synthray.probes.depth import build_tiny_depth
 
     out: dict[str, Callable[..., Any]] = dict(TINY_BUILDERS)
     out["depth"] = lambda folder, seed=0: build_tiny_depth(folder, seed=seed)
+    out["captioner"] = lambda folder, seed=0: build_tiny_captioner(folder, seed=seed)
     for kind in ("clip", "dinov2", "inception"):
         out[kind] = lambda folder, seed=0, kind=kind: build_tiny_encoder(kind, folder, seed=seed)
     return out

@@ -6,7 +6,8 @@ the token comes from `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or Ray's token fi
 
 A job packages the project's working dir (where `synthray submit` runs) with `experiments/` and any experiment file
 named on the command line, and runs `python -m synthray run ...` on the head. Secrets travel in the job's runtime
-env, taken from the laptop's environment: `HF_TOKEN` always, cloud credentials only with `--with-credentials`.
+env, taken from the laptop's environment: `HF_TOKEN` and `OPENAI_API_KEY` always (when set), cloud credentials only
+with `--with-credentials`.
 They never go into a file, a log line or a key.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 from synthray.registry import SynthrayError
 
-SECRETS = ("HF_TOKEN",)
+SECRETS = ("HF_TOKEN", "OPENAI_API_KEY")  # OPENAI_API_KEY: the openai captioner's (captioner.openai.api_key_env)
 CLOUD_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                      "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
 # Never uploaded with the working dir: environments, run outputs, caches and version control.

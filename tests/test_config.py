@@ -62,14 +62,14 @@ def test_validation_names_the_problem(tmp_path, override, message):
     assert not any(tmp_path.iterdir()), "validation must write nothing"
 
 
-def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path):
+def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path, monkeypatch):
     assert {"smoke", "paper"} <= set(list_experiments())
     cfg = compose(["experiment=paper"])
     assert cfg.storage == "s3://my-bucket/synthray" and cfg.hub.cache == "s3://my-bucket/hub" and cfg.device == "gpu"
     assert cfg.training.device == cfg.generation.device == cfg.metrics.device == cfg.probes.depth.device == "gpu"
     # The example bucket and hub cache are placeholders: run it on local storage, with no staged weights.
     cfg = compose(["experiment=paper", f"storage={tmp_path}", "hub.cache=null"])
-    assert len(trials(cfg)) == 3 * 1 * 4 * 3
+    assert len(trials(cfg)) == 15 * 2 * 4 * 4
     with pytest.raises(SynthrayError, match="real data folder not found"):
         validate(cfg)
     # With the data in place, the next thing missing is the hub weights.
@@ -80,9 +80,14 @@ def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path):
         (root / "train" / wnid).mkdir(parents=True)
         (root / "val" / wnid).mkdir(parents=True)
     paper = ["experiment=paper", f"storage={tmp_path}/runs", "hub.cache=null", f"data.root={root}", "grid.generator=[sd15]"]
+    # The caption style's captioner is the study's gpt-4.1-nano: its key comes from the environment.
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(SynthrayError, match=r"captioner.backend=openai reads its API key from \$OPENAI_API_KEY, which is not set"):
+        validate(compose(paper))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-real-key")
     with pytest.raises(SynthrayError, match="not in the local Hugging Face cache; stage them .synthray stage-weights") as err:
         validate(compose(paper))
     assert "\n" not in str(err.value)
     with pytest.raises(SynthrayError, match=f"generators.sd15.model={tmp_path}/missing: not a diffusers save_pretrained folder"):
-        validate(compose([*paper, f"generators.sd15.model={tmp_path}/missing"]))
+        validate(compose([*paper, "grid.probe=[rgb]", f"generators.sd15.model={tmp_path}/missing"]))
     assert not Path(tmp_path / "runs").exists()

@@ -169,3 +169,113 @@ def test_registered_depth_probe_is_the_estimator_on_one_image(tiny_dir, estimato
 
     image = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(PROBES.get("depth")(image, model=str(tiny_dir)), estimator([image])[0])
+
+
+# --- The study's depth pipeline (issue 12, item 2) -----------------------------------------------------------------
+
+
+def study_crop_to_square(image):
+    """labelling/extract_depth_maps.py `crop_to_square`, verbatim."""
+    width, height = image.size
+    square_size = min(width, height)
+    left = (width - square_size) // 2
+    top = (height - square_size) // 2
+    right = left + square_size
+    bottom = top + square_size
+    return image.crop((left, top, right, bottom))
+
+
+def study_depth_anything(model_path: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """extract_depth_maps.py's loop body and depth_models.py `DepthAnythingV2.__call__`, verbatim but for the
+    arrays in and out (fp32: `from_pretrained` without a dtype, no autocast)."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    model = AutoModelForDepthEstimation.from_pretrained(model_path).to("cpu")
+    image_processor = AutoImageProcessor.from_pretrained(model_path)
+    images = []
+    for image in (Image.fromarray(a).convert("RGB") for a in arrays):
+        if image.width != image.height:
+            image = study_crop_to_square(image)
+        images.append(image)
+    with torch.no_grad():
+        inputs = image_processor(images=images, return_tensors="pt").to("cpu")
+        outputs = model(**inputs)
+        depth_maps = outputs.predicted_depth
+        depth_min = torch.amin(depth_maps, dim=[1, 2], keepdim=True)
+        depth_max = torch.amax(depth_maps, dim=[1, 2], keepdim=True)
+        depth_maps = (depth_maps - depth_min) / (depth_max - depth_min)
+    imgs = []
+    for depth_map in depth_maps:
+        depth_map = depth_map.cpu().numpy()
+        depth_map = (depth_map * 255.0).clip(0, 255).astype(np.uint8)
+        depth_map = np.repeat(depth_map[:, :, np.newaxis], 3, axis=2)
+        imgs.append(np.asarray(Image.fromarray(depth_map).convert("RGB")))
+    return imgs
+
+
+STUDY_DEPTH = {"dtype": "float32", "input_size": None, "square_crop": True, "output_size": "model", "quantize": "floor"}
+
+
+def test_study_options_give_the_studys_maps_at_the_models_size(tiny_dir):
+    import torch
+
+    images = random_images(5, (40, 48), (48, 40), (56, 56), (30, 70))
+    est = DepthEstimator(str(tiny_dir), batch_size=8, **STUDY_DEPTH)
+    assert est.dtype == torch.float32
+    views = est(images)
+    with torch.no_grad():  # the model's own output size: the processor's 56 px square for the tiny twin
+        pixels = est.processor(images=[images[0][:40, 4:44]], return_tensors="pt")["pixel_values"]
+        out_size = tuple(est.model(pixel_values=pixels).predicted_depth.shape[-2:])
+    assert out_size == (56, 56)
+    expected = study_depth_anything(str(tiny_dir), images)  # one batch: every centre square becomes 56 x 56
+    for view, want in zip(views, expected):
+        assert view.shape == (*out_size, 3) and view.dtype == np.uint8 and want.shape == view.shape
+        assert (view[..., 0] == view[..., 1]).all() and (view[..., 0] == view[..., 2]).all()
+        # Our batches group equal crop sizes; float kernels are not batch-invariant, so a level may differ.
+        assert np.abs(view.astype(int) - want.astype(int)).max() <= 1 and (view == want).mean() > 0.99
+    alone = [DepthEstimator(str(tiny_dir), **STUDY_DEPTH)([im])[0] for im in images]
+    assert all(np.abs(a.astype(int) - v.astype(int)).max() <= 1 for a, v in zip(alone, views))
+
+
+def test_floor_is_the_studys_truncation_and_input_size_overrides_the_processor(tiny_dir):
+    image = random_images(6, (32, 32))[0]
+    floor = DepthEstimator(str(tiny_dir), quantize="floor", output_size="model")([image])[0].astype(int)
+    rounded = DepthEstimator(str(tiny_dir), quantize="round", output_size="model")([image])[0].astype(int)
+    assert ((rounded - floor) >= 0).all() and ((rounded - floor) <= 1).all() and (rounded != floor).any()
+    assert floor.max() == 255 and rounded.max() == 255 and floor.shape == (56, 56, 3)
+    small = DepthEstimator(str(tiny_dir), input_size=28, output_size="model")([image])[0]
+    assert small.shape == (28, 28, 3)  # 28 px in, a 2 x 2 grid of 14 px patches, 28 px out
+    assert DepthEstimator(str(tiny_dir), input_size=28)([image])[0].shape == (32, 32, 3)  # resized back to the image
+
+
+def test_depth_worker_passes_the_options(tiny_dir, tmp_path):
+    images = random_images(7, (40, 48), (40, 48))
+    shard = tmp_path / "part-00000.parquet"
+    write_table(str(shard), {"id": ["a", "b"], "image": [encode(Image.fromarray(a), "png") for a in images], "label": [0, 1]})
+    factory = pickle.loads(pickle.dumps(functools.partial(depth_worker, str(tiny_dir), 2, **STUDY_DEPTH)))
+    columns = factory()({"name": shard.name, "src": str(shard)})
+    expected = DepthEstimator(str(tiny_dir), batch_size=2, **STUDY_DEPTH)(images)
+    for data, want in zip(columns["image"], expected):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), want) and want.shape == (56, 56, 3)
+
+
+def test_depth_options_reach_the_key_only_when_they_change_it(tmp_path):
+    from synthray.probes.stage import check_probe, probe_setup
+    from tests.conftest import tiny_cfg
+
+    base = probe_setup(tiny_cfg(tmp_path), "depth")
+    assert set(base.params) >= {"dtype", "input_size", "square_crop", "output_size", "quantize"}
+    assert set(base.identity) == {"model", "batch_size", "device"}  # the key depth views had before the options
+    study = [f"probes.depth.{k}={'null' if v is None else str(v).lower()}" for k, v in STUDY_DEPTH.items()]
+    setup = probe_setup(tiny_cfg(tmp_path, *study), "depth")
+    assert {k: setup.identity[k] for k in ("dtype", "square_crop", "output_size", "quantize")} == {
+        "dtype": "float32", "square_crop": True, "output_size": "model", "quantize": "floor"}
+    assert "input_size" not in setup.identity  # null is the processor's own size, as before
+    for override, message in [("probes.depth.dtype=half", "probes.depth.dtype must be one of float16, bfloat16, float32"),
+                              ("probes.depth.input_size=-1", "probes.depth.input_size must be null"),
+                              ("probes.depth.square_crop=1", "probes.depth.square_crop must be true or false"),
+                              ("probes.depth.output_size=native", "probes.depth.output_size must be one of input, model"),
+                              ("+probes.depth.invert=true", "probes.depth has no key invert")]:
+        with pytest.raises(SynthrayError, match=message):
+            check_probe(tiny_cfg(tmp_path, override), "depth", ["tiny-cnn"])

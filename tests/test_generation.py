@@ -222,8 +222,18 @@ def test_protocols():
     sd15, schnell = dict(cfg.generators["sd15"]), dict(cfg.generators["flux1-schnell"])
     assert sampling_params(sd15, "model-default") == {"steps": 50, "guidance": 7.5, "resolution": 512}
     assert sampling_params(sd15, "paper") == {"steps": 50, "guidance": 2.0, "resolution": 512}
-    assert sampling_params(schnell, "paper") == {"steps": 4, "guidance": 2.0, "resolution": 512}
+    # gen/gen_images.py: turbo/schnell keep CFG 0.0 at 4 steps; SDXL-Turbo is called with no size (the model's own).
+    assert sampling_params(schnell, "paper") == {"steps": 4, "guidance": 0.0, "resolution": 512}
+    assert sampling_params(dict(cfg.generators["sdxl-turbo"]), "paper") == {"steps": 4, "guidance": 0.0, "resolution": None}
+    assert sampling_params(dict(cfg.generators["sd21"]), "paper")["scheduler"] == "DPMSolverMultistepScheduler"
     assert sampling_params(dict(cfg.generators["qwen-image"]), "model-default")["resolution"] == 1328
+    # generation.guidance / steps / scheduler replace every generator's: what a grid axis sweeps.
+    assert sampling_params(sd15, "paper", {"guidance": 4, "steps": 20, "scheduler": "DDIMScheduler"}) == {
+        "steps": 20, "guidance": 4.0, "resolution": 512, "scheduler": "DDIMScheduler"}
+    with pytest.raises(SynthrayError, match="generation.steps must be a whole number"):
+        sampling_params(sd15, "paper", {"steps": 2.5})
+    with pytest.raises(SynthrayError, match="unknown scheduler 'Eular'"):
+        sampling_params(sd15, "paper", {"scheduler": "Eular"})
     with pytest.raises(SynthrayError, match="unknown generation protocol"):
         sampling_params(sd15, "fast")
 
@@ -234,3 +244,22 @@ def test_png_and_stored_size(ray_cluster, shared_storage):
     table = read_images(run_generation(cfg, "tiny-sd").uri)
     img = Image.open(__import__("io").BytesIO(table["image"][0]))
     assert img.format == "PNG" and img.size == (24, 24)
+
+
+def test_the_study_call_no_size_passed_and_a_swapped_scheduler(shared_storage):
+    """SDXL-Turbo in the study gets no width/height (the pipeline's own size); SD2.x get another sampler."""
+    import diffusers
+
+    from synthray.generation.generators import build_generator
+    from synthray.models import Models
+
+    cfg = tiny_cfg(shared_storage)
+    folder = Models.from_cfg(cfg).locate("tiny:sd", "pipeline", resolution=32)
+    spec = {"kind": "diffusers", "pipeline": "StableDiffusionPipeline", "model_path": folder, "dtype": "float32",
+            "params": {"steps": 2, "guidance": 0.0, "resolution": None, "scheduler": "DDIMScheduler"}}
+    gen = build_generator(spec)
+    assert isinstance(gen.pipe.scheduler, diffusers.DDIMScheduler)
+    own = gen.pipe.unet.config.sample_size * gen.pipe.vae_scale_factor
+    rows = pd.DataFrame({"prompt": ["a handwritten digit 3"], "seed": [7]})
+    (image,) = gen(rows)
+    assert image.shape == (own, own, 3)

@@ -41,7 +41,7 @@ def test_plan_paper_on_a_laptop(offline, capsys, monkeypatch):
     monkeypatch.setattr(ray, "init", no_ray)
     assert main(["plan", "experiment=paper"]) == 0
     out = capsys.readouterr().out
-    assert "36 trials (3 generators x 1 prompt style x 4 archs x 3 probes)" in out
+    assert "480 trials (15 generators x 2 prompt styles x 4 archs x 4 probes)" in out
     assert "storage s3://my-bucket/synthray not reachable" in out and "every trial counted as to run" in out
     assert _number(r"^total: ([\d.,]+) GPU-hours", out) > 0
     assert _number(r"^peak: (\d+) GPUs", out) > 0
@@ -78,7 +78,8 @@ def test_plan_reads_reuse_from_storage(offline, tmp_path, capsys):
 
 
 def test_estimate_is_pure_and_uses_defaults(monkeypatch):
-    cfg = compose(["experiment=paper", "grid.generator=[sd15,sd21]", "grid.arch=[resnet50]", "grid.probe=[rgb]"])
+    cfg = compose(["experiment=paper", "grid.generator=[sd15,sd21]", "grid.prompt_style=[classname]", "grid.arch=[resnet50]",
+                   "grid.probe=[rgb]"])
     figures = load_throughputs()
     del figures["generators"]["sd21"]
     notes = []

@@ -125,3 +125,77 @@ def test_float32_dtype_close_to_float64_despite_an_offset():
     exact, fast = prdc(real, fake, k=5), prdc(real, fake, k=5, dtype=torch.float32)
     for name in METRICS:
         assert abs(exact[name] - fast[name]) <= 2 / 1000 + 1e-12, (name, exact, fast)
+
+
+# --- Cosine distance, the study's (issue 12, item 2) ---------------------------------------------------------------
+
+
+def study_prdc(real_features: np.ndarray, fake_features: np.ndarray, nearest_k: int) -> dict[str, float]:
+    """image_dist/prdc.py of the study, verbatim but for the print: the `prdc` package with sklearn's cosine
+    pairwise distances (n_jobs=16, so sklearn's threaded path, which leaves the self-distances as computed)."""
+    import sklearn.metrics
+
+    def compute_pairwise_distance(data_x, data_y=None):
+        if data_y is None:
+            data_y = data_x
+        return sklearn.metrics.pairwise_distances(data_x, data_y, metric='cosine', n_jobs=16)
+
+    def get_kth_value(unsorted, k, axis=-1):
+        indices = np.argpartition(unsorted, k, axis=axis)[..., :k]
+        k_smallests = np.take_along_axis(unsorted, indices, axis=axis)
+        return k_smallests.max(axis=axis)
+
+    def compute_nearest_neighbour_distances(input_features, nearest_k):
+        distances = compute_pairwise_distance(input_features)
+        return get_kth_value(distances, k=nearest_k + 1, axis=-1)
+
+    real_nearest_neighbour_distances = compute_nearest_neighbour_distances(real_features, nearest_k)
+    fake_nearest_neighbour_distances = compute_nearest_neighbour_distances(fake_features, nearest_k)
+    distance_real_fake = compute_pairwise_distance(real_features, fake_features)
+    precision = (distance_real_fake < np.expand_dims(real_nearest_neighbour_distances, axis=1)).any(axis=0).mean()
+    recall = (distance_real_fake < np.expand_dims(fake_nearest_neighbour_distances, axis=0)).any(axis=1).mean()
+    density = (1. / float(nearest_k)) * (
+        distance_real_fake < np.expand_dims(real_nearest_neighbour_distances, axis=1)).sum(axis=0).mean()
+    coverage = (distance_real_fake.min(axis=1) < real_nearest_neighbour_distances).mean()
+    return {name: float(v) for name, v in dict(precision=precision, recall=recall, density=density, coverage=coverage).items()}
+
+
+@pytest.mark.parametrize("n, m, d, k, chunk", [
+    (50, 200, 3, 1, 4096),
+    (200, 50, 16, 3, 4096),
+    (300, 700, 64, 5, 4096),
+    (700, 300, 8, 10, 4096),
+    (300, 700, 64, 5, 37),      # chunk smaller than both sets, and not dividing either
+])
+def test_cosine_matches_the_studys_sklearn_reference(n, m, d, k, chunk):
+    real, fake = features(n, m, d, seed=n + m + d + k)
+    real[3] = 0.0  # a zero row: sklearn leaves it zero, at cosine distance 1 from everything
+    ref = study_prdc(real, fake, k)
+    assert_close(prdc(real, fake, k=k, chunk=chunk, distance="cosine"), ref)
+    assert prdc(real, fake, k=k, distance="cosine") != prdc(real, fake, k=k)  # not the euclidean figures
+
+
+def test_cosine_ignores_length_and_is_exact_against_itself():
+    real, fake = features(300, 400, 16, seed=9)
+    scale = np.random.default_rng(9).uniform(0.1, 10.0, size=(len(fake), 1))
+    # Rescaled rows are the same directions; sklearn's normalise rounds them alike up to an ulp.
+    assert_close(prdc(real, fake * scale, k=5, distance="cosine"), prdc(real, fake, k=5, distance="cosine"))
+    out = prdc(real, real.copy(), k=5, chunk=64, distance="cosine")
+    assert out["precision"] == out["recall"] == out["coverage"] == 1.0
+    assert out["density"] == pytest.approx(1.0, abs=1e-12)
+    cone = real + 10.0  # every row near the direction (1, ..., 1)
+    far = prdc(cone, -cone, k=5, distance="cosine")  # the opposite cone: every distance to a fake is ~2
+    assert far == dict.fromkeys(METRICS, 0.0)
+
+
+def test_cosine_float32_and_per_class():
+    real, fake = features(1000, 1000, 64, seed=10)
+    exact, fast = prdc(real, fake, k=5, distance="cosine"), prdc(real, fake, k=5, distance="cosine", dtype=torch.float32)
+    for name in METRICS:
+        assert abs(exact[name] - fast[name]) <= 2 / 1000 + 1e-12, (name, exact, fast)
+    labels_r, labels_f = np.arange(1000) % 2, np.arange(1000) % 2
+    out = prdc_per_class(real, labels_r, fake, labels_f, k=5, distance="cosine")
+    for c in (0, 1):
+        assert_close({name: out[name][c] for name in METRICS}, study_prdc(real[labels_r == c], fake[labels_f == c], 5))
+    with pytest.raises(ValueError, match="unknown PRDC distance 'manhattan'"):
+        prdc(real, fake, k=5, distance="manhattan")

@@ -26,10 +26,11 @@ def test_changing_a_recipe_value_changes_the_model_key(tmp_path):
     from synthray.artifacts import Artifact, DatasetRef, Store
     from synthray.training.trainer import model_artifact
 
-    data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")
+    real = Artifact(Store(str(tmp_path)), "real", {"d": 1})
+    data, test = DatasetRef(real, "train"), DatasetRef(real, "test")
 
-    def key(*overrides):
-        return model_artifact(compose([f"storage={tmp_path}", *overrides]), "tiny-cnn", data, 10, "").key
+    def key(*overrides):  # `test`: where recipe=paper picks its best epoch (the study's protocol)
+        return model_artifact(compose([f"storage={tmp_path}", *overrides]), "tiny-cnn", data, 10, "", test).key
 
     keys = {key(*o) for o in ([], ["recipe.epochs=7"], ["recipe.lr=1e-4"], ["recipe=paper"])}
     assert len(keys) == 4

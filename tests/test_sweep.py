@@ -156,3 +156,25 @@ def test_plan_trials_names_every_artifact_and_builds_nothing(tmp_path):
         assert (one.real.key, one.synthetic.key, one.result.key) == (t.real.key, t.synthetic.key, t.result.key)
     assert plan_summary(cfg)[0] == "plan: 4 trials, 0 already complete (reused), 4 to run"
     assert not any(tmp_path.iterdir()), "planning writes nothing"
+
+
+@pytest.mark.slow
+def test_any_config_key_is_a_grid_axis_with_its_own_results_column(ray_cluster, tmp_path):
+    """Guidance and sampler become sweepable: one trial per value, one dataset per value, a column per axis."""
+    from synthray.sweep.runner import format_table
+
+    cfg = tiny_cfg(tmp_path, "grid.generator=[tiny-sd]", "grid.axes.generation.guidance=[1.5,4]",
+                   "grid.axes.generation.scheduler=[DDIMScheduler]")
+    table, path = run_sweep(cfg)
+    stored = read_results(path)
+    assert list(stored.columns[:6]) == ["generator", "prompt_style", "arch", "probe", "generation.guidance", "generation.scheduler"]
+    assert sorted(stored["generation.guidance"]) == [1.5, 4.0] and (stored["status"] == "done").all()
+    assert (stored["generation.scheduler"] == "DDIMScheduler").all()
+    datasets = {k: json.loads((tmp_path / "synthetic" / k / "meta.json").read_text()) for k in stored["dataset"]}
+    assert len(datasets) == 2, "each guidance value has its own dataset"
+    assert len({m["digest"] for m in datasets.values()}) == 2, "and its own images"
+    specs = [json.loads((tmp_path / "synthetic" / k / "spec.json").read_text())["params"] for k in stored["dataset"]]
+    assert sorted(s["guidance"] for s in specs) == [1.5, 4.0] and {s["scheduler"] for s in specs} == {"DDIMScheduler"}
+    assert stored["real_model"].nunique() == 1, "the real model does not depend on the generation axes"
+    shown = format_table(stored).splitlines()
+    assert "generation.guidance" in shown[0] and "generation.scheduler" in shown[0]

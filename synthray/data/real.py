@@ -56,7 +56,7 @@ def real_spec(cfg: Any) -> dict[str, Any]:
     classes = load_classes(d.classes)
     root = str(Path(d.root).expanduser().resolve()) if d.root else None
     return {
-        "source": d.source, "root": root, "classes": classes["id"].tolist(), "image_size": int(d.image_size),
+        "source": d.source, "root": root, "classes": classes["id"].tolist(), "image_size": None if d.image_size is None else int(d.image_size),
         "test_fraction": float(d.test_fraction), "control_fraction": float(d.control_fraction),
         "max_per_class": d.max_per_class, "seed": int(cfg.seed), "on_corrupt": str(d.on_corrupt),
         "image_column": str(d.image_column), "label_column": str(d.label_column),
@@ -173,11 +173,16 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def _real_image(source: Any, where: str, spec: dict[str, Any], skipped: list[str]) -> bytes | None:
-    """A path or encoded bytes -> square JPEG bytes at the real image size; None when unreadable and skipping."""
+    """A path or encoded bytes -> square JPEG bytes at the real image size, or (image_size None) the source's own
+    bytes once they decode; None when unreadable and skipping."""
     import io
 
     try:
-        img = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
+        data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        img = Image.open(io.BytesIO(data))
+        if spec["image_size"] is None:
+            img.load()  # the whole file decodes: a truncated JPEG fails here, not in training
+            return data
         return encode(square(img.convert("RGB"), spec["image_size"]), "jpeg", 95)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         if spec["on_corrupt"] == "skip":

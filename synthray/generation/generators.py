@@ -5,6 +5,7 @@ Kinds:
   tiny offline twin (`model: tiny:<family>`) that was saved to disk the same way.
 - `real-holdout`: a control that "generates" by drawing held-out real training images of the prompted class.
 - `collapsed`: a mode-collapse control: a few held-out real prototypes per class, repeated with jitter.
+- `vae-reencode` (`reencode.py`): held-out real images through a diffusers generator's VAE: `vae-reencode:<generator>`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 from PIL import Image
 
 from synthray.artifacts import seed_hash
@@ -24,25 +26,62 @@ PROTOCOLS = ("model-default", "paper")
 
 
 def generator_entry(cfg: Any, name: str) -> dict[str, Any]:
-    """The zoo entry for `name` (a plain dict), or a one-line error listing the zoo."""
-    if name not in cfg.generators:
-        raise unknown_name("generator", name, cfg.generators.keys())
-    entry = dict(cfg.generators[name])
-    GENERATOR_KINDS.get(entry.get("kind"))  # an unknown kind is a zoo typo
+    """The zoo entry for `name` (a plain dict), or a one-line error listing the zoo. A set `generation.dtype`
+    replaces every model's dtype (e.g. bfloat16 for all, where the study ran SD1.x/2.x/XL in float16)."""
+    entry = _zoo_entry(cfg, name)
+    dtype = OmegaConf.select(cfg, "generation.dtype", default=None)
+    if dtype and "dtype" in entry:
+        entry["dtype"] = str(dtype)
     return entry
 
 
-def sampling_params(entry: dict[str, Any], protocol: str) -> dict[str, Any]:
-    """Steps, guidance and resolution under a protocol: the model's own, or the study's (CFG 2, 50 steps, 512px)."""
+def _zoo_entry(cfg: Any, name: str) -> dict[str, Any]:
+    if name not in cfg.generators and name.startswith(REENCODE_PREFIX):
+        return reencode_entry(cfg, name)  # vae-reencode:<generator>, made from the source's entry
+    if name not in cfg.generators:
+        raise unknown_name("generator", name, [*cfg.generators.keys(), f"{REENCODE_PREFIX}<generator>"])
+    entry = dict(cfg.generators[name])
+    GENERATOR_KINDS.get(entry.get("kind"))  # an unknown kind is a zoo typo
+    return reencode_entry(cfg, name, entry) if entry["kind"] == "vae-reencode" else entry
+
+
+def sampling_params(entry: dict[str, Any], protocol: str, overrides: Any = None) -> dict[str, Any]:
+    """Steps, guidance and resolution (and scheduler, when one is set) under a protocol: the model's own, or the
+    study's (CFG 2, 50 steps, 512px). `overrides` is the `generation` section (or a dict): its non-null
+    `guidance`, `steps` and `scheduler` replace the generator's, the way a grid axis sweeps them."""
     if protocol not in PROTOCOLS:
         raise unknown_name("generation protocol", protocol, PROTOCOLS)
     if entry["kind"] != "diffusers":
         return {}
-    params = {"steps": int(entry["steps"]), "guidance": float(entry["guidance"]), "resolution": int(entry["resolution"])}
+    params: dict[str, Any] = {"steps": int(entry["steps"]), "guidance": float(entry["guidance"]), "resolution": int(entry["resolution"])}
     if protocol == "paper" and not str(entry["model"]).startswith("tiny:"):
-        few = entry.get("distilled", False)  # turbo/schnell models sample in 4 steps
-        params = {"steps": 4 if few else 50, "guidance": float(entry.get("paper_guidance", 2.0)), "resolution": 512}
+        # gen/gen_images.py: 50 steps, CFG 2.0 and 512 px for every model; turbo/schnell run 4 steps at CFG 0.0.
+        # An entry's `paper` mapping holds its exceptions (SDXL-Turbo: no size passed, the model's own).
+        few = entry.get("distilled", False)
+        params = {"steps": 4 if few else 50, "guidance": 0.0 if few else 2.0, "resolution": 512}
+        params.update(dict(entry.get("paper") or {}))
+    if entry.get("scheduler"):
+        params["scheduler"] = str(entry["scheduler"])
+    for key, kind in (("guidance", float), ("steps", int), ("scheduler", str)):
+        value = (overrides or {}).get(key)
+        if value is None:
+            continue
+        if kind is not str and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or
+                                (kind is int and (value != int(value) or value < 1))):
+            raise SynthrayError(f"generation.{key} must be a {'whole number >= 1' if kind is int else 'number >= 0'}, got {value!r}")
+        params[key] = kind(value)
+    if "scheduler" in params:
+        check_scheduler(params["scheduler"])
     return params
+
+
+def check_scheduler(name: str) -> None:
+    """A diffusers scheduler class name, or a one-line error listing them."""
+    import diffusers
+
+    known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
+    if name not in known:
+        raise unknown_name("scheduler", name, known)
 
 
 @GENERATOR_KINDS.register("diffusers")
@@ -63,6 +102,8 @@ class DiffusersGenerator:
         dtype = getattr(torch, spec["dtype"]) if self.device == "cuda" else torch.float32
         cls = getattr(diffusers, spec["pipeline"])
         kwargs: dict[str, Any] = {"dtype": dtype}
+        if spec.get("variant"):
+            kwargs["variant"] = spec["variant"]  # e.g. SDXL's fp16 weight files, as the study loads them
         if "safety_checker" in inspect.signature(cls.__init__).parameters:
             kwargs.update(safety_checker=None, requires_safety_checker=False)  # study: raw model output
         pipe = cls.from_pretrained(spec["model_path"], **kwargs)
@@ -77,6 +118,8 @@ class DiffusersGenerator:
             pipe.unet.to(memory_format=torch.channels_last)  # convolutions run faster in NHWC on tensor cores
         if spec.get("compile") and self.device == "cuda" and denoiser is not None:
             denoiser.forward = torch.compile(denoiser.forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+        if spec["params"].get("scheduler"):  # same schedule settings, another sampler (the study's SD2.x; a grid axis)
+            pipe.scheduler = getattr(diffusers, spec["params"]["scheduler"]).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
         self.params = spec["params"]
@@ -92,10 +135,11 @@ class DiffusersGenerator:
         for key in ("negative_prompt",):  # per-image lists, so batched calls line up with prompts
             if isinstance(call.get(key), str):
                 call[key] = [call[key]] * len(rows)
+        if p["resolution"] is not None:  # None: pass no size, the pipeline uses the model's own (the study's SDXL-Turbo)
+            call.update(height=p["resolution"], width=p["resolution"])
         with torch.inference_mode():
             out = self.pipe(
-                prompt=list(rows["prompt"]), generator=generators, num_inference_steps=p["steps"],
-                height=p["resolution"], width=p["resolution"], output_type="np",
+                prompt=list(rows["prompt"]), generator=generators, num_inference_steps=p["steps"], output_type="np",
                 **{self.guidance_kwarg: p["guidance"]}, **call,
             )
         return [np.asarray(im, dtype=np.float32) for im in out.images]
@@ -164,3 +208,6 @@ class CollapsedGenerator(RealHoldoutGenerator):
 
 def build_generator(spec: dict[str, Any]) -> Any:
     return GENERATOR_KINDS.get(spec["kind"])(spec)
+
+
+from synthray.generation.reencode import PREFIX as REENCODE_PREFIX, reencode_entry  # noqa: E402  (registers vae-reencode)

@@ -17,10 +17,18 @@ from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
 from synthray.data.real import load_classes
 from synthray.generation.generators import build_generator, generator_entry, sampling_params
 from synthray.generation.prompts import load_captions, prompt_table
-from synthray.images import dataset_digest, encode, read_images, square, to_uint8
+from synthray.images import DEFAULT_SUBSAMPLING, dataset_digest, encode, jpeg_subsampling, read_images, square, to_uint8
 from synthray.models import Models, model_identity
 from synthray.registry import SynthrayError
 from synthray.shards import Pool, map_shards, record_shards
+
+MODEL_KINDS = ("diffusers", "vae-reencode")  # generator kinds that load a model and run on generation.device
+
+
+def uses_captioner(cfg: Any, style: str) -> bool:
+    """Whether `style`'s captions come from the captioner stage (`prompts.captions=captioner`), so its prompt table
+    exists only once that stage has run: inside the trial, never at planning time."""
+    return style == "caption" and cfg.prompts.captions == "captioner"
 
 
 def style_captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None:
@@ -28,8 +36,34 @@ def style_captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame |
     if style != "caption":
         return None
     if not cfg.prompts.captions:
-        raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption>")
+        raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption> "
+                            "or prompts.captions=captioner")
+    if uses_captioner(cfg, style):
+        from synthray.captioning.stage import read_captions
+
+        return read_captions(cfg)
     return load_captions(cfg.prompts.captions, class_ids)
+
+
+def check_captions(cfg: Any, style: str, class_ids: list[str]) -> None:
+    """Before launch: the captions file is valid, or (captioner) the captioner's settings are; it runs later."""
+    if uses_captioner(cfg, style):
+        from synthray.captioning.stage import check_captioner
+
+        check_captioner(cfg)
+    else:
+        style_captions(cfg, style, class_ids)
+
+
+def prompts_identity(cfg: Any, style: str, table: pd.DataFrame | None, real: Artifact) -> dict[str, Any]:
+    """What a dataset's key records of its prompts: the rows themselves; or, for captions the captioner stage makes,
+    the captions artifact's key and how prompts are made from it (the rows exist only after that stage ran)."""
+    if uses_captioner(cfg, style):
+        from synthray.captioning.stage import captions_artifact
+
+        return {"captions": captions_artifact(cfg, real).key, "template": cfg.prompts.caption_template,
+                "n_per_class": int(cfg.prompts.n_per_class)}
+    return {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
 
 
 def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
@@ -46,34 +80,43 @@ def control_params(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(entry).items() if k not in ("kind", "released")}
 
 
-def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame, real: Artifact) -> Artifact:
+def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: Artifact) -> Artifact:
     """The dataset's identity: everything that changes its bytes, and nothing that does not (actors, resumes,
     the device, the storage root).
 
-    `table` is the prompt table (`build_prompt_table`), built once per trial. The batch size is part of the key:
+    `table` is the prompt table (`build_prompt_table`), built once per trial; None when the captioner stage makes
+    its captions (`uses_captioner`: the key names the captions artifact instead). The batch size is part of the key:
     float kernels are not batch-invariant (a batch of 3 and three batches of 1 can differ by one grey level in a
     pixel), so a new batch size makes a new dataset rather than a silent mix. `real` is used by control generators.
     """
     entry = generator_entry(cfg, generator)
     g = cfg.generation
+    n_images = len(table) if table is not None else len(real.spec["classes"]) * int(cfg.prompts.n_per_class)
     spec: dict[str, Any] = {
         "generator": generator,
         "kind": entry["kind"],
         "protocol": g.protocol,
-        "params": sampling_params(entry, g.protocol),
-        "prompts": {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()},
+        "params": sampling_params(entry, g.protocol, g),
+        "prompts": prompts_identity(cfg, style, table, real),
         "format": g.image_format, "quality": int(g.jpeg_quality) if g.image_format == "jpeg" else None,
         "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": int(g.batch_size),
     }
+    if g.image_format == "jpeg" and jpeg_subsampling(g) != DEFAULT_SUBSAMPLING:  # keys of 4:4:4 datasets stay as they were
+        spec["subsampling"] = jpeg_subsampling(g)
+    if entry.get("variant"):
+        spec["variant"] = entry["variant"]
     if entry["kind"] == "diffusers":
         spec.update(pipeline=entry["pipeline"], model=model_identity(str(entry["model"]), **_tiny_params(entry)), dtype=entry["dtype"],
                     call=dict(entry.get("call") or {}), guidance_kwarg=entry.get("guidance_kwarg"),
                     # These can change low bits of the output; CPU offload only moves weights, so it is left out.
                     kernels={"vae_tiling": bool(g.vae_tiling), "channels_last": bool(g.channels_last), "compile": bool(g.compile)})
+    elif entry["kind"] == "vae-reencode":  # the real images and the VAE that re-encodes them (batch size: above)
+        spec.update(real=real.key, pipeline=entry["pipeline"], dtype=entry["dtype"],
+                    model=model_identity(str(entry["model"]), **_tiny_params(entry)))
     else:
         spec["real"] = real.key
         spec["control"] = control_params(entry)
-    return Artifact(Store.from_cfg(cfg), "synthetic", spec, label=f"{generator}, {style}, {len(table)} images")
+    return Artifact(Store.from_cfg(cfg), "synthetic", spec, label=f"{generator}, {style}, {n_images} images")
 
 
 def _tiny_params(entry: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +134,7 @@ def _shard_worker(gen_spec: dict[str, Any], models: Models, fmt: str, quality: i
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    if gen_spec["kind"] == "diffusers":
+    if gen_spec["kind"] in MODEL_KINDS:
         gen_spec = dict(gen_spec, model_path=models.locate(gen_spec["model"], "pipeline", **gen_spec["tiny_params"]))
     generate = build_generator(gen_spec)
     encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
@@ -101,7 +144,7 @@ def _shard_worker(gen_spec: dict[str, Any], models: Models, fmt: str, quality: i
         for out in outputs:
             pixels, verdict = to_uint8(out)
             image = Image.fromarray(pixels)
-            done.append((encode(square(image, stored_size) if stored_size else image, fmt, quality), verdict))
+            done.append((encode(square(image, stored_size) if stored_size else image, fmt, quality, gen_spec.get("subsampling")), verdict))
         return done
 
     def work(task: dict[str, Any]) -> dict[str, list]:
@@ -125,18 +168,22 @@ def generate(cfg: Any, art: Artifact, table: pd.DataFrame, real: Artifact) -> Da
 
     def make(out: BuildDir) -> dict[str, Any]:
         g = cfg.generation
-        gen_spec = {"name": generator, "kind": entry["kind"], "protocol": g.protocol, "params": art.spec["params"]}
+        gen_spec = {"name": generator, "kind": entry["kind"], "protocol": g.protocol, "params": art.spec["params"],
+                    "subsampling": art.spec.get("subsampling")}
         if entry["kind"] == "diffusers":
-            gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model=str(entry["model"]),
+            gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], variant=entry.get("variant"), model=str(entry["model"]),
                             tiny_params=_tiny_params(entry), call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"],
                             cpu_offload=bool(g.cpu_offload), **art.spec["kernels"])
+        elif entry["kind"] == "vae-reencode":
+            gen_spec.update(control_uri=DatasetRef(real, "control").uri, pipeline=entry["pipeline"], dtype=entry["dtype"],
+                            model=str(entry["model"]), tiny_params=_tiny_params(entry))
         else:
             gen_spec.update(control_uri=DatasetRef(real, "control").uri, control=art.spec["control"])
         size = int(g.shard_size)
         tasks = [{"name": f"part-{i:05d}.parquet", "rows": len(chunk), "table": chunk.to_dict(orient="list")}
                  for i, chunk in enumerate(table.iloc[s:s + size] for s in range(0, len(table), size))]
-        # Controls only copy real images: they run on CPU whatever the device setting.
-        pool = Pool.from_cfg(g) if entry["kind"] == "diffusers" else Pool("cpu", actors=int(g.num_actors), max_actors=g.max_actors)
+        # Controls that only copy real images run on CPU whatever the device setting; a VAE runs where pipelines do.
+        pool = Pool.from_cfg(g) if entry["kind"] in MODEL_KINDS else Pool("cpu", actors=int(g.num_actors), max_actors=g.max_actors)
         factory = functools.partial(_shard_worker, gen_spec, Models.from_cfg(cfg), g.image_format, int(g.jpeg_quality),
                                     g.stored_size, int(g.batch_size))
         data = f"{out.uri}/data"

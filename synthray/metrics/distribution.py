@@ -4,29 +4,61 @@ Per encoder: precision, recall, density and coverage (Naeem et al., 2020; exact,
 and per class, and the Fréchet distance (`fd.py`). Density ~1 and high coverage mean the synthetic set sits on
 the real manifold and spans it. The first encoder's values are also the unprefixed columns (density, coverage,
 precision, recall, fd); every encoder's are `<encoder>_<metric>`.
+
+What is compared (`metrics`): each set's rows sampled by `max_samples` (null: all of them), pooled over classes;
+with `equal_counts` the larger side is cut to the smaller one's count by a seeded random subset, as the study cuts
+both file lists to `min_len` (image_dist/calc.py); distances are `distance` (euclidean | cosine, the study's).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from synthray.artifacts import DatasetRef
 from synthray.metrics.fd import fd
 from synthray.metrics.features import encoder_names, features
 from synthray.metrics.prdc import METRICS, prdc, prdc_per_class
 
+# Settings added after results were first keyed, at the values that compute what was computed before they
+# existed: such a value stays out of a result's key, so results computed then keep their keys.
+LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False}
+
+
+def metrics_identity(cfg: Any) -> dict[str, Any]:
+    """The metric settings that change results (not where the encoder pools run), for a result's key."""
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.to_container(cfg.metrics, resolve=True)
+    legacy = lambda k, v: k in LEGACY_METRICS and type(v) is type(LEGACY_METRICS[k]) and v == LEGACY_METRICS[k]  # noqa: E731
+    return {k: v for k, v in m.items() if k not in ("gpus_per_actor", "num_actors") and not legacy(k, v)}
+
+
+def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (sorted) that cut both sides to min(n_real, n_fake): all rows of the smaller side, a seeded
+    random subset of the larger one. The same for every encoder, whose feature rows come in one id order."""
+    n = min(n_real, n_fake)
+    rng = np.random.default_rng(seed)
+    pick = lambda total: np.arange(total) if total == n else np.sort(rng.choice(total, n, replace=False))  # noqa: E731
+    return pick(n_real), pick(n_fake)
+
 
 def distribution_metrics(cfg: Any, real: DatasetRef, fake: DatasetRef) -> dict[str, Any]:
     """Result columns for the synthetic set `fake` against the real set `real`."""
-    k = int(cfg.metrics.prdc_k)
+    conf = cfg.metrics
+    k, distance = int(conf.prdc_k), str(conf.get("distance", "euclidean"))
     row: dict[str, Any] = {}
     real_features, fake_features = features(cfg, real), features(cfg, fake)
     for i, name in enumerate(encoder_names(cfg)):
         (real_x, real_y), (fake_x, fake_y) = real_features[name], fake_features[name]
-        values = dict(prdc(real_x, fake_x, k=k), fd=fd(real_x, fake_x))
+        if conf.get("equal_counts", False):
+            keep_real, keep_fake = equal_subsets(len(real_x), len(fake_x), int(cfg.seed))
+            real_x, real_y, fake_x, fake_y = real_x[keep_real], real_y[keep_real], fake_x[keep_fake], fake_y[keep_fake]
+        values = dict(prdc(real_x, fake_x, k=k, distance=distance), fd=fd(real_x, fake_x))
         row.update({f"{name}_{metric}": v for metric, v in values.items()})
-        if cfg.metrics.per_class:
-            per_class = prdc_per_class(real_x, real_y, fake_x, fake_y, k=k)
+        if conf.per_class:
+            per_class = prdc_per_class(real_x, real_y, fake_x, fake_y, k=k, distance=distance)
             row[f"{name}_per_class"] = {m: {str(c): v for c, v in per_class[m].items()} for m in METRICS}
             row.update({f"{name}_{m}_macro": per_class["macro"][m] for m in METRICS})
         if i == 0:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from synthray.registry import Registry, SynthrayError, unknown_name
 
 FEATURE_MODELS = Registry("feature model")
-# The study's encoders; feature dims 768 (CLIP ViT-L/14 projection), 1024 (DINOv2-L CLS), 2048 (Inception pool).
+# Default encoders; feature dims 768 (CLIP ViT-L/14 projection), 1024 (DINOv2-L CLS), 2048 (Inception pool). The
+# study's density/coverage use CLIP ViT-B/32 (`openai/clip-vit-base-patch32`, its 512-d projected embedding) only.
 DEFAULT_MODELS = {
     "clip": "openai/clip-vit-large-patch14",
     "dinov2": "facebook/dinov2-large",

@@ -45,6 +45,7 @@ def check_encoders(cfg: Any) -> None:
     from synthray.devices import check_device_name
 
     check_device_name("metrics.device", cfg.metrics.device)
+    check_metric_settings(cfg.metrics)
     models = Models.from_cfg(cfg)
     for name in encoder_names(cfg):
         model = encoder_model(cfg, name)
@@ -54,10 +55,35 @@ def check_encoders(cfg: Any) -> None:
         check_model(models, str(cfg.metrics.clipscore.model), "encoder", "metrics.clipscore.model")
 
 
-def sample_ids(folder: str, max_samples: int, seed: int) -> list[str]:
-    """Up to `max_samples` usable row ids, a fixed random subset, so every metric sees the same rows."""
+def sample_limit(cfg: Any) -> int | None:
+    """`metrics.max_samples` as a key records it: an int, or None for every row."""
+    value = cfg.metrics.max_samples
+    return None if value is None else int(value)
+
+
+def check_metric_settings(m: Any) -> None:
+    """`metrics.prdc_k`, `max_samples`, `distance` and `equal_counts`, each named in one line when wrong."""
+    from synthray.metrics.prdc import DISTANCES
+    from synthray.registry import SynthrayError
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    if not positive_int(m.prdc_k):
+        raise SynthrayError(f"metrics.prdc_k must be a positive int, got {m.prdc_k!r}")
+    if m.max_samples is not None and not (positive_int(m.max_samples) and m.max_samples > m.prdc_k):
+        raise SynthrayError(f"metrics.max_samples must be null (every row) or an int above metrics.prdc_k={m.prdc_k}, "
+                            f"got {m.max_samples!r}")
+    if m.get("distance", "euclidean") not in DISTANCES:
+        raise SynthrayError(f"metrics.distance must be one of {', '.join(DISTANCES)}, got {m.distance!r}")
+    if not isinstance(m.get("equal_counts", False), bool):
+        raise SynthrayError(f"metrics.equal_counts must be true or false, got {m.equal_counts!r}")
+
+
+def sample_ids(folder: str, max_samples: int | None, seed: int) -> list[str]:
+    """Up to `max_samples` usable row ids (None: all), a fixed random subset, so every metric sees the same rows."""
     table = read_images(folder, columns=["id"]).sort_values("id", kind="stable")
-    if len(table) > max_samples:
+    if max_samples is not None and len(table) > max_samples:
         table = table.sample(n=max_samples, random_state=seed)
     return sorted(table["id"].tolist())
 
@@ -131,7 +157,7 @@ def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], dataset: DatasetRe
     art = Artifact(Store.from_cfg(cfg), kind, spec, label=label)
 
     def make(out: BuildDir) -> dict[str, Any]:
-        ids = set(sample_ids(dataset.uri, int(spec["max_samples"]), int(spec["seed"])))
+        ids = set(sample_ids(dataset.uri, spec["max_samples"], int(spec["seed"])))
         tasks = []
         for f in shard_files(dataset.uri):
             shard_ids = [i for i in read_shard(f, columns=["id"]).column("id").to_pylist() if i in ids]
@@ -149,9 +175,8 @@ def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], dataset: DatasetRe
 def features(cfg: Any, dataset: DatasetRef) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `dataset`, for every
     configured encoder, built once per dataset."""
-    m = cfg.metrics
     names = {name: encoder_model(cfg, name) for name in encoder_names(cfg)}
-    spec = {"encoders": names, "source": dataset.ref, "max_samples": int(m.max_samples), "seed": int(cfg.seed)}
+    spec = {"encoders": names, "source": dataset.ref, "max_samples": sample_limit(cfg), "seed": int(cfg.seed)}
     table = _sampled_stage(cfg, "features", spec, dataset, names, _feature_worker, f"{'+'.join(names)} features of {dataset.ref}")
     labels = table["label"].to_numpy()
     return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels) for name in names}
@@ -162,6 +187,6 @@ def clip_score(cfg: Any, dataset: DatasetRef) -> float | None:
     model = cfg.metrics.clipscore.model
     if not model:
         return None
-    spec = {"clipscore": str(model), "source": dataset.ref, "max_samples": int(cfg.metrics.max_samples), "seed": int(cfg.seed)}
+    spec = {"clipscore": str(model), "source": dataset.ref, "max_samples": sample_limit(cfg), "seed": int(cfg.seed)}
     table = _sampled_stage(cfg, "clipscores", spec, dataset, {"clip": str(model)}, _clipscore_worker, f"CLIPScore of {dataset.ref}")
     return float(table["clipscore"].mean())

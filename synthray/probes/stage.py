@@ -45,13 +45,20 @@ def probe_setup(cfg: Any, name: str) -> ProbeSetup:
     probe = PROBES.get(name)
     section = OmegaConf.to_container(cfg.probes.get(name) or OmegaConf.create({}), resolve=True)
     params = {k: v for k, v in section.items() if k not in EXECUTION_KEYS}
-    identity = dict(params)
+    # A parameter at its legacy value computes what the probe computed before the parameter existed: leaving it
+    # out keeps the keys of views built then; any other value is in the key, so new semantics never reuse them.
+    identity = {k: v for k, v in params.items() if not (k in probe.legacy and _same(v, probe.legacy[k]))}
     pool = Pool("cpu", actors=2)
     if probe.worker is not None:  # a model: its identity (hub revision, tiny version) and the numerics of its device
         identity["model"] = model_identity(str(params["model"]))
         pool = Pool.from_cfg(section)
         identity["device"] = pool.device
     return ProbeSetup(probe, params, identity, pool, section.get("recipe"))
+
+
+def _same(value: Any, legacy: Any) -> bool:
+    """Equal and of the same type: `0 == False` in Python, but `size: 0` is not the legacy `null`."""
+    return type(value) is type(legacy) and value == legacy
 
 
 def probe_cfg(cfg: Any, setup: ProbeSetup) -> Any:
@@ -70,6 +77,8 @@ def check_probe(cfg: Any, name: str, archs: list[str]) -> None:
     from synthray.devices import check_device_name
 
     setup = probe_setup(cfg, name)
+    if setup.probe.check is not None:
+        setup.probe.check(name, setup.params)
     other = [a for a in archs if setup.probe.archs is not None and a not in setup.probe.archs]
     if other:
         raise SynthrayError(

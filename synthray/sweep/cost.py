@@ -123,7 +123,7 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
     from synthray.generation.generators import generator_entry, sampling_params
     from synthray.metrics.features import PIXELS, encoder_names
     from synthray.probes.transforms import PROBES
-    from synthray.sweep.plan import grid_axes, trials
+    from synthray.sweep.plan import grid_axes, point_label, trials
 
     notes = notes if notes is not None else []
     done = _reuse_test(reused)
@@ -132,13 +132,13 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
     n_synth = len(load_classes(cfg.data.classes)) * int(cfg.prompts.n_per_class)
     real = real or {"train": n_synth, "test": n_synth // 10}
     shards = max(1, math.ceil(n_synth / int(g.shard_size)))
-    todo = [p for p in points if not done("/".join(p.values()))]
+    todo = [p for p in points if not done(point_label(p))]
     pairs = sorted({(p["generator"], p["prompt_style"]) for p in todo})  # datasets some unfinished trial needs
     rows: list[Row] = []
 
     for name in axes["generator"]:
         entry = generator_entry(cfg, name)
-        params = sampling_params(entry, str(g.protocol))
+        params = sampling_params(entry, str(g.protocol), g)
         new = [s for s in axes["prompt_style"] if (name, s) in pairs and not done(f"{name}/{s}")]
         work = f"{len(new)} dataset(s) x {n_synth:,} images"
         if entry["kind"] != "diffusers":
@@ -148,9 +148,10 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
         if g.device == "gpu":
             fig = figure(throughputs, "generators", name, notes)
             ref_steps = 4 if entry.get("distilled") else 50  # the figures are at the paper protocol, 512 px
-            scale = ref_steps / params["steps"] * (512 / params["resolution"]) ** 2
+            size = params["resolution"] or int(entry["resolution"])  # None: the model's own size
+            scale = ref_steps / params["steps"] * (512 / size) ** 2
             if abs(scale - 1) > 1e-9:
-                fig = Figure(fig.img_s * scale, fig.device, f"{fig.source}; scaled to {params['steps']} steps at {params['resolution']} px")
+                fig = Figure(fig.img_s * scale, fig.device, f"{fig.source}; scaled to {params['steps']} steps at {size} px")
         actors = _actors(g, shards)
         rows.append(Row("generate", name, work, len(new) * n_synth, fig, len(new), actors * _gpus(g.device, g.gpus_per_actor),
                         _pool(actors, "actor", _gpus(g.device, g.gpus_per_actor))))
@@ -188,7 +189,7 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
             rows.append(Row("evaluate", arch, f"{len(users)} trial(s) x ({n_synth:,} synth + 2 x {real['test']:,} real test images)",
                             len(users) * (n_synth + 2 * real["test"]), fwd))
 
-    sample = int(m.max_samples)
+    sample = max(n_synth, real["train"]) if m.max_samples is None else int(m.max_samples)  # null: every row
     seen = lambda probe: "source" if PROBES.get(probe).identity else probe  # noqa: E731 - rgb, texture: the images themselves
     sets = {(p["generator"], p["prompt_style"], seen(p["probe"])) for p in todo}
     n_sets = len(sets) + len({seen(p["probe"]) for p in todo})  # each synthetic view, and the real train view of each probe
@@ -305,7 +306,7 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) ->
     for key in ("generation.device", "training.device", "metrics.device"):
         check_device_name(key, OmegaConf.select(cfg, key))
     for name in axes["generator"]:
-        sampling_params(generator_entry(cfg, name), str(cfg.generation.protocol))
+        sampling_params(generator_entry(cfg, name), str(cfg.generation.protocol), cfg.generation)
     for style in axes["prompt_style"]:
         if style not in PROMPT_STYLES:
             raise unknown_name("prompt style", style, PROMPT_STYLES)

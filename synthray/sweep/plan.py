@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synthray.registry import SynthrayError, unknown_name
 
 AXES = ("generator", "prompt_style", "arch", "probe")
+# Keys that say where and under what name a sweep runs, not what a trial computes: never an axis. `device` is
+# interpolated into each stage's device at compose time, so sweeping it would change nothing (sweep
+# `generation.device` and friends instead).
+NOT_SWEEPABLE = ("grid", "storage", "scratch", "name", "experiment", "ray", "tune", "hub", "lease_s", "device")
+_MISSING = object()
 
 
 def grid_axes(cfg: Any) -> dict[str, list[str]]:
@@ -27,10 +33,70 @@ def grid_axes(cfg: Any) -> dict[str, list[str]]:
     return axes
 
 
-def trials(cfg: Any) -> list[dict[str, str]]:
-    """Every point of the grid, in a fixed order (generator-major)."""
-    axes = grid_axes(cfg)
-    return [dict(zip(AXES, combo)) for combo in itertools.product(*(axes[a] for a in AXES))]
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """`{generation: {guidance: [..]}}` and `{generation.guidance: [..]}` both give `{"generation.guidance": [..]}`:
+    a list (or a scalar) ends a key path."""
+    if not isinstance(node, (dict, DictConfig)):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def extra_axes(cfg: Any) -> dict[str, list[Any]]:
+    """The sweep's other axes, `grid.axes`: any config key with a list of values, e.g.
+    `grid.axes.generation.guidance=[1.5,2,4]`. Each becomes a results column named by its key."""
+    given = cfg.grid.get("axes") if "axes" in cfg.grid else None
+    if given is None:
+        return {}
+    if not isinstance(given, DictConfig):
+        raise SynthrayError(f"grid.axes must map config keys to lists of values, e.g. grid.axes.generation.guidance=[1.5,2,4]; got '{given}'")
+    out: dict[str, list[Any]] = {}
+    for key, values in _leaves(given).items():
+        if key.split(".")[0] in NOT_SWEEPABLE or key in AXES:
+            hint = f"use grid.{key}" if key in AXES else "it says where or under what name the sweep runs"
+            raise SynthrayError(f"grid.axes.{key}: not a sweepable key ({hint})")
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            parent = key.rpartition(".")[0]
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            choices = [f"{parent}.{c}" if parent else str(c) for c in node.keys()] if isinstance(node, DictConfig) else []
+            raise SynthrayError(f"grid.axes: {unknown_name('config key', key, choices)}")
+        values = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise SynthrayError(f"grid.axes.{key} is empty; give at least one value")
+        if len({repr(v) for v in values}) != len(values):
+            raise SynthrayError(f"grid.axes.{key} lists a value twice: {values}")
+        out[key] = values
+    return out
+
+
+def trials(cfg: Any) -> list[dict[str, Any]]:
+    """Every point of the grid, in a fixed order (generator-major, then the extra axes in their given order).
+
+    A point maps each axis to its value: the four named axes to names, each `grid.axes` key to one of its values.
+    """
+    axes: dict[str, list[Any]] = {**grid_axes(cfg), **extra_axes(cfg)}
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """`tiny-sd/classname/tiny-cnn/rgb`, then `guidance=1.5` per extra axis (its key's last part)."""
+    named = [str(point[a]) for a in AXES if a in point]
+    extra = [f"{k.rpartition('.')[2]}={v}" for k, v in point.items() if k not in AXES]
+    return "/".join(named + extra)
+
+
+def point_cfg(cfg: Any, point: dict[str, Any]) -> Any:
+    """The run config of one point: `cfg` with the point's extra-axis values set (the same object when it has none)."""
+    extra = {k: v for k, v in point.items() if k not in AXES}
+    if not extra:
+        return cfg
+    out = copy.deepcopy(cfg)
+    for key, value in extra.items():
+        OmegaConf.update(out, key, value, merge=False)
+    return out
 
 
 def _positive(cfg: Any, *keys: str) -> None:
@@ -46,28 +112,43 @@ def validate(cfg: Any) -> list[dict[str, str]]:
 
     Nothing is written and nothing is launched: a bad config costs one line and no cleanup.
     """
+    from synthray.storage import check_storage
+
+    points = trials(cfg)
+    check_storage(cfg.storage)
+    if cfg.hub.cache:
+        check_storage(cfg.hub.cache)
+    extra = extra_axes(cfg)
+    combos = [dict(zip(extra, values)) for values in itertools.product(*extra.values())] or [{}]
+    for combo in combos:  # each setting of the extra axes is a config of its own: check every one
+        try:
+            _check(point_cfg(cfg, combo))
+        except SynthrayError as err:
+            raise SynthrayError(f"{err} (at {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else str(err)) from None
+    return points
+
+
+def _check(cfg: Any) -> None:
     from synthray.data.real import check_source, load_classes
     from synthray.devices import check_device_name
     from synthray.generation.generators import generator_entry, sampling_params
     from synthray.generation.prompts import PROMPT_STYLES
-    from synthray.generation.stage import style_captions
+    from synthray.generation.stage import check_captions
+    from synthray.images import jpeg_subsampling
     from synthray.metrics.features import check_encoders
     from synthray.models import Models, check_model
     from synthray.probes.stage import check_probe, probe_cfg, probe_setup
-    from synthray.storage import check_storage
     from synthray.sweep.geneval import load_geneval
     from synthray.training.archs import check_arch
     from synthray.training.recipe import check_recipe
 
-    points = trials(cfg)
     axes = grid_axes(cfg)
-    check_storage(cfg.storage)
-    if cfg.hub.cache:
-        check_storage(cfg.hub.cache)
     for key in ("device", "generation.device", "training.device"):
         check_device_name(key, OmegaConf.select(cfg, key))
-    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size", "generation.num_actors",
-              "data.image_size")
+    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size", "generation.num_actors")
+    if cfg.data.image_size is not None or cfg.data.source == "digits":  # null keeps files as they are; digits are 8x8 arrays
+        _positive(cfg, "data.image_size")
+    jpeg_subsampling(cfg.generation)
     if cfg.generation.image_format not in ("jpeg", "png"):
         raise unknown_name("generation.image_format", cfg.generation.image_format, ["jpeg", "png"])
     classes = load_classes(cfg.data.classes)
@@ -75,7 +156,7 @@ def validate(cfg: Any) -> list[dict[str, str]]:
     for style in axes["prompt_style"]:
         if style not in PROMPT_STYLES:
             raise unknown_name("prompt style", style, PROMPT_STYLES)
-        style_captions(cfg, style, classes["id"].tolist())
+        check_captions(cfg, style, classes["id"].tolist())
     for arch in axes["arch"]:
         check_arch(arch)
     for probe in axes["probe"]:
@@ -84,9 +165,11 @@ def validate(cfg: Any) -> list[dict[str, str]]:
     models = Models.from_cfg(cfg)
     for name in axes["generator"]:
         entry = generator_entry(cfg, name)
-        sampling_params(entry, cfg.generation.protocol)
-        if entry["kind"] == "diffusers":
-            check_model(models, str(entry["model"]), "pipeline", f"generators.{name}.model")
+        sampling_params(entry, cfg.generation.protocol, cfg.generation)
+        if entry["kind"] in ("diffusers", "vae-reencode"):  # vae-reencode loads its source generator's pipeline folder
+            check_model(models, str(entry["model"]), "pipeline", f"generators.{entry.get('source', name)}.model")
+        if entry["kind"] != "diffusers" and not float(cfg.data.control_fraction) > 0:
+            raise SynthrayError(f"generator {name} draws held-out real images, but data.control_fraction="
+                                f"{cfg.data.control_fraction} holds none out; set data.control_fraction=0.4")
     check_encoders(cfg)
     load_geneval(cfg)
-    return points

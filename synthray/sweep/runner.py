@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from synthray import storage
 from synthray.registry import SynthrayError, error_line
-from synthray.sweep.plan import grid_axes, validate
+from synthray.sweep.plan import AXES, extra_axes, grid_axes, point_label, validate
 from synthray.sweep.geneval import join_geneval
 from synthray.sweep.trial import RESULT_COLUMNS, plan_trials, tune_trial
 
@@ -42,7 +42,7 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     return ctx.address_info["gcs_address"]
 
 
-GPU_SETTINGS = ("generation.device", "training.device", "probes.depth.device", "metrics.device")
+GPU_SETTINGS = ("generation.device", "training.device", "probes.depth.device", "metrics.device", "captioner.device")
 
 
 def init_ray(cfg: Any) -> None:
@@ -113,7 +113,7 @@ def run_sweep(cfg: Any) -> tuple[pd.DataFrame, str]:
     fs, sweeps_path = storage.resolve(sweeps)
     tuner = tune.Tuner(
         _trainable(cfg),
-        param_space={axis: tune.grid_search(values) for axis, values in grid_axes(cfg).items()},
+        param_space={axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()},
         tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)),
         run_config=tune.RunConfig(
             name=sweep, storage_path=sweeps_path, storage_filesystem=fs,
@@ -131,7 +131,7 @@ def report_failures(results: Any) -> None:
             continue
         mine = error_line(result.error, "SynthrayError", "CorruptArtifact", "StorageUnavailable")
         last = [line.strip() for line in str(result.error).splitlines() if line.strip()]
-        point = "/".join(str(result.config.get(axis, "?")) for axis in ("generator", "prompt_style", "arch", "probe"))
+        point = point_label({k: result.config.get(k, "?") for k in (*AXES, *(k for k in result.config if k not in AXES))})
         log.error("trial %s failed: %s", point, mine or (last[-1] if last else type(result.error).__name__))
 
 
@@ -180,13 +180,19 @@ def collect(cfg: Any, sweep_dir: str) -> tuple[pd.DataFrame, str]:
         table["status"] = "done"
     table["status"] = table["status"].fillna("done")
     table = join_geneval(cfg, table)
-    columns = [c for c in RESULT_COLUMNS + ["status"] if c in table] + [c for c in table if c not in RESULT_COLUMNS + ["status"]]
+    first = _leading_columns(cfg)
+    columns = [c for c in first if c in table] + [c for c in table if c not in first]
     table = table[columns]
     path = storage.join(sweep_dir, "results.parquet")
     buf = io.BytesIO()
     table.to_parquet(buf, index=False)
     storage.write_bytes(path, buf.getvalue())
     return table, path
+
+
+def _leading_columns(cfg: Any) -> list[str]:
+    """The four axes, then one column per extra axis (named by its config key), then the figures."""
+    return RESULT_COLUMNS[:len(AXES)] + list(extra_axes(cfg)) + RESULT_COLUMNS[len(AXES):] + ["status"]
 
 
 def read_results(uri: str) -> pd.DataFrame:
@@ -196,7 +202,9 @@ def read_results(uri: str) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame) -> str:
     optional = [c for c in ("clipscore", "geneval", "fd") if c in table and table[c].isna().all()]  # not configured
-    shown = table[[c for c in RESULT_COLUMNS + ["status"] if c in table and c not in ("precision", "recall", *optional)]].copy()
+    axes = [c for c in table.columns if "." in c]  # extra grid axes are named by config key: `generation.guidance`
+    columns = RESULT_COLUMNS[:len(AXES)] + axes + RESULT_COLUMNS[len(AXES):] + ["status"]
+    shown = table[[c for c in columns if c in table and c not in ("precision", "recall", *optional)]].copy()
     if "released" in shown:  # tiny and control generators have no release date
         shown["released"] = shown["released"].fillna("-")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")

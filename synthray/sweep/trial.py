@@ -30,7 +30,8 @@ class Trial:
     point: dict[str, str]
     cfg: Any                 # the run config with the probe's recipe changes merged in
     real: Artifact
-    table: pd.DataFrame      # the prompt table, built once per trial
+    table: pd.DataFrame | None  # the prompt table, built once per trial; None: made inside the trial from the
+                                # captions the captioner stage builds first (prompts.captions=captioner)
     synthetic: Artifact
     probe: ProbeSetup
     result: Artifact
@@ -38,47 +39,60 @@ class Trial:
 
     @property
     def label(self) -> str:
-        return "/".join(self.point.values())
+        from synthray.sweep.plan import point_label
+
+        return point_label(self.point)
 
 
 def _metrics_identity(cfg: Any) -> dict[str, Any]:
-    """The metric settings that change results (not where the encoder pools run)."""
-    from omegaconf import OmegaConf
+    """The metric settings that change results (not where the encoder pools run; settings at their legacy values
+    stay out, so older results keep their keys): `synthray.metrics.distribution.metrics_identity`."""
+    from synthray.metrics.distribution import metrics_identity
 
-    m = OmegaConf.to_container(cfg.metrics, resolve=True)
-    return {k: v for k, v in m.items() if k not in ("gpus_per_actor", "num_actors")}
+    return metrics_identity(cfg)
 
 
-def plan_trial(cfg: Any, point: dict[str, str], real: Artifact | None = None, table: pd.DataFrame | None = None) -> Trial:
+def plan_trial(cfg: Any, point: dict[str, Any], real: Artifact | None = None, table: pd.DataFrame | None = None) -> Trial:
     """Plan `point`: build its specs (prompt table, probe setup, recipe) once. `real` and `table` may be shared
-    across trials that have them in common."""
+    across trials that have them in common. `cfg` is the sweep's config; the point's extra axes are set here."""
     from synthray.data.real import load_classes, real_artifact
-    from synthray.generation.stage import build_prompt_table, synthetic_artifact
+    from synthray.generation.stage import build_prompt_table, synthetic_artifact, uses_captioner
     from synthray.probes.stage import probe_cfg, probe_setup
+    from synthray.sweep.plan import point_cfg, point_label
     from synthray.training.trainer import training_spec
 
+    cfg = point_cfg(cfg, point)
     real = real if real is not None else real_artifact(cfg)
-    table = table if table is not None else build_prompt_table(cfg, point["generator"], point["prompt_style"])
+    if table is None and not uses_captioner(cfg, point["prompt_style"]):  # planning never captions
+        table = build_prompt_table(cfg, point["generator"], point["prompt_style"])
     synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"], table, real)
     probe = probe_setup(cfg, point["probe"])
     run_cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
     spec = {"schema": 4, "point": point, "synthetic": synth.key, "real": real.key, **training_spec(run_cfg),
             "probe": probe.identity, "metrics": _metrics_identity(cfg)}
-    result = Artifact(synth.store, "results", spec, label="/".join(point.values()))
+    result = Artifact(synth.store, "results", spec, label=point_label(point))
     return Trial(point, run_cfg, real, table, synth, probe, result, len(load_classes(cfg.data.classes)))
 
 
 def plan_trials(cfg: Any) -> list[Trial]:
-    """Every trial of the grid, planned from keys alone; prompt tables are shared by trials of one generator and style."""
-    from synthray.data.real import real_artifact
-    from synthray.generation.stage import build_prompt_table
-    from synthray.sweep.plan import trials
+    """Every trial of the grid, planned from keys alone; trials that share real data or a prompt table (same
+    generator, style and prompt settings) share one planned copy."""
+    from omegaconf import OmegaConf
 
-    real, tables, out = real_artifact(cfg), {}, []
+    from synthray.data.real import real_artifact
+    from synthray.generation.stage import build_prompt_table, uses_captioner
+    from synthray.sweep.plan import point_cfg, trials
+
+    reals: dict[str, Artifact] = {}
+    tables: dict[tuple[str, str, str], pd.DataFrame | None] = {}
+    out = []
     for point in trials(cfg):
-        pair = (point["generator"], point["prompt_style"])
+        own = point_cfg(cfg, point)
+        real = real_artifact(own)
+        real = reals.setdefault(real.key, real)
+        pair = (point["generator"], point["prompt_style"], OmegaConf.to_yaml(own.prompts) + str(own.data.classes))
         if pair not in tables:
-            tables[pair] = build_prompt_table(cfg, *pair)
+            tables[pair] = None if uses_captioner(own, pair[1]) else build_prompt_table(own, *pair[:2])
         out.append(plan_trial(cfg, point, real, tables[pair]))
     return out
 
@@ -119,19 +133,29 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     cfg, point, probe = trial.cfg, trial.point, trial.probe
     store, models = trial.result.store, Models.from_cfg(cfg)
     real = real_data(cfg)
-    synth = generate(cfg, trial.synthetic, trial.table, real)
+    table = trial.table
+    if table is None:  # captions from the captioner stage: caption the real images (or reuse them), then the table
+        from synthray.captioning.stage import captioned_prompt_table
+
+        table = captioned_prompt_table(cfg, point["generator"], point["prompt_style"], real)
+    synth = generate(cfg, trial.synthetic, table, real)
     real_view = view(store, models, probe, real, ("train", "test"))
     synth_view = view(store, models, probe, synth.artifact, ("data",))["data"]
     arch = point["arch"]
+    # selection: used only by recipes that pick the best epoch on the real test split (recipe.selection.set).
     synth_model = train(cfg, arch, synth_view, trial.num_classes,
-                        label=f"{arch} on {point['generator']}/{point['prompt_style']}/{probe.name}", report_to_tune=report_to_tune)
-    real_model = train(cfg, arch, real_view["train"], trial.num_classes, label=f"{arch} on real/{probe.name}")
+                        label=f"{arch} on {point['generator']}/{point['prompt_style']}/{probe.name}", report_to_tune=report_to_tune,
+                        selection=real_view["test"])
+    real_model = train(cfg, arch, real_view["train"], trial.num_classes, label=f"{arch} on real/{probe.name}",
+                       selection=real_view["test"])
     row: dict[str, Any] = dict(point)
-    # The models are the best epochs on the selection rows of their training domain; `_acc_last` columns give the final epochs.
+    # The models are the best epochs by recipe.selection (held-out training rows, or the real test split as the
+    # study does); `_acc_last` columns give the final epochs.
     row.update(accuracy_report(synth_model, real_view["test"], "synth_to_real"))
     row.update(accuracy_report(real_model, synth_view, "real_to_synth"))
     row.update(accuracy_report(real_model, real_view["test"], "real_to_real"))
-    row.update(best_epoch=synth_model.meta()["best_epoch"], selection_acc=synth_model.meta()["selection_acc_best"])
+    row.update(best_epoch=synth_model.meta()["best_epoch"], selection_acc=synth_model.meta()["selection_acc_best"],
+               selection_loss=synth_model.meta().get("selection_loss_best"))
     row.update(distribution_metrics(cfg, real_view["train"], synth_view))
     row["clipscore"] = clip_score(cfg, synth)  # the generated images, not a probe view
     row["n_synthetic"] = trial.synthetic.meta()["rows"]
@@ -151,7 +175,9 @@ def tune_trial(config: dict[str, Any], cfg_yaml: str) -> None:
     from synthray.logs import setup_logging
 
     setup_logging()
+    from synthray.sweep.plan import AXES, extra_axes
+
     cfg = OmegaConf.create(cfg_yaml)
-    point = {axis: config[axis] for axis in ("generator", "prompt_style", "arch", "probe")}
+    point = {axis: config[axis] for axis in (*AXES, *extra_axes(cfg))}
     row = run_point(cfg, point, report_to_tune=True)
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float, str))})  # per-class lists stay in the record

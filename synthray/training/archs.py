@@ -1,4 +1,10 @@
-"""Classifier architectures: synthray's own registered members first, then any timm model name."""
+"""Classifier architectures: synthray's own registered members, `tv:<name>` for torchvision's classification
+models, and any timm model name.
+
+The study builds resnet50, resnet18, convnext_tiny and swin_t from torchvision and vit_tiny_patch16_224 from timm
+(classifier/train.py, `get_model_architecture`); `tv:` names keep the source visible, because timm's `resnet50`
+or `convnext_tiny` is a different implementation (init, stochastic depth, layer layout) from torchvision's.
+"""
 
 from __future__ import annotations
 
@@ -26,14 +32,47 @@ def tiny_cnn(num_classes: int, width: int = 16, **_: Any) -> nn.Module:
     )
 
 
+TORCHVISION = "tv:"
+# The study's torchvision architectures (`swin_t` is what its `--model_arch swin_v2_tiny` builds: Swin-T v1).
+STUDY_TORCHVISION = ("resnet50", "resnet18", "convnext_tiny", "swin_t")
+# Models whose training-mode output is a tuple with auxiliary heads, which one cross-entropy cannot train.
+_NO_AUX = ("googlenet", "inception_v3")
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification model builders (detection, segmentation and video live in submodules)."""
+    import torchvision.models
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
 def check_arch(name: str) -> None:
     import timm
 
-    if name in ARCHS or timm.is_model(name):
+    if name in ARCHS:
+        return
+    if name.startswith(TORCHVISION):
+        if name[len(TORCHVISION):] in torchvision_names():
+            return
+        err = unknown_name("architecture", name, [TORCHVISION + n for n in torchvision_names()])
+        hint = str(err).split("; choices:")[0]
+        raise SynthrayError(f"{hint}; choices: tv:<name> for any of torchvision.models.list_models(module=torchvision.models)")
+    if timm.is_model(name):
         return
     err = unknown_name("architecture", name, ARCHS.names() + timm.list_models())
     hint = str(err).split("; choices:")[0]  # timm's ~1,300 names are too many for one line
-    raise SynthrayError(f"{hint}; choices: {', '.join(ARCHS.names())} or any timm model name (timm.list_models())")
+    raise SynthrayError(f"{hint}; choices: {', '.join(ARCHS.names())}, tv:<torchvision name> or any timm model name "
+                        "(timm.list_models())")
+
+
+def _torchvision_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """`torchvision.models.<name>(num_classes=n)`, as the study builds them: random init by torchvision's own
+    initialiser, the builder's defaults (convnext stochastic depth 0.1, swin 0.2), no weights."""
+    import torchvision.models
+
+    if name in _NO_AUX:
+        kwargs.setdefault("aux_logits", False)
+    return torchvision.models.get_model_builder(name)(num_classes=num_classes, **kwargs)
 
 
 def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -43,12 +82,27 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if name in ARCHS:
         return ARCHS.get(name)(num_classes=num_classes, **kwargs)
+    if name.startswith(TORCHVISION):
+        check_arch(name)
+        return _torchvision_model(name[len(TORCHVISION):], num_classes, **kwargs)
     if not timm.is_model(name):
         check_arch(name)
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise SynthrayError(f"architecture {name}: {err}") from None
+
+
+def describe() -> list[str]:
+    """`synthray list archs`: every name an architecture axis takes, with where its model comes from."""
+    own = {"tiny-cnn": "synthray (a 4-conv net for the 32 px smoke run)"}
+    rows = [(n, own.get(n, "synthray (the study's classifier/bag_net.py)")) for n in sorted(ARCHS.names(), key=lambda n: (n != "tiny-cnn", len(n), n))]
+    rows += [(TORCHVISION + n, f"torchvision (the study's {'swin_v2_tiny, which builds Swin-T v1' if n == 'swin_t' else n})")
+             for n in STUDY_TORCHVISION]
+    rows += [("tv:<name>", "torchvision: any of torchvision.models.list_models(module=torchvision.models)"),
+             ("vit_tiny_patch16_224", "timm (the study's)"),
+             ("<name>", "timm: any timm model name (timm.list_models()), e.g. resnet50, swin_tiny_patch4_window7_224")]
+    return [f"{name:<22} {source}" for name, source in rows]
 
 
 def count_parameters(model: torch.nn.Module) -> int:

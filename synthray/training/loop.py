@@ -1,12 +1,14 @@
 """The per-worker training loop run by Ray Train: a recipe's epochs over a Ray Data shard, a checkpoint each epoch.
 
-Each checkpoint holds the model, the best model so far (picked on the selection split of the training domain),
+Each checkpoint holds the model, the best model so far (by `recipe.selection`: the highest accuracy or lowest
+loss on the selection rows),
 optimiser, scheduler, epoch, optimiser step and every worker's RNG state, so a run killed mid-epoch restarts
 from `ray.train.get_checkpoint()` and ends with the same weights as one that was never stopped.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
@@ -46,21 +48,43 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[str, Any], rng: np.random.Generator) -> torch.Tensor:
+def build_model(arch: str, num_classes: int, sync_bn: bool = False, world: int = 1, channels_last: bool = False) -> nn.Module:
+    """The worker's network before Ray wraps it in DDP: any nn.Module (ours, torchvision's, timm's) takes the same path."""
+    model = create_model(arch, num_classes)
+    if sync_bn and world > 1:
+        # BatchNorm statistics over every worker's share of the step: the global batch, as in the study's single
+        # process. With one worker SyncBatchNorm computes what BatchNorm does, so nothing is converted.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast_for(precision: str, device: torch.device) -> Any:
+    """bf16 autocast, or a disabled one for fp32 (the study trains in plain fp32: no autocast, no GradScaler)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[str, Any],
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.dtype]:
+    """The training loss and the dtype the logits were computed in."""
     mix = recipe["cutmix"]
     if rng.random() < float(mix["prob"]):
         x, lam = cutmix(x, rng, float(mix["alpha"]))
         out = model(x)
-        return lam * nn.functional.cross_entropy(out, y) + (1 - lam) * nn.functional.cross_entropy(out, y.flip(0))
-    return nn.functional.cross_entropy(model(x), y)
+        return lam * nn.functional.cross_entropy(out, y) + (1 - lam) * nn.functional.cross_entropy(out, y.flip(0)), out.dtype
+    out = model(x)
+    return nn.functional.cross_entropy(out, y), out.dtype
 
 
 def evaluate(model: nn.Module, shard: Any, recipe: dict[str, Any], device: torch.device, autocast: Any,
-             channels_last: bool) -> float:
-    """Top-1 accuracy on this worker's share of the selection split, summed over all workers."""
+             channels_last: bool) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy) on this worker's share of the selection rows, over all workers.
+
+    The loss is the study's validation loss: plain cross-entropy of the test-transformed images, no CutMix."""
     net = unwrap(model)  # no DDP: workers may hold different numbers of selection batches
     net.eval()
-    hits = torch.zeros(2, device=device)
+    stats = torch.zeros(3, device=device)  # hits, rows, summed cross-entropy
     rng = np.random.default_rng(int(recipe["seed"]))
     with torch.no_grad(), autocast:
         for batch in shard.iter_torch_batches(batch_size=256):
@@ -68,15 +92,26 @@ def evaluate(model: nn.Module, shard: Any, recipe: dict[str, Any], device: torch
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = batch["label"].to(device)
-            hits += torch.stack([(net(x).argmax(1) == y).sum(), torch.tensor(len(y), device=device)]).float()
+            logits = net(x).float()
+            stats += torch.stack([(logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=device),
+                                  nn.functional.cross_entropy(logits, y, reduction="sum")])
     if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(hits)
-    return float(hits[0] / hits[1].clamp(min=1))
+        torch.distributed.all_reduce(stats)
+    rows = stats[1].clamp(min=1)
+    return float(stats[0] / rows), float(stats[2] / rows)
+
+
+def improves(score: float, best: float | None, metric: str) -> bool:
+    """Whether an epoch's selection score beats the best so far; ties keep the earlier epoch, as the study's `<`."""
+    if best is None or math.isnan(best):
+        return True
+    return not math.isnan(score) and (score < best if metric == "loss" else score > best)
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, precision ("bf16" | "fp32"),
-    channels_last, compile and accumulate. Reports epoch, train_loss, selection_acc, lr and images_per_s each epoch."""
+    """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, selection_metric ("accuracy" |
+    "loss"), precision ("bf16" | "fp32"), channels_last, compile, sync_bn and accumulate. Reports epoch, train_loss,
+    selection_acc, selection_loss, lr and images_per_s each epoch."""
     import ray.train
     import ray.train.torch
 
@@ -91,9 +126,7 @@ def train_loop(config: dict[str, Any]) -> None:
     np.random.seed(seed)
     random.seed(seed)
     device = ray.train.torch.get_device()
-    model = create_model(config["arch"], config["num_classes"])
-    if config["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(config["arch"], config["num_classes"], config["sync_bn"], world, config["channels_last"])
     model = ray.train.torch.prepare_model(model)
     forward = torch.compile(model) if config["compile"] else model
     optimizer = make_optimizer(model.parameters(), recipe)
@@ -101,9 +134,10 @@ def train_loop(config: dict[str, Any]) -> None:
     per_step = micro * int(config["accumulate"])
     spe = steps_per_epoch(int(config["rows"]), world, per_step)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, spe, recipe) / float(recipe["lr"]))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["precision"] == "bf16")
+    autocast = autocast_for(config["precision"], device)
+    metric = config["selection_metric"]
 
-    start_epoch, step, best, history = 0, 0, {"epoch": None, "selection_acc": -1.0, "model": None}, []
+    start_epoch, step, best, history = 0, 0, {"epoch": None, "score": None, "model": None}, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -123,7 +157,7 @@ def train_loop(config: dict[str, Any]) -> None:
         model.train()
         aug = np.random.default_rng([seed, epoch, rank])  # augmentation and CutMix draws: a function of the epoch
         lr = optimizer.param_groups[0]["lr"]
-        total, count, started = torch.zeros((), device=device), 0, time.perf_counter()
+        total, count, started, dtype = torch.zeros((), device=device), 0, time.perf_counter(), None
         # prefetch_batches > 1 formats batches on a thread pool that can swap their order; one batch of
         # look-ahead keeps the order a function of the seed (measured: swapped first batches with 2).
         batches = train_shard.iter_torch_batches(batch_size=per_step, local_shuffle_buffer_size=4 * per_step,
@@ -141,7 +175,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 sync = nullcontext() if world == 1 or i == len(starts) - 1 else model.no_sync()
                 with sync:
                     with autocast:
-                        loss = _loss(forward, x, y, recipe, aug)
+                        loss, dtype = _loss(forward, x, y, recipe, aug)
                     (loss * len(y) / len(labels)).backward()
                 total += loss.detach().float() * len(y)  # no .item(): a host sync per step stalls the GPU
             nn.utils.clip_grad_norm_(model.parameters(), float(recipe["grad_clip"]))
@@ -150,13 +184,16 @@ def train_loop(config: dict[str, Any]) -> None:
             step += 1
             count += len(labels)
         seconds = time.perf_counter() - started
-        selection_acc = evaluate(model, selection_shard, recipe, device, autocast, config["channels_last"]) if selection_shard else None
-        record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1), "selection_acc": selection_acc, "lr": lr,
-                  "images_per_s": count * world / max(seconds, 1e-9), "step": step}
+        selection_acc, selection_loss = (evaluate(model, selection_shard, recipe, device, autocast, config["channels_last"])
+                                         if selection_shard else (None, None))
+        record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1), "selection_acc": selection_acc,
+                  "selection_loss": selection_loss, "lr": lr, "images_per_s": count * world / max(seconds, 1e-9),
+                  "step": step, "compute_dtype": str(dtype).removeprefix("torch.")}
         history.append(record)
-        if selection_acc is None or selection_acc > best["selection_acc"]:
+        score = selection_loss if metric == "loss" else selection_acc
+        if score is None or improves(score, best["score"], metric):  # no selection rows: the last epoch
             weights = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()} if rank == 0 else None
-            best = {"epoch": epoch + 1, "selection_acc": -1.0 if selection_acc is None else selection_acc, "model": weights}
+            best = {"epoch": epoch + 1, "score": score, "model": weights}
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(rng_state(), os.path.join(tmp, f"rng-{rank}.pt"))  # Ray merges every worker's files into one checkpoint
             if rank == 0:

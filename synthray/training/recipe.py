@@ -14,6 +14,9 @@ from synthray.registry import SynthrayError
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 AUGMENTATIONS = ("grayscale", "solarize", "gaussian_blur")
+# How the best epoch is picked: by which number, and on which rows (recipe.selection; see recipes/paper.yaml).
+SELECTION_METRICS = ("accuracy", "loss")
+SELECTION_SETS = ("train", "real-test")
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: dict[str, Any]) -> torch.optim.Optimizer:
@@ -58,6 +61,12 @@ def check_recipe(cfg: Any) -> None:
         raise SynthrayError(f"recipe.optimizer '{r.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     if not 0 <= float(r.selection_fraction) < 1:
         raise SynthrayError(f"recipe.selection_fraction must be in [0, 1), got {r.selection_fraction}")
+    selection = r.get("selection")
+    if selection is None:
+        raise SynthrayError("recipe.selection is missing; add selection: {metric: accuracy|loss, set: train|real-test}")
+    for key, choices in (("metric", SELECTION_METRICS), ("set", SELECTION_SETS)):
+        if selection.get(key) not in choices:
+            raise SynthrayError(f"recipe.selection.{key}={selection.get(key)} is not one of {', '.join(choices)}")
     bad = [op for op in r.train_transform.one_of or [] if op not in AUGMENTATIONS]
     if bad:
         raise SynthrayError(f"recipe.train_transform.one_of: unknown '{bad[0]}'; choices: {', '.join(AUGMENTATIONS)}")
@@ -75,3 +84,9 @@ def check_recipe(cfg: Any) -> None:
     for key, choices in (("precision", ("auto", "bf16", "fp32")), ("channels_last", ("auto", True, False))):
         if t[key] not in choices:
             raise SynthrayError(f"training.{key}={t[key]} is not one of {', '.join(map(str, choices))}")
+    if not isinstance(t.sync_bn, bool):
+        raise SynthrayError(f"training.sync_bn must be true or false, got {t.sync_bn}")
+    if t.sync_bn and int(t.num_workers) > 1 and t.device != "gpu":
+        # torch's SyncBatchNorm refuses CPU tensors once a process group exists (gloo has no such kernel).
+        raise SynthrayError(f"training.sync_bn=true needs training.device=gpu: torch's SyncBatchNorm has no CPU "
+                            f"version; use sync_bn=false or num_workers=1 on {t.device}")

@@ -1,7 +1,8 @@
 """The training stage: a content-addressed trained classifier, produced by a Ray Train `TorchTrainer`.
 
-Artifact layout: `<storage>/models/<key>/model.pt` (the best epoch on the selection split of the training
-domain), `last.pt` (the final epoch) and `meta.json` (both accuracies, the per-epoch history). Ray Train's
+Artifact layout: `<storage>/models/<key>/model.pt` (the best epoch by `recipe.selection`: on held-out rows of
+the training set, or on the real test split as the study does), `last.pt` (the final epoch) and `meta.json` (the
+selection scores of both, the per-epoch history). Ray Train's
 own run state (per-epoch checkpoints) lives under `<storage>/train-runs/<key>`, in the same storage as everything
 else, so a rerun after a crash, on any node, resumes from the last epoch instead of starting over.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 from synthray import storage
 from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.registry import SynthrayError
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
 log = logging.getLogger("synthray")
@@ -26,7 +28,9 @@ def numerics(cfg: Any) -> dict[str, Any]:
     gpu = t.device == "gpu"
     return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
             "channels_last": gpu if t.channels_last == "auto" else bool(t.channels_last),
-            "compile": bool(t.compile), "device": str(t.device)}
+            "compile": bool(t.compile), "device": str(t.device),
+            # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
+            "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1}
 
 
 def training_spec(cfg: Any) -> dict[str, Any]:
@@ -36,8 +40,19 @@ def training_spec(cfg: Any) -> dict[str, Any]:
     return {"recipe": OmegaConf.to_container(cfg.recipe, resolve=True), "numerics": numerics(cfg)}
 
 
-def model_artifact(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str) -> Artifact:
+def selects_on_real_test(cfg: Any) -> bool:
+    return cfg.recipe.selection.set == "real-test"
+
+
+def model_artifact(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str,
+                   selection: DatasetRef | None = None) -> Artifact:
+    """The model of `arch` trained on `data`. `selection` is the real test split a `selection.set: real-test`
+    recipe picks its best epoch on; other recipes ignore it (they select on rows of `data`)."""
     spec = {"arch": arch, "num_classes": num_classes, "data": data.ref, **training_spec(cfg)}
+    if selects_on_real_test(cfg):
+        if selection is None:
+            raise SynthrayError(f"recipe.selection.set=real-test, but no real test split was given to select {label or arch} on")
+        spec["selection"] = selection.ref  # the chosen weights depend on that dataset's bits too
     return Artifact(Store.from_cfg(cfg), "models", spec, label=label)
 
 
@@ -57,20 +72,25 @@ def split_counts(images: str, fraction: float, seed: int) -> tuple[int, int]:
     return train, held
 
 
-def _datasets(cfg: Any, images: str, rows: tuple[int, int]) -> dict[str, Any]:
-    """Ray Data pipelines for the training rows and the selection rows: read, shuffle once, decode."""
+def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, selection: str | None) -> dict[str, Any]:
+    """Ray Data pipelines for the training rows and the selection rows (the held-out `fraction` of `images`, or
+    every row of the `selection` folder): read, shuffle once, decode."""
     import ray.data
 
     from synthray.images import shard_files, usable_filter
     from synthray.training.inputs import decode_images, read_shards
 
     r = cfg.recipe
-    files = shard_files(images)
-    columns = ["id", "image", "label"] + (["quality"] if usable_filter(images) is not None else [])
-    parts = {"train": int(r.load_size), "selection": int(r.test_transform.resize)} if rows[1] else {"train": int(r.load_size)}
-    decoded_bytes = sum(n * s * s * 3 for n, s in zip(rows, parts.values()))
+    # part: which side of the held-out split of `images` to keep; None keeps every row of another folder.
+    parts = {"train": (images, "train", int(r.load_size))}
+    if rows[1]:
+        parts["selection"] = (selection, None, int(r.test_transform.resize)) if selection else \
+            (images, "selection", int(r.test_transform.resize))
+    decoded_bytes = sum(n * p[2] * p[2] * 3 for n, p in zip(rows, parts.values()))
     out = {}
-    for part, size in parts.items():
+    for name, (folder, part, size) in parts.items():
+        files = shard_files(folder)
+        columns = ["id", "image", "label"] + (["quality"] if usable_filter(folder) is not None else [])
         # One block per shard and a seeded shuffle of the (small) encoded rows: the order a worker sees is a
         # function of the seed alone, which exact resume needs; class-sorted real data gets mixed too.
         # Shards are read by synthray (not read_parquet) so that every byte is checked against the manifest.
@@ -78,20 +98,23 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int]) -> dict[str, Any]:
         dataset.context.execution_options.preserve_order = True
         dataset = dataset.map_batches(read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
         dataset = dataset.random_shuffle(seed=int(r.seed)).map_batches(
-            decode_images, fn_kwargs={"size": size, "part": part, "selection_fraction": float(r.selection_fraction),
+            decode_images, fn_kwargs={"size": size, "part": part, "selection_fraction": fraction,
                                       "seed": int(r.seed)}, batch_size=256)
         if decoded_bytes <= float(cfg.training.cache_decoded_gb) * 2**30:
             # Streaming re-runs read+decode every epoch (~10 s of fixed overhead each on a small machine);
             # a dataset that fits is decoded once into the object store instead.
             dataset = dataset.materialize()
-        out[part] = dataset
+        out[name] = dataset
     return out
 
 
-def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, report_to_tune: bool = False) -> Artifact:
-    """Train `arch` on `data`, or reuse a trained copy."""
-    art = model_artifact(cfg, arch, data, num_classes, label)
+def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, report_to_tune: bool = False,
+          selection: DatasetRef | None = None) -> Artifact:
+    """Train `arch` on `data`, or reuse a trained copy. `selection`: the real test split, where the recipe selects
+    on it (`recipe.selection.set: real-test`, the study's protocol); then every row of `data` trains."""
+    art = model_artifact(cfg, arch, data, num_classes, label, selection)
     images = data.uri
+    on_test = selects_on_real_test(cfg)
     run_dir = art.store.uri("train-runs")
 
     def make(out: BuildDir) -> dict[str, Any]:
@@ -100,7 +123,10 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
         from ray.train.torch import TorchTrainer
 
         r, t = cfg.recipe, cfg.training
-        rows = split_counts(images, float(r.selection_fraction), int(r.seed))
+        fraction = 0.0 if on_test else float(r.selection_fraction)
+        rows = split_counts(images, fraction, int(r.seed))
+        if on_test:
+            rows = (rows[0], split_counts(selection.uri, 0.0, int(r.seed))[0])
         if rows[0] == 0:
             raise RuntimeError(f"{images} has no usable training rows")
         callbacks = []
@@ -111,7 +137,8 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
         from omegaconf import OmegaConf
 
         loop_config = {"arch": arch, "num_classes": num_classes, "recipe": OmegaConf.to_container(r, resolve=True),
-                       "rows": rows[0], "has_selection": rows[1] > 0, "accumulate": int(t.accumulate), **numerics(cfg)}
+                       "rows": rows[0], "has_selection": rows[1] > 0, "selection_metric": str(r.selection.metric),
+                       "accumulate": int(t.accumulate), **numerics(cfg)}
         gpu = t.device == "gpu"
         fs, run_path = storage.resolve(run_dir)
         trainer = TorchTrainer(
@@ -119,7 +146,7 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
             train_loop_config=loop_config,
             scaling_config=ray.train.ScalingConfig(num_workers=int(t.num_workers), use_gpu=gpu,
                                                    resources_per_worker={"GPU": float(t.gpus_per_worker)} if gpu else None),
-            datasets=_datasets(cfg, images, rows),
+            datasets=_datasets(cfg, images, rows, fraction, selection.uri if on_test else None),
             run_config=ray.train.RunConfig(
                 name=art.key,
                 storage_path=run_path, storage_filesystem=fs,
@@ -135,12 +162,18 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
         torch.save(state["model"], out.local / "last.pt")
         torch.save(best["model"] if best["model"] is not None else state["model"], out.local / "model.pt")
         speeds = [h["images_per_s"] for h in history[1:]] or [history[-1]["images_per_s"]]  # epoch 1 pays warm-up
+        picked, last = history[best["epoch"] - 1], history[-1]
         meta = {"arch": arch, "num_classes": num_classes, "epochs": state["epoch"] + 1, "rows": rows[0],
-                "selection_rows": rows[1], "best_epoch": best["epoch"], "selection_acc_best": history[best["epoch"] - 1]["selection_acc"],
-                "selection_acc_last": history[-1]["selection_acc"], "train_loss": history[-1]["train_loss"],
+                "selection": {"metric": str(r.selection.metric), "set": str(r.selection.set),
+                              "set": selection.ref if on_test else f"{fraction:g} of {data.ref}"},
+                "selection_rows": rows[1], "best_epoch": best["epoch"],
+                "selection_acc_best": picked["selection_acc"], "selection_acc_last": last["selection_acc"],
+                "selection_loss_best": picked["selection_loss"], "selection_loss_last": last["selection_loss"],
+                "train_loss": last["train_loss"],
                 "images_per_s": sorted(speeds)[len(speeds) // 2],
                 "resumed_from_epoch": (result.metrics or {}).get("resumed_from_epoch", 0), "history": history}
-        held = "no selection rows" if rows[1] == 0 else f"selection acc {meta['selection_acc_best']:.3f} of {rows[1]} rows"
+        held = "no selection rows" if rows[1] == 0 else \
+            (f"{r.selection.set} rows: {rows[1]}, acc {meta['selection_acc_best']:.3f}, loss {meta['selection_loss_best']:.3f}")
         log.info("%s: best epoch %s of %s (%s), %.0f img/s", label, best["epoch"], meta["epochs"], held, meta["images_per_s"])
         return meta
 

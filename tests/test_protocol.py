@@ -1,0 +1,50 @@
+"""experiment=paper is the study, point by point: every row of PROTOCOL.md holds in the composed config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from omegaconf import OmegaConf
+
+from synthray.config import compose
+from synthray.protocol import mismatches, render, rows
+from synthray.sweep.plan import trials
+from tests.rig import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_protocol_row_holds_for_experiment_paper():
+    cfg = compose(["experiment=paper"])
+    assert mismatches(cfg) == []
+    assert len(rows()) >= 20 and all(r["paper"] and r["file"] and r["switch"] for r in rows())
+
+
+def test_protocol_md_is_the_table_the_test_checks():
+    assert (ROOT / "PROTOCOL.md").read_text() == render(), "regenerate: python -m synthray.protocol > PROTOCOL.md"
+
+
+def test_synthray_config_shows_every_row(tmp_path):
+    """What `synthray config experiment=paper` prints holds every key of the table, with the study's value."""
+    printed = OmegaConf.create(yaml.safe_load(run_cli("config", "experiment=paper", cwd=tmp_path).stdout))
+    assert mismatches(printed) == []
+
+
+def test_the_switches_move_off_the_study():
+    """A deliberate deviation is a named switch, and the check notices it."""
+    off = compose(["experiment=paper", "generation.dtype=bfloat16", "generation.stored_size=256",
+                   "generators.sd21.scheduler=null"])
+    found = "\n".join(mismatches(off))
+    assert "generation.dtype is 'bfloat16'" in found and "generation.stored_size is 256" in found
+    assert "generators.sd21.scheduler is None" in found
+
+
+def test_the_full_grids():
+    paper, texture = compose(["experiment=paper"]), compose(["experiment=paper-texture"])
+    assert len(paper.grid.generator) == 15 and list(paper.grid.prompt_style) == ["classname", "caption"]
+    assert list(paper.grid.probe) == ["rgb", "depth", "lowpass", "highpass"] and len(paper.grid.arch) == 4
+    assert len(trials(paper)) == 15 * 2 * 4 * 4
+    assert list(texture.grid.arch) == ["bagnet9"] and list(texture.grid.probe) == ["texture"]
+    assert list(texture.grid.generator) == list(paper.grid.generator)
+    assert mismatches(texture) == []  # the texture sweep is the paper's protocol with another grid
