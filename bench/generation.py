@@ -61,7 +61,10 @@ def plain_diffusers(model: Path, images: int, batch: int, steps: int, resolution
     pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = [f"a photo of class {i}" for i in range(batch)]
-    run = lambda: pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=resolution, width=resolution)  # noqa: E731
+
+    def run() -> None:
+        pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=resolution, width=resolution)
+
     run()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -71,7 +74,7 @@ def plain_diffusers(model: Path, images: int, batch: int, steps: int, resolution
     if device == "cuda":
         torch.cuda.synchronize()
     rate = max(1, images // batch) * batch / (time.perf_counter() - start)
-    del pipe
+    pipe = None  # noqa: F841  (frees the GPU memory before the next measurement)
     if device == "cuda":
         torch.cuda.empty_cache()
     return rate

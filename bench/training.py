@@ -87,7 +87,7 @@ def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     overrides = [f"storage={storage}", f"device={device}", "recipe=paper", f"recipe.epochs={epochs}", f"recipe.batch_size={batch}",
-                 "recipe.selection_fraction=0.0", f"training.cache_decoded_gb={cache_gb}", f"training.compile={compile_model}"]
+                 "recipe.selection.set=train", "recipe.selection_fraction=0.0", f"training.cache_decoded_gb={cache_gb}", f"training.compile={compile_model}"]
     if tiny:
         overrides += ["recipe.load_size=72", "recipe.train_transform.random_resized_crop.size=64",
                       "recipe.test_transform.resize=64", "recipe.test_transform.crop=64"]

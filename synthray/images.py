@@ -54,10 +54,11 @@ def decode(data: bytes) -> Image.Image:
 
 
 def decode_array(data: bytes, size: int | None = None) -> np.ndarray:
-    """Bytes -> uint8 array (H, W, 3), resized to (size, size) bicubic when given."""
+    """Bytes -> uint8 array (H, W, 3); with `size`, a (size, size) square: the short side resized (bicubic) and the
+    centre cropped, so a non-square image (native ImageNet files) is cut, never squashed."""
     img = decode(data)
     if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
+        img = img.resize((size, size), Image.BICUBIC) if img.width == img.height else square(img, size)
     return np.asarray(img, dtype=np.uint8)
 
 

@@ -32,11 +32,14 @@ differs. `tests/test_protocol.py` checks every row against the composed configur
 
 
 def rows() -> list[dict[str, Any]]:
-    """Every row: area, item, study, file, paper (config key -> value), switch."""
+    """Every row: area, item, study, file, paper (config key -> value), switch[, experiment]."""
     return yaml.safe_load(Path(ROWS_FILE).read_text())
 
 
 def _show(value: Any) -> str:
+    """A value as it is written on the command line: null, true, [a,b]."""
+    if isinstance(value, list):
+        return "[" + ",".join(_show(v) for v in value) + "]"
     return "null" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
 
 
@@ -46,6 +49,8 @@ def render() -> str:
              "|---|---|---|---|---|---|"]
     for r in rows():
         paper = "<br>".join(f"`{k}={_show(v)}`" for k, v in r["paper"].items())
+        if r.get("experiment", "paper") != "paper":
+            paper = f"`experiment={r['experiment']}`:<br>{paper}"
         cells = [r["area"], r["item"], r["study"], f"`{r['file']}`", paper, r["switch"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -62,9 +67,12 @@ def _equal(actual: Any, expected: Any) -> bool:
 
 
 def mismatches(cfg: Any) -> list[str]:
-    """One line per key whose value in `cfg` is not the protocol's (an absent key counts as null)."""
+    """One line per key whose value in `cfg` is not the protocol's (an absent key counts as null). Rows that name
+    an experiment (the grids) are checked only for that experiment."""
     out = []
     for r in rows():
+        if r.get("experiment") not in (None, cfg.get("experiment")):
+            continue
         for key, expected in r["paper"].items():
             actual = _plain(OmegaConf.select(cfg, key, default=_ABSENT))
             actual = None if actual is _ABSENT else actual

@@ -40,11 +40,14 @@ def test_torchvision_weights_are_torchvisions_own_random_init():
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.filterwarnings("ignore:The default weight initialization of GoogleNet")  # torchvision's own notice
 def test_timm_names_keep_working_and_differ_from_torchvision():
     check_arch("resnet50")
     check_arch("vit_tiny_patch16_224")
     assert type(create_model("resnet18", 5)).__module__.startswith("timm")
     assert type(create_model("tv:resnet18", 5)).__module__.startswith("torchvision")
+    # googlenet's auxiliary heads would make its training output a tuple; synthray builds it without them.
+    assert isinstance(create_model("tv:googlenet", 5).train()(torch.zeros(2, 3, 64, 64)), torch.Tensor)
 
 
 @pytest.mark.parametrize("name, needle", [("tv:resnet5", "did you mean tv:resnet50"), ("tv:fasterrcnn_resnet50_fpn", "tv:<name>"),

@@ -157,7 +157,8 @@ def study_prdc(real_features: np.ndarray, fake_features: np.ndarray, nearest_k: 
     density = (1. / float(nearest_k)) * (
         distance_real_fake < np.expand_dims(real_nearest_neighbour_distances, axis=1)).sum(axis=0).mean()
     coverage = (distance_real_fake.min(axis=1) < real_nearest_neighbour_distances).mean()
-    return {name: float(v) for name, v in dict(precision=precision, recall=recall, density=density, coverage=coverage).items()}
+    values = {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+    return {name: float(v) for name, v in values.items()}
 
 
 @pytest.mark.parametrize("n, m, d, k, chunk", [

@@ -15,7 +15,9 @@ from synthray.training.recipe import batch_geometry, lr_at, steps_per_epoch
 def test_paper_recipe_numbers_come_from_its_config_file():
     r = compose(["recipe=paper"]).recipe
     assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.epochs) == ("adam", 1e-3, 0.0, 1024, 80)
-    assert (r.warmup_epochs, r.warmup_start_lr, r.min_lr, r.grad_clip, r.cutmix.prob) == (5, 1e-5, 1e-8, 1.0, 1.0)
+    # The study's --start_lr 1e-5 and --minimum_lr 1e-8 are factors on the learning rate.
+    assert (r.warmup_epochs, r.warmup_start_lr, r.min_lr, r.grad_clip, r.cutmix.prob) == (5, 1e-8, 1e-11, 1.0, 1.0)
+    assert r.lr_schedule == "study"
     assert r.train_transform.random_resized_crop.size == 224 and r.train_transform.color_jitter == [0.3, 0.3, 0.3]
     assert list(r.train_transform.one_of) == ["grayscale", "solarize", "gaussian_blur"]
     assert (r.test_transform.resize, r.test_transform.crop) == (224, 224)
@@ -40,8 +42,8 @@ def test_changing_a_recipe_value_changes_the_model_key(tmp_path):
     assert key("device=gpu") not in keys and key("device=gpu") == key("training.device=gpu")
 
 
-def test_paper_schedule_warms_up_per_step_then_cosines_to_the_floor():
-    r = compose(["recipe=paper"]).recipe
+def test_the_synthray_schedule_warms_up_per_step_then_cosines_to_the_floor():
+    r = compose(["recipe=paper", "recipe.lr_schedule=synthray", "recipe.warmup_start_lr=1e-5", "recipe.min_lr=1e-8"]).recipe
     spe = 100
     lrs = np.array([lr_at(s, spe, r) for s in range(80 * spe)])
     assert lrs[0] == pytest.approx(1e-5)
@@ -149,3 +151,26 @@ def test_train_and_test_batches_have_the_model_shape_and_are_seeded():
     mean = torch.tensor(r.normalize.mean).view(1, 3, 1, 1)
     std = torch.tensor(r.normalize.std).view(1, 3, 1, 1)
     torch.testing.assert_close(test * std + mean, augment.to_unit(_images(n=2, size=224)), atol=1e-6, rtol=0)
+
+
+def test_the_study_lr_schedule_to_the_letter():
+    """recipe.lr_schedule=study is classifier/train.py's LambdaLR: start and floor as factors, (rows // batch)
+    steps per epoch, progress not clamped."""
+    import math
+
+    from synthray.training.recipe import lr_at
+
+    def study(n_steps, n_steps_max, n_warmup_steps, start_lr, min_lr):  # classifier/train.py, verbatim
+        if n_steps < n_warmup_steps:
+            return float(n_steps) / float(max(1, n_warmup_steps)) * (1 - start_lr) + start_lr
+        progress = float(n_steps - n_warmup_steps) / float(max(1, n_steps_max - n_warmup_steps))
+        return max(min_lr, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    recipe = {"lr": 1e-3, "warmup_start_lr": 1e-8, "min_lr": 1e-11, "epochs": 80, "warmup_epochs": 5,
+              "batch_size": 1024, "lr_schedule": "study"}
+    rows = 100_000  # 97 steps per epoch in the study's count, 98 real ones
+    real_steps = math.ceil(rows / 1024) * 80
+    for step in [0, 1, 200, 484, 485, 486, 4000, 7759, 7760, 7800, real_steps - 1]:
+        expected = 1e-3 * study(step, (rows // 1024) * 80, (rows // 1024) * 5, 1e-5, 1e-8)
+        assert math.isclose(lr_at(step, 98, recipe, rows), expected, rel_tol=1e-12, abs_tol=1e-20), step
+    assert lr_at(real_steps - 1, 98, recipe, rows) > lr_at(7760, 98, recipe, rows)  # past the study's end it climbs

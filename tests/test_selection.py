@@ -86,7 +86,8 @@ def test_selection_on_the_real_test_split_keeps_the_lowest_loss_epoch_and_trains
     meta = art.meta()
     losses = [h["selection_loss"] for h in meta["history"]]
     assert meta["rows"] == split_counts(data.uri, 0.0, 0)[0], "real-test selection takes no training rows away"
-    assert meta["selection_rows"] == n_selection and meta["selection"]["set"] == selection.ref
+    assert meta["selection"] == {"metric": "loss", "set": "real-test", "data": selection.ref}
+    assert meta["selection_rows"] == n_selection
     assert meta["best_epoch"] == 1 + int(np.argmin(losses)) < meta["epochs"] == 4
     assert meta["selection_loss_best"] == min(losses)
     assert {h["compute_dtype"] for h in meta["history"]} == {"float32"}  # training.precision=fp32: no autocast

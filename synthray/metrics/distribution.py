@@ -23,15 +23,17 @@ from synthray.metrics.prdc import METRICS, prdc, prdc_per_class
 
 # Settings added after results were first keyed, at the values that compute what was computed before they
 # existed: such a value stays out of a result's key, so results computed then keep their keys.
-LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False}
+LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of": "view"}
 
 
 def metrics_identity(cfg: Any) -> dict[str, Any]:
     """The metric settings that change results (not where the encoder pools run), for a result's key."""
     from omegaconf import OmegaConf
 
+    def legacy(key: str, value: Any) -> bool:  # same type too: `0 == False` in Python
+        return key in LEGACY_METRICS and type(value) is type(LEGACY_METRICS[key]) and value == LEGACY_METRICS[key]
+
     m = OmegaConf.to_container(cfg.metrics, resolve=True)
-    legacy = lambda k, v: k in LEGACY_METRICS and type(v) is type(LEGACY_METRICS[k]) and v == LEGACY_METRICS[k]  # noqa: E731
     return {k: v for k, v in m.items() if k not in ("gpus_per_actor", "num_actors") and not legacy(k, v)}
 
 
@@ -40,7 +42,10 @@ def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.n
     random subset of the larger one. The same for every encoder, whose feature rows come in one id order."""
     n = min(n_real, n_fake)
     rng = np.random.default_rng(seed)
-    pick = lambda total: np.arange(total) if total == n else np.sort(rng.choice(total, n, replace=False))  # noqa: E731
+
+    def pick(total: int) -> np.ndarray:
+        return np.arange(total) if total == n else np.sort(rng.choice(total, n, replace=False))
+
     return pick(n_real), pick(n_fake)
 
 

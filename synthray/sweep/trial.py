@@ -120,6 +120,7 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
 
 
 def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
+    from synthray.artifacts import DatasetRef
     from synthray.data.real import real_data
     from synthray.generation.generators import generator_entry
     from synthray.generation.stage import generate
@@ -156,7 +157,9 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     row.update(accuracy_report(real_model, real_view["test"], "real_to_real"))
     row.update(best_epoch=synth_model.meta()["best_epoch"], selection_acc=synth_model.meta()["selection_acc_best"],
                selection_loss=synth_model.meta().get("selection_loss_best"))
-    row.update(distribution_metrics(cfg, real_view["train"], synth_view))
+    # The study measures density and coverage on the images; synthray by default on what the classifier saw.
+    images = cfg.metrics.get("features_of", "view") == "images"
+    row.update(distribution_metrics(cfg, DatasetRef(real, "train") if images else real_view["train"], synth if images else synth_view))
     row["clipscore"] = clip_score(cfg, synth)  # the generated images, not a probe view
     row["n_synthetic"] = trial.synthetic.meta()["rows"]
     row["released"] = generator_entry(cfg, point["generator"]).get("released")

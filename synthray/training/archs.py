@@ -96,7 +96,8 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 def describe() -> list[str]:
     """`synthray list archs`: every name an architecture axis takes, with where its model comes from."""
     own = {"tiny-cnn": "synthray (a 4-conv net for the 32 px smoke run)"}
-    rows = [(n, own.get(n, "synthray (the study's classifier/bag_net.py)")) for n in sorted(ARCHS.names(), key=lambda n: (n != "tiny-cnn", len(n), n))]
+    ours = sorted(ARCHS.names(), key=lambda n: (n != "tiny-cnn", len(n), n))  # tiny-cnn, bagnet9, bagnet17, bagnet33
+    rows = [(n, own.get(n, "synthray (the study's classifier/bag_net.py)")) for n in ours]
     rows += [(TORCHVISION + n, f"torchvision (the study's {'swin_v2_tiny, which builds Swin-T v1' if n == 'swin_t' else n})")
              for n in STUDY_TORCHVISION]
     rows += [("tv:<name>", "torchvision: any of torchvision.models.list_models(module=torchvision.models)"),

@@ -133,7 +133,7 @@ def train_loop(config: dict[str, Any]) -> None:
     micro = batch_geometry(int(recipe["batch_size"]), world, int(config["accumulate"]))
     per_step = micro * int(config["accumulate"])
     spe = steps_per_epoch(int(config["rows"]), world, per_step)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, spe, recipe) / float(recipe["lr"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, spe, recipe, int(config["rows"])) / float(recipe["lr"]))
     autocast = autocast_for(config["precision"], device)
     metric = config["selection_metric"]
 

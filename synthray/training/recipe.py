@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import torch
 
-from synthray.registry import SynthrayError
+from synthray.registry import SynthrayError, unknown_name
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 AUGMENTATIONS = ("grayscale", "solarize", "gaussian_blur")
@@ -24,9 +24,24 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: dict[str, Any])
     return cls(params, lr=float(recipe["lr"]), betas=tuple(recipe["betas"]), weight_decay=float(recipe["weight_decay"]))
 
 
-def lr_at(step: int, steps_per_epoch: int, recipe: dict[str, Any]) -> float:
-    """Learning rate before optimiser step `step` (0-based): linear warm-up, then cosine down to `min_lr`."""
+def lr_at(step: int, steps_per_epoch: int, recipe: dict[str, Any], rows: int | None = None) -> float:
+    """Learning rate before optimiser step `step` (0-based): linear warm-up, then cosine down to `min_lr`.
+
+    `recipe.lr_schedule: study` is classifier/train.py's `cosine_annealing_with_linear_warmup` to the letter: its
+    step counts are (rows // batch_size) x epochs, one short of the real count per epoch when the last batch is
+    partial, and its progress is not clamped, so the last steps of a run climb back up from the floor; the floor
+    is a max(), not an offset. `rows` (the training set's size) is needed for it.
+    """
     base, start, floor = float(recipe["lr"]), float(recipe["warmup_start_lr"]), float(recipe["min_lr"])
+    if recipe.get("lr_schedule", "synthray") == "study":
+        if rows is None:
+            raise ValueError("lr_schedule=study needs the training set's size")
+        per_epoch = rows // int(recipe["batch_size"])
+        total, warm = per_epoch * int(recipe["epochs"]), per_epoch * int(recipe["warmup_epochs"])
+        if step < warm:
+            return base * (step / max(1, warm) * (1 - start / base) + start / base)
+        progress = (step - warm) / max(1, total - warm)
+        return base * max(floor / base, 0.5 * (1.0 + math.cos(math.pi * progress)))
     total = int(recipe["epochs"]) * steps_per_epoch
     warm = min(round(float(recipe["warmup_epochs"]) * steps_per_epoch), total)
     if step < warm:
@@ -57,6 +72,8 @@ def check_recipe(cfg: Any) -> None:
     for key in ("epochs", "batch_size", "load_size"):
         if not isinstance(r[key], int) or r[key] < 1:
             raise SynthrayError(f"recipe.{key} must be a whole number >= 1, got {r[key]}")
+    if r.get("lr_schedule", "synthray") not in ("synthray", "study"):
+        raise unknown_name("recipe.lr_schedule", str(r.lr_schedule), ["synthray", "study"])
     if r.optimizer not in OPTIMIZERS:
         raise SynthrayError(f"recipe.optimizer '{r.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     if not 0 <= float(r.selection_fraction) < 1:

@@ -165,7 +165,7 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
         picked, last = history[best["epoch"] - 1], history[-1]
         meta = {"arch": arch, "num_classes": num_classes, "epochs": state["epoch"] + 1, "rows": rows[0],
                 "selection": {"metric": str(r.selection.metric), "set": str(r.selection.set),
-                              "set": selection.ref if on_test else f"{fraction:g} of {data.ref}"},
+                              "data": selection.ref if on_test else f"{fraction:g} of {data.ref}"},
                 "selection_rows": rows[1], "best_epoch": best["epoch"],
                 "selection_acc_best": picked["selection_acc"], "selection_acc_last": last["selection_acc"],
                 "selection_loss_best": picked["selection_loss"], "selection_loss_last": last["selection_loss"],
