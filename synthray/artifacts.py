@@ -41,6 +41,14 @@ def spec_key(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:16]
 
 
+def without_legacy(values: Mapping[str, Any], legacy: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` less the settings at their legacy value: a setting added later, left as it was, computes what was
+    computed before it existed, so leaving it out keeps the keys of artifacts built then; any other value is in the
+    key, so new semantics never reuse them. Equal means of the same type too: `0 == False` in Python, but `size: 0`
+    is not a legacy `null`."""
+    return {k: v for k, v in values.items() if not (k in legacy and type(v) is type(legacy[k]) and v == legacy[k])}
+
+
 def seed_hash(*parts: Any) -> int:
     """A seed in [0, 2**63) from any JSON-able parts (DomainBed's `seed_hash`, widened to 63 bits)."""
     digest = hashlib.sha256(canonical_json(list(parts)).encode()).digest()

@@ -95,6 +95,8 @@ def _experiment(name: str, experiments: dict[str, Path], seen: tuple[str, ...] =
     if name not in experiments:
         raise unknown_name("experiment", name, experiments)
     exp = _load_yaml(experiments[name])
+    if isinstance(exp.get("recipe"), str):  # `recipe: paper` and a child's `recipe: {epochs: 5}` must merge
+        exp.recipe = {"name": exp.recipe}
     bases = exp.pop("defaults", None) or []
     merged = OmegaConf.create()
     for base in [bases] if isinstance(bases, str) else bases:

@@ -317,3 +317,14 @@ def _png(seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_caption_dataset_keys_hold_the_class_names(tmp_path):
+    """The real data's key holds class ids only, but the names are in every caption prompt."""
+    from synthray.generation.stage import synthetic_artifact
+
+    def key(classes):
+        cfg = tiny_cfg(tmp_path, "experiment=paper", f"storage={tmp_path}", f"data.classes={classes}")
+        return synthetic_artifact(cfg, "sd15", "caption", None, real_artifact(cfg)).key
+
+    assert key("tiny-imagenet-200") != key("tiny-imagenet-200-study")  # "grasshopper" and "grasshoppe"

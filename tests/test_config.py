@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,28 @@ def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path, monkey
     with pytest.raises(SynthrayError, match=f"generators.sd15.model={tmp_path}/missing: not a diffusers save_pretrained folder"):
         validate(compose([*paper, "grid.probe=[rgb]", f"generators.sd15.model={tmp_path}/missing"]))
     assert not Path(tmp_path / "runs").exists()
+
+
+def test_an_experiment_extends_another_and_keeps_its_recipe(tmp_path, monkeypatch):
+    (tmp_path / "short-paper.yaml").write_text("defaults: [paper]\nrecipe: {epochs: 5}\ngrid: {probe: [rgb]}\n")
+    (tmp_path / "loop-a.yaml").write_text("defaults: [loop-b]\n")
+    (tmp_path / "loop-b.yaml").write_text("defaults: [loop-a]\n")
+    monkeypatch.setenv("SYNTHRAY_EXPERIMENTS", str(tmp_path))
+    cfg = compose(["experiment=short-paper"])
+    assert (cfg.recipe.name, cfg.recipe.epochs, cfg.recipe.lr, cfg.recipe.batch_size) == ("paper", 5, 1e-3, 1024)
+    assert list(cfg.grid.probe) == ["rgb"] and cfg.data.classes == "tiny-imagenet-200-study"
+    with pytest.raises(SynthrayError, match="its defaults include itself"):
+        compose(["experiment=loop-a"])
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("grid.axes.recipe=[smoke,paper]", "grid.axes.recipe is a section; sweep one of its keys"),
+    ("grid.axes.storage=[a,b]", "grid.axes.storage: not a sweepable key"),
+    ("grid.axes.generation.guidanc=[1,2]", "grid.axes: unknown config key 'generation.guidanc'"),
+    ("grid.axes.generation.guidance=[1,1]", "grid.axes.generation.guidance lists a value twice"),
+    ("grid.axes.generation.guidance=[a,2]", "generation.guidance must be a number >= 0, got 'a' (at generation.guidance=a)"),
+])
+def test_bad_grid_axes_are_one_line(tmp_path, override, needle):
+    with pytest.raises(SynthrayError, match=re.escape(needle)):
+        validate(compose([f"storage={tmp_path}", override]))
+    assert not any(tmp_path.iterdir())

@@ -174,3 +174,12 @@ def test_the_study_lr_schedule_to_the_letter():
         expected = 1e-3 * study(step, (rows // 1024) * 80, (rows // 1024) * 5, 1e-5, 1e-8)
         assert math.isclose(lr_at(step, 98, recipe, rows), expected, rel_tol=1e-12, abs_tol=1e-20), step
     assert lr_at(real_steps - 1, 98, recipe, rows) > lr_at(7760, 98, recipe, rows)  # past the study's end it climbs
+
+
+def test_the_study_schedule_refuses_an_epoch_of_no_steps():
+    from synthray.training.recipe import lr_at
+
+    recipe = {"lr": 1e-3, "warmup_start_lr": 1e-8, "min_lr": 1e-11, "epochs": 80, "warmup_epochs": 5,
+              "batch_size": 1024, "lr_schedule": "study"}
+    with pytest.raises(SynthrayError, match="0 for 500 rows and batch 1024; use recipe.lr_schedule=synthray"):
+        lr_at(0, 1, recipe, rows=500)

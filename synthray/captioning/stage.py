@@ -123,9 +123,10 @@ def _caption_worker(c: dict[str, Any], train_uri: str, selected: list[str], prog
     column: list[Any] = []
 
     def image(row_id: str) -> bytes:
-        if not column:  # the chosen train images, read once per actor and kept as one Arrow column
-            table = pa.concat_tables([read_shard(f, ["id", "image"]) for f in shard_files(train_uri)])
-            table = table.filter(pc.is_in(table.column("id"), value_set=pa.array(selected, pa.string())))
+        if not column:  # the chosen train images, read once per actor (shard by shard) and kept as one Arrow column
+            wanted = pa.array(selected, pa.string())
+            table = pa.concat_tables([t.filter(pc.is_in(t.column("id"), value_set=wanted))
+                                      for t in (read_shard(f, ["id", "image"]) for f in shard_files(train_uri))])
             column.append(table.column("image"))
             index.update((v, i) for i, v in enumerate(table.column("id").to_pylist()))
         return column[0][index[row_id]].as_py()

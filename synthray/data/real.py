@@ -11,7 +11,7 @@ An unreadable image is named with its path; `data.on_corrupt=skip` drops it (and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import logging
 
@@ -130,21 +130,35 @@ def _split_indices(n: int, fractions: list[float], seed: int) -> list[np.ndarray
     return np.split(order, cuts)
 
 
+SHARD_ROWS = 2000  # rows per real-data shard: native ImageNet JPEGs are ~110 kB, so a shard is ~200 MB, not a split
+
+
 def build(spec: dict[str, Any], out: BuildDir) -> dict[str, Any]:
-    """Write `<split>/part-00000.parquet` for each split into the artifact; returns per-split counts (and skipped images)."""
+    """Write `<split>/part-NNNNN.parquet` shards of `SHARD_ROWS` rows for each split into the artifact, as the rows
+    stream in (memory holds one shard per split, not the dataset); returns per-split counts (and skipped images)."""
     from synthray.images import write_table
 
     skipped: list[str] = []
-    rows = {"digits": _digits, "imagefolder": _imagefolder, "parquet": _parquet}[spec["source"]](spec, skipped)
+    pending: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    parts, counts = {split: 0 for split in SPLITS}, {split: 0 for split in SPLITS}
+
+    def flush(split: str) -> None:
+        rel = f"{split}/part-{parts[split]:05d}.parquet"
+        columns = {k: [r[k] for r in pending[split]] for k in ("id", "image", "label", "class_id")}
+        out.record(rel, write_table(f"{out.uri}/{rel}", columns))
+        parts[split] += 1
+        counts[split] += len(pending[split])
+        pending[split].clear()
+
+    for row in {"digits": _digits, "imagefolder": _imagefolder, "parquet": _parquet}[spec["source"]](spec, skipped):
+        pending[row["split"]].append(row)
+        if len(pending[row["split"]]) == SHARD_ROWS:
+            flush(row["split"])
+    for split in SPLITS:
+        if pending[split] or not parts[split]:  # an empty split still has its (empty) shard
+            flush(split)
     if skipped:
         log.warning("skipped %d unreadable real images (data.on_corrupt=skip), e.g. %s", len(skipped), skipped[0])
-    counts = {}
-    for split in SPLITS:
-        part = [r for r in rows if r["split"] == split]
-        columns = {k: [r[k] for r in part] for k in ("id", "image", "label", "class_id")}
-        written = write_table(f"{out.uri}/{split}/part-00000.parquet", columns)
-        out.record(f"{split}/part-00000.parquet", written)
-        counts[split] = written["rows"]
     return {"counts": counts, "skipped": skipped}
 
 
@@ -191,10 +205,10 @@ def _real_image(source: Any, where: str, spec: dict[str, Any], skipped: list[str
         raise SynthrayError(f"cannot read real image {where}: {err} (set data.on_corrupt=skip to leave such images out)") from None
 
 
-def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: list[str]) -> list[dict[str, Any]]:
+def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: list[str]) -> Iterator[dict[str, Any]]:
     """items[split][class id] = [(row id, path or bytes)] with split train or test -> rows with train cut into
-    holdout and train, each capped at max_per_class, images squared and re-encoded."""
-    cap, out = spec["max_per_class"], []
+    holdout and train, each capped at max_per_class, images squared and re-encoded (or kept as they are)."""
+    cap = spec["max_per_class"]
     for label, cid in enumerate(spec["classes"]):
         train = items["train"].get(cid, [])
         hold, keep = _split_indices(len(train), [spec["control_fraction"], 1 - spec["control_fraction"]], seed_hash(spec["seed"], "real", cid))
@@ -203,11 +217,10 @@ def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: li
             for row_id, source in entries[:cap] if cap else entries:
                 data = _real_image(source, row_id, spec, skipped)
                 if data is not None:
-                    out.append({"id": row_id, "image": data, "label": label, "class_id": cid, "split": split})
-    return out
+                    yield {"id": row_id, "image": data, "label": label, "class_id": cid, "split": split}
 
 
-def _imagefolder(spec: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
+def _imagefolder(spec: dict[str, Any], skipped: list[str]) -> Iterator[dict[str, Any]]:
     root = Path(spec["root"])
     dirs = {"train": root / "train", "test": _test_dir(root)}
     items = {split: {cid: [(str(p.relative_to(root)), p) for p in _list_images(d / cid)] for cid in spec["classes"]} for split, d in dirs.items()}
@@ -225,7 +238,7 @@ def _class_names(schema: Any, column: str) -> list[str] | None:
     return feature.get("names")
 
 
-def _parquet(spec: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
+def _parquet(spec: dict[str, Any], skipped: list[str]) -> Iterator[dict[str, Any]]:
     """Rows of the listed classes from parquet files: labels are class ids, or ints named by the HF ClassLabel
     metadata (or, without it, the int itself as the id); images are bytes or HF's {bytes, path} structs."""
     import pyarrow.parquet as pq

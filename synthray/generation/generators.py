@@ -59,7 +59,10 @@ def sampling_params(entry: dict[str, Any], protocol: str, overrides: Any = None)
         # An entry's `paper` mapping holds its exceptions (SDXL-Turbo: no size passed, the model's own).
         few = entry.get("distilled", False)
         params = {"steps": 4 if few else 50, "guidance": 0.0 if few else 2.0, "resolution": 512}
-        params.update(dict(entry.get("paper") or {}))
+        exceptions = dict(entry.get("paper") or {})
+        if set(exceptions) - set(params):
+            raise SynthrayError(f"generator paper exceptions may set {', '.join(params)}; got {', '.join(sorted(set(exceptions) - set(params)))}")
+        params.update(exceptions)
     if entry.get("scheduler"):
         params["scheduler"] = str(entry["scheduler"])
     for key, kind in (("guidance", float), ("steps", int), ("scheduler", str)):

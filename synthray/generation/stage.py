@@ -17,7 +17,7 @@ from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
 from synthray.data.real import load_classes
 from synthray.generation.generators import build_generator, generator_entry, sampling_params
 from synthray.generation.prompts import load_captions, prompt_table
-from synthray.images import DEFAULT_SUBSAMPLING, dataset_digest, encode, jpeg_subsampling, read_images, square, to_uint8
+from synthray.images import dataset_digest, encode, jpeg_subsampling, read_images, square, to_uint8
 from synthray.models import Models, model_identity
 from synthray.registry import SynthrayError
 from synthray.shards import Pool, map_shards, record_shards
@@ -55,14 +55,20 @@ def check_captions(cfg: Any, style: str, class_ids: list[str]) -> None:
         style_captions(cfg, style, class_ids)
 
 
+def _old_subsampling(quality: int) -> str:
+    """What `encode` chose before `generation.jpeg_subsampling` existed."""
+    return "4:4:4" if quality >= 90 else "4:2:0"
+
+
 def prompts_identity(cfg: Any, style: str, table: pd.DataFrame | None, real: Artifact) -> dict[str, Any]:
     """What a dataset's key records of its prompts: the rows themselves; or, for captions the captioner stage makes,
     the captions artifact's key and how prompts are made from it (the rows exist only after that stage ran)."""
     if uses_captioner(cfg, style):
         from synthray.captioning.stage import captions_artifact
 
+        # The real data's key holds class ids only; the names go into every prompt.
         return {"captions": captions_artifact(cfg, real).key, "template": cfg.prompts.caption_template,
-                "n_per_class": int(cfg.prompts.n_per_class)}
+                "n_per_class": int(cfg.prompts.n_per_class), "names": load_classes(cfg.data.classes)["name"].tolist()}
     return {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
 
 
@@ -101,8 +107,8 @@ def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame
         "format": g.image_format, "quality": int(g.jpeg_quality) if g.image_format == "jpeg" else None,
         "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": int(g.batch_size),
     }
-    if g.image_format == "jpeg" and jpeg_subsampling(g) != DEFAULT_SUBSAMPLING:  # keys of 4:4:4 datasets stay as they were
-        spec["subsampling"] = jpeg_subsampling(g)
+    if g.image_format == "jpeg" and jpeg_subsampling(g) != _old_subsampling(int(g.jpeg_quality)):
+        spec["subsampling"] = jpeg_subsampling(g)  # the keys of datasets encoded as before stay as they were
     if entry.get("variant"):
         spec["variant"] = entry["variant"]
     if entry["kind"] == "diffusers":
@@ -169,7 +175,7 @@ def generate(cfg: Any, art: Artifact, table: pd.DataFrame, real: Artifact) -> Da
     def make(out: BuildDir) -> dict[str, Any]:
         g = cfg.generation
         gen_spec = {"name": generator, "kind": entry["kind"], "protocol": g.protocol, "params": art.spec["params"],
-                    "subsampling": art.spec.get("subsampling")}
+                    "subsampling": art.spec.get("subsampling", _old_subsampling(int(g.jpeg_quality)))}
         if entry["kind"] == "diffusers":
             gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], variant=entry.get("variant"), model=str(entry["model"]),
                             tiny_params=_tiny_params(entry), call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"],

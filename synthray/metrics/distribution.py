@@ -30,11 +30,10 @@ def metrics_identity(cfg: Any) -> dict[str, Any]:
     """The metric settings that change results (not where the encoder pools run), for a result's key."""
     from omegaconf import OmegaConf
 
-    def legacy(key: str, value: Any) -> bool:  # same type too: `0 == False` in Python
-        return key in LEGACY_METRICS and type(value) is type(LEGACY_METRICS[key]) and value == LEGACY_METRICS[key]
+    from synthray.artifacts import without_legacy
 
     m = OmegaConf.to_container(cfg.metrics, resolve=True)
-    return {k: v for k, v in m.items() if k not in ("gpus_per_actor", "num_actors") and not legacy(k, v)}
+    return without_legacy({k: v for k, v in m.items() if k not in ("gpus_per_actor", "num_actors")}, LEGACY_METRICS)
 
 
 def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

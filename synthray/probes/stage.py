@@ -12,7 +12,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy
 from synthray.images import decode_array, encode, read_shard, shard_files
 from synthray.models import Models, check_model, model_identity
 from synthray.probes.transforms import PROBES, Probe
@@ -45,9 +45,7 @@ def probe_setup(cfg: Any, name: str) -> ProbeSetup:
     probe = PROBES.get(name)
     section = OmegaConf.to_container(cfg.probes.get(name) or OmegaConf.create({}), resolve=True)
     params = {k: v for k, v in section.items() if k not in EXECUTION_KEYS}
-    # A parameter at its legacy value computes what the probe computed before the parameter existed: leaving it
-    # out keeps the keys of views built then; any other value is in the key, so new semantics never reuse them.
-    identity = {k: v for k, v in params.items() if not (k in probe.legacy and _same(v, probe.legacy[k]))}
+    identity = without_legacy(params, probe.legacy)
     pool = Pool("cpu", actors=2)
     if probe.worker is not None:  # a model: its identity (hub revision, tiny version) and the numerics of its device
         identity["model"] = model_identity(str(params["model"]))
@@ -55,10 +53,6 @@ def probe_setup(cfg: Any, name: str) -> ProbeSetup:
         identity["device"] = pool.device
     return ProbeSetup(probe, params, identity, pool, section.get("recipe"))
 
-
-def _same(value: Any, legacy: Any) -> bool:
-    """Equal and of the same type: `0 == False` in Python, but `size: 0` is not the legacy `null`."""
-    return type(value) is type(legacy) and value == legacy
 
 
 def probe_cfg(cfg: Any, setup: ProbeSetup) -> Any:

@@ -57,7 +57,10 @@ def extra_axes(cfg: Any) -> dict[str, list[Any]]:
         if key.split(".")[0] in NOT_SWEEPABLE or key in AXES:
             hint = f"use grid.{key}" if key in AXES else "it says where or under what name the sweep runs"
             raise SynthrayError(f"grid.axes.{key}: not a sweepable key ({hint})")
-        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+        current = OmegaConf.select(cfg, key, default=_MISSING)
+        if isinstance(current, DictConfig):
+            raise SynthrayError(f"grid.axes.{key} is a section; sweep one of its keys, e.g. grid.axes.{key}.{next(iter(current), 'x')}")
+        if current is _MISSING:
             parent = key.rpartition(".")[0]
             node = OmegaConf.select(cfg, parent) if parent else cfg
             choices = [f"{parent}.{c}" if parent else str(c) for c in node.keys()] if isinstance(node, DictConfig) else []

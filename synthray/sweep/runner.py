@@ -58,7 +58,8 @@ def init_ray(cfg: Any) -> None:
                 raise SynthrayError(f"{gpu[0]}=gpu, but this machine has no CUDA GPU and no cluster is given; "
                                     "set device=cpu, or ray.address=<cluster> (or $RAY_ADDRESS)")
         if address:
-            env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+            names = (*FORWARDED_ENV, str(OmegaConf.select(cfg, "captioner.openai.api_key_env", default="") or ""))
+            env = {k: os.environ[k] for k in names if k and os.environ.get(k)}
             # Inside a Ray Job the job's own runtime env already carries them (and its working dir must stay).
             in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
             ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env and not in_job else None)

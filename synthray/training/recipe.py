@@ -37,6 +37,9 @@ def lr_at(step: int, steps_per_epoch: int, recipe: dict[str, Any], rows: int | N
         if rows is None:
             raise ValueError("lr_schedule=study needs the training set's size")
         per_epoch = rows // int(recipe["batch_size"])
+        if per_epoch < 1:  # the study's count would be 0: the rate would flip between lr and the floor every step
+            raise SynthrayError(f"recipe.lr_schedule=study counts training rows // recipe.batch_size steps per epoch, "
+                                f"which is 0 for {rows} rows and batch {recipe['batch_size']}; use recipe.lr_schedule=synthray")
         total, warm = per_epoch * int(recipe["epochs"]), per_epoch * int(recipe["warmup_epochs"])
         if step < warm:
             return base * (step / max(1, warm) * (1 - start / base) + start / base)

@@ -14,11 +14,14 @@ import os
 from typing import Any
 
 from synthray import storage
-from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy
 from synthray.registry import SynthrayError
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
 log = logging.getLogger("synthray")
+
+# Recipe settings added later, at the values that compute what recipes computed before they existed.
+LEGACY_RECIPE = {"selection": {"metric": "accuracy", "set": "train"}, "lr_schedule": "synthray"}
 
 
 def numerics(cfg: Any) -> dict[str, Any]:
@@ -26,18 +29,19 @@ def numerics(cfg: Any) -> dict[str, Any]:
     `training.device`: configuration, never the GPUs the cluster happens to have."""
     t = cfg.training
     gpu = t.device == "gpu"
-    return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
-            "channels_last": gpu if t.channels_last == "auto" else bool(t.channels_last),
-            "compile": bool(t.compile), "device": str(t.device),
-            # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
-            "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1}
+    return without_legacy({"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
+                           "channels_last": gpu if t.channels_last == "auto" else bool(t.channels_last),
+                           "compile": bool(t.compile), "device": str(t.device),
+                           # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
+                           "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1}, {"sync_bn": False})
 
 
 def training_spec(cfg: Any) -> dict[str, Any]:
     """What a model's key depends on besides its data: the recipe and the numerics it ran with."""
     from omegaconf import OmegaConf
 
-    return {"recipe": OmegaConf.to_container(cfg.recipe, resolve=True), "numerics": numerics(cfg)}
+    recipe = without_legacy(OmegaConf.to_container(cfg.recipe, resolve=True), LEGACY_RECIPE)
+    return {"recipe": recipe, "numerics": numerics(cfg)}
 
 
 def selects_on_real_test(cfg: Any) -> bool:
