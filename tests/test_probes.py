@@ -171,7 +171,7 @@ def test_legacy_options_are_the_old_filter():
 
 def test_frequency_options_reach_the_key_only_when_they_change_it(tmp_path):
     base = tiny_cfg(tmp_path)
-    assert dict(base.probes.lowpass) == {"cutoff": 0.2, "mask": "centred", "clip": False, "size": None}
+    assert dict(base.probes.lowpass) == {"cutoff": 0.2, "mask": "centred", "clip": False, "size": None, "recipe": None}
     assert probe_setup(base, "lowpass").identity == {"cutoff": 0.2}  # the key views had before the options existed
     assert probe_setup(base, "lowpass").params == {"cutoff": 0.2, "mask": "centred", "clip": False, "size": None}
     study = tiny_cfg(tmp_path, "probes.highpass.cutoff=0.1", "probes.highpass.mask=study", "probes.highpass.clip=true")

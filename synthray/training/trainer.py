@@ -29,11 +29,11 @@ def numerics(cfg: Any) -> dict[str, Any]:
     `training.device`: configuration, never the GPUs the cluster happens to have."""
     t = cfg.training
     gpu = t.device == "gpu"
-    return without_legacy({"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
-                           "channels_last": gpu if t.channels_last == "auto" else bool(t.channels_last),
-                           "compile": bool(t.compile), "device": str(t.device),
-                           # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
-                           "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1}, {"sync_bn": False})
+    return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
+            "channels_last": gpu if t.channels_last == "auto" else bool(t.channels_last),
+            "compile": bool(t.compile), "device": str(t.device),
+            # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
+            "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1}
 
 
 def training_spec(cfg: Any) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def training_spec(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     recipe = without_legacy(OmegaConf.to_container(cfg.recipe, resolve=True), LEGACY_RECIPE)
-    return {"recipe": recipe, "numerics": numerics(cfg)}
+    return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), {"sync_bn": False})}
 
 
 def selects_on_real_test(cfg: Any) -> bool:
