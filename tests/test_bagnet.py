@@ -44,3 +44,15 @@ def test_built_as_the_studys_bag_net_py():
         [3, 1, 1, 3, 1, 1, 1] + [1] * 6
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(model.eval()(x), model.patch_logits(x).mean(dim=(2, 3)), atol=1e-5, rtol=1e-5)
+
+
+def test_the_changed_bagnet_never_reuses_models_of_the_old_one(tmp_path):
+    """BagNet became the study's (stem momentum, init): its version is in model and result keys, tiny-cnn's keys stay."""
+    from synthray.artifacts import Artifact, DatasetRef, Store
+    from synthray.config import compose
+    from synthray.training.trainer import model_artifact
+
+    cfg = compose([f"storage={tmp_path}"])
+    data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")
+    assert model_artifact(cfg, "bagnet9", data, 10, "").spec["arch_version"] == 2
+    assert "arch_version" not in model_artifact(cfg, "tiny-cnn", data, 10, "").spec

@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from synthray.artifacts import Artifact
+from synthray.artifacts import Artifact, without_legacy
 from synthray.probes.stage import ProbeSetup
 
 log = logging.getLogger("synthray")
@@ -59,6 +59,7 @@ def plan_trial(cfg: Any, point: dict[str, Any], real: Artifact | None = None, ta
     from synthray.generation.stage import build_prompt_table, synthetic_artifact, uses_captioner
     from synthray.probes.stage import probe_cfg, probe_setup
     from synthray.sweep.plan import point_cfg, point_label
+    from synthray.training.archs import arch_identity
     from synthray.training.trainer import training_spec
 
     cfg = point_cfg(cfg, point)
@@ -68,7 +69,8 @@ def plan_trial(cfg: Any, point: dict[str, Any], real: Artifact | None = None, ta
     synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"], table, real)
     probe = probe_setup(cfg, point["probe"])
     run_cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
-    spec = {"schema": 4, "point": point, "synthetic": synth.key, "real": real.key, **training_spec(run_cfg),
+    spec = {"schema": 4, "point": point, **without_legacy(arch_identity(point["arch"]), {"arch": point["arch"]}),
+            "synthetic": synth.key, "real": real.key, **training_spec(run_cfg),
             "probe": probe.identity, "metrics": _metrics_identity(cfg)}
     result = Artifact(synth.store, "results", spec, label=point_label(point))
     return Trial(point, run_cfg, real, table, synth, probe, result, len(load_classes(cfg.data.classes)))

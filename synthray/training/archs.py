@@ -16,6 +16,13 @@ from torch import nn
 from synthray.registry import Registry, SynthrayError, unknown_name
 
 ARCHS = Registry("architecture")
+# Bumped when an architecture of ours changes what it computes: the version is in the keys of its models and results.
+ARCH_VERSIONS: dict[str, int] = {}
+
+
+def arch_identity(name: str) -> dict[str, Any]:
+    """What a key records of an architecture: its name, and its version once it has been changed."""
+    return {"arch": name, **({"arch_version": ARCH_VERSIONS[name]} if name in ARCH_VERSIONS else {})}
 
 
 @ARCHS.register("tiny-cnn")

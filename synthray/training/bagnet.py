@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthray.training.archs import ARCHS
+from synthray.training.archs import ARCH_VERSIONS, ARCHS
 
 STEM_BN_MOMENTUM = 0.001  # the study's `nn.BatchNorm2d(64, momentum=0.001)`; every other BatchNorm keeps 0.1
 
@@ -112,3 +112,5 @@ def _register(name: str, kernel3: tuple[int, int, int, int]) -> None:
 
 for _name, _kernel3 in RECEPTIVE_FIELDS.items():
     _register(_name, _kernel3)
+    # 2: the study's stem BatchNorm momentum (0.001) and conv init; models and results of version 1 are not reused.
+    ARCH_VERSIONS[_name] = 2

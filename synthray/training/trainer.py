@@ -16,6 +16,7 @@ from typing import Any
 from synthray import storage
 from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy
 from synthray.registry import SynthrayError
+from synthray.training.archs import arch_identity
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
 log = logging.getLogger("synthray")
@@ -52,7 +53,7 @@ def model_artifact(cfg: Any, arch: str, data: DatasetRef, num_classes: int, labe
                    selection: DatasetRef | None = None) -> Artifact:
     """The model of `arch` trained on `data`. `selection` is the real test split a `selection.set: real-test`
     recipe picks its best epoch on; other recipes ignore it (they select on rows of `data`)."""
-    spec = {"arch": arch, "num_classes": num_classes, "data": data.ref, **training_spec(cfg)}
+    spec = {**arch_identity(arch), "num_classes": num_classes, "data": data.ref, **training_spec(cfg)}
     if selects_on_real_test(cfg):
         if selection is None:
             raise SynthrayError(f"recipe.selection.set=real-test, but no real test split was given to select {label or arch} on")
