@@ -263,7 +263,8 @@ def test_caption_prompts_come_from_the_captioner(ray_cluster, shared_storage):
     [trial] = plan_trials(cfg)
     art = captions_artifact(cfg, trial.real)
     assert trial.table is None and trial.synthetic.spec["prompts"] == {
-        "captions": art.key, "template": "{name}, {caption}", "n_per_class": 2}
+        "captions": art.key, "template": "{name}, {caption}", "n_per_class": 2,
+        "names": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]}
     table = captioned_prompt_table(cfg, "tiny-sd", "caption", real_data(cfg))
     caps = read_captions(cfg).set_index("id")
     assert len(table) == 20

@@ -129,17 +129,19 @@ def test_s3_smoke_on_three_nodes_survives_a_killed_builder_and_matches_local(loc
 
 
 def test_hf_token_reaches_workers_through_the_runtime_env(three_nodes, tmp_path):
-    """The token travels in the job's runtime env (not in a config), and each node's workers see it."""
+    """The tokens travel in the job's runtime env (not in a config), and each node's workers see them: the hub's and
+    the captioner's (the caption trials read `captioner.openai.api_key_env` on the workers)."""
     code = (
         "import os, ray\n"
         "from synthray.config import compose\n"
         "from synthray.sweep.runner import init_ray\n"
-        f"init_ray(compose(['ray.address={three_nodes['address']}']))\n"
+        f"init_ray(compose(['ray.address={three_nodes['address']}', 'captioner.openai.api_key_env=MY_CAPTION_KEY']))\n"
         "@ray.remote(num_cpus=1)\n"
-        "def token(): return os.environ.get('HF_TOKEN')\n"
-        "print('seen', all(t == os.environ['EXPECTED'] for t in ray.get([token.remote() for _ in range(6)])))\n"
+        "def token(): return os.environ.get('HF_TOKEN'), os.environ.get('MY_CAPTION_KEY')\n"
+        "seen = ray.get([token.remote() for _ in range(6)])\n"
+        "print('seen', all(t == (os.environ['EXPECTED'], os.environ['EXPECTED'] + '-openai') for t in seen))\n"
     )
-    env = dict(os.environ, HF_TOKEN=SECRET, EXPECTED=SECRET)
+    env = dict(os.environ, HF_TOKEN=SECRET, MY_CAPTION_KEY=SECRET + "-openai", EXPECTED=SECRET)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "seen True" in done.stdout, done.stderr[-2000:]
     assert SECRET not in done.stdout + done.stderr
