@@ -10,4 +10,10 @@ PY=${PYTHON:-python3}
 quiet() { "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 quiet .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
 quiet .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+# The report's browser test renders in headless Chromium, from Debian's package (root, or sudo without a password).
+if ! command -v chromium > /dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } > /dev/null 2>&1 \
+    || echo "chromium not installed (apt-get failed): the report's browser tests will be skipped" >&2
+fi
 .venv/bin/python -c "import synthray, torch, ray, diffusers, timm; print(f'synthray ready: torch {torch.__version__}, ray {ray.__version__}, diffusers {diffusers.__version__}, timm {timm.__version__}')"

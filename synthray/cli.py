@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from synthray.registry import SynthrayError
 
@@ -20,6 +20,13 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment (default: smoke)", description="Overrides use Hydra's grammar: "
                          "experiment=paper storage=/data/runs grid.arch=[resnet50,convnext_tiny] recipe.epochs=3")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
+    rep = sub.add_parser("report", help="the study's figures and the results table as one HTML page",
+                         description="Inputs: sweep names (under storage=), sweep folders or URIs, or results.parquet files; "
+                         "several merge into one report. Default: the newest sweep.")
+    rep.add_argument("inputs", nargs="*", help="sweeps or results.parquet files, and storage=<dir> for sweep names")
+    rep.add_argument("--out", default="synthray-report", help="output folder (default ./synthray-report)")
+    rep.add_argument("--heatmap", metavar="GENERATOR/ARCH", help="the per-class heatmap's generator and architecture")
+    rep.add_argument("--per-class", action="store_true", help="density against coverage per class too")
     res = sub.add_parser("resume", help="continue an interrupted sweep")
     res.add_argument("sweep", nargs="?", help="sweep name, name prefix or folder (default: the newest)")
     res.add_argument("overrides", nargs="*", help="only storage=<dir> is read")
@@ -195,12 +202,27 @@ def _config_yaml(overrides: Sequence[str], package: str | None) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
-def _storage_override(overrides: Sequence[str]) -> str:
+def _report(args: Any) -> str:
+    from pathlib import Path
+
+    from synthray.report.page import write_report
+
+    overrides = [a for a in args.inputs if a.startswith("storage=")]
+    inputs = [a for a in args.inputs if not a.startswith("storage=")]
+    heatmap = None
+    if args.heatmap:
+        if args.heatmap.count("/") != 1:
+            raise SynthrayError(f"--heatmap takes GENERATOR/ARCH, e.g. sd15/tv:resnet50; got '{args.heatmap}'")
+        heatmap = tuple(args.heatmap.split("/"))
+    return str(write_report(inputs, Path(args.out), _storage_override(overrides, "report"), heatmap, args.per_class))
+
+
+def _storage_override(overrides: Sequence[str], command: str = "resume") -> str:
     from synthray.config import compose
 
     for text in overrides:
         if not text.startswith("storage="):
-            raise SynthrayError(f"resume takes only storage=<dir>, got '{text}'")
+            raise SynthrayError(f"{command} takes only storage=<dir>, got '{text}'")
     return str(compose(list(overrides)).storage)
 
 
@@ -230,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             count = export_imagefolder(args.dataset, Path(args.out))
             print(f"exported {count} images to {args.out}")
+            return 0
+        if args.command == "report":
+            print(f"report: {_report(args)}")
             return 0
         if args.command == "config":
             print(_config_yaml(args.overrides, args.package), end="")

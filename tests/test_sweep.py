@@ -1,6 +1,7 @@
 """The whole data flow under Ray Tune on the shared local cluster: a small sweep, a warm rerun, stop and resume."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from synthray import storage
 from synthray.artifacts import MANIFEST
 from synthray.sweep.runner import find_sweep, read_results, run_sweep
 from synthray.sweep.trial import RESULT_COLUMNS
+from synthray.report.page import write_report
+from tests.browser import assert_renders
 from tests.conftest import TINY, tiny_cfg
 
 GRID = ["grid.generator=[real-holdout,tiny-sd]", "grid.probe=[rgb,highpass]", "recipe.epochs=8", "recipe.lr=3e-3",
@@ -48,6 +51,10 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
     assert len(list((tmp_path / "synthetic").glob(f"*/{MANIFEST}"))) == 2
     real_models = stored.groupby("probe")["real_model"].nunique()
     assert (real_models == 1).all()
+
+    # The smoke report (`synthray report`, the newest sweep), rendered by a real browser.
+    check = assert_renders(write_report([], tmp_path / "report", str(tmp_path)), tmp_path / "report.png", min_images=3)
+    print(f"[figure] smoke report: {check['images']} figures, no broken image, no console error")
 
     before = _mtimes(tmp_path / "synthetic") | _mtimes(tmp_path / "models")
     again, _ = run_sweep(tiny_cfg(tmp_path, *grid))
@@ -131,6 +138,11 @@ def test_every_probe_and_encoder_runs_through_the_sweep(ray_cluster, tmp_path):
     assert image.shape == (32, 32, 3) and (image[..., 0] == image[..., 1]).all() and image.max() == 255
     texture_models = [p for p in (tmp_path / "models").glob("*/spec.json") if '"crop_at": "random"' in p.read_text()]
     assert len(texture_models) == 2 and all('"bagnet9"' in p.read_text() for p in texture_models)
+    # The probes experiment's report (`synthray report`), rendered by a real browser.
+    report = write_report([], tmp_path / "report", str(tmp_path))
+    text = report.read_text()
+    assert "Not drawn: one probe only" not in text, re.findall(r"Not drawn[^<]*", text)
+    assert_renders(report, tmp_path / "report.png", min_images=4)  # one generator: no CLIPScore/GenEval trend
 
 
 def test_plan_trials_names_every_artifact_and_builds_nothing(tmp_path):

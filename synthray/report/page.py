@@ -1,0 +1,162 @@
+"""`synthray report`: one self-contained HTML page (figures embedded as PNG), each figure as PNG and SVG beside it.
+
+Inputs are sweeps (a name under `storage`, a sweep folder or URI) or `results.parquet` files (paths or storage URIs);
+several merge into one report, with a `sweep` column saying where each row came from.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from synthray import storage
+from synthray.registry import SynthrayError
+from synthray.report.figures import FIGURES, Skip
+
+# The table's columns, in order, when present; extra grid axes (dotted config keys) follow the four named axes.
+TABLE_COLUMNS = ["sweep", "generator", "prompt_style", "arch", "probe", "synth_to_real_acc", "real_to_synth_acc",
+                 "real_to_real_acc", "synth_to_real_acc_last", "best_epoch", "density", "coverage", "fd", "clipscore",
+                 "geneval", "released", "n_synthetic", "status"]
+
+# Runs in the browser: marks broken images and collects errors, so a headless browser (tests/test_report.py) can
+# read the page's own verdict from its DOM.
+SELF_CHECK = """
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
+const consoleError = console.error.bind(console);
+console.error = (...args) => { window.__errors.push(args.join(' ')); consoleError(...args); };
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const broken = images.filter(im => !(im.complete && im.naturalWidth > 0)).map(im => im.alt);
+  const out = document.getElementById('selfcheck');
+  out.textContent = JSON.stringify({images: images.length, broken: broken, errors: window.__errors});
+});
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const up = th.dataset.order !== 'up';
+  th.dataset.order = up ? 'up' : 'down';
+  const key = tr => { const t = tr.cells[col].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; };
+  [...body.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1))
+    .forEach(tr => body.appendChild(tr));
+}));
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+.note { color: #777; font-style: italic; }
+table { border-collapse: collapse; font-size: 13px; } th, td { border: 1px solid #ccc; padding: 2px 6px; }
+th { cursor: pointer; background: #f3f3f3; } td.num { text-align: right; }
+"""
+
+
+def load_results(inputs: Sequence[str], root: str) -> tuple[pd.DataFrame, list[str] | None]:
+    """The merged results table of `inputs` (default: the newest sweep under `root`), and the class names of the
+    first sweep whose config is at hand (for the per-class heatmap)."""
+    from omegaconf import OmegaConf
+
+    from synthray.data.real import load_classes
+    from synthray.sweep.runner import find_sweep, read_results
+
+    tables, names = [], None
+    for item in inputs or [None]:
+        if item is not None and item.endswith(".parquet"):
+            uri = storage.normalize(item)
+            if not storage.exists(uri):
+                raise SynthrayError(f"report: no results file {uri}")
+            # A sweep's results.parquet is named by its sweep folder; any other file by its own name.
+            label = storage.name(storage.parent(uri)) if storage.name(uri) == "results.parquet" else storage.name(uri)[:-8]
+            table = read_results(uri)
+        else:
+            sweep = find_sweep(root, item)
+            uri = storage.join(sweep, "results.parquet")
+            if not storage.exists(uri):
+                raise SynthrayError(f"report: sweep {storage.name(sweep)} has no results.parquet yet (still running, or stopped)")
+            table, label = read_results(uri), storage.name(sweep)
+            if names is None:
+                cfg = OmegaConf.create(storage.read_text(storage.join(sweep, "config.yaml")))
+                try:
+                    names = load_classes(cfg.data.classes)["name"].tolist()
+                except SynthrayError:
+                    names = None  # a class CSV on another machine: the heatmap falls back to class numbers
+        tables.append(table.assign(sweep=label))
+    return pd.concat(tables, ignore_index=True), names
+
+
+def _image(fig: Any, name: str, folder: Path) -> str:
+    """Save `fig` as PNG and SVG in `folder`; the PNG's bytes as a data URI."""
+    import matplotlib.pyplot as plt
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(folder / f"{name}.svg", format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    (folder / f"{name}.png").write_bytes(png.getvalue())
+    return "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+
+
+def _table_html(table: pd.DataFrame) -> str:
+    axes = [c for c in table.columns if "." in c]  # extra grid axes are named by config key
+    columns = [c for c in TABLE_COLUMNS[:5] + axes + TABLE_COLUMNS[5:] if c in table and not table[c].isna().all()]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    rows = []
+    for _, row in table[columns].iterrows():
+        cells = []
+        for c in columns:
+            v = row[c]
+            if isinstance(v, float):
+                cells.append(f'<td class="num">{"-" if pd.isna(v) else f"{v:.3f}"}</td>')
+            else:
+                cells.append(f"<td>{html.escape('-' if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div style="overflow-x:auto"><table class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str, str] | None = None,
+                 per_class: bool = False) -> Path:
+    """Write `out/report.html` and `out/figures/<name>.{png,svg}`; returns the page's path. The folder is built
+    under a temporary name and renamed, so a failed report leaves nothing half-written."""
+    table, class_names = load_results(inputs, root)
+    out = Path(out).expanduser().resolve()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "figures").mkdir(parents=True)
+    sections = []
+    try:
+        for name, (title, draw) in FIGURES.items():
+            kwargs: dict[str, Any] = {}
+            if name == "density-coverage":
+                kwargs["per_class"] = per_class
+            if name == "per-class":
+                kwargs.update(generator=heatmap[0] if heatmap else None, arch=heatmap[1] if heatmap else None,
+                              class_names=class_names)
+            try:
+                src = _image(draw(table, **kwargs), name, tmp / "figures")
+            except Skip as why:
+                sections.append(f'<h2>{html.escape(title)}</h2><p class="note">Not drawn: {html.escape(str(why))}.</p>')
+                continue
+            sections.append(f'<h2>{html.escape(title)}</h2><figure><img alt="{name}" src="{src}">'
+                            f'<figcaption><a href="figures/{name}.svg">SVG</a> · <a href="figures/{name}.png">PNG</a>'
+                            "</figcaption></figure>")
+        sweeps = ", ".join(sorted(table["sweep"].unique()))
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthray report: {html.escape(sweeps)}</title>"
+                f"<style>{STYLE}</style></head><body><h1>synthray report</h1>"
+                f"<p>{len(table)} trials from {html.escape(sweeps)}. Click a column to sort the table.</p>"
+                + "".join(sections) + f"<h2>Results</h2>{_table_html(table)}<pre id='selfcheck' hidden></pre>"
+                f"<script>{SELF_CHECK}</script></body></html>")
+        (tmp / "report.html").write_text(page, encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "report.html"
