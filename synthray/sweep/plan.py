@@ -175,6 +175,9 @@ def _check(cfg: Any) -> None:
             raise SynthrayError(f"generator {name} draws held-out real images, but data.control_fraction="
                                 f"{cfg.data.control_fraction} holds none out; set data.control_fraction=0.4")
     check_encoders(cfg)
+    from synthray.sweep.runner import tracking_names
+
+    tracking_names(cfg)
     if cfg.metrics.get("features_of", "view") not in ("view", "images"):
         raise unknown_name("metrics.features_of", str(cfg.metrics.features_of), ["view", "images"])
     load_geneval(cfg)

@@ -92,6 +92,55 @@ def plan_summary(cfg: Any) -> list[str]:
     return [head] + lines
 
 
+TRACKERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}  # tracking= value: its package
+
+
+def tracking_names(cfg: Any) -> list[str]:
+    """`tracking` as a checked list: one line for an unknown name or a package that is not installed."""
+    import importlib.util
+
+    from synthray.registry import unknown_name
+
+    given = OmegaConf.select(cfg, "tracking", default=None)
+    names = [] if given in (None, "") else [str(given)] if isinstance(given, str) else [str(n) for n in given]
+    for name in names:
+        if name not in TRACKERS:
+            raise unknown_name("tracking", name, TRACKERS)
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise SynthrayError(f"tracking={name} needs the {TRACKERS[name]} package: pip install "
+                                f"{'mlflow-skinny' if name == 'mlflow' else TRACKERS[name]}")
+    return names
+
+
+def tracking_callbacks(cfg: Any, sweep: str) -> list[Any]:
+    """Ray Tune's logger callbacks for `tracking`: they see every report of every trial (per-epoch training metrics
+    and the final results row) on the driver."""
+    project = str(OmegaConf.select(cfg, "tracking_project", default=None) or cfg.name)
+    callbacks = []
+    for name in tracking_names(cfg):
+        if name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            uri = str(OmegaConf.select(cfg, "tracking_uri", default=None) or os.environ.get("MLFLOW_TRACKING_URI", ""))
+            if uri.startswith("file:"):  # asked for by name: MLflow 3 refuses its file store unless told it is wanted
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            callbacks.append(MLflowLoggerCallback(tracking_uri=OmegaConf.select(cfg, "tracking_uri", default=None),
+                                                  experiment_name=project, tags={"sweep": sweep}, save_artifact=False))
+        elif name == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            # The callback logs from a Ray actor, which does not see this process's environment: pass W&B's own
+            # settings on (WANDB_MODE=offline, WANDB_DIR), as wandb.init arguments.
+            given = {"mode": os.environ.get("WANDB_MODE"), "dir": os.environ.get("WANDB_DIR")}
+            callbacks.append(WandbLoggerCallback(project=project, group=sweep, log_config=False,
+                                                 **{k: v for k, v in given.items() if v}))
+        else:
+            from ray.tune.logger import TBXLoggerCallback
+
+            callbacks.append(TBXLoggerCallback())
+    return callbacks
+
+
 def _trainable(cfg: Any) -> Any:
     from ray import tune
 
@@ -117,7 +166,7 @@ def run_sweep(cfg: Any) -> tuple[pd.DataFrame, str]:
         param_space={axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()},
         tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)),
         run_config=tune.RunConfig(
-            name=sweep, storage_path=sweeps_path, storage_filesystem=fs,
+            name=sweep, storage_path=sweeps_path, storage_filesystem=fs, callbacks=tracking_callbacks(cfg, sweep),
             failure_config=tune.FailureConfig(max_failures=int(cfg.tune.max_failures)), verbose=1,
         ),
     )
