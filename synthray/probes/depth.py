@@ -41,17 +41,16 @@ def depth_options(params: dict[str, Any]) -> dict[str, Any]:
 
 def check_depth(name: str, params: dict[str, Any]) -> None:
     """`probes.<name>` of the depth probe: each option named in one line when wrong."""
+    from synthray.probes.transforms import check_flag, check_size  # transforms imports this module
+
     unknown = sorted(set(params) - {"model", "batch_size", *DEPTH_DEFAULTS})
     if unknown:
         raise SynthrayError(f"probes.{name} has no key {unknown[0]}; keys: model, batch_size, {', '.join(DEPTH_DEFAULTS)}")
     for key, choices in DEPTH_CHOICES.items():
         if key in params and params[key] not in choices:
             raise SynthrayError(f"probes.{name}.{key} must be one of {', '.join(choices)}, got {params[key]!r}")
-    if not isinstance(params.get("square_crop", False), bool):
-        raise SynthrayError(f"probes.{name}.square_crop must be true or false, got {params['square_crop']!r}")
-    size = params.get("input_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise SynthrayError(f"probes.{name}.input_size must be null (the processor's own) or a positive int, got {size!r}")
+    check_flag(name, params, "square_crop")
+    check_size(name, params, "input_size", "the processor's own")
 
 
 def crop_to_square(image: np.ndarray) -> np.ndarray:

@@ -179,12 +179,22 @@ def check_frequency(name: str, params: dict[str, Any]) -> None:
     if not number or not (0.0 <= cutoff <= 1.0 if mask == "study" else 0.0 < cutoff <= 1.0):
         bounds = "[0, 1]" if mask == "study" else "(0, 1]"
         raise SynthrayError(f"probes.{name}.cutoff must be a number in {bounds} with mask={mask}, got {cutoff!r}")
-    if not isinstance(params.get("clip", False), bool):
-        raise SynthrayError(f"probes.{name}.clip must be true or false, got {params['clip']!r}")
-    size = params.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise SynthrayError(f"probes.{name}.size must be null (the images as stored) or a positive int, got {size!r}")
+    check_flag(name, params, "clip")
+    check_size(name, params, "size", "the images as stored")
 
 
 _register(Probe("lowpass", lowpass, check=check_frequency, legacy=FREQUENCY_DEFAULTS))
 _register(Probe("highpass", highpass, check=check_frequency, legacy=FREQUENCY_DEFAULTS))
+
+
+def check_flag(name: str, params: dict, key: str) -> None:
+    """`probes.<name>.<key>` is absent or a boolean: one line otherwise."""
+    if not isinstance(params.get(key, False), bool):
+        raise SynthrayError(f"probes.{name}.{key} must be true or false, got {params[key]!r}")
+
+
+def check_size(name: str, params: dict, key: str, null_means: str) -> None:
+    """`probes.<name>.<key>` is null (`null_means`) or a positive int: one line otherwise."""
+    size = params.get(key)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise SynthrayError(f"probes.{name}.{key} must be null ({null_means}) or a positive int, got {size!r}")

@@ -121,10 +121,10 @@ def tracking_callbacks(cfg: Any, sweep: str) -> list[Any]:
         if name == "mlflow":
             from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-            uri = str(OmegaConf.select(cfg, "tracking_uri", default=None) or os.environ.get("MLFLOW_TRACKING_URI", ""))
-            if uri.startswith("file:"):  # asked for by name: MLflow 3 refuses its file store unless told it is wanted
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            callbacks.append(MLflowLoggerCallback(tracking_uri=OmegaConf.select(cfg, "tracking_uri", default=None),
+            given = OmegaConf.select(cfg, "tracking_uri", default=None)
+            if str(given or os.environ.get("MLFLOW_TRACKING_URI", "")).startswith("file:"):
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # asked for by name: MLflow 3 refuses it untold
+            callbacks.append(MLflowLoggerCallback(tracking_uri=given,
                                                   experiment_name=project, tags={"sweep": sweep}, save_artifact=False))
         elif name == "wandb":
             from ray.air.integrations.wandb import WandbLoggerCallback
