@@ -1,13 +1,17 @@
 """GPU benchmark of the generation stage: synthray's Ray Data stage against a plain diffusers loop, same GPU, same run.
 
-It builds the *real SD1.5 architecture* with random weights (the compute of the real checkpoint; hub downloads
-are not needed), saves it with `save_pretrained`, then measures:
-  (a) a plain `StableDiffusionPipeline` loop: bf16, batch 16, PIL output;
-  (b) synthray's generation stage end to end: Ray Data actor pool -> JPEG -> parquet shards on disk.
-It prints images/s for both, the ratio b/a, and the fraction of the bf16 FLOP limit.
+It builds a *real architecture* (SD1.5, SDXL or FLUX.1-dev) with random weights (the compute of the real
+checkpoint; hub downloads are not needed), saves it with `save_pretrained`, then measures:
+  (a) a plain diffusers pipeline loop: bf16, eager, PIL output;
+  (b) synthray's generation stage end to end: Ray Data actor pool -> JPEG -> parquet shards on disk, with the
+      speed settings given (compile, compile_vae, fuse_qkv, channels_last).
+It prints images/s for both, the ratio b/a, the fraction of the bf16 FLOP limit (SD1.5), and with --compile the
+first shard's extra time (compiling, or loading compiled code from the node cache) against a steady shard.
 
   python bench/generation.py                  # SD1.5 architecture, 512 px, 25 steps, CFG 7.5, batch 16
-  python bench/generation.py --compile        # (b) with torch.compile of the UNet
+  python bench/generation.py --compile        # (b) with the UNet compiled (inductor default mode, node cache)
+  python bench/generation.py --compile --compile-vae --cold-cache   # compile from nothing, VAE decoder too
+  python bench/generation.py --family sdxl    # SDXL base architecture, 1024 px (flux: FLUX.1-dev, 1024 px)
   python bench/generation.py --tiny --images 32 --batch 4 --steps 2   # CPU smoke run of the same code path
 """
 
@@ -52,13 +56,99 @@ def build_sd15_architecture(path: Path) -> Path:
     return path
 
 
+# Per family: the pipeline class, and the model's own size, steps, guidance, and a batch that fits one GPU.
+FAMILIES = {
+    "sd15": {"pipeline": "StableDiffusionPipeline", "tiny": "sd", "resolution": 512, "steps": 25, "guidance": 7.5, "batch": 16},
+    "sdxl": {"pipeline": "StableDiffusionXLPipeline", "tiny": "sdxl", "resolution": 1024, "steps": 25, "guidance": 5.0, "batch": 8},
+    "flux": {"pipeline": "FluxPipeline", "tiny": "flux", "resolution": 1024, "steps": 28, "guidance": 3.5, "batch": 4},
+}
+
+
+def _clip_text(vocab: int, hidden: int, layers: int, heads: int, act: str, projection: bool = False) -> torch.nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads, num_hidden_layers=layers,
+                            hidden_act=act, projection_dim=hidden, vocab_size=vocab, bos_token_id=vocab - 2,
+                            eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _tokenizer() -> tuple:
+    from transformers import CLIPTokenizer
+
+    from synthray.generation.tiny import write_clip_tokenizer
+
+    with tempfile.TemporaryDirectory() as tok_dir:
+        vocab = write_clip_tokenizer(Path(tok_dir))
+        return CLIPTokenizer.from_pretrained(tok_dir), vocab
+
+
+def _save_bf16(pipe, path: Path) -> Path:
+    """Weights stored in bf16, as run: half the disk and load time of float32 (FLUX is 12B + 4.7B parameters)."""
+    pipe.to(torch.bfloat16).save_pretrained(str(path))
+    return path
+
+
+def build_sdxl_architecture(path: Path) -> Path:
+    """SDXL base 1.0: the 2.6B UNet (text_time conditioning), CLIP-L + OpenCLIP-bigG text encoders, the SDXL VAE."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer, vocab = _tokenizer()
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init on the GPU: seconds, not minutes
+        unet = UNet2DConditionModel(
+            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+            cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+        )
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            scaling_factor=0.13025)
+        text = _clip_text(vocab, 768, 12, 12, "quick_gelu")
+        text_2 = _clip_text(vocab, 1280, 32, 20, "gelu", projection=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                                       timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
+                                     unet=unet, scheduler=scheduler, add_watermarker=False)
+    return _save_bf16(pipe, path)
+
+
+def build_flux_architecture(path: Path) -> Path:
+    """FLUX.1-dev: the 12B MMDiT (19 double + 38 single blocks, guidance-embedded), CLIP-L, T5-v1.1-XXL, the
+    16-channel VAE. Needs about 70 GB of GPU memory to build and 34 GB of disk."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    from synthray.generation.tiny_tokenizers import t5_tokenizer
+
+    tokenizer, vocab = _tokenizer()
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                                             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                                             guidance_embeds=True, axes_dims_rope=(16, 56, 56)).to(torch.bfloat16)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, sample_size=1024,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+        text = _clip_text(vocab, 768, 12, 12, "quick_gelu")
+        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+                                     feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1)).to(torch.bfloat16)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text, tokenizer=tokenizer, text_encoder_2=t5,
+                        tokenizer_2=t5_tokenizer(), transformer=transformer)
+    return _save_bf16(pipe, path)
+
+
 def plain_diffusers(model: Path, images: int, batch: int, steps: int, resolution: int, guidance: float) -> float:
-    """(a): images/s of the bare pipeline after one warm-up batch."""
-    from diffusers import StableDiffusionPipeline
+    """(a): images/s of the bare pipeline (the class its model_index.json names) after one warm-up batch."""
+    from diffusers import DiffusionPipeline
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    pipe = StableDiffusionPipeline.from_pretrained(str(model), dtype=dtype).to(device)
+    pipe = DiffusionPipeline.from_pretrained(str(model), dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompts = [f"a photo of class {i}" for i in range(batch)]
 
@@ -81,8 +171,9 @@ def plain_diffusers(model: Path, images: int, batch: int, steps: int, resolution
 
 
 def synthray_stage(model: Path, storage: Path, images: int, batch: int, steps: int, resolution: int, guidance: float,
-                   compile_unet: bool) -> dict[str, float]:
-    """(b): synthray's generation stage, from the prompt table to parquet shards on disk."""
+                   pipeline: str, settings: list[str]) -> dict[str, float]:
+    """(b): synthray's generation stage, from the prompt table to parquet shards on disk; `settings` are
+    `generation.*` overrides (compile, compile_vae, fuse_qkv, channels_last, scratch)."""
     import ray
 
     from synthray.config import compose
@@ -93,61 +184,87 @@ def synthray_stage(model: Path, storage: Path, images: int, batch: int, steps: i
     csv = storage / "classes.csv"
     csv.parent.mkdir(parents=True, exist_ok=True)
     csv.write_text("id,name\n" + "".join(f"c{i},object {i}\n" for i in range(classes)))
-    entry = (f"{{kind:diffusers,pipeline:StableDiffusionPipeline,model:'{model}',dtype:bfloat16,steps:{steps},"
+    entry = (f"{{kind:diffusers,pipeline:{pipeline},model:'{model}',dtype:bfloat16,steps:{steps},"
              f"guidance:{guidance},resolution:{resolution},released:null}}")
     device = "gpu" if torch.cuda.is_available() else "cpu"
     cfg = compose([f"storage={storage}", f"device={device}", f"data.classes={csv}", f"prompts.n_per_class={images // classes}",
                    "prompts.template='a photo of {name}'", f"generation.batch_size={batch}", f"generation.shard_size={2 * batch}",
-                   f"generation.compile={str(compile_unet).lower()}", f"+generators.bench={entry}"])
+                   *settings, f"+generators.bench={entry}"])
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)  # one GPU: the stage's pool is one actor, like (a)
+        # A fresh local cluster, never one a file in /tmp/ray points at; one GPU: the pool is one actor, like (a)
+        ray.init(address="local", include_dashboard=False)
     start = time.perf_counter()
     table, real = build_prompt_table(cfg, "bench", "classname"), real_artifact(cfg)
     data = generate(cfg, synthetic_artifact(cfg, "bench", "classname", table, real), table, real)
     total = time.perf_counter() - start
     meta = data.artifact.meta()
-    # Steady state: rows over the time the one actor spent inside shards (excludes actor start and model load).
-    steady = sum(t["rows"] for t in meta["timing"]) / sum(t["seconds"] for t in meta["timing"])
-    return {"end_to_end": meta["rows"] / total, "steady": steady, "rows": meta["rows"], "seconds": total}
+    # Steady state: rows over the time the one actor spent inside shards after its first (excludes actor start,
+    # model load, and the first shard: compiling, or loading compiled code from the cache, and warm-up).
+    shards = sorted(meta["timing"], key=lambda t: t["done_at"])
+    rest = shards[1:] or shards
+    steady = sum(t["rows"] for t in rest) / sum(t["seconds"] for t in rest)
+    per_shard = sorted(t["seconds"] for t in rest)[len(rest) // 2]
+    return {"end_to_end": meta["rows"] / total, "steady": steady, "rows": meta["rows"], "seconds": total,
+            "first_shard_s": shards[0]["seconds"], "steady_shard_s": per_shard,
+            "first_shard_extra_s": shards[0]["seconds"] - per_shard, "kernels": data.artifact.spec["kernels"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=640)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--tiny", action="store_true", help="tiny-sd instead of the SD1.5 architecture (CPU smoke run)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="sd15", help="the architecture to build (default sd15)")
+    p.add_argument("--images", type=int, default=None, help="default: 640 (sd15), 160 (sdxl), 64 (flux)")
+    p.add_argument("--batch", type=int, default=None, help="default: 16 (sd15), 8 (sdxl), 4 (flux)")
+    p.add_argument("--steps", type=int, default=None, help="default: the model's (25, 25, 28)")
+    p.add_argument("--guidance", type=float, default=None, help="default: the model's (7.5, 5.0, 3.5)")
+    p.add_argument("--compile", nargs="?", const="default", choices=["default", "max-autotune"],
+                   help="(b) with the denoiser compiled: generation.compile=<mode> (bare --compile: default)")
+    p.add_argument("--compile-vae", action="store_true", help="(b) with the VAE decoder compiled too")
+    p.add_argument("--cold-cache", action="store_true", help="a fresh scratch folder: compile from nothing (default: "
+                   "<workdir>/scratch, so a second run loads the compiled code)")
+    p.add_argument("--fuse-qkv", action="store_true", help="(b) with fused QKV projections")
+    p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto", help="(b) generation.channels_last")
+    p.add_argument("--tiny", action="store_true", help="the family's tiny twin instead of its architecture (CPU smoke run)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "synthray-bench")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
 
+    family = FAMILIES[args.family]
+    steps, guidance = args.steps or family["steps"], family["guidance"] if args.guidance is None else args.guidance
+    batch = args.batch or family["batch"]
+    images = args.images or {"sd15": 640, "sdxl": 160, "flux": 64}[args.family]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    model = args.workdir / ("tiny-sd" if args.tiny else "sd15-architecture")
-    resolution = 32 if args.tiny else 512
+    model = args.workdir / (f"tiny-{family['tiny']}" if args.tiny else f"{args.family}-architecture")
+    resolution = 32 if args.tiny else family["resolution"]
     if not (model / "model_index.json").exists():
         if args.tiny:
-            from synthray.generation.tiny import build_tiny_sd
+            from synthray.generation.tiny import TINY_BUILDERS
 
-            build_tiny_sd(model)
+            TINY_BUILDERS[family["tiny"]](model)
         else:
-            build_sd15_architecture(model)
+            {"sd15": build_sd15_architecture, "sdxl": build_sdxl_architecture, "flux": build_flux_architecture}[args.family](model)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    a = plain_diffusers(model, args.images if args.tiny else min(args.images, 160), args.batch, args.steps, resolution, args.guidance)
+    a = plain_diffusers(model, images if args.tiny else min(images, 160), batch, steps, resolution, guidance)
     storage = Path(tempfile.mkdtemp(dir=args.workdir, prefix="storage-"))
-    b = synthray_stage(model, storage, args.images, args.batch, args.steps, resolution, args.guidance, args.compile)
-    tflop = UNET_TFLOP_PER_STEP * args.steps + VAE_TFLOP
+    scratch = Path(tempfile.mkdtemp(dir=args.workdir, prefix="scratch-")) if args.cold_cache else args.workdir / "scratch"
+    settings = [f"scratch={scratch}", f"generation.channels_last={args.channels_last}", f"generation.fuse_qkv={str(args.fuse_qkv).lower()}",
+                f"generation.compile={args.compile or 'false'}", f"generation.compile_vae={str(args.compile_vae).lower()}",
+                "generation.compile_cpu=true"]  # --compile on a CPU-only machine (the tiny smoke run) compiles too
+    b = synthray_stage(model, storage, images, batch, steps, resolution, guidance, family["pipeline"], settings)
+    tflop = UNET_TFLOP_PER_STEP * steps + VAE_TFLOP  # SD1.5 only: the other families' FLOPs are not in BASELINES.md
     result = {
-        "device": device, "model": model.name, "steps": args.steps, "batch": args.batch, "images": b["rows"],
-        "compile": args.compile, "a_plain_img_s": round(a, 3), "b_synthray_img_s": round(b["end_to_end"], 3),
+        "device": device, "model": model.name, "steps": steps, "batch": batch, "resolution": resolution, "images": b["rows"],
+        "kernels": b["kernels"], "cache": "cold" if args.cold_cache else "warm if run before",
+        "a_plain_img_s": round(a, 3), "b_synthray_img_s": round(b["end_to_end"], 3),
         "b_steady_img_s": round(b["steady"], 3), "ratio_b_over_a": round(b["end_to_end"] / a, 3),
         "ratio_steady_over_a": round(b["steady"] / a, 3),
-        "flop_fraction_b_steady": None if args.tiny else round(b["steady"] * tflop / PEAK_TFLOPS, 3),
+        "first_shard_s": round(b["first_shard_s"], 2), "steady_shard_s": round(b["steady_shard_s"], 2),
+        "first_shard_extra_s": round(b["first_shard_extra_s"], 2),
+        "flop_fraction_b_steady": None if args.tiny or args.family != "sd15" else round(b["steady"] * tflop / PEAK_TFLOPS, 3),
     }
     print(json.dumps(result, indent=1))
     print(f"(a) plain diffusers {a:.2f} img/s | (b) synthray {b['end_to_end']:.2f} img/s end to end, "
-          f"{b['steady']:.2f} img/s steady | b/a = {b['end_to_end'] / a:.2f} (steady {b['steady'] / a:.2f})")
+          f"{b['steady']:.2f} img/s steady | b/a = {b['end_to_end'] / a:.2f} (steady {b['steady'] / a:.2f}) | "
+          f"first shard {b['first_shard_s']:.1f} s, steady shard {b['steady_shard_s']:.1f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from synthray import storage
+from synthray import progress, storage
 from synthray.registry import SynthrayError, error_line
 
 log = logging.getLogger("synthray")
@@ -162,6 +162,7 @@ class Artifact:
                 break
             if not waited:
                 log.info("waiting for %s %s (%s): another trial is building it", self.kind, self.key, self.label)
+                progress.post(stage=f"waiting: {stage_name(self.kind, self.label)}, built by another trial")
                 waited = True
             time.sleep(min(2.0, self.store.lease_s / 8))
         log.info("reused %s %s (%s), built by a concurrent trial", self.kind, self.key, self.label)
@@ -173,7 +174,7 @@ class Artifact:
         local = Path(tempfile.mkdtemp(prefix=f"{self.kind}-{self.key}-", dir=storage.ensure_dir(self.store.scratch_dir() / "build")))
         try:
             out = BuildDir(self.uri, local)
-            with storage.scratch_space(self.store.scratch_dir()):
+            with storage.scratch_space(self.store.scratch_dir()), progress.stage(stage_name(self.kind, self.label)):
                 meta = dict(make(out) or {})
             out.entries.update(storage.upload_dir(local, self.uri))
             out.entries["spec.json"] = storage.write_bytes(self.file("spec.json"), json.dumps(self.spec, indent=1, sort_keys=True).encode())
@@ -182,6 +183,15 @@ class Artifact:
         finally:
             shutil.rmtree(local, ignore_errors=True)
         log.info("built %s %s (%s) in %.1f s", self.kind, self.key, self.label, time.perf_counter() - start)
+
+
+STAGE_VERBS = {"real": "prepare real data", "synthetic": "generate", "views": "", "features": "", "tiny-models": "build",
+               "models": "train", "results": "evaluate", "captions": "caption", "prompts": "prompts"}
+
+
+def stage_name(kind: str, label: str) -> str:
+    """The console's name for building an artifact: `train tiny-cnn on real/rgb`."""
+    return f"{STAGE_VERBS.get(kind, kind)} {label}".strip()
 
 
 class CorruptArtifact(SynthrayError):

@@ -20,6 +20,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment (default: smoke)", description="Overrides use Hydra's grammar: "
                          "experiment=paper storage=/data/runs grid.arch=[resnet50,convnext_tiny] recipe.epochs=3")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
+    run.add_argument("-v", "--verbose", action="store_true", help="every log line on the console too (always in <sweep>/logs/)")
     rep = sub.add_parser("report", help="the study's figures and the results table as one HTML page",
                          description="Inputs: sweep names (under storage=), sweep folders or URIs, or results.parquet files; "
                          "several merge into one report. Default: the newest sweep.")
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("sweep", nargs="?", help="sweep name, name prefix or folder (default: the newest)")
     res.add_argument("overrides", nargs="*", help="only storage=<dir> is read")
     res.add_argument("--submit", action="store_true", help="resume it as a Ray Job on the cluster at --address")
+    res.add_argument("-v", "--verbose", action="store_true", help="every log line on the console too (always in <sweep>/logs/)")
     res.add_argument("--follow", action="store_true", help="with --submit: print the job's log until it ends")
     _cluster_args(res)
     sbm = sub.add_parser("submit", help="run a sweep as a Ray Job on a remote cluster (from a laptop)",
@@ -269,13 +271,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from synthray.config import compose
 
-            table, path = run_sweep(compose(args.overrides))
+            table, path = run_sweep(compose(args.overrides), verbose=args.verbose)
         else:
             sweep = args.sweep
             if sweep and "=" in sweep:  # `synthray resume storage=x`: no sweep name given
                 args.overrides.insert(0, sweep)
                 sweep = None
-            table, path = resume_sweep(_storage_override(args.overrides), sweep)
+            table, path = resume_sweep(_storage_override(args.overrides), sweep, verbose=args.verbose)
+        from synthray.sweep.console import forward_worker_logs
+
+        forward_worker_logs(False)
     except SynthrayError as err:
         print(f"synthray: error: {err}", file=sys.stderr)
         return 2

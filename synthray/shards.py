@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synthray import storage
+from synthray import progress, storage
 from synthray.images import write_table
 
 log = logging.getLogger("synthray")
@@ -90,6 +90,7 @@ def map_shards(
         rate = rows_done / elapsed if elapsed > 0 else 0.0
         eta = (total_rows - rows_done) / rate if rate > 0 and total_rows else 0.0
         log.info("%s: shard %d/%d, %d/%d rows, %.1f rows/s, ETA %.0f s", what, len(done), len(todo), rows_done, total_rows, rate, eta)
+        progress.advance(rows_done, total_rows or None)
     return done
 
 

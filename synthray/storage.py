@@ -18,6 +18,7 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -321,13 +322,22 @@ def check_storage(uri: str) -> str:
         info = _filesystem(scheme, bucket, retry=False).get_file_info(bucket)
     except OSError as err:
         text = str(err)
-        if any(s in text for s in ("ACCESS_DENIED", "AccessDenied", "403", "INVALID_ACCESS_KEY", "SIGNATURE", "credentials")):
+        if credentials_refused(text):
             raise SynthrayError(f"storage {root}: the credentials were refused for bucket '{bucket}' "
                                 f"({_first_line(text)})") from None
         raise SynthrayError(f"storage {root}: cannot reach {where} ({_first_line(text)})") from None
     if info.type == pafs.FileType.NotFound:
         raise SynthrayError(f"storage {root}: bucket '{bucket}' does not exist at {where}; create it first")
     return root
+
+
+def credentials_refused(error_text: str) -> bool:
+    """Whether an object store's error says it refused the credentials (rather than could not be reached)."""
+    # A connection failure wins, and "403" counts only as a whole word: the text carries the endpoint's port, and a
+    # random port such as 40317 once read as a refusal.
+    if re.search(r"connect|NETWORK_CONNECTION|resolve host|timed out", error_text, re.IGNORECASE):
+        return False
+    return bool(re.search(r"ACCESS_DENIED|AccessDenied|\b403\b|INVALID_ACCESS_KEY|SIGNATURE|credentials", error_text))
 
 
 def _first_line(text: str) -> str:

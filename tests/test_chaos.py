@@ -202,7 +202,7 @@ def test_4_storage_outage_mid_sweep(nodes, s3_server, tmp_path):
     relay = TcpRelay(int(s3_server.rsplit(":", 1)[1]))
     prefix = "chaos4"
     env = {"AWS_ENDPOINT_URL": relay.endpoint, "RAY_ADDRESS": cluster.address}
-    proc = subprocess.Popen([sys.executable, "-m", "synthray", "run", f"storage=s3://{BUCKET}/{prefix}", *TINY,
+    proc = subprocess.Popen([sys.executable, "-m", "synthray", "run", "-v", f"storage=s3://{BUCKET}/{prefix}", *TINY,
                              "recipe.epochs=4", "grid.generator=[real-holdout,tiny-sd]", "tune.max_concurrent_trials=1"],
                             env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     deadline = time.time() + 300
@@ -231,7 +231,7 @@ def test_6_two_sweeps_at_once_build_shared_artifacts_once(nodes, s3_server, tmp_
     cluster = nodes(workers=2)
     env = dict(os.environ, RAY_ADDRESS=cluster.address)
     common = [f"storage=s3://{BUCKET}/chaos6", *TINY, "recipe.epochs=2", "tune.max_concurrent_trials=2"]
-    procs = [subprocess.Popen([sys.executable, "-m", "synthray", "run", *common, f"grid.generator={grid}"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "synthray", "run", "-v", *common, f"grid.generator={grid}"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
              for grid in ("[real-holdout,tiny-sd]", "[tiny-sd]")]
     start = time.time()

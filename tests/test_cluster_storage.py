@@ -60,7 +60,7 @@ def local_run(tmp_path_factory):
 
 def test_rerun_on_a_cluster_with_gpus_recomputes_nothing(local_run, three_nodes, tmp_path):
     """Keys depend on the spec alone: the same sweep against a cluster that reports 2 GPUs reuses everything."""
-    done = run_cli("run", f"storage={local_run['root']}", f"ray.address={three_nodes['address']}", *SMALL, cwd=tmp_path)
+    done = run_cli("run", "-v", f"storage={local_run['root']}", f"ray.address={three_nodes['address']}", *SMALL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
     assert f"plan: {TRIALS} trials, {TRIALS} already complete" in log
@@ -91,7 +91,7 @@ def test_s3_smoke_on_three_nodes_survives_a_killed_builder_and_matches_local(loc
     root = f"s3://{BUCKET}/runs"
     # Smaller shards than the local run's: more of them, so the builder is surely killed mid-artifact. The images,
     # and so the digest and every metric, do not depend on the shard size.
-    args = ["run", f"storage={root}", f"ray.address={three_nodes['address']}", "lease_s=10", *SMALL, "generation.shard_size=8"]
+    args = ["run", "-v", f"storage={root}", f"ray.address={three_nodes['address']}", "lease_s=10", *SMALL, "generation.shard_size=8"]
     log = _kill_trial_mid_generation(args, tmp_path)
     assert "1 trial(s) did not finish" in log
 
@@ -102,7 +102,7 @@ def test_s3_smoke_on_three_nodes_survives_a_killed_builder_and_matches_local(loc
     assert len(unfinished) == 1 and any(k.endswith(".parquet") for k in synthetic if f"/{unfinished[0]}/" in k)
 
     # Resume from storage alone: the unfinished dataset resumes from its stored shards and completes.
-    done = run_cli("resume", f"storage={root}", cwd=tmp_path, env={"HF_TOKEN": SECRET})
+    done = run_cli("resume", "-v", f"storage={root}", cwd=tmp_path, env={"HF_TOKEN": SECRET})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already in storage, resuming" in done.stdout + done.stderr
     table = _results(done.stdout)

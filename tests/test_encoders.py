@@ -78,6 +78,9 @@ def test_features_shape_determinism_and_weights_from_disk(kind, tiny, encoders):
     np.testing.assert_array_equal(enc(images), feats)
     # A second load gives the same features: the weights come from disk, not a fresh random init.
     np.testing.assert_allclose(FEATURE_MODELS.get(kind)(tiny[kind], device="cpu")(images), feats, rtol=1e-5, atol=1e-6)
+    # One batched preprocessing call gives each image the bytes it gets alone.
+    np.testing.assert_array_equal(enc.preprocess.batch(images, torch.device("cpu")).numpy(),
+                                  torch.stack([enc.preprocess(im, torch.device("cpu")) for im in images]).numpy())
     # Batching does not change features, and different images give different features.
     batched = FEATURE_MODELS.get(kind)(tiny[kind], device="cpu", batch_size=4)(images)
     np.testing.assert_allclose(batched, feats, rtol=1e-4, atol=1e-5)

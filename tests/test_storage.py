@@ -133,3 +133,15 @@ def test_threaded_copy_into_retrying_s3_does_not_deadlock(s3_server, tmp_path):
     fs, path = storage.resolve(f"s3://synthray-test/copy-{tmp_path.name}")
     pafs.copy_files(str(tmp_path), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs, use_threads=True)
     assert len(storage.list_files(f"s3://synthray-test/copy-{tmp_path.name}")) == 64
+
+
+@pytest.mark.parametrize("text, refused", [
+    ("When getting information for bucket 'b': AWS Error ACCESS_DENIED during HeadBucket operation: No response body.",
+     True),
+    ("AWS Error UNKNOWN (HTTP status 403) during HeadBucket operation", True),
+    ("When getting information for bucket 'some-bucket': AWS Error NETWORK_CONNECTION during HeadBucket operation: "
+     "curlCode: 7, Could not connect to server; Details: Failed to connect to 127.0.0.1:40317 after 0 ms", False),
+    ("AWS Error NETWORK_CONNECTION: Could not resolve host: nowhere.invalid", False),
+])
+def test_a_port_number_is_not_read_as_a_refusal(text, refused):
+    assert storage.credentials_refused(text) is refused

@@ -1,10 +1,13 @@
 """The whole data flow under Ray Tune on the shared local cluster: a small sweep, a warm rerun, stop and resume."""
 
+import contextlib
+import io
 import json
 import re
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from pathlib import Path
@@ -34,7 +37,8 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
     # 2 generators x rgb: the probes have their own sweep test below, and the cluster tests rerun and resume on S3.
     grid = [*GRID, "grid.probe=[rgb]"]
     cfg = tiny_cfg(tmp_path, *grid)
-    table, path = run_sweep(cfg)
+    console = io.StringIO()  # not a terminal: plain lines at a bounded rate
+    table, path = run_sweep(cfg, stream=console)
     assert isinstance(path, str) and Path(path).is_file() and Path(path).parents[1] == tmp_path / "sweeps"
     assert find_sweep(str(tmp_path), None) == storage.parent(path)
     stored = read_results(path)
@@ -56,10 +60,60 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
     check = assert_renders(write_report([], tmp_path / "report", str(tmp_path)), tmp_path / "report.png", min_images=3)
     print(f"[figure] smoke report: {check['images']} figures, no broken image, no console error")
 
+    # The console: each trial's start, stages and end, read from the progress board; Tune's tables and the
+    # workers' lines are in the sweep's log instead.
+    shown = console.getvalue().splitlines()
+    labels = ["real-holdout/classname/tiny-cnn/rgb", "tiny-sd/classname/tiny-cnn/rgb"]
+    for label in labels:
+        assert f"[synthray] {label}: running" in shown and any(line.startswith(f"[synthray] {label}: done: synth→real") for line in shown)
+    assert any(re.fullmatch(r"\[synthray\] tiny-sd/classname/tiny-cnn/rgb: generate tiny-sd, classname, \d+ images", line) for line in shown)
+    assert any(": train tiny-cnn on tiny-sd/classname/rgb" in line for line in shown)
+    assert len(shown) < 40 and not any("Trial status" in line or "pid=" in line for line in shown), shown
+    log = (Path(path).parent / "logs" / "sweep.log").read_text()
+    assert "Trial status" in log and "tune_trial pid=" in log and "built synthetic" in log
+    print(f"[figure] smoke sweep (test size): {len(shown)} console lines, {len(log.splitlines())} in its log")
+
+    # A warm rerun on a (pseudo) terminal: the live view.
     before = _mtimes(tmp_path / "synthetic") | _mtimes(tmp_path / "models")
-    again, _ = run_sweep(tiny_cfg(tmp_path, *grid))
+    with _terminal() as (stream, screen):
+        again, _ = run_sweep(tiny_cfg(tmp_path, *grid), stream=stream)
     assert _mtimes(tmp_path / "synthetic") | _mtimes(tmp_path / "models") == before, "a warm rerun rebuilds nothing"
     pd.testing.assert_frame_equal(again.reset_index(drop=True), table.reset_index(drop=True))
+    drawn = screen()
+    assert "\x1b[" in drawn and "0 running · 2 done · 0 pending · 0 failed" in drawn, drawn[-2000:]
+    assert all(label in drawn for label in labels) and "Trial status" not in drawn
+
+
+@contextlib.contextmanager
+def _terminal():
+    """A pseudo-terminal for the console, and a function that returns all that was drawn on it."""
+    import pty
+
+    main, side = pty.openpty()
+    os.system(f"stty cols 150 < {os.ttyname(side)}")
+    stream = os.fdopen(side, "w", encoding="utf-8")
+    chunks = []
+
+    def drain():  # a pty's buffer is small: read as the view redraws, or the writer blocks
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        yield stream, lambda: b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        stream.flush()
+        time.sleep(0.2)
+        stream.close()
+        reader.join(timeout=5)
+        os.close(main)
 
 
 @pytest.mark.slow
@@ -98,8 +152,11 @@ def test_killed_driver_then_resume_redoes_nothing_and_rebuilds_a_corrupt_shard(r
     out = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, out[-3000:]
     assert "resuming sweep" in out
-    corrupt = [line for line in out.splitlines() if "is corrupt" in line]
-    assert corrupt and f"{shard.parent.name}/{shard.name} is corrupt" in corrupt[0], out[-3000:]
+    # The trials' own lines are in the sweep's log, which the resumed run appended to.
+    log = (Path(find_sweep(str(tmp_path), None)) / "logs" / "sweep.log").read_text()
+    assert log.count("--- synthray ") == 2 and "tune_trial pid=" in log
+    corrupt = [line for line in log.splitlines() if "is corrupt" in line]
+    assert corrupt and f"{shard.parent.name}/{shard.name} is corrupt" in corrupt[0], log[-3000:]
     table = read_results(storage.join(find_sweep(str(tmp_path), None), "results.parquet"))
     assert (table["status"] == "done").all() and len(table) == 2
     assert first[0].stat().st_mtime_ns == done_before[first[0]], "the finished trial was not redone"
@@ -171,13 +228,17 @@ def test_plan_trials_names_every_artifact_and_builds_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_any_config_key_is_a_grid_axis_with_its_own_results_column(ray_cluster, tmp_path):
-    """Guidance and sampler become sweepable: one trial per value, one dataset per value, a column per axis."""
+def test_any_config_key_is_a_grid_axis_with_its_own_results_column_and_trials_are_tracked(ray_cluster, tmp_path, monkeypatch):
+    """Guidance and sampler become sweepable: one trial per value, one dataset per value, a column per axis. The
+    same sweep logs to MLflow and W&B (test_tracking.py's checks), as one sweep is a minute of the suite."""
     from synthray.sweep.runner import format_table
+    from tests.test_tracking import assert_tracked, track_offline
 
-    cfg = tiny_cfg(tmp_path, "grid.generator=[tiny-sd]", "grid.axes.generation.guidance=[1.5,4]",
-                   "grid.axes.generation.scheduler=[DDIMScheduler]")
+    cfg = tiny_cfg(tmp_path / "runs", "grid.generator=[tiny-sd]", "grid.axes.generation.guidance=[1.5,4]",
+                   "grid.axes.generation.scheduler=[DDIMScheduler]", *track_offline(tmp_path, monkeypatch))
     table, path = run_sweep(cfg)
+    assert_tracked(tmp_path, table, storage.parent(path), epochs=cfg.recipe.epochs)
+    tmp_path = tmp_path / "runs"
     stored = read_results(path)
     assert list(stored.columns[:6]) == ["generator", "prompt_style", "arch", "probe", "generation.guidance", "generation.scheduler"]
     assert sorted(stored["generation.guidance"]) == [1.5, 4.0] and (stored["status"] == "done").all()

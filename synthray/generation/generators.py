@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from synthray.artifacts import seed_hash
+from synthray.generation.compiled import check_speed_settings, speed_up
 from synthray.registry import Registry, SynthrayError, unknown_name
 
 GENERATOR_KINDS = Registry("generator kind")
@@ -53,6 +54,8 @@ def sampling_params(entry: dict[str, Any], protocol: str, overrides: Any = None)
         raise unknown_name("generation protocol", protocol, PROTOCOLS)
     if entry["kind"] != "diffusers":
         return {}
+    if overrides is not None and "compile" in overrides:  # the generation section: its speed settings, checked early
+        check_speed_settings(overrides)
     params: dict[str, Any] = {"steps": int(entry["steps"]), "guidance": float(entry["guidance"]), "resolution": int(entry["resolution"])}
     if protocol == "paper" and not str(entry["model"]).startswith("tiny:"):
         # gen/gen_images.py: 50 steps, CFG 2.0 and 512 px for every model; turbo/schnell run 4 steps at CFG 0.0.
@@ -92,7 +95,8 @@ class DiffusersGenerator:
     """A diffusers pipeline on the actor's device. Seeds are CPU generators, so noise is device-independent.
 
     Spec keys: pipeline, model_path, dtype, params (steps, guidance, resolution), and optional guidance_kwarg,
-    call (extra call kwargs), cpu_offload, vae_tiling, channels_last, compile.
+    call (extra call kwargs), cpu_offload, vae_tiling, and the speed settings of `compiled.speed_up`:
+    channels_last, fuse_qkv, compile (a mode), compile_vae, compile_cpu, compile_cache, scratch, storage.
     """
 
     def __init__(self, spec: dict[str, Any]):
@@ -116,11 +120,8 @@ class DiffusersGenerator:
             pipe.to(self.device)
         if spec.get("vae_tiling"):
             pipe.vae.enable_tiling()
-        denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        if spec.get("channels_last") and self.device == "cuda" and getattr(pipe, "unet", None) is not None:
-            pipe.unet.to(memory_format=torch.channels_last)  # convolutions run faster in NHWC on tensor cores
-        if spec.get("compile") and self.device == "cuda" and denoiser is not None:
-            denoiser.forward = torch.compile(denoiser.forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+        # channels_last, fused QKV, torch.compile (and its node cache), each as the spec (the dataset key) says
+        self.compile_cache = speed_up(pipe, spec, self.device)
         if spec["params"].get("scheduler"):  # same schedule settings, another sampler (the study's SD2.x; a grid axis)
             pipe.scheduler = getattr(diffusers, spec["params"]["scheduler"]).from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
@@ -145,6 +146,8 @@ class DiffusersGenerator:
                 prompt=list(rows["prompt"]), generator=generators, num_inference_steps=p["steps"], output_type="np",
                 **{self.guidance_kwarg: p["guidance"]}, **call,
             )
+        if self.compile_cache is not None:
+            self.compile_cache.publish()  # once, after the first batch compiled the graphs
         return [np.asarray(im, dtype=np.float32) for im in out.images]
 
 

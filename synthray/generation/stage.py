@@ -15,6 +15,7 @@ from PIL import Image
 
 from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
 from synthray.data.real import load_classes
+from synthray.generation.compiled import kernels_identity
 from synthray.generation.generators import build_generator, generator_entry, sampling_params
 from synthray.generation.prompts import load_captions, prompt_table
 from synthray.images import dataset_digest, encode, jpeg_subsampling, read_images, square, to_uint8
@@ -115,7 +116,7 @@ def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame
         spec.update(pipeline=entry["pipeline"], model=model_identity(str(entry["model"]), **_tiny_params(entry)), dtype=entry["dtype"],
                     call=dict(entry.get("call") or {}), guidance_kwarg=entry.get("guidance_kwarg"),
                     # These can change low bits of the output; CPU offload only moves weights, so it is left out.
-                    kernels={"vae_tiling": bool(g.vae_tiling), "channels_last": bool(g.channels_last), "compile": bool(g.compile)})
+                    kernels=kernels_identity(g, entry["pipeline"]))
     elif entry["kind"] == "vae-reencode":  # the real images and the VAE that re-encodes them (batch size: above)
         spec.update(real=real.key, pipeline=entry["pipeline"], dtype=entry["dtype"],
                     model=model_identity(str(entry["model"]), **_tiny_params(entry)))
@@ -142,6 +143,8 @@ def _shard_worker(gen_spec: dict[str, Any], models: Models, fmt: str, quality: i
 
     if gen_spec["kind"] in MODEL_KINDS:
         gen_spec = dict(gen_spec, model_path=models.locate(gen_spec["model"], "pipeline", **gen_spec["tiny_params"]))
+    if gen_spec.get("compile"):  # compiled code is cached in this node's scratch, and shared through storage
+        gen_spec = dict(gen_spec, scratch=str(models.store.scratch_dir()), storage=models.store.root)
     generate = build_generator(gen_spec)
     encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
 
@@ -179,7 +182,8 @@ def generate(cfg: Any, art: Artifact, table: pd.DataFrame, real: Artifact) -> Da
         if entry["kind"] == "diffusers":
             gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], variant=entry.get("variant"), model=str(entry["model"]),
                             tiny_params=_tiny_params(entry), call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"],
-                            cpu_offload=bool(g.cpu_offload), **art.spec["kernels"])
+                            cpu_offload=bool(g.cpu_offload), compile_cpu=bool(g.compile_cpu), compile_cache=g.compile_cache,
+                            **art.spec["kernels"])
         elif entry["kind"] == "vae-reencode":
             gen_spec.update(control_uri=DatasetRef(real, "control").uri, pipeline=entry["pipeline"], dtype=entry["dtype"],
                             model=str(entry["model"]), tiny_params=_tiny_params(entry))

@@ -91,6 +91,11 @@ def point_label(point: dict[str, Any]) -> str:
     return "/".join(named + extra)
 
 
+def trial_label(config: dict[str, Any]) -> str:
+    """A Tune trial's label from its config (one value per axis), as the trial itself names its point."""
+    return point_label({k: config.get(k, "?") for k in (*AXES, *(k for k in config if k not in AXES))})
+
+
 def point_cfg(cfg: Any, point: dict[str, Any]) -> Any:
     """The run config of one point: `cfg` with the point's extra-axis values set (the same object when it has none)."""
     extra = {k: v for k, v in point.items() if k not in AXES}

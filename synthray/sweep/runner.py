@@ -7,18 +7,20 @@ end, `results.parquet` (one row per trial, read only from the trials' result rec
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from synthray import storage
 from synthray.registry import SynthrayError, error_line
-from synthray.sweep.plan import AXES, extra_axes, grid_axes, point_label, validate
+from synthray.sweep.plan import AXES, extra_axes, grid_axes, trial_label, validate
 from synthray.sweep.geneval import join_geneval
 from synthray.sweep.trial import RESULT_COLUMNS, plan_trials, tune_trial
 
@@ -36,9 +38,24 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     # Ray Train's controller polls workers every 2 s by default, and a worker's next report waits for that
     # poll: with short epochs that is most of the run. A fast poll costs nothing on one machine.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    # address="local": a new cluster, even when another one (say, a test rig) runs on this machine.
-    ctx = ray.init(address="local", num_cpus=int(num_cpus or max(8, os.cpu_count() or 1)), include_dashboard=False,
-                   log_to_driver=True)
+    # Ray Train's placement-group cleaner asks the state API (the dashboard) whether its controller lives. With no
+    # dashboard, or with "auto" finding another or a stale cluster here, each ask hangs for 40 s and every training
+    # ends 12 s late waiting for it (bench/overhead.py). So: a dashboard, and its address in the environment the
+    # cluster's processes inherit. Not a job runtime env: that stops Ray from reusing prestarted workers.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before = os.environ.get("RAY_API_SERVER_ADDRESS")
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    try:
+        # address="local": a new cluster, even when another one (say, a test rig) runs on this machine.
+        ctx = ray.init(address="local", num_cpus=int(num_cpus or max(8, os.cpu_count() or 1)), include_dashboard=True,
+                       dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
+    finally:  # this process may later talk to another cluster's API server (synthray submit, tests)
+        if before is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS")
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = before
     return ctx.address_info["gcs_address"]
 
 
@@ -50,13 +67,8 @@ def init_ray(cfg: Any) -> None:
     import ray
 
     if not ray.is_initialized():
+        check_ray_target(cfg)
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-        if not address:
-            gpu = [k for k in GPU_SETTINGS if OmegaConf.select(cfg, k) == "gpu"]
-            if gpu and not _local_gpus():
-                # A local Ray has no autoscaler: a GPU request there would wait forever.
-                raise SynthrayError(f"{gpu[0]}=gpu, but this machine has no CUDA GPU and no cluster is given; "
-                                    "set device=cpu, or ray.address=<cluster> (or $RAY_ADDRESS)")
         if address:
             names = (*FORWARDED_ENV, str(OmegaConf.select(cfg, "captioner.openai.api_key_env", default="") or ""))
             env = {k: os.environ[k] for k in names if k and os.environ.get(k)}
@@ -70,16 +82,29 @@ def init_ray(cfg: Any) -> None:
     setup_logging()
 
 
+def check_ray_target(cfg: Any) -> None:
+    """A stage set to run on GPUs needs a cluster when this machine has none: say so before anything starts."""
+    import ray
+
+    if ray.is_initialized() or cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    gpu = [k for k in GPU_SETTINGS if OmegaConf.select(cfg, k) == "gpu"]
+    if gpu and not _local_gpus():
+        # A local Ray has no autoscaler: a GPU request there would wait forever.
+        raise SynthrayError(f"{gpu[0]}=gpu, but this machine has no CUDA GPU and no cluster is given; "
+                            "set device=cpu, or ray.address=<cluster> (or $RAY_ADDRESS)")
+
+
 def _local_gpus() -> int:
     import torch
 
     return torch.cuda.device_count()
 
 
-def plan_summary(cfg: Any) -> list[str]:
+def plan_summary(cfg: Any, planned: list[Any] | None = None) -> list[str]:
     """What the sweep will reuse and what it must compute, from artifact keys alone (nothing is built)."""
     lines, done = [], 0
-    for trial in plan_trials(cfg):
+    for trial in planned if planned is not None else plan_trials(cfg):
         if trial.result.is_complete():
             done += 1
             state = f"reused result {trial.result.key}"
@@ -147,31 +172,49 @@ def _trainable(cfg: Any) -> Any:
     return tune.with_resources(tune.with_parameters(tune_trial, cfg_yaml=OmegaConf.to_yaml(cfg)), {"cpu": 1})
 
 
-def run_sweep(cfg: Any) -> tuple[pd.DataFrame, str]:
-    """Validate, then run every trial of the grid under Ray Tune; returns the results table and its URI."""
+def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.DataFrame, str]:
+    """Validate, then run every trial of the grid under Ray Tune; returns the results table and its URI.
+    `verbose`: every log line on the console too; `stream`: the console (default stdout)."""
     from ray import tune
 
+    from synthray.sweep.console import ConsoleCallback
+
     validate(cfg)  # storage too: an unreachable bucket fails here, before Ray starts
+    check_ray_target(cfg)
     sweep = f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweeps = storage.join(cfg.storage, "sweeps")
     sweep_dir = storage.join(sweeps, sweep)
-    init_ray(cfg)
-    for line in plan_summary(cfg):
-        log.info(line)
-    storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
-    log.info("sweep %s: state in %s", sweep, sweep_dir)
     fs, sweeps_path = storage.resolve(sweeps)
-    tuner = tune.Tuner(
-        _trainable(cfg),
-        param_space={axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()},
-        tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)),
-        run_config=tune.RunConfig(
-            name=sweep, storage_path=sweeps_path, storage_filesystem=fs, callbacks=tracking_callbacks(cfg, sweep),
+    with _console(cfg, sweep_dir, verbose, stream):
+        storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
+        run_config = tune.RunConfig(
+            name=sweep, storage_path=sweeps_path, storage_filesystem=fs,
+            callbacks=[ConsoleCallback(), *tracking_callbacks(cfg, sweep)],
             failure_config=tune.FailureConfig(max_failures=int(cfg.tune.max_failures)), verbose=1,
-        ),
-    )
-    report_failures(tuner.fit())
+        )
+        space = {axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()}
+        tuner = tune.Tuner(_trainable(cfg), param_space=space, run_config=run_config,
+                           tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)))
+        report_failures(tuner.fit())
     return collect(cfg, sweep_dir)
+
+
+@contextlib.contextmanager
+def _console(cfg: Any, sweep_dir: str, verbose: bool, stream: Any) -> Iterator[Any]:
+    """The quiet console around a sweep: Ray is started inside it (its start-up lines go to the log), then the
+    plan is shown: its first line on the console, every trial in the log."""
+    from synthray.sweep.console import SweepConsole
+
+    planned = plan_trials(cfg)
+    with SweepConsole(sweep_dir, [t.label for t in planned], verbose, stream) as console:
+        init_ray(cfg)
+        console.start()
+        summary = plan_summary(cfg, planned)
+        console.say(f"[synthray] {summary[0]}")
+        for line in summary[1:]:
+            log.info(line)
+        console.say(f"[synthray] sweep {storage.name(sweep_dir)}: state in {sweep_dir}, log in {console.log_uri}")
+        yield console
 
 
 def report_failures(results: Any) -> None:
@@ -181,8 +224,7 @@ def report_failures(results: Any) -> None:
             continue
         mine = error_line(result.error, "SynthrayError", "CorruptArtifact", "StorageUnavailable")
         last = [line.strip() for line in str(result.error).splitlines() if line.strip()]
-        point = point_label({k: result.config.get(k, "?") for k in (*AXES, *(k for k in result.config if k not in AXES))})
-        log.error("trial %s failed: %s", point, mine or (last[-1] if last else type(result.error).__name__))
+        log.error("trial %s failed: %s", trial_label(result.config), mine or (last[-1] if last else type(result.error).__name__))
 
 
 def find_sweep(root: str, sweep: str | None) -> str:
@@ -202,23 +244,24 @@ def find_sweep(root: str, sweep: str | None) -> str:
     return storage.join(sweeps, max(found, key=lambda n: n[-15:]))  # names end in a sortable timestamp
 
 
-def resume_sweep(root: str, sweep: str | None = None) -> tuple[pd.DataFrame, str]:
+def resume_sweep(root: str, sweep: str | None = None, verbose: bool = False, stream: Any = None) -> tuple[pd.DataFrame, str]:
     """Continue an interrupted sweep with `Tuner.restore`: finished trials stay, the rest run again."""
     from ray import tune
 
     sweep_dir = find_sweep(root, sweep)
     cfg = OmegaConf.create(storage.read_text(storage.join(sweep_dir, "config.yaml")))
     validate(cfg)
-    init_ray(cfg)
+    check_ray_target(cfg)
     fs, path = storage.resolve(sweep_dir)
     name = storage.name(sweep_dir)
     if not tune.Tuner.can_restore(path, storage_filesystem=fs):
         raise SynthrayError(f"sweep {name} has no Tune state to restore (it stopped before starting); rerun it with synthray run")
-    log.info("resuming sweep %s", name)
-    for line in plan_summary(cfg):
-        log.info(line)
-    tuner = tune.Tuner.restore(path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
-    report_failures(tuner.fit())
+    with _console(cfg, sweep_dir, verbose, stream) as console:
+        console.say(f"[synthray] resuming sweep {name}")
+        # The callbacks come back from Tune's saved state (the console's and the trackers'), as the run made them.
+        tuner = tune.Tuner.restore(path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
+        report_failures(tuner.fit())
     return collect(cfg, sweep_dir)
 
 

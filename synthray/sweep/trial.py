@@ -184,5 +184,9 @@ def tune_trial(config: dict[str, Any], cfg_yaml: str) -> None:
 
     cfg = OmegaConf.create(cfg_yaml)
     point = {axis: config[axis] for axis in (*AXES, *extra_axes(cfg))}
+    from synthray import progress
+    from synthray.sweep.plan import point_label
+
+    progress.bind_trial(point_label(point))
     row = run_point(cfg, point, report_to_tune=True)
     tune.report({k: v for k, v in row.items() if isinstance(v, (int, float, str))})  # per-class lists stay in the record

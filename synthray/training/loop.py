@@ -13,6 +13,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from typing import Any
 
@@ -20,11 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from synthray import progress
 from synthray.training.archs import create_model
 from synthray.training.augment import cutmix, test_batch, train_batch
 from synthray.training.recipe import batch_geometry, lr_at, make_optimizer, steps_per_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# A worker keeps its share of the selection rows in memory when their decoded size is at most this: restarting a
+# Ray Data iterator for them every epoch cost ~0.04 s of a ~0.3 s epoch on 2 CPU cores (bench/overhead.py).
+KEEP_SELECTION_BYTES = 256 * 2**20
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -77,8 +82,26 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[str, 
     return nn.functional.cross_entropy(out, y), out.dtype
 
 
-def evaluate(model: nn.Module, shard: Any, recipe: dict[str, Any], device: torch.device, autocast: Any,
-             channels_last: bool) -> tuple[float, float]:
+class SelectionBatches:
+    """This worker's selection rows in batches of 256, in the order its Ray Data shard yields them. They are read
+    once and kept when `nbytes` (their decoded size) is at most KEEP_SELECTION_BYTES, else read again each epoch.
+    The shard is not shuffled, so every pass yields the same batches: keeping them changes no score."""
+
+    def __init__(self, shard: Any, nbytes: float) -> None:
+        self.shard, self.keep, self.kept = shard, nbytes <= KEEP_SELECTION_BYTES, None
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        if self.kept is not None:
+            return iter(self.kept)
+        batches = self.shard.iter_torch_batches(batch_size=256)
+        if not self.keep:
+            return iter(batches)
+        self.kept = list(batches)
+        return iter(self.kept)
+
+
+def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], recipe: dict[str, Any], device: torch.device,
+             autocast: Any, channels_last: bool) -> tuple[float, float]:
     """(top-1 accuracy, mean cross-entropy) on this worker's share of the selection rows, over all workers.
 
     The loss is the study's validation loss: plain cross-entropy of the test-transformed images, no CutMix."""
@@ -87,7 +110,7 @@ def evaluate(model: nn.Module, shard: Any, recipe: dict[str, Any], device: torch
     stats = torch.zeros(3, device=device)  # hits, rows, summed cross-entropy
     rng = np.random.default_rng(int(recipe["seed"]))
     with torch.no_grad(), autocast:
-        for batch in shard.iter_torch_batches(batch_size=256):
+        for batch in batches:
             x = test_batch(batch["image"].to(device), recipe, rng)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -109,8 +132,9 @@ def improves(score: float, best: float | None, metric: str) -> bool:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, selection_metric ("accuracy" |
-    "loss"), precision ("bf16" | "fp32"), channels_last, compile, sync_bn and accumulate. Reports epoch, train_loss,
+    """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, selection_bytes (their decoded
+    size, all workers), selection_metric ("accuracy" | "loss"), precision ("bf16" | "fp32"), channels_last, compile, sync_bn, accumulate and progress_trial (the sweep
+    trial shown on the console, or None). Reports epoch, train_loss,
     selection_acc, selection_loss, lr and images_per_s each epoch."""
     import ray.train
     import ray.train.torch
@@ -152,9 +176,11 @@ def train_loop(config: dict[str, Any]) -> None:
             set_rng_state(rng)
 
     train_shard = ray.train.get_dataset_shard("train")
-    selection_shard = ray.train.get_dataset_shard("selection") if config["has_selection"] else None
+    selection = SelectionBatches(ray.train.get_dataset_shard("selection"), config.get("selection_bytes", math.inf) / world) \
+        if config["has_selection"] else None
     for epoch in range(start_epoch, int(recipe["epochs"])):
         model.train()
+        epoch_started = time.time()  # wall clock, for bench/overhead.py: the time between epochs that is not compute
         aug = np.random.default_rng([seed, epoch, rank])  # augmentation and CutMix draws: a function of the epoch
         lr = optimizer.param_groups[0]["lr"]
         total, count, started, dtype = torch.zeros((), device=device), 0, time.perf_counter(), None
@@ -184,11 +210,11 @@ def train_loop(config: dict[str, Any]) -> None:
             step += 1
             count += len(labels)
         seconds = time.perf_counter() - started
-        selection_acc, selection_loss = (evaluate(model, selection_shard, recipe, device, autocast, config["channels_last"])
-                                         if selection_shard else (None, None))
+        selection_acc, selection_loss = (evaluate(model, selection, recipe, device, autocast, config["channels_last"])
+                                         if selection else (None, None))
         record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1), "selection_acc": selection_acc,
                   "selection_loss": selection_loss, "lr": lr, "images_per_s": count * world / max(seconds, 1e-9),
-                  "step": step, "compute_dtype": str(dtype).removeprefix("torch.")}
+                  "step": step, "compute_dtype": str(dtype).removeprefix("torch."), "started_at": epoch_started}
         history.append(record)
         score = selection_loss if metric == "loss" else selection_acc
         if score is None or improves(score, best["score"], metric):  # no selection rows: the last epoch
@@ -200,6 +226,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best": best,
                             "history": history}, os.path.join(tmp, CHECKPOINT_FILE))
-            metrics = {k: v for k, v in record.items() if v is not None}
+            metrics = {k: v for k, v in record.items() if v is not None and k != "started_at"}  # a clock, not a metric
             metrics.update(best_epoch=best["epoch"], resumed_from_epoch=start_epoch)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if rank == 0:
+            progress.advance(epoch + 1, int(recipe["epochs"]), "epochs", trial=config.get("progress_trial"))

@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from synthray import storage
+from synthray import progress, storage
 from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy
 from synthray.registry import SynthrayError
 from synthray.training.archs import arch_identity
@@ -143,7 +143,8 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
 
         loop_config = {"arch": arch, "num_classes": num_classes, "recipe": OmegaConf.to_container(r, resolve=True),
                        "rows": rows[0], "has_selection": rows[1] > 0, "selection_metric": str(r.selection.metric),
-                       "accumulate": int(t.accumulate), **numerics(cfg)}
+                       "selection_bytes": rows[1] * int(r.test_transform.resize) ** 2 * 3,
+                       "accumulate": int(t.accumulate), "progress_trial": progress.current_trial(), **numerics(cfg)}
         gpu = t.device == "gpu"
         fs, run_path = storage.resolve(run_dir)
         trainer = TorchTrainer(
