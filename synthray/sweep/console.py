@@ -154,9 +154,9 @@ class SweepConsole:
         self._thread.start()
         return self
 
-    def start(self) -> None:
+    def start(self, board: bool = True) -> None:
         """The sweep has started (Ray is up): write the log where it belongs, and start the board the stages
-        report to."""
+        report to (`board=False`: nothing will run, and Ray is not up)."""
         from synthray.progress import start_board
 
         if storage.is_local(self.log_uri):
@@ -171,11 +171,12 @@ class SweepConsole:
             held, self._file = self._file.getvalue(), open(self.log_path, "a", encoding="utf-8", errors="replace")
             self._file.write(held)
             self.log.file = self._file
-        self.board = start_board()
+        self.board = start_board() if board else None
 
     def __exit__(self, *exc: Any) -> None:
         global _active
-        self.log.settle()  # the trials' last log lines are still on their way to the driver: into the log with them
+        if self.board is not None:  # the trials' last log lines are still on their way to the driver: into the log
+            self.log.settle()
         forward_worker_logs(self._forwarding)
         self._stop.set()
         self._thread.join(timeout=10)
@@ -357,13 +358,17 @@ class ConsoleCallback(_tune_callback_base()):  # type: ignore[misc]
         _update(trial, "retrying")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        row = trial.last_result or {}
-        figures = [(k, n) for k, n in (("synth_to_real_acc", "synth→real"), ("real_to_synth_acc", "real→synth"),
-                                       ("real_to_real_acc", "real→real")) if isinstance(row.get(k), (int, float))]
-        _update(trial, "done", ", ".join(f"{n} {row[k]:.3f}" for k, n in figures) or None)
+        _update(trial, "done", outcome_text(trial.last_result or {}))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         _update(trial, "failed", "see the log")
+
+
+def outcome_text(row: dict[str, Any]) -> str | None:
+    """`synth→real 0.814, real→synth 0.923, real→real 0.937` from a trial's results row."""
+    figures = [(k, n) for k, n in (("synth_to_real_acc", "synth→real"), ("real_to_synth_acc", "real→synth"),
+                                   ("real_to_real_acc", "real→real")) if isinstance(row.get(k), (int, float))]
+    return ", ".join(f"{n} {row[k]:.3f}" for k, n in figures) or None
 
 
 def _update(trial: Any, state: str, outcome: str | None = None) -> None:

@@ -185,7 +185,13 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
     sweeps = storage.join(cfg.storage, "sweeps")
     sweep_dir = storage.join(sweeps, sweep)
     fs, sweeps_path = storage.resolve(sweeps)
-    with _console(cfg, sweep_dir, verbose, stream):
+    planned = plan_trials(cfg)
+    if all_reused(cfg, planned):
+        with _console(cfg, sweep_dir, verbose, stream, planned, needs_ray=False) as console:
+            storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
+            show_reused(console, planned)
+        return collect(cfg, sweep_dir, planned)
+    with _console(cfg, sweep_dir, verbose, stream, planned):
         storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
         run_config = tune.RunConfig(
             name=sweep, storage_path=sweeps_path, storage_filesystem=fs,
@@ -199,16 +205,33 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
     return collect(cfg, sweep_dir)
 
 
+def all_reused(cfg: Any, planned: list[Any]) -> bool:
+    """Whether every trial's result is already complete, so the sweep needs no cluster at all: it is read from
+    storage (a warm rerun takes seconds, and starts no GPU node). Trackers still get their runs through Tune."""
+    return bool(planned) and not tracking_names(cfg) and all(t.result.is_complete() for t in planned)
+
+
+def show_reused(console: Any, planned: list[Any]) -> None:
+    """Each trial's end line (the console's `done` state), for a sweep whose results were all reused."""
+    from synthray.sweep.console import outcome_text
+
+    console.say("[synthray] every trial's result is already complete: nothing to run, no cluster needed")
+    for trial in planned:
+        console.set_state(trial.label, "done", outcome_text(trial.result.meta()))
+
+
 @contextlib.contextmanager
-def _console(cfg: Any, sweep_dir: str, verbose: bool, stream: Any) -> Iterator[Any]:
+def _console(cfg: Any, sweep_dir: str, verbose: bool, stream: Any, planned: list[Any] | None = None,
+             needs_ray: bool = True) -> Iterator[Any]:
     """The quiet console around a sweep: Ray is started inside it (its start-up lines go to the log), then the
     plan is shown: its first line on the console, every trial in the log."""
     from synthray.sweep.console import SweepConsole
 
-    planned = plan_trials(cfg)
+    planned = plan_trials(cfg) if planned is None else planned
     with SweepConsole(sweep_dir, [t.label for t in planned], verbose, stream) as console:
-        init_ray(cfg)
-        console.start()
+        if needs_ray:
+            init_ray(cfg)
+        console.start(board=needs_ray)
         summary = plan_summary(cfg, planned)
         console.say(f"[synthray] {summary[0]}")
         for line in summary[1:]:
@@ -255,6 +278,9 @@ def resume_sweep(root: str, sweep: str | None = None, verbose: bool = False, str
     fs, path = storage.resolve(sweep_dir)
     name = storage.name(sweep_dir)
     if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        planned = plan_trials(cfg)
+        if all_reused(cfg, planned):  # a sweep that never needed Tune: every result was reused
+            return collect(cfg, sweep_dir, planned)
         raise SynthrayError(f"sweep {name} has no Tune state to restore (it stopped before starting); rerun it with synthray run")
     with _console(cfg, sweep_dir, verbose, stream) as console:
         console.say(f"[synthray] resuming sweep {name}")
@@ -265,9 +291,10 @@ def resume_sweep(root: str, sweep: str | None = None, verbose: bool = False, str
     return collect(cfg, sweep_dir)
 
 
-def collect(cfg: Any, sweep_dir: str) -> tuple[pd.DataFrame, str]:
+def collect(cfg: Any, sweep_dir: str, planned: list[Any] | None = None) -> tuple[pd.DataFrame, str]:
     """Read the result record of every planned trial (DomainBed's collect_results) into `results.parquet`."""
-    rows = [t.result.meta() if t.result.is_complete() else dict(t.point, status="missing") for t in plan_trials(cfg)]
+    planned = plan_trials(cfg) if planned is None else planned
+    rows = [t.result.meta() if t.result.is_complete() else dict(t.point, status="missing") for t in planned]
     table = pd.DataFrame(rows)
     if "status" not in table:
         table["status"] = "done"

@@ -54,10 +54,10 @@ def torchvision_names() -> list[str]:
 
 
 def check_arch(name: str) -> None:
+    if name in ARCHS:  # before importing timm: it brings torchvision and torch._dynamo, seconds of a warm rerun
+        return
     import timm
 
-    if name in ARCHS:
-        return
     if name.startswith(TORCHVISION):
         if name[len(TORCHVISION):] in torchvision_names():
             return
