@@ -98,6 +98,13 @@ def read_shard(uri: str, columns: list[str] | None = None, filters=None) -> pa.T
     return pq.read_table(pa.BufferReader(read_checked(uri)), columns=columns, filters=filters)
 
 
+def shard_rows(uri: str) -> int:
+    """A shard's row count, from its parquet footer alone."""
+    fs, path = storage.resolve(uri)
+    with fs.open_input_file(path) as f:
+        return pq.read_metadata(f).num_rows
+
+
 def shard_schema(uri: str) -> pa.Schema:
     fs, path = storage.resolve(uri)
     with fs.open_input_file(path) as f:

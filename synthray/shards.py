@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -20,6 +20,10 @@ from synthray import progress, storage
 from synthray.images import write_table
 
 log = logging.getLogger("synthray")
+
+# A CPU stage of at most this many rows runs in the calling process. On 2 cores an actor's start (a process that
+# imports torch and loads its model) took 7-14 s against 0.1-2 s of work for 300 digits (bench/overhead.py).
+INLINE_ROWS = 2048
 
 
 class _ShardWorker:
@@ -68,6 +72,8 @@ def map_shards(
     if not todo:
         return []
     total_rows = sum(int(t.get("rows", 0)) for t in todo)
+    if pool.runs_inline(total_rows):
+        return _map_inline(todo, factory, out_dir, what, pool, total_rows)
     # One block per shard so that every actor gets work even for a small table.
     ds = ray.data.from_items([{"task": json.dumps(t)} for t in todo], override_num_blocks=len(todo))
     least = max(1, min(pool.actors, len(todo)))
@@ -80,37 +86,66 @@ def map_shards(
         num_gpus=pool.gpus or None,
         num_cpus=pool.cpus,
     )
+    return _collect(ds.iter_rows(), what, len(todo), total_rows)
+
+
+def _map_inline(todo: list[dict[str, Any]], factory: Callable[[], Callable[[dict], dict]], out_dir: str, what: str,
+                pool: "Pool", total_rows: int) -> list[dict[str, Any]]:
+    """The same worker, shard by shard, in this process: a small CPU stage that an actor would mostly spend
+    starting (a new process importing torch, then the model load: seconds, for under a second of work)."""
+
+    def rows() -> Iterator[dict[str, Any]]:
+        worker = _ShardWorker(factory, out_dir, pool.device)
+        for task in todo:
+            out = worker({"task": np.array([json.dumps(task)])})
+            yield {k: v[0] for k, v in out.items()}
+
+    return _collect(rows(), what, len(todo), total_rows)
+
+
+def _collect(rows: Iterable[dict[str, Any]], what: str, shards: int, total_rows: int) -> list[dict[str, Any]]:
+    """The shard records as they come, with a log line (rows done, rows/s, ETA) and a progress report each."""
     done: list[dict[str, Any]] = []
     rows_done, start = 0, time.perf_counter()
-    for row in ds.iter_rows():
+    for row in rows:
         elapsed = time.perf_counter() - start
         done.append({"name": row["name"], "rows": int(row["rows"]), "size": int(row["size"]), "sha256": str(row["sha256"]),
                      "seconds": float(row["seconds"]), "done_at": elapsed})
         rows_done += int(row["rows"])
         rate = rows_done / elapsed if elapsed > 0 else 0.0
         eta = (total_rows - rows_done) / rate if rate > 0 and total_rows else 0.0
-        log.info("%s: shard %d/%d, %d/%d rows, %.1f rows/s, ETA %.0f s", what, len(done), len(todo), rows_done, total_rows, rate, eta)
+        log.info("%s: shard %d/%d, %d/%d rows, %.1f rows/s, ETA %.0f s", what, len(done), shards, rows_done, total_rows, rate, eta)
         progress.advance(rows_done, total_rows or None)
     return done
 
 
 class Pool:
     """Where an actor pool runs, from configuration alone: `device` (cpu | gpu), GPUs and CPUs per actor, and
-    how many actors (`actors` to start, growing to `max_actors`). Never read off the cluster as it is right now."""
+    how many actors (`actors` to start, growing to `max_actors`). Never read off the cluster as it is right now.
 
-    def __init__(self, device: str = "cpu", gpus: float = 1.0, cpus: float = 1.0, actors: int = 1, max_actors: int | None = None):
+    A small stage on CPU (at most `inline_rows` rows; the stage's tasks say how many) runs in the calling process
+    instead: the same worker and bytes, without an actor's start. `inline_rows=0` always starts the pool."""
+
+    def __init__(self, device: str = "cpu", gpus: float = 1.0, cpus: float = 1.0, actors: int = 1, max_actors: int | None = None,
+                 inline_rows: int = INLINE_ROWS):
         self.device = device
         self.gpus = float(gpus) if device == "gpu" else 0.0
         self.cpus = float(cpus)
         self.actors = int(actors)
         self.max_actors = max_actors
+        self.inline_rows = int(inline_rows)
+
+    def runs_inline(self, rows: int) -> bool:
+        """Whether a stage of `rows` rows runs in this process (a CPU stage whose tasks count their rows)."""
+        return self.device == "cpu" and 0 < rows <= self.inline_rows
 
     @classmethod
     def from_cfg(cls, section: Any) -> "Pool":
         """From a config section or dict with `device`, `gpus_per_actor`, `cpus_per_actor`, `num_actors` and
         `max_actors` (each optional: cpu, 1 GPU, 1 CPU, 1 actor, no growth)."""
         return cls(str(section.get("device", "cpu")), float(section.get("gpus_per_actor", 1)),
-                   float(section.get("cpus_per_actor", 1)), int(section.get("num_actors", 1)), section.get("max_actors"))
+                   float(section.get("cpus_per_actor", 1)), int(section.get("num_actors", 1)), section.get("max_actors"),
+                   int(section.get("inline_rows", INLINE_ROWS)))
 
 
 def record_shards(out: Any, folder: str, done: list[dict[str, Any]]) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy
-from synthray.images import decode_array, encode, read_shard, shard_files
+from synthray.images import decode_array, encode, read_shard, shard_files, shard_rows
 from synthray.models import Models, check_model, model_identity
 from synthray.probes.transforms import PROBES, Probe
 from synthray.registry import SynthrayError
@@ -107,7 +107,7 @@ def view(store: Store, models: Models, setup: ProbeSetup, source: Artifact, spli
         else:
             factory = functools.partial(_transform_worker, setup.probe, setup.params)
         for split in splits:
-            tasks = [{"name": f.rsplit("/", 1)[1], "src": f} for f in shard_files(source.file(split))]
+            tasks = [{"name": f.rsplit("/", 1)[1], "src": f, "rows": shard_rows(f)} for f in shard_files(source.file(split))]
             done = map_shards(tasks, factory, out.uri + "/" + split, what=f"probe {setup.name} {source.ref}/{split}", pool=setup.pool)
             record_shards(out, split, done)
         return {"source": source.ref}
