@@ -15,6 +15,7 @@ experiment=probes <= 5 min.
   python bench/overhead.py                    # smoke cold, warm, stage start costs, 30 epochs of tiny-cnn
   python bench/overhead.py --probes           # also experiment=probes, cold
   python bench/overhead.py --only epochs      # only the training figure (builds the 300 images if needed)
+  python bench/overhead.py --only probes-floor  # experiment=probes' training compute alone, the floor under its time
   python bench/overhead.py --storage DIR      # keep everything under DIR (default: a temp folder, removed)
 """
 
@@ -113,10 +114,11 @@ def training_figures(meta: dict[str, Any], wall: float, ended: float,
             "end_s": ended - starts[-1] - loop_s[-1]}
 
 
-def plain_epoch_seconds(recipe: dict[str, Any], rows: int, num_classes: int, epochs: int = 5) -> float:
+def plain_epoch_seconds(recipe: dict[str, Any], rows: int, num_classes: int, epochs: int = 5, arch: str = "tiny-cnn",
+                        channels_last: bool = True) -> float:
     """Median seconds of one epoch of the recipe's steps (augmentation, forward, backward, clip, Adam) on `rows`
-    random 32 px images, in this process on one thread (a Ray Train worker on one CPU gets one): the compute
-    that an epoch cannot do without."""
+    random images of the recipe's load size, in this process on one thread (a Ray Train worker on one CPU gets
+    one), in the memory layout synthray trains in: the compute that an epoch cannot do without."""
     import numpy as np
     import torch
 
@@ -127,7 +129,7 @@ def plain_epoch_seconds(recipe: dict[str, Any], rows: int, num_classes: int, epo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = build_model("tiny-cnn", num_classes)
+        model = build_model(arch, num_classes, channels_last=channels_last)
         optimizer = make_optimizer(model.parameters(), recipe)
         size, batch = int(recipe["load_size"]), int(recipe["batch_size"])
         images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (rows, size, size, 3), dtype=np.uint8))
@@ -137,6 +139,7 @@ def plain_epoch_seconds(recipe: dict[str, Any], rows: int, num_classes: int, epo
             start = time.perf_counter()
             for s in range(0, rows, batch):
                 x = train_batch(images[s:s + batch], recipe, aug)
+                x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
                 optimizer.zero_grad(set_to_none=True)
                 torch.nn.functional.cross_entropy(model(x), labels[s:s + batch]).backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(recipe["grad_clip"]))
@@ -177,6 +180,43 @@ def measure_epochs(data_root: Path, model_root: Path, epochs: int) -> dict[str, 
     return figures
 
 
+def probes_floor(root: Path, cores: int) -> dict[str, Any]:
+    """experiment=probes' training compute alone, a floor no cut in overhead goes under: each distinct model of its
+    plan (one per synthetic set and probe, one per probe on the real images) costs its epochs of a plain loop on its
+    rows (`plain_epoch_seconds`, one thread); trials run side by side, so the sum is shared by `cores`. Evaluation
+    and selection passes are left out, so the true floor is higher."""
+    from omegaconf import OmegaConf
+
+    from synthray.config import compose
+    from synthray.data.real import real_data
+    from synthray.sweep.trial import plan_trials
+    from synthray.training.trainer import numerics, split_counts
+
+    cfg = compose([f"storage={root}", "experiment=probes"])
+    trials = plan_trials(cfg)
+    real = real_data(cfg)
+    models: dict[tuple[str, str], Any] = {}
+    for t in trials:
+        models[(t.point["probe"], t.point["generator"])] = t
+        models[(t.point["probe"], "real")] = t
+    measured: dict[str, float] = {}
+    total, rows_of = 0.0, {}
+    for (probe, source), t in sorted(models.items()):
+        recipe = OmegaConf.to_container(t.cfg.recipe, resolve=True)
+        fraction, seed = float(recipe["selection_fraction"]), int(recipe["seed"])
+        if source not in rows_of:  # the synthetic controls hold prompts.n_per_class images per class
+            rows_of[source] = (split_counts(real.file("train"), fraction, seed)[0] if source == "real"
+                               else round(len(t.table) * (1 - fraction)))
+        tag = json.dumps(recipe, sort_keys=True) + t.point["arch"]
+        if tag not in measured:  # seconds per row: the probes share one recipe but texture's crop
+            per = plain_epoch_seconds(recipe, 256, t.num_classes, epochs=2, arch=t.point["arch"],
+                                      channels_last=numerics(t.cfg)["channels_last"])
+            measured[tag] = per / 256
+        total += measured[tag] * rows_of[source] * int(recipe["epochs"])
+    return {"models": len(models), "compute_s": total, "floor_s": total / cores,
+            "per_row_ms": sorted(round(v * 1000, 2) for v in measured.values())}
+
+
 def verdict(value: float, target: float) -> str:
     return f"{'ok' if value <= target else 'OVER'} (target <= {target:g} s; load average {os.getloadavg()[0]:.1f})"
 
@@ -196,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storage", type=Path, help="root of everything (default: a temp folder, removed after)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of the tiny-cnn training (the smoke recipe's)")
-    parser.add_argument("--only", choices=["smoke", "epochs"], help="run one part only")
+    parser.add_argument("--only", choices=["smoke", "epochs", "probes-floor"], help="run one part only")
     parser.add_argument("--probes", action="store_true", help="also time experiment=probes, cold (minutes)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--epochs-in", nargs=2, type=Path, metavar=("DATA", "MODELS"), help=argparse.SUPPRESS)
@@ -223,6 +263,12 @@ def main() -> None:
             warm, _ = run_sweep_cli(smoke)
             out["smoke_warm_s"] = warm
             print(f"smoke warm: {warm:.1f} s  {verdict(warm, TARGETS['smoke_warm_s'])}", flush=True)
+        if args.probes or args.only == "probes-floor":
+            f = probes_floor(root / "probes", os.cpu_count() or 1)
+            out["probes_floor"] = f
+            print(f"experiment=probes training compute: {f['models']} models, "
+                  f"{f['compute_s']:.0f} s on one core ({f['per_row_ms']} ms per image-step), so at least "
+                  f"{f['floor_s']:.0f} s on {os.cpu_count()} cores  {verdict(f['floor_s'], TARGETS['probes_cold_s'])}", flush=True)
         if args.probes:
             probes, _ = run_sweep_cli(root / "probes", "experiment=probes")
             out["probes_cold_s"] = probes

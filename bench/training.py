@@ -5,11 +5,16 @@
   (b) synthray's training stage: Ray Train `TorchTrainer` reading a dataset artifact of JPEGs (parquet shards
       as the generation stage writes them) through Ray Data, decoding on CPU workers, augmenting on the GPU
       with the `paper` recipe (RandomResizedCrop, one-of, ColorJitter, flip, CutMix).
-It prints images/s of both, and b/a, for each architecture. Target (issue 4): b/a >= 0.9.
+It prints images/s of both, and b/a, for each architecture. Target (issue 14): b/a >= 0.9. For each epoch of (b)
+it also prints where rank 0's time went: waiting on Ray Data for the next batch, decoding on the worker
+(--jpeg-decode gpu), the steps (GPU time included: the loop synchronises once at the end of the epoch), and the
+evaluation of the selection rows (none here: selection_fraction 0).
 
   python bench/training.py                          # resnet50 and vit_tiny, 20k 256px JPEGs, batch 256
   python bench/training.py --compile                # (a) and (b) with torch.compile
   python bench/training.py --cache-gb 0             # (b) streams from the shards instead of a decoded cache
+  python bench/training.py --cache-gb 0 --jpeg-decode gpu   # (b) streams JPEG bytes; the GPU worker decodes (nvjpeg)
+  python bench/training.py --cache-gb 0 --decode-cpus 12    # (b) streams with at most 12 Ray Data decode tasks
   python bench/training.py --tiny                   # CPU smoke run of the same code path (speeds mean nothing)
 """
 
@@ -80,19 +85,42 @@ def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compi
 
 
 def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache_gb: float,
-                  compile_model: bool, tiny: bool) -> dict:
+                  compile_model: bool, tiny: bool, jpeg_decode: str = "cpu", decode_cpus: int | None = None) -> dict:
     """(b): the training stage on the JPEG dataset; images/s is the median over epochs after the first."""
     from synthray.config import compose
     from synthray.training.trainer import train
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     overrides = [f"storage={storage}", f"device={device}", "recipe=paper", f"recipe.epochs={epochs}", f"recipe.batch_size={batch}",
-                 "recipe.selection.set=train", "recipe.selection_fraction=0.0", f"training.cache_decoded_gb={cache_gb}", f"training.compile={compile_model}"]
+                 "recipe.selection.set=train", "recipe.selection_fraction=0.0", f"training.cache_decoded_gb={cache_gb}",
+                 f"training.compile={compile_model}", f"training.jpeg_decode={jpeg_decode}",
+                 f"training.decode_cpus={'null' if decode_cpus is None else decode_cpus}"]
     if tiny:
         overrides += ["recipe.load_size=72", "recipe.train_transform.random_resized_crop.size=64",
                       "recipe.test_transform.resize=64", "recipe.test_transform.crop=64"]
     art = train(compose(overrides), arch, data, 1000, label=f"bench {arch}")
     return art.meta()
+
+
+SPLIT = (("data wait", "data_wait_s"), ("decode", "decode_s"), ("step", "step_s"), ("eval", "eval_s"))
+
+
+def time_split(arch: str, history: list[dict]) -> list[str]:
+    """Lines of where each epoch's seconds went, then the totals; records from before the split say so."""
+    lines, totals = [], dict.fromkeys([key for _, key in SPLIT], 0.0)
+    for h in history:
+        if "step_s" not in h:
+            lines.append(f"{arch} epoch {h['epoch']}: no time split recorded ({h['images_per_s']:.0f} img/s)")
+            continue
+        for _, key in SPLIT:
+            totals[key] += h[key]
+        parts = "  ".join(f"{name} {h[key]:.2f} s" for name, key in SPLIT)
+        lines.append(f"{arch} epoch {h['epoch']}: {parts}  ({h['images_per_s']:.0f} img/s)")
+    spent = sum(totals.values())
+    if spent > 0:
+        lines.append(f"{arch} total: " + "  ".join(f"{name} {totals[key]:.2f} s ({100 * totals[key] / spent:.0f}%)"
+                                                   for name, key in SPLIT))
+    return lines
 
 
 def main() -> None:
@@ -105,11 +133,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="(a) timed steps")
     parser.add_argument("--cache-gb", type=float, default=8.0, help="(b) decoded-cache limit; 0 streams")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--jpeg-decode", choices=["cpu", "gpu"], default="cpu",
+                        help="(b) training.jpeg_decode: gpu decodes the JPEGs on the training GPU (nvjpeg)")
+    parser.add_argument("--decode-cpus", type=int, help="(b) training.decode_cpus: cap on Ray Data decode tasks")
     parser.add_argument("--tiny", action="store_true", help="CPU check: tiny-cnn, 256 images of 72 px, batch 32")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.tiny:
         args.arch, args.images, args.size, args.batch, args.steps, args.epochs = ["tiny-cnn"], 256, 72, 32, 5, 2
+    if args.jpeg_decode == "gpu" and not torch.cuda.is_available():
+        parser.error("--jpeg-decode gpu decodes on the training GPU (nvjpeg), and torch sees no CUDA device here")
 
     from synthray.logs import setup_logging
     from synthray.sweep.runner import start_local_ray
@@ -124,11 +157,14 @@ def main() -> None:
         for arch in args.arch:
             a = plain_loop(arch, args.batch, crop, 1000, args.steps, args.compile)
             meta = synthray_loop(arch, data, Path(tmp) / f"runs-{arch}", args.batch, args.epochs, args.cache_gb,
-                                 args.compile, args.tiny)
+                                 args.compile, args.tiny, args.jpeg_decode, args.decode_cpus)
             b = meta["images_per_s"]
             rows.append({"arch": arch, "device": device, "batch": args.batch, "images": args.images, "compile": args.compile,
-                         "cache_gb": args.cache_gb, "plain_img_s": round(a, 1), "synthray_img_s": round(b, 1),
-                         "ratio": round(b / a, 3), "epochs_img_s": [round(h["images_per_s"], 1) for h in meta["history"]]})
+                         "cache_gb": args.cache_gb, "jpeg_decode": args.jpeg_decode, "decode_cpus": args.decode_cpus,
+                         "plain_img_s": round(a, 1), "synthray_img_s": round(b, 1),
+                         "ratio": round(b / a, 3), "epochs_img_s": [round(h["images_per_s"], 1) for h in meta["history"]],
+                         "epochs_split_s": [{key: round(h[key], 3) for _, key in SPLIT if key in h} for h in meta["history"]]})
+            print("\n".join(time_split(arch, meta["history"])), flush=True)
             print(f"{arch}: (a) plain {a:.0f} img/s  (b) synthray {b:.0f} img/s  b/a = {b / a:.3f}  [{device}]", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -31,17 +31,29 @@ def read_shards(batch: pa.Table, columns: list[str]) -> pa.Table:
     return pa.concat_tables([read_shard(uri, columns) for uri in batch.column("uri").to_pylist()])
 
 
-def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, selection_fraction: float = 0.0,
-                  seed: int = 0) -> dict[str, np.ndarray]:
-    """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels.
-
-    `part` ("train" or "selection") keeps only that side of the selection split; None keeps every row. Rows the
-    generation quality guard flagged (NaN or black images) are dropped.
-    """
+def kept_rows(batch: dict[str, np.ndarray], part: str | None, selection_fraction: float, seed: int) -> np.ndarray:
+    """Which rows of a batch train (or select): `part` ("train" or "selection") keeps only that side of the
+    selection split, None keeps every row; rows the generation quality guard flagged (NaN or black) are dropped."""
     keep = batch["quality"] == "ok" if "quality" in batch else np.ones(len(batch["label"]), dtype=bool)
     if part is not None:
         held = in_selection(batch["id"], selection_fraction, seed)
         keep &= held if part == "selection" else ~held
+    return keep
+
+
+def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, selection_fraction: float = 0.0,
+                  seed: int = 0) -> dict[str, np.ndarray]:
+    """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels, of the rows
+    `kept_rows` keeps."""
+    keep = kept_rows(batch, part, selection_fraction, seed)
     images = [decode_array(b, size) for b, k in zip(batch["image"], keep) if k]
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
     return {"image": stacked, "label": batch["label"][keep].astype(np.int64)}
+
+
+def encoded_images(batch: dict[str, np.ndarray], part: str | None = None, selection_fraction: float = 0.0,
+                   seed: int = 0) -> dict[str, np.ndarray]:
+    """Ray Data batch UDF for `training.jpeg_decode: gpu`: the rows `decode_images` keeps, in the same order,
+    still encoded (bytes) plus int64 labels; the training worker decodes them (`device_decode`)."""
+    keep = kept_rows(batch, part, selection_fraction, seed)
+    return {"image": batch["image"][keep], "label": batch["label"][keep].astype(np.int64)}

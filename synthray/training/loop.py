@@ -24,12 +24,15 @@ from torch import nn
 from synthray import progress
 from synthray.training.archs import create_model
 from synthray.training.augment import cutmix, test_batch, train_batch
+from synthray.training.device_decode import shard_batches, to_device
 from synthray.training.recipe import batch_geometry, lr_at, make_optimizer, steps_per_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # A worker keeps its share of the selection rows in memory when their decoded size is at most this: restarting a
 # Ray Data iterator for them every epoch cost ~0.04 s of a ~0.3 s epoch on 2 CPU cores (bench/overhead.py).
 KEEP_SELECTION_BYTES = 256 * 2**20
+# Timings kept in the history for the benchmarks, not reported as metrics (trackers and Tune see what they saw).
+CLOCKS = ("started_at", "data_wait_s", "decode_s", "step_s", "eval_s")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -85,15 +88,25 @@ def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[str, 
 class SelectionBatches:
     """This worker's selection rows in batches of 256, in the order its Ray Data shard yields them. They are read
     once and kept when `nbytes` (their decoded size) is at most KEEP_SELECTION_BYTES, else read again each epoch.
-    The shard is not shuffled, so every pass yields the same batches: keeping them changes no score."""
+    The shard is not shuffled, so every pass yields the same batches: keeping them changes no score.
+    `jpeg_decode="gpu"`: the shard holds encoded rows, decoded here on `device` at `size` px."""
 
-    def __init__(self, shard: Any, nbytes: float) -> None:
+    def __init__(self, shard: Any, nbytes: float, jpeg_decode: str = "cpu", size: int = 0,
+                 device: torch.device | None = None) -> None:
         self.shard, self.keep, self.kept = shard, nbytes <= KEEP_SELECTION_BYTES, None
+        self.jpeg_decode, self.size, self.device = jpeg_decode, size, device
+
+    def _read(self) -> Iterator[dict[str, torch.Tensor]]:
+        batches = shard_batches(self.shard, 256, self.jpeg_decode)
+        if self.jpeg_decode == "cpu":
+            return iter(batches)
+        return ({"image": image, "label": label} for image, label in
+                (to_device(b, self.jpeg_decode, self.size, self.device) for b in batches))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.kept is not None:
             return iter(self.kept)
-        batches = self.shard.iter_torch_batches(batch_size=256)
+        batches = self._read()
         if not self.keep:
             return iter(batches)
         self.kept = list(batches)
@@ -134,8 +147,9 @@ def improves(score: float, best: float | None, metric: str) -> bool:
 def train_loop(config: dict[str, Any]) -> None:
     """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, selection_bytes (their decoded
     size, all workers), selection_metric ("accuracy" | "loss"), precision ("bf16" | "fp32"), channels_last, compile, sync_bn, accumulate and progress_trial (the sweep
-    trial shown on the console, or None). Reports epoch, train_loss,
-    selection_acc, selection_loss, lr and images_per_s each epoch."""
+    trial shown on the console, or None), jpeg_decode ("cpu": the shards hold decoded arrays | "gpu": encoded bytes,
+    decoded here; absent: cpu). Reports epoch, train_loss, selection_acc, selection_loss, lr and images_per_s each
+    epoch; the checkpoint's history also keeps the seconds in CLOCKS."""
     import ray.train
     import ray.train.torch
 
@@ -176,7 +190,9 @@ def train_loop(config: dict[str, Any]) -> None:
             set_rng_state(rng)
 
     train_shard = ray.train.get_dataset_shard("train")
-    selection = SelectionBatches(ray.train.get_dataset_shard("selection"), config.get("selection_bytes", math.inf) / world) \
+    decode = config.get("jpeg_decode", "cpu")
+    selection = SelectionBatches(ray.train.get_dataset_shard("selection"), config.get("selection_bytes", math.inf) / world,
+                                 decode, int(recipe["test_transform"]["resize"]), device) \
         if config["has_selection"] else None
     for epoch in range(start_epoch, int(recipe["epochs"])):
         model.train()
@@ -186,10 +202,21 @@ def train_loop(config: dict[str, Any]) -> None:
         total, count, started, dtype = torch.zeros((), device=device), 0, time.perf_counter(), None
         # prefetch_batches > 1 formats batches on a thread pool that can swap their order; one batch of
         # look-ahead keeps the order a function of the seed (measured: swapped first batches with 2).
-        batches = train_shard.iter_torch_batches(batch_size=per_step, local_shuffle_buffer_size=4 * per_step,
-                                                 local_shuffle_seed=seed * 100_003 + epoch, prefetch_batches=1)
-        for batch in batches:
-            images, labels = batch["image"].to(device, non_blocking=True), batch["label"].to(device)
+        batches = iter(shard_batches(train_shard, per_step, decode, local_shuffle_buffer_size=4 * per_step,
+                                     local_shuffle_seed=seed * 100_003 + epoch, prefetch_batches=1))
+        # Where the epoch's time goes (bench/training.py prints it): blocked on Ray Data for the next batch (from
+        # `started`, so starting the iterator counts), decoding on the worker (jpeg_decode=gpu: host time of the
+        # call) and the rest, the steps.
+        waited, decoding = time.perf_counter() - started, 0.0
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            got = time.perf_counter()
+            waited += got - asked
+            if batch is None:
+                break
+            images, labels = to_device(batch, decode, int(recipe["load_size"]), device)
+            decoding += time.perf_counter() - got
             optimizer.zero_grad(set_to_none=True)
             starts = range(0, len(labels), micro)
             for i, s in enumerate(starts):
@@ -209,12 +236,19 @@ def train_loop(config: dict[str, Any]) -> None:
             scheduler.step()
             step += 1
             count += len(labels)
+        if device.type == "cuda":
+            # Steps only queue GPU work; waiting for it once here counts the epoch's GPU time without a sync per step.
+            torch.cuda.synchronize(device)
         seconds = time.perf_counter() - started
+        evaluated = time.perf_counter()
         selection_acc, selection_loss = (evaluate(model, selection, recipe, device, autocast, config["channels_last"])
                                          if selection else (None, None))
         record = {"epoch": epoch + 1, "train_loss": float(total) / max(count, 1), "selection_acc": selection_acc,
                   "selection_loss": selection_loss, "lr": lr, "images_per_s": count * world / max(seconds, 1e-9),
-                  "step": step, "compute_dtype": str(dtype).removeprefix("torch."), "started_at": epoch_started}
+                  "step": step, "compute_dtype": str(dtype).removeprefix("torch."), "started_at": epoch_started,
+                  # This worker's seconds (rank 0's in the checkpoint); records written before these keys lack them.
+                  "data_wait_s": waited, "decode_s": decoding, "step_s": seconds - waited - decoding,
+                  "eval_s": time.perf_counter() - evaluated}
         history.append(record)
         score = selection_loss if metric == "loss" else selection_acc
         if score is None or improves(score, best["score"], metric):  # no selection rows: the last epoch
@@ -226,7 +260,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best": best,
                             "history": history}, os.path.join(tmp, CHECKPOINT_FILE))
-            metrics = {k: v for k, v in record.items() if v is not None and k != "started_at"}  # a clock, not a metric
+            metrics = {k: v for k, v in record.items() if v is not None and k not in CLOCKS}
             metrics.update(best_epoch=best["epoch"], resumed_from_epoch=start_epoch)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         if rank == 0:

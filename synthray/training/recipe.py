@@ -17,6 +17,8 @@ AUGMENTATIONS = ("grayscale", "solarize", "gaussian_blur")
 # How the best epoch is picked: by which number, and on which rows (recipe.selection; see recipes/paper.yaml).
 SELECTION_METRICS = ("accuracy", "loss")
 SELECTION_SETS = ("train", "real-test")
+# Where a training set's JPEGs are decoded: Ray Data's CPU tasks (Pillow) or the training worker's GPU (nvjpeg).
+JPEG_DECODES = ("cpu", "gpu")
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: dict[str, Any]) -> torch.optim.Optimizer:
@@ -67,6 +69,25 @@ def steps_per_epoch(rows: int, workers: int, per_step_per_worker: int) -> int:
     return max(1, math.ceil((rows // workers) / per_step_per_worker))
 
 
+def jpeg_decode(t: Any) -> str:
+    """`training.jpeg_decode` of the `training` config, checked: one line for a bad value or a CPU device."""
+    value = str(t.get("jpeg_decode") or "cpu")
+    if value not in JPEG_DECODES:
+        raise unknown_name("training.jpeg_decode", value, JPEG_DECODES)
+    if value == "gpu" and t.device != "gpu":
+        raise SynthrayError(f"training.jpeg_decode=gpu decodes JPEGs with nvjpeg on the training GPU, but "
+                            f"training.device={t.device}; use training.jpeg_decode=cpu or training.device=gpu")
+    return value
+
+
+def decode_cpus(t: Any) -> int | None:
+    """`training.decode_cpus`, checked: at most this many Ray Data decode tasks at once, or None (Ray's default)."""
+    value = t.get("decode_cpus")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise SynthrayError(f"training.decode_cpus must be a whole number >= 1 or null, got {value}")
+    return value
+
+
 def check_recipe(cfg: Any) -> None:
     """Validate the selected recipe and its execution settings: one line naming the first bad value."""
     from synthray.training.augment import output_size
@@ -104,6 +125,8 @@ def check_recipe(cfg: Any) -> None:
     for key, choices in (("precision", ("auto", "bf16", "fp32")), ("channels_last", ("auto", True, False))):
         if t[key] not in choices:
             raise SynthrayError(f"training.{key}={t[key]} is not one of {', '.join(map(str, choices))}")
+    jpeg_decode(t)
+    decode_cpus(t)
     if not isinstance(t.sync_bn, bool):
         raise SynthrayError(f"training.sync_bn must be true or false, got {t.sync_bn}")
     if t.sync_bn and int(t.num_workers) > 1 and t.device != "gpu":

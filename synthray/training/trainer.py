@@ -23,18 +23,25 @@ log = logging.getLogger("synthray")
 
 # Recipe settings added later, at the values that compute what recipes computed before they existed.
 LEGACY_RECIPE = {"selection": {"metric": "accuracy", "set": "train"}, "lr_schedule": "synthray"}
+LEGACY_NUMERICS = {"sync_bn": False, "jpeg_decode": "cpu"}
 
 
 def numerics(cfg: Any) -> dict[str, Any]:
     """Execution settings that change a model's bits (so they are part of its key), with `auto` resolved from
     `training.device`: configuration, never the GPUs the cluster happens to have."""
+    from synthray.training.recipe import jpeg_decode
+
     t = cfg.training
     gpu = t.device == "gpu"
     return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
-            "channels_last": gpu if t.channels_last == "auto" else bool(t.channels_last),
+            # auto: NHWC on both devices; measured faster on CPU too (oneDNN: tiny-cnn 1.1-1.2x in the loop, BagNet-9
+            # 1.2-2x per step at 32 px, bench/RESULTS.md), so it changed the keys of CPU-trained models once.
+            "channels_last": True if t.channels_last == "auto" else bool(t.channels_last),
             "compile": bool(t.compile), "device": str(t.device),
             # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
-            "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1}
+            "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1,
+            # nvjpeg's pixels (and the resize on the device) may differ from Pillow's by a level.
+            "jpeg_decode": jpeg_decode(t)}
 
 
 def training_spec(cfg: Any) -> dict[str, Any]:
@@ -42,7 +49,7 @@ def training_spec(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     recipe = without_legacy(OmegaConf.to_container(cfg.recipe, resolve=True), LEGACY_RECIPE)
-    return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), {"sync_bn": False})}
+    return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), LEGACY_NUMERICS)}
 
 
 def selects_on_real_test(cfg: Any) -> bool:
@@ -83,9 +90,14 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, sel
     import ray.data
 
     from synthray.images import shard_files, usable_filter
-    from synthray.training.inputs import decode_images, read_shards
+    from synthray.training.inputs import decode_images, encoded_images, read_shards
+    from synthray.training.recipe import decode_cpus, jpeg_decode
 
     r = cfg.recipe
+    on_worker = jpeg_decode(cfg.training) == "gpu"
+    # decode_cpus caps the concurrent decode tasks (each takes one CPU); unset, Ray Data runs as many as fit.
+    limit = decode_cpus(cfg.training)
+    compute = {"compute": ray.data.TaskPoolStrategy(size=limit)} if limit else {}
     # part: which side of the held-out split of `images` to keep; None keeps every row of another folder.
     parts = {"train": (images, "train", int(r.load_size))}
     if rows[1]:
@@ -102,12 +114,16 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, sel
         dataset = ray.data.from_items([{"uri": f} for f in files], override_num_blocks=len(files))
         dataset.context.execution_options.preserve_order = True
         dataset = dataset.map_batches(read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
+        split = {"part": part, "selection_fraction": fraction, "seed": int(r.seed)}
+        # jpeg_decode=gpu: the same rows in the same blocks, still encoded; the worker decodes every epoch, cached
+        # or not, so that the cache setting (not in the key) never chooses between two decoders' pixels.
         dataset = dataset.random_shuffle(seed=int(r.seed)).map_batches(
-            decode_images, fn_kwargs={"size": size, "part": part, "selection_fraction": fraction,
-                                      "seed": int(r.seed)}, batch_size=256)
+            encoded_images if on_worker else decode_images,
+            fn_kwargs=split if on_worker else {"size": size, **split}, batch_size=256, **compute)
         if decoded_bytes <= float(cfg.training.cache_decoded_gb) * 2**30:
             # Streaming re-runs read+decode every epoch (~10 s of fixed overhead each on a small machine);
-            # a dataset that fits is decoded once into the object store instead.
+            # a dataset that fits is decoded once into the object store instead (with jpeg_decode=gpu: its
+            # encoded rows are kept, read and shuffled once).
             dataset = dataset.materialize()
         out[name] = dataset
     return out

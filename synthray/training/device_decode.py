@@ -1,0 +1,101 @@
+"""Decoding on the training worker (`training.jpeg_decode: gpu`), and the batches a worker reads from its shard.
+
+With `jpeg_decode: cpu` (the default) Ray Data's CPU tasks decode every image with Pillow (`inputs.decode_images`)
+and the worker receives uint8 arrays. Streaming a large set then needs many cores (Pillow decoded and resized a
+512 px JPEG at ~155 images/s per core on the H100 host) to feed a GPU that trains a ResNet-50 at ~4,500 images/s.
+With `gpu`, Ray Data ships the encoded bytes (`inputs.encoded_images`) and the worker decodes each batch in one
+`torchvision.io.decode_jpeg` call, which on a CUDA device is nvjpeg (~11,700 images/s measured on an H100), then
+resizes on the device as Pillow would.
+
+nvjpeg's IDCT and chroma upsampling are its own, so its pixels may differ slightly from libjpeg-turbo's, and the
+resize below is within one level of Pillow's: `jpeg_decode: gpu` is part of a model's key (`trainer.numerics`). The same function runs on a CPU
+device too (libjpeg-turbo inside torchvision), which is how the path is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker + the first marker's 0xff: every JPEG/JFIF/EXIF file starts so
+
+
+def shard_batches(shard: Any, batch_size: int, jpeg_decode: str, **iter_kwargs: Any) -> Iterable[dict[str, Any]]:
+    """A Ray Data shard's batches as its iterator yields them: torch tensors already on the worker's device
+    (`cpu`: Ray Data decoded them), or numpy arrays of encoded bytes and labels (`gpu`: `to_device` decodes).
+    Both iterators take the same shuffle arguments and see the same rows, so they yield rows in the same order."""
+    if jpeg_decode == "cpu":
+        return shard.iter_torch_batches(batch_size=batch_size, **iter_kwargs)
+    return shard.iter_batches(batch_size=batch_size, batch_format="numpy", **iter_kwargs)
+
+
+def to_device(batch: dict[str, Any], jpeg_decode: str, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch from `shard_batches` -> (uint8 images (N, size, size, 3), int64 labels (N,)) on `device`."""
+    if jpeg_decode == "cpu":
+        return batch["image"].to(device, non_blocking=True), batch["label"].to(device)
+    return decode_on_device(batch["image"], size, device), torch.from_numpy(np.asarray(batch["label"])).to(device)
+
+
+def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | str) -> torch.Tensor:
+    """Encoded images -> uint8 (N, size, size, 3) on `device`, the computation of `images.decode_array`: RGB,
+    then a square image resized (bicubic) to `size`, another one's short side resized and its centre cropped.
+
+    JPEGs are decoded in one batched call; anything else (PNG rows) by Pillow on the host, exactly as the CPU
+    path does. An image nvjpeg cannot decode raises rather than falling back: a fallback taken on a transient
+    failure would make the pixels depend on the run, not on the spec."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from synthray.images import decode_array
+
+    out: list[torch.Tensor | None] = [None] * len(data)
+    jpegs = [i for i, b in enumerate(data) if bytes(b[:3]) == JPEG_MAGIC]
+    if jpegs:
+        # bytearray: torch.frombuffer wants a writable buffer; the copy is the size of the file, a few tens of KB.
+        encoded = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs]
+        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # (3, H, W) each
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for j, img in enumerate(decoded):
+            by_shape.setdefault(tuple(img.shape), []).append(j)
+        for members in by_shape.values():  # generated sets have one shape: one resize call per batch
+            resized = square_on_device(torch.stack([decoded[j] for j in members]), size)
+            for j, img in zip(members, resized):
+                out[jpegs[j]] = img
+    for i in sorted(set(range(len(data))) - set(jpegs)):
+        out[i] = torch.tensor(decode_array(data[i], size)).permute(2, 0, 1).to(device)  # a copy: Pillow's array is read-only
+    if not out:
+        return torch.zeros((0, size, size, 3), dtype=torch.uint8, device=device)
+    # NHWC contiguous, the layout Ray Data hands the CPU path's batches in.
+    return torch.stack(out).permute(0, 2, 3, 1).contiguous()
+
+
+def square_on_device(x: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, 3, size, size) as `images.decode_array` / `images.square` compute it."""
+    height, width = x.shape[-2:]
+    if (height, width) == (size, size):
+        return x
+    if height == width:
+        return pil_bicubic(x, size, size)
+    scale = size / min(width, height)
+    w, h = max(size, round(width * scale)), max(size, round(height * scale))
+    top, left = (h - size) // 2, (w - size) // 2
+    return pil_bicubic(x, h, w)[..., top:top + size, left:left + size]
+
+
+def pil_bicubic(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> (N, C, height, width): Pillow's `Image.resize(..., BICUBIC)` as tensor ops.
+
+    Pillow resamples with an antialiased bicubic kernel (a = -0.5, widened when shrinking), which is torch's
+    `antialias=True` bicubic, in two passes, horizontal first, rounding to uint8 in between. Doing the same keeps
+    the result within one level of Pillow's (its fixed-point weights differ in the last bits); one 2-D pass in
+    float differs by up to 20 levels on noise, where the clamp after the first pass matters."""
+    y = x.float()
+    if width != x.shape[-1]:
+        y = F.interpolate(y, size=(y.shape[-2], width), mode="bicubic", antialias=True, align_corners=False)
+        y = y.round_().clamp_(0, 255)
+    if height != x.shape[-2]:
+        y = F.interpolate(y, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+        y = y.round_().clamp_(0, 255)
+    return y.to(torch.uint8)
