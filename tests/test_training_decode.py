@@ -18,7 +18,7 @@ from PIL import Image
 from synthray import storage
 from synthray.artifacts import Artifact, DatasetRef, Store
 from synthray.config import compose
-from synthray.images import decode_array, encode, write_table
+from synthray.images import decode_array, encode, shard_files, write_table
 from synthray.registry import SynthrayError
 from synthray.sweep.plan import validate
 from synthray.training.device_decode import decode_on_device, shard_batches, to_device
@@ -197,3 +197,26 @@ def test_training_with_worker_decode_records_where_the_time_went(ray_cluster, tm
     for weights in ("model.pt", "last.pt"):
         a, b = (torch.load(art.file(weights), weights_only=True) for art in (worker, cached))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+
+
+def test_streaming_keeps_the_shuffled_encoded_rows_when_they_fit(ray_cluster, tmp_path):
+    """Decoded too big to cache but encoded small: the shuffled encoded rows are kept, each epoch streams only the
+    decode, and the batches are exactly those of a stream that re-reads the shards."""
+    from synthray.training.trainer import _datasets, _encoded_bytes, split_counts
+
+    data = jpeg_dataset(tmp_path / "data")
+    rows = split_counts(data.uri, 0.2, 0)
+    decoded = sum(rows) * 32 * 32 * 3
+    encoded = _encoded_bytes(data.uri, shard_files(data.uri))
+    assert encoded < decoded
+    between = (encoded + decoded) / 2 / 2**30
+    common = ["recipe.load_size=32", "recipe.test_transform.resize=32", "recipe.selection_fraction=0.2"]
+    streamed = _datasets(tiny_cfg(tmp_path, *common, "training.cache_decoded_gb=0"), data.uri, rows, 0.2, None)
+    kept = _datasets(tiny_cfg(tmp_path, *common, f"training.cache_decoded_gb={between}"), data.uri, rows, 0.2, None)
+    for part in ("train", "selection"):
+        for epoch in range(2):
+            shuffle = {"local_shuffle_buffer_size": 64, "local_shuffle_seed": epoch, "prefetch_batches": 1}
+            a = list(shard_batches(streamed[part], 16, "cpu", **shuffle))
+            b = list(shard_batches(kept[part], 16, "cpu", **shuffle))
+            assert len(a) == len(b) > 0
+            assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"]) for x, y in zip(a, b))

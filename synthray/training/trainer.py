@@ -104,6 +104,7 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, sel
         parts["selection"] = (selection, None, int(r.test_transform.resize)) if selection else \
             (images, "selection", int(r.test_transform.resize))
     decoded_bytes = sum(n * p[2] * p[2] * 3 for n, p in zip(rows, parts.values()))
+    cache = float(cfg.training.cache_decoded_gb) * 2**30
     out = {}
     for name, (folder, part, size) in parts.items():
         files = shard_files(folder)
@@ -115,18 +116,36 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, sel
         dataset.context.execution_options.preserve_order = True
         dataset = dataset.map_batches(read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
         split = {"part": part, "selection_fraction": fraction, "seed": int(r.seed)}
+        dataset = dataset.random_shuffle(seed=int(r.seed))
+        if decoded_bytes > cache and _encoded_bytes(folder, files) <= cache:
+            # Too big decoded, small encoded (JPEGs are ~10x smaller): keep the shuffled encoded rows, so each
+            # epoch streams only the decode. Else every epoch re-reads every shard and waits on the shuffle's
+            # barrier before its first batch. The same blocks in the same order: the same batches.
+            dataset = dataset.materialize()
         # jpeg_decode=gpu: the same rows in the same blocks, still encoded; the worker decodes every epoch, cached
         # or not, so that the cache setting (not in the key) never chooses between two decoders' pixels.
-        dataset = dataset.random_shuffle(seed=int(r.seed)).map_batches(
+        dataset = dataset.map_batches(
             encoded_images if on_worker else decode_images,
             fn_kwargs=split if on_worker else {"size": size, **split}, batch_size=256, **compute)
-        if decoded_bytes <= float(cfg.training.cache_decoded_gb) * 2**30:
+        if decoded_bytes <= cache:
             # Streaming re-runs read+decode every epoch (~10 s of fixed overhead each on a small machine);
             # a dataset that fits is decoded once into the object store instead (with jpeg_decode=gpu: its
             # encoded rows are kept, read and shuffled once).
             dataset = dataset.materialize()
         out[name] = dataset
     return out
+
+
+def _encoded_bytes(folder: str, files: list[str]) -> float:
+    """The stored size of a dataset folder's shards, from its manifest (inf when it has none: never cached)."""
+    from synthray.artifacts import committed_files
+
+    holder = committed_files(folder)
+    if holder is None:
+        return float("inf")
+    sizes = {storage.join(folder, name): entry.get("size") for name, entry in holder[1].items()}
+    known = [sizes.get(f) for f in files]
+    return float("inf") if any(v is None for v in known) else float(sum(known))
 
 
 def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, report_to_tune: bool = False,
