@@ -7,11 +7,15 @@ checkpoint; hub downloads are not needed), saves it with `save_pretrained`, then
       speed settings given (compile, compile_vae, fuse_qkv, channels_last).
 It prints images/s for both, the ratio b/a, the fraction of the bf16 FLOP limit (SD1.5), and with --compile the
 first shard's extra time (compiling, or loading compiled code from the node cache) against a steady shard.
+With --profile it then runs the actor's own shard loop in this process, warms it up, and profiles steady shards
+with the torch profiler: the GPU's idle share (no kernel running) against the target of 5 %.
 
   python bench/generation.py                  # SD1.5 architecture, 512 px, 25 steps, CFG 7.5, batch 16
   python bench/generation.py --compile        # (b) with the UNet compiled (inductor default mode, node cache)
   python bench/generation.py --compile --compile-vae --cold-cache   # compile from nothing, VAE decoder too
   python bench/generation.py --family sdxl    # SDXL base architecture, 1024 px (flux: FLUX.1-dev, 1024 px)
+  python bench/generation.py --compile --compile-vae --fuse-qkv --batch auto --profile   # all speed settings
+  python bench/generation.py --profile --no-overlap    # the idle share with encoding after each batch, as before
   python bench/generation.py --tiny --images 32 --batch 4 --steps 2   # CPU smoke run of the same code path
 """
 
@@ -22,12 +26,24 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from synthray.generation.throughput import AUTO_CAP, AUTO_FALLBACK, batch_size_setting
+from synthray.registry import SynthrayError
 
 # SD1.5 cost per image (BASELINES.md): UNet 1.607 TFLOP per CFG step (both halves) + VAE decode 2.5 TFLOP.
 UNET_TFLOP_PER_STEP, VAE_TFLOP = 1.607, 2.5
 PEAK_TFLOPS = 747.0  # bf16 dense matmul measured on the H100 of BASELINES.md
+IDLE_TARGET = 0.05  # issue 14: in steady state the GPU is idle at most 5 % of the time
+
+
+def _batch(value: str) -> int | str:
+    try:
+        return batch_size_setting(value if value == "auto" else int(value))
+    except (ValueError, SynthrayError) as err:
+        raise argparse.ArgumentTypeError(f"a whole number >= 1 or auto, got {value!r}") from err
 
 
 def build_sd15_architecture(path: Path) -> Path:
@@ -170,10 +186,11 @@ def plain_diffusers(model: Path, images: int, batch: int, steps: int, resolution
     return rate
 
 
-def synthray_stage(model: Path, storage: Path, images: int, batch: int, steps: int, resolution: int, guidance: float,
-                   pipeline: str, settings: list[str]) -> dict[str, float]:
+def synthray_stage(model: Path, storage: Path, images: int, batch: int | str, shard: int, steps: int, resolution: int,
+                   guidance: float, pipeline: str, settings: list[str]) -> tuple[dict[str, Any], tuple]:
     """(b): synthray's generation stage, from the prompt table to parquet shards on disk; `settings` are
-    `generation.*` overrides (compile, compile_vae, fuse_qkv, channels_last, scratch)."""
+    `generation.*` overrides (compile, compile_vae, fuse_qkv, channels_last, overlap, scratch). Returns the figures
+    and (cfg, dataset, real data) for `profile_steady`."""
     import ray
 
     from synthray.config import compose
@@ -188,14 +205,15 @@ def synthray_stage(model: Path, storage: Path, images: int, batch: int, steps: i
              f"guidance:{guidance},resolution:{resolution},released:null}}")
     device = "gpu" if torch.cuda.is_available() else "cpu"
     cfg = compose([f"storage={storage}", f"device={device}", f"data.classes={csv}", f"prompts.n_per_class={images // classes}",
-                   "prompts.template='a photo of {name}'", f"generation.batch_size={batch}", f"generation.shard_size={2 * batch}",
+                   "prompts.template='a photo of {name}'", f"generation.batch_size={batch}", f"generation.shard_size={shard}",
                    *settings, f"+generators.bench={entry}"])
     if not ray.is_initialized():
         # A fresh local cluster, never one a file in /tmp/ray points at; one GPU: the pool is one actor, like (a)
         ray.init(address="local", include_dashboard=False)
     start = time.perf_counter()
     table, real = build_prompt_table(cfg, "bench", "classname"), real_artifact(cfg)
-    data = generate(cfg, synthetic_artifact(cfg, "bench", "classname", table, real), table, real)
+    art = synthetic_artifact(cfg, "bench", "classname", table, real)
+    data = generate(cfg, art, table, real)
     total = time.perf_counter() - start
     meta = data.artifact.meta()
     # Steady state: rows over the time the one actor spent inside shards after its first (excludes actor start,
@@ -206,23 +224,76 @@ def synthray_stage(model: Path, storage: Path, images: int, batch: int, steps: i
     per_shard = sorted(t["seconds"] for t in rest)[len(rest) // 2]
     return {"end_to_end": meta["rows"] / total, "steady": steady, "rows": meta["rows"], "seconds": total,
             "first_shard_s": shards[0]["seconds"], "steady_shard_s": per_shard,
-            "first_shard_extra_s": shards[0]["seconds"] - per_shard, "kernels": data.artifact.spec["kernels"]}
+            "first_shard_extra_s": shards[0]["seconds"] - per_shard, "kernels": data.artifact.spec["kernels"]}, (cfg, art, real)
+
+
+def profile_steady(cfg: Any, art: Any, real: Any, shards: int, workdir: Path) -> dict[str, Any]:
+    """The actor's shard loop (`worker_factory`: model load, batches, encoding, parquet writes) in this process:
+    one warm-up shard, then `shards` steady shards under the torch profiler (GPU activity only: no per-op host
+    records to slow the launching thread). Idle share = 1 - union of kernel intervals / span from the first kernel to the last."""
+    import ray
+
+    from synthray.generation.stage import build_prompt_table, shard_tasks, worker_factory
+    from synthray.generation.throughput import idle_share, kernel_intervals
+    from synthray.images import write_table
+
+    ray.shutdown()  # the stage's actor leaves the GPU to this process
+    work = worker_factory(cfg, art, real)()
+    size = int(cfg.generation.shard_size)
+    table = build_prompt_table(cfg, "bench", "classname")
+    tasks = shard_tasks(table.iloc[: size * (shards + 1)], size)
+    out = Path(tempfile.mkdtemp(dir=workdir, prefix="profile-"))
+
+    def write(task: dict[str, Any]) -> None:  # what the actor does per shard (shards._ShardWorker)
+        write_table(str(out / task["name"]), work(task))
+
+    write(tasks[0])  # warm-up: compiling or loading compiled code, CUDA graphs recorded, allocator warm
+    steady, rows = tasks[1:], sum(t["rows"] for t in tasks[1:])
+    result: dict[str, Any] = {"profiled_shards": len(steady), "profiled_rows": rows, "actor_batch": work.batch_size}
+    if not torch.cuda.is_available():
+        start = time.perf_counter()
+        for task in steady:
+            write(task)
+        result["in_process_img_s"] = rows / (time.perf_counter() - start)
+        return result
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for task in steady:
+            write(task)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    trace = out / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    kernels = kernel_intervals(json.loads(trace.read_text()))
+    if not kernels:
+        raise SystemExit(f"--profile: the profiler recorded no GPU kernels (trace {trace}); is CUPTI available?")
+    first, last = min(a for a, _ in kernels), max(b for _, b in kernels)
+    result.update(in_process_img_s=rows / seconds, idle_share=idle_share(kernels, first, last), kernels=len(kernels),
+                  kernel_span_s=(last - first) / 1e6, trace=str(trace))
+    return result
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", choices=sorted(FAMILIES), default="sd15", help="the architecture to build (default sd15)")
     p.add_argument("--images", type=int, default=None, help="default: 640 (sd15), 160 (sdxl), 64 (flux)")
-    p.add_argument("--batch", type=int, default=None, help="default: 16 (sd15), 8 (sdxl), 4 (flux)")
+    p.add_argument("--batch", type=_batch, default=None, help="a number, or auto: (b) chooses per actor from free GPU "
+                   "memory and (a) runs the family's default; default: 16 (sd15), 8 (sdxl), 4 (flux)")
     p.add_argument("--steps", type=int, default=None, help="default: the model's (25, 25, 28)")
     p.add_argument("--guidance", type=float, default=None, help="default: the model's (7.5, 5.0, 3.5)")
-    p.add_argument("--compile", nargs="?", const="default", choices=["default", "max-autotune"],
+    p.add_argument("--compile", nargs="?", const="default", choices=["default", "max-autotune", "reduce-overhead"],
                    help="(b) with the denoiser compiled: generation.compile=<mode> (bare --compile: default)")
     p.add_argument("--compile-vae", action="store_true", help="(b) with the VAE decoder compiled too")
     p.add_argument("--cold-cache", action="store_true", help="a fresh scratch folder: compile from nothing (default: "
                    "<workdir>/scratch, so a second run loads the compiled code)")
     p.add_argument("--fuse-qkv", action="store_true", help="(b) with fused QKV projections")
     p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto", help="(b) generation.channels_last")
+    p.add_argument("--no-overlap", action="store_true", help="(b) generation.overlap=false: encode after each batch")
+    p.add_argument("--profile", nargs="?", type=int, const=3, default=None, metavar="SHARDS",
+                   help="then profile SHARDS steady shards (default 3) of the actor's loop in this process: GPU idle share")
     p.add_argument("--tiny", action="store_true", help="the family's tiny twin instead of its architecture (CPU smoke run)")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "synthray-bench")
     p.add_argument("--json", type=Path, help="also write the figures here")
@@ -231,7 +302,12 @@ def main() -> None:
     family = FAMILIES[args.family]
     steps, guidance = args.steps or family["steps"], family["guidance"] if args.guidance is None else args.guidance
     batch = args.batch or family["batch"]
+    plain_batch = family["batch"] if batch == "auto" else batch
     images = args.images or {"sd15": 640, "sdxl": 160, "flux": 64}[args.family]
+    # Two batches per shard; auto: room for the largest batch it may choose (its CPU fallback without CUDA).
+    shard = 2 * (batch if batch != "auto" else AUTO_CAP if torch.cuda.is_available() else AUTO_FALLBACK)
+    if args.profile is not None and images < 2 * shard:
+        p.error(f"--profile needs at least {2 * shard} images (one warm-up shard of {shard}, then steady ones); got {images}")
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = args.workdir / (f"tiny-{family['tiny']}" if args.tiny else f"{args.family}-architecture")
     resolution = 32 if args.tiny else family["resolution"]
@@ -243,16 +319,18 @@ def main() -> None:
         else:
             {"sd15": build_sd15_architecture, "sdxl": build_sdxl_architecture, "flux": build_flux_architecture}[args.family](model)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    a = plain_diffusers(model, images if args.tiny else min(images, 160), batch, steps, resolution, guidance)
+    a = plain_diffusers(model, images if args.tiny else min(images, 160), plain_batch, steps, resolution, guidance)
     storage = Path(tempfile.mkdtemp(dir=args.workdir, prefix="storage-"))
     scratch = Path(tempfile.mkdtemp(dir=args.workdir, prefix="scratch-")) if args.cold_cache else args.workdir / "scratch"
     settings = [f"scratch={scratch}", f"generation.channels_last={args.channels_last}", f"generation.fuse_qkv={str(args.fuse_qkv).lower()}",
                 f"generation.compile={args.compile or 'false'}", f"generation.compile_vae={str(args.compile_vae).lower()}",
+                f"generation.overlap={str(not args.no_overlap).lower()}",
                 "generation.compile_cpu=true"]  # --compile on a CPU-only machine (the tiny smoke run) compiles too
-    b = synthray_stage(model, storage, images, batch, steps, resolution, guidance, family["pipeline"], settings)
+    b, made = synthray_stage(model, storage, images, batch, shard, steps, resolution, guidance, family["pipeline"], settings)
     tflop = UNET_TFLOP_PER_STEP * steps + VAE_TFLOP  # SD1.5 only: the other families' FLOPs are not in BASELINES.md
     result = {
-        "device": device, "model": model.name, "steps": steps, "batch": batch, "resolution": resolution, "images": b["rows"],
+        "device": device, "model": model.name, "steps": steps, "batch": batch, "plain_batch": plain_batch,
+        "overlap": not args.no_overlap, "resolution": resolution, "images": b["rows"],
         "kernels": b["kernels"], "cache": "cold" if args.cold_cache else "warm if run before",
         "a_plain_img_s": round(a, 3), "b_synthray_img_s": round(b["end_to_end"], 3),
         "b_steady_img_s": round(b["steady"], 3), "ratio_b_over_a": round(b["end_to_end"] / a, 3),
@@ -261,10 +339,22 @@ def main() -> None:
         "first_shard_extra_s": round(b["first_shard_extra_s"], 2),
         "flop_fraction_b_steady": None if args.tiny or args.family != "sd15" else round(b["steady"] * tflop / PEAK_TFLOPS, 3),
     }
+    if args.profile is not None:
+        result["profile"] = profile_steady(*made, min(args.profile, images // shard - 1), args.workdir)
     print(json.dumps(result, indent=1))
     print(f"(a) plain diffusers {a:.2f} img/s | (b) synthray {b['end_to_end']:.2f} img/s end to end, "
           f"{b['steady']:.2f} img/s steady | b/a = {b['end_to_end'] / a:.2f} (steady {b['steady'] / a:.2f}) | "
           f"first shard {b['first_shard_s']:.1f} s, steady shard {b['steady_shard_s']:.1f} s")
+    if args.profile is not None:
+        prof = result["profile"]
+        if "idle_share" in prof:
+            verdict = "meets" if prof["idle_share"] <= IDLE_TARGET else "misses"
+            print(f"GPU idle share in steady state: {100 * prof['idle_share']:.1f} % (target <= {100 * IDLE_TARGET:.0f} %: "
+                  f"{verdict}), over {prof['profiled_shards']} shards, batch {prof['actor_batch']}, "
+                  f"{prof['in_process_img_s']:.2f} img/s profiled; trace {prof['trace']}")
+        else:
+            print(f"GPU idle share: needs a GPU (no CUDA here; target <= {100 * IDLE_TARGET:.0f} %); the profiled loop ran "
+                  f"{prof['profiled_shards']} shards at batch {prof['actor_batch']}, {prof['in_process_img_s']:.2f} img/s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 

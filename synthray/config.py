@@ -203,14 +203,18 @@ def _apply(cfg: DictConfig, o: Any) -> None:
             old, new = OmegaConf.select(cfg, key), o.value()
             # Numbers whose null is a documented setting: every row (max_samples), the files as they are (image_size).
             nullable = new is None and key in ("metrics.max_samples", "data.image_size")
-            if isinstance(old, (int, float)) and not isinstance(old, bool) and not nullable and not isinstance(new, (int, float)):
-                raise SynthrayError(f"override '{o.input_line}': {key} takes a number, got '{new}'")
+            words = NUMBER_WORDS.get(key, ())
+            if (isinstance(old, (int, float)) and not isinstance(old, bool) and not nullable and not isinstance(new, (int, float))
+                    and new not in words):
+                raise SynthrayError(f"override '{o.input_line}': {key} takes a number{''.join(f' or {w}' for w in words)}, got '{new}'")
             OmegaConf.update(cfg, key, new, merge=True)
     except OmegaConfBaseException as err:
         raise SynthrayError(f"override '{o.input_line}': {_one_line(err)}") from None
 
 
 _MISSING = object()
+# Numbers that also take a word (checked where they are used).
+NUMBER_WORDS = {"generation.batch_size": ("auto",)}
 
 # The fields a generator entry may set, per kind (`conf/generators.yaml`); `call` is a free-form mapping.
 GENERATOR_FIELDS: dict[str, tuple[str, ...]] = {

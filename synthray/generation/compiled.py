@@ -5,6 +5,9 @@ before it existed stays out of the key (`without_legacy`), so older datasets kee
 
 Compile uses inductor's default mode with the three settings BASELINES.md found fast on an H200 (SD1.5 UNet:
 8.19 img/s against 6.18 eager, 200 s to compile); `max-autotune` (the old mode) was still tuning after 200 s.
+`reduce-overhead` adds CUDA graphs (torch.compile's mode of that name): the shapes are static per batch size
+(`dynamic=False`), so each step replays one recorded graph instead of launching hundreds of kernels from Python.
+Inductor skips the graphs on CPU, where the mode runs as `default` does.
 Compiled code is cached under this node's scratch folder, so only the first actor on a node pays, and can be
 shared through storage (`<storage>/compile-cache/<torch version>/<device>.tar`), so a new node fetches it.
 """
@@ -27,11 +30,13 @@ from synthray.registry import SynthrayError, unknown_name
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES = ("default", "max-autotune")
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
 # Changing these changes compiled kernels, hence output bits: give such a change a new mode name (it is the key).
 INDUCTOR_OPTIONS = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "epilogue_fusion": False,
                     "fx_graph_cache": True}
-MODE_OPTIONS = {"default": {}, "max-autotune": {"max_autotune": True}}  # no CUDA graphs: inputs change per step
+# What torch.compile's modes set (torch._inductor.list_mode_options), passed as options because torch.compile
+# takes a mode or options, not both. max-autotune without CUDA graphs: it is the older, separately keyed mode.
+MODE_OPTIONS = {"default": {}, "max-autotune": {"max_autotune": True}, "reduce-overhead": {"triton.cudagraphs": True}}
 CHANNELS_LAST_CHOICES = ("auto", True, False)
 # channels_last=auto: NHWC everywhere (the behaviour before `auto`) except the UNets of these pipelines, where it
 # was measured slower (BASELINES.md, H200, SD1.5 architecture batch 32 bf16: 5.54 img/s NHWC against 6.18 NCHW).
@@ -53,7 +58,8 @@ def compile_mode(value: Any) -> str | None:
         return "default"
     if value in COMPILE_MODES:
         return str(value)
-    raise SynthrayError(f"generation.compile must be false, true, {' or '.join(COMPILE_MODES)}; got {value!r}")
+    raise SynthrayError(f"generation.compile must be false, true, {', '.join(COMPILE_MODES[:-1])} or {COMPILE_MODES[-1]}; "
+                        f"got {value!r}")
 
 
 def channels_last_for(setting: Any, pipeline: str) -> bool:

@@ -10,8 +10,9 @@ Kinds:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -129,9 +130,9 @@ class DiffusersGenerator:
         self.params = spec["params"]
         self.call = dict(spec.get("call") or {})
         self.guidance_kwarg = spec.get("guidance_kwarg") or "guidance_scale"
+        self.copy_stream = None  # CUDA: where `launch` copies finished images to the host
 
-    def __call__(self, rows: pd.DataFrame) -> list[np.ndarray]:
-        """Float images (H, W, 3) in [0, 1], one per row; NaNs are kept for the quality guard to see."""
+    def _call_kwargs(self, rows: pd.DataFrame, steps: int | None = None) -> dict[str, Any]:
         torch = self.torch
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in rows["seed"]]
         p = self.params
@@ -141,14 +142,73 @@ class DiffusersGenerator:
                 call[key] = [call[key]] * len(rows)
         if p["resolution"] is not None:  # None: pass no size, the pipeline uses the model's own (the study's SDXL-Turbo)
             call.update(height=p["resolution"], width=p["resolution"])
-        with torch.inference_mode():
-            out = self.pipe(
-                prompt=list(rows["prompt"]), generator=generators, num_inference_steps=p["steps"], output_type="np",
-                **{self.guidance_kwarg: p["guidance"]}, **call,
-            )
+        return dict(prompt=list(rows["prompt"]), generator=generators, num_inference_steps=steps or p["steps"],
+                    **{self.guidance_kwarg: p["guidance"]}, **call)
+
+    def __call__(self, rows: pd.DataFrame) -> list[np.ndarray]:
+        """Float images (H, W, 3) in [0, 1], one per row; NaNs are kept for the quality guard to see."""
+        with self.torch.inference_mode():
+            out = self.pipe(**self._call_kwargs(rows), output_type="np")
         if self.compile_cache is not None:
             self.compile_cache.publish()  # once, after the first batch compiled the graphs
         return [np.asarray(im, dtype=np.float32) for im in out.images]
+
+    def launch(self, rows: pd.DataFrame) -> Callable[[], list[np.ndarray]]:
+        """Run the pipeline and return at once with `__call__`'s images still to fetch: a function that waits for them.
+
+        The pipeline stops at the denormalised tensor (output_type="pt") and its copy to pinned host memory is
+        queued on a side stream, so this thread can launch the next batch while the copy runs. The fetch (on the
+        stage's encoding thread) does what diffusers' "np" output does on the host: the same floats, the same bytes.
+        """
+        torch = self.torch
+        with torch.inference_mode():
+            images = self.pipe(**self._call_kwargs(rows), output_type="pt").images
+            if self.compile_cache is not None:
+                self.compile_cache.publish()
+            if not isinstance(images, torch.Tensor):  # a pipeline without a tensor output: already on the host
+                return lambda: [np.asarray(im, dtype=np.float32) for im in images]
+            done = None
+            if images.is_cuda:
+                self.copy_stream = self.copy_stream or torch.cuda.Stream()
+                self.copy_stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(self.copy_stream):
+                    host = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
+                    host.copy_(images, non_blocking=True)
+                    done = torch.cuda.Event()
+                    done.record(self.copy_stream)
+                images.record_stream(self.copy_stream)  # its memory is not reused before the copy is done
+            else:
+                host = images
+
+        def fetch() -> list[np.ndarray]:
+            if done is not None:
+                done.synchronize()
+            with torch.inference_mode():
+                array = host.permute(0, 2, 3, 1).float().numpy()  # diffusers' pt_to_numpy, minus its device copy
+            return [np.asarray(im, dtype=np.float32) for im in array]
+
+        return fetch
+
+    def auto_batch_size(self, share: float = 1.0, shard: int | None = None) -> tuple[int, dict[str, float]]:
+        """`generation.batch_size=auto` on CUDA: a short probe batch measures the peak memory each image adds, and
+        `choose_batch` takes the largest batch that fits what is free. Returns the batch and the figures."""
+        from synthray.generation.throughput import PROBE_IMAGES, available_gpu_bytes, choose_batch
+
+        torch = self.torch
+        cuda = torch.cuda
+        cuda.synchronize()
+        available = available_gpu_bytes(*cuda.mem_get_info(), cuda.memory_reserved(), cuda.memory_allocated(), share)
+        rows = pd.DataFrame({"prompt": ["a probe"] * PROBE_IMAGES, "seed": range(PROBE_IMAGES)})
+        cuda.reset_peak_memory_stats()
+        before = cuda.memory_allocated()
+        # Eager, two steps: a compiled denoiser would compile a graph for the probe's shape alone; a step's peak
+        # repeats every step, and the VAE decode runs once either way.
+        stance = getattr(torch.compiler, "set_stance", None)
+        with stance("force_eager") if stance else contextlib.nullcontext(), torch.inference_mode():
+            self.pipe(**self._call_kwargs(rows, steps=min(2, int(self.params["steps"]))), output_type="pt")
+        cuda.synchronize()
+        per_image = (cuda.max_memory_allocated() - before) / PROBE_IMAGES
+        return choose_batch(available, per_image, shard=shard), {"available_gib": available / 2**30, "per_image_gib": per_image / 2**30}
 
 
 @GENERATOR_KINDS.register("real-holdout")

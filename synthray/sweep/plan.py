@@ -142,6 +142,7 @@ def _check(cfg: Any) -> None:
     from synthray.generation.generators import generator_entry, sampling_params
     from synthray.generation.prompts import PROMPT_STYLES
     from synthray.generation.stage import check_captions
+    from synthray.generation.throughput import batch_size_setting, overlap_setting
     from synthray.images import jpeg_subsampling
     from synthray.metrics.features import check_encoders
     from synthray.models import Models, check_model
@@ -153,7 +154,9 @@ def _check(cfg: Any) -> None:
     axes = grid_axes(cfg)
     for key in ("device", "generation.device", "training.device"):
         check_device_name(key, OmegaConf.select(cfg, key))
-    _positive(cfg, "prompts.n_per_class", "generation.batch_size", "generation.shard_size", "generation.num_actors")
+    _positive(cfg, "prompts.n_per_class", "generation.shard_size", "generation.num_actors")
+    batch_size_setting(cfg.generation.batch_size)  # a whole number >= 1, or auto
+    overlap_setting(cfg.generation)
     if cfg.data.image_size is not None or cfg.data.source == "digits":  # null keeps files as they are; digits are 8x8 arrays
         _positive(cfg, "data.image_size")
     jpeg_subsampling(cfg.generation)
