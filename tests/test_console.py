@@ -129,3 +129,23 @@ def test_the_console_sends_every_printed_line_to_the_log_and_warnings_to_the_ter
         print("could not reach the cluster")
         raise ConnectionError("no cluster")
     assert not other.exists()
+
+
+def test_plain_lines_print_each_stage_once_and_an_unseen_holder_on_return(tmp_path):
+    import io
+
+    from synthray.sweep.console import SweepConsole
+
+    out = io.StringIO()
+    console = SweepConsole(str(tmp_path / "sweep"), ["a", "b"], stream=out, live=False)
+    polls = [
+        {"a": {"stage": "generate", "stages": 1}, "b": {"stage": "build model", "stages": 2}},  # b's holder began and
+        {"a": {"stage": "build model", "stages": 2}, "b": {"stage": "generate", "stages": 3, "returned": True}},  # ended
+        {"a": {"stage": "generate", "stages": 3, "returned": True}, "b": {"stage": "train", "stages": 4}},  # unseen
+    ]
+    for snapshot in polls:
+        console._plain_lines(snapshot)
+    lines = out.getvalue().splitlines()
+    assert [ln for ln in lines if ln.startswith("[synthray] a:")] == ["[synthray] a: generate", "[synthray] a: build model"]
+    assert [ln for ln in lines if ln.startswith("[synthray] b:")] == [
+        "[synthray] b: build model", "[synthray] b: generate", "[synthray] b: train"]

@@ -87,6 +87,7 @@ class SweepConsole:
         self.started = time.time()
         self.board: Any = None
         self._printed: dict[str, tuple[int, float]] = {}  # label -> (stages printed, time of the last progress line)
+        self._shown: dict[str, set[str]] = {}  # label -> the stage names printed for it
         self._stop = threading.Event()
         self._lock = threading.RLock()
         self.live: Any = None  # the rich view, on a terminal, between enter and exit
@@ -261,7 +262,11 @@ class SweepConsole:
             seen, last = self._printed.get(label, (0, 0.0))
             if state["stages"] > seen:
                 self._printed[label] = (state["stages"], now)
-                if not state.get("returned"):  # back in the stage that holds the one that ended: no new line
+                shown = self._shown.setdefault(label, set())
+                # Back in the stage that holds the one that ended: no new line, unless the holder itself was never
+                # printed (it began a nested stage within one poll: a model loaded in the trial's own process).
+                if not state.get("returned") or state["stage"] not in shown:
+                    shown.add(state["stage"])
                     self.say(f"[synthray] {label}: {state['stage']}")
             elif state.get("done") is not None and now - last >= PLAIN_EVERY_S:
                 self._printed[label] = (seen, now)
