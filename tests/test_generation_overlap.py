@@ -158,6 +158,7 @@ def test_overlap_writes_the_same_shard_for_every_family(shared_storage, name):
 
 
 @pytest.mark.slow
+@pytest.mark.deep  # 40 s of CPU compiling, as test_generation_compile's default-mode case; kept out of CI's time
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="inductor on CPU needs a C++ compiler")
 def test_reduce_overhead_compiles_and_draws_the_eager_images_on_cpu(shared_storage, tmp_path, monkeypatch):
     """CUDA graphs are skipped on CPU; the mode still compiles and runs, within float noise of eager."""

@@ -168,6 +168,7 @@ def test_bench_prints_the_split_and_reads_records_from_before_it():
 
 
 @pytest.mark.slow
+@pytest.mark.deep  # three trainings (40 s); the order and pixels of the worker path are checked above in seconds
 def test_training_with_worker_decode_records_where_the_time_went(ray_cluster, tmp_path, monkeypatch):
     """The Ray Train loop with jpeg_decode=gpu end to end, on a CPU device: the device check (nvjpeg needs
     training.device=gpu) is lifted so that the worker decodes with libjpeg-turbo instead. Both decoders' runs
