@@ -187,10 +187,11 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
     fs, sweeps_path = storage.resolve(sweeps)
     planned = plan_trials(cfg)
     if all_reused(cfg, planned):
+        rows = [t.result.meta() for t in planned]  # read once: the console's end lines and the table share them
         with _console(cfg, sweep_dir, verbose, stream, planned, needs_ray=False) as console:
             storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
-            show_reused(console, planned)
-        return collect(cfg, sweep_dir, planned)
+            show_reused(console, planned, rows)
+        return collect(cfg, sweep_dir, planned, rows)
     with _console(cfg, sweep_dir, verbose, stream, planned):
         storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
         run_config = tune.RunConfig(
@@ -211,13 +212,13 @@ def all_reused(cfg: Any, planned: list[Any]) -> bool:
     return bool(planned) and not tracking_names(cfg) and all(t.result.is_complete() for t in planned)
 
 
-def show_reused(console: Any, planned: list[Any]) -> None:
-    """Each trial's end line (the console's `done` state), for a sweep whose results were all reused."""
+def show_reused(console: Any, planned: list[Any], rows: list[dict[str, Any]]) -> None:
+    """Each trial's end line (the console's `done` state), for a sweep whose results (`rows`) were all reused."""
     from synthray.sweep.console import outcome_text
 
     console.say("[synthray] every trial's result is already complete: nothing to run, no cluster needed")
-    for trial in planned:
-        console.set_state(trial.label, "done", outcome_text(trial.result.meta()))
+    for trial, row in zip(planned, rows):
+        console.set_state(trial.label, "done", outcome_text(row))
 
 
 @contextlib.contextmanager
@@ -291,10 +292,13 @@ def resume_sweep(root: str, sweep: str | None = None, verbose: bool = False, str
     return collect(cfg, sweep_dir)
 
 
-def collect(cfg: Any, sweep_dir: str, planned: list[Any] | None = None) -> tuple[pd.DataFrame, str]:
-    """Read the result record of every planned trial (DomainBed's collect_results) into `results.parquet`."""
-    planned = plan_trials(cfg) if planned is None else planned
-    rows = [t.result.meta() if t.result.is_complete() else dict(t.point, status="missing") for t in planned]
+def collect(cfg: Any, sweep_dir: str, planned: list[Any] | None = None,
+            rows: list[dict[str, Any]] | None = None) -> tuple[pd.DataFrame, str]:
+    """Read the result record of every planned trial (DomainBed's collect_results) into `results.parquet`.
+    `rows`: those records, already read."""
+    if rows is None:
+        planned = plan_trials(cfg) if planned is None else planned
+        rows = [t.result.meta() if t.result.is_complete() else dict(t.point, status="missing") for t in planned]
     table = pd.DataFrame(rows)
     if "status" not in table:
         table["status"] = "done"

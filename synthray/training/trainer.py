@@ -141,11 +141,9 @@ def _encoded_bytes(folder: str, files: list[str]) -> float:
     from synthray.artifacts import committed_files
 
     holder = committed_files(folder)
-    if holder is None:
-        return float("inf")
-    sizes = {storage.join(folder, name): entry.get("size") for name, entry in holder[1].items()}
-    known = [sizes.get(f) for f in files]
-    return float("inf") if any(v is None for v in known) else float(sum(known))
+    entries = holder[1] if holder else {}
+    sizes = [entries.get(f.rsplit("/", 1)[1], {}).get("size") for f in files]
+    return float("inf") if None in sizes else float(sum(sizes))
 
 
 def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, report_to_tune: bool = False,
