@@ -1,9 +1,10 @@
-"""The per-worker training loop run by Ray Train: a recipe's epochs over a Ray Data shard, a checkpoint each epoch.
+"""The per-worker training loop: a recipe's epochs over a Ray Data shard, a checkpoint each epoch. Ray Train runs it
+on its workers; a small CPU run runs it in the calling process instead (`inline.InlineSession`), with the same inputs.
 
 Each checkpoint holds the model, the best model so far (by `recipe.selection`: the highest accuracy or lowest
 loss on the selection rows),
 optimiser, scheduler, epoch, optimiser step and every worker's RNG state, so a run killed mid-epoch restarts
-from `ray.train.get_checkpoint()` and ends with the same weights as one that was never stopped.
+from the session's last checkpoint and ends with the same weights as one that was never stopped.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import random
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -144,28 +145,61 @@ def improves(score: float, best: float | None, metric: str) -> bool:
     return not math.isnan(score) and (score < best if metric == "loss" else score > best)
 
 
-def train_loop(config: dict[str, Any]) -> None:
+class RayTrainSession:
+    """What the loop needs of its run, from Ray Train: this worker's rank among `world`, its device, its dataset
+    shards, the last checkpoint reported (a rerun's, or a restarted worker group's) and the report of each epoch."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+
+    def dataset_shard(self, name: str) -> Any:
+        import ray.train
+
+        return ray.train.get_dataset_shard(name)
+
+    def last_checkpoint(self) -> AbstractContextManager[str | None]:
+        """A local folder holding the newest checkpoint's files, or None."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return checkpoint.as_directory() if checkpoint else nullcontext(None)
+
+    def report(self, metrics: dict[str, Any], folder: str) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def train_loop(config: dict[str, Any], session: Any = None) -> None:
     """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, selection_bytes (their decoded
     size, all workers), selection_metric ("accuracy" | "loss"), precision ("bf16" | "fp32"), channels_last, compile, sync_bn, accumulate and progress_trial (the sweep
     trial shown on the console, or None), jpeg_decode ("cpu": the shards hold decoded arrays | "gpu": encoded bytes,
     decoded here; absent: cpu). Reports epoch, train_loss, selection_acc, selection_loss, lr and images_per_s each
-    epoch; the checkpoint's history also keeps the seconds in CLOCKS."""
-    import ray.train
-    import ray.train.torch
-
+    epoch; the checkpoint's history also keeps the seconds in CLOCKS. `session`: where the run is (rank, device,
+    shards, checkpoints, reports); None: a Ray Train worker's (`RayTrainSession`)."""
     from synthray.devices import check_device
 
     check_device(config["device"])  # a GPU worker whose torch sees no CUDA fails in one line, not in fp32 on CPU
+    session = session or RayTrainSession()
     recipe = config["recipe"]
-    ctx = ray.train.get_context()
-    world, rank = ctx.get_world_size(), ctx.get_world_rank()
+    world, rank = session.world, session.rank
     seed = int(recipe["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-    device = ray.train.torch.get_device()
+    device = session.device
     model = build_model(config["arch"], config["num_classes"], config["sync_bn"], world, config["channels_last"])
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     forward = torch.compile(model) if config["compile"] else model
     optimizer = make_optimizer(model.parameters(), recipe)
     micro = batch_geometry(int(recipe["batch_size"]), world, int(config["accumulate"]))
@@ -176,12 +210,13 @@ def train_loop(config: dict[str, Any]) -> None:
     metric = config["selection_metric"]
 
     start_epoch, step, best, history = 0, 0, {"epoch": None, "score": None, "model": None}, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
+    state = None
+    with session.last_checkpoint() as d:
+        if d is not None:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
             rng_file = os.path.join(d, f"rng-{rank}.pt")
             rng = torch.load(rng_file, weights_only=False) if os.path.exists(rng_file) else None
+    if state is not None:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -189,9 +224,9 @@ def train_loop(config: dict[str, Any]) -> None:
         if rng is not None:
             set_rng_state(rng)
 
-    train_shard = ray.train.get_dataset_shard("train")
+    train_shard = session.dataset_shard("train")
     decode = config.get("jpeg_decode", "cpu")
-    selection = SelectionBatches(ray.train.get_dataset_shard("selection"), config.get("selection_bytes", math.inf) / world,
+    selection = SelectionBatches(session.dataset_shard("selection"), config.get("selection_bytes", math.inf) / world,
                                  decode, int(recipe["test_transform"]["resize"]), device) \
         if config["has_selection"] else None
     for epoch in range(start_epoch, int(recipe["epochs"])):
@@ -262,6 +297,6 @@ def train_loop(config: dict[str, Any]) -> None:
                             "history": history}, os.path.join(tmp, CHECKPOINT_FILE))
             metrics = {k: v for k, v in record.items() if v is not None and k not in CLOCKS}
             metrics.update(best_epoch=best["epoch"], resumed_from_epoch=start_epoch)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            session.report(metrics, tmp)
         if rank == 0:
             progress.advance(epoch + 1, int(recipe["epochs"]), "epochs", trial=config.get("progress_trial"))

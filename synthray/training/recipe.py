@@ -127,6 +127,9 @@ def check_recipe(cfg: Any) -> None:
             raise SynthrayError(f"training.{key}={t[key]} is not one of {', '.join(map(str, choices))}")
     jpeg_decode(t)
     decode_cpus(t)
+    inline = t.get("inline_rows", 0)
+    if not isinstance(inline, int) or isinstance(inline, bool) or inline < 0:
+        raise SynthrayError(f"training.inline_rows must be a whole number >= 0 (0: always Ray Train), got {inline}")
     if not isinstance(t.sync_bn, bool):
         raise SynthrayError(f"training.sync_bn must be true or false, got {t.sync_bn}")
     if t.sync_bn and int(t.num_workers) > 1 and t.device != "gpu":

@@ -1,4 +1,5 @@
-"""The training stage: a content-addressed trained classifier, produced by a Ray Train `TorchTrainer`.
+"""The training stage: a content-addressed trained classifier, produced by a Ray Train `TorchTrainer` (or, for a
+small CPU run, by the same loop in the calling process: `inline.py`, the same weights).
 
 Artifact layout: `<storage>/models/<key>/model.pt` (the best epoch by `recipe.selection`: on held-out rows of
 the training set, or on the real test split as the study does), `last.pt` (the final epoch) and `meta.json` (the
@@ -146,6 +147,35 @@ def _encoded_bytes(folder: str, files: list[str]) -> float:
     return float("inf") if None in sizes else float(sum(sizes))
 
 
+def _fit(cfg: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path: tuple[Any, str], name: str,
+         report_to_tune: bool) -> Any:
+    """Run the loop on a Ray Train worker group; its checkpoints under `run_path` (filesystem, path)/`name`."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.training
+    gpu = t.device == "gpu"
+    callbacks = []
+    if report_to_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=int(t.num_workers), use_gpu=gpu,
+                                               resources_per_worker={"GPU": float(t.gpus_per_worker)} if gpu else None),
+        datasets=datasets,
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=run_path[1], storage_filesystem=run_path[0],
+            failure_config=ray.train.FailureConfig(max_failures=int(t.max_failures)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer.fit()
+
+
 def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, report_to_tune: bool = False,
           selection: DatasetRef | None = None) -> Artifact:
     """Train `arch` on `data`, or reuse a trained copy. `selection`: the real test split, where the recipe selects
@@ -156,9 +186,10 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
     run_dir = art.store.uri("train-runs")
 
     def make(out: BuildDir) -> dict[str, Any]:
-        import ray.train
         import torch
-        from ray.train.torch import TorchTrainer
+        from omegaconf import OmegaConf
+
+        from synthray.training.inline import InlineSession, runs_inline
 
         r, t = cfg.recipe, cfg.training
         fraction = 0.0 if on_test else float(r.selection_fraction)
@@ -167,35 +198,19 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
             rows = (rows[0], split_counts(selection.uri, 0.0, int(r.seed))[0])
         if rows[0] == 0:
             raise RuntimeError(f"{images} has no usable training rows")
-        callbacks = []
-        if report_to_tune:
-            from ray.tune.integration.ray_train import TuneReportCallback
-
-            callbacks.append(TuneReportCallback())
-        from omegaconf import OmegaConf
-
         loop_config = {"arch": arch, "num_classes": num_classes, "recipe": OmegaConf.to_container(r, resolve=True),
                        "rows": rows[0], "has_selection": rows[1] > 0, "selection_metric": str(r.selection.metric),
                        "selection_bytes": rows[1] * int(r.test_transform.resize) ** 2 * 3,
                        "accumulate": int(t.accumulate), "progress_trial": progress.current_trial(), **numerics(cfg)}
-        gpu = t.device == "gpu"
-        fs, run_path = storage.resolve(run_dir)
-        trainer = TorchTrainer(
-            train_loop,
-            train_loop_config=loop_config,
-            scaling_config=ray.train.ScalingConfig(num_workers=int(t.num_workers), use_gpu=gpu,
-                                                   resources_per_worker={"GPU": float(t.gpus_per_worker)} if gpu else None),
-            datasets=_datasets(cfg, images, rows, fraction, selection.uri if on_test else None),
-            run_config=ray.train.RunConfig(
-                name=art.key,
-                storage_path=run_path, storage_filesystem=fs,
-                failure_config=ray.train.FailureConfig(max_failures=int(t.max_failures)),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-                callbacks=callbacks,
-            ),
-        )
-        result = trainer.fit()
-        with result.checkpoint.as_directory() as d:
+        datasets = _datasets(cfg, images, rows, fraction, selection.uri if on_test else None)
+        if runs_inline(t, sum(rows)):
+            with InlineSession(datasets, storage.join(run_dir, art.key), report_to_tune) as session:
+                train_loop(loop_config, session)
+            metrics, final = session.metrics, session.last_checkpoint()
+        else:
+            result = _fit(cfg, loop_config, datasets, storage.resolve(run_dir), art.key, report_to_tune)
+            metrics, final = result.metrics or {}, result.checkpoint.as_directory()
+        with final as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
         best, history = state["best"], state["history"]
         torch.save(state["model"], out.local / "last.pt")
@@ -210,7 +225,7 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
                 "selection_loss_best": picked["selection_loss"], "selection_loss_last": last["selection_loss"],
                 "train_loss": last["train_loss"],
                 "images_per_s": sorted(speeds)[len(speeds) // 2],
-                "resumed_from_epoch": (result.metrics or {}).get("resumed_from_epoch", 0), "history": history}
+                "resumed_from_epoch": metrics.get("resumed_from_epoch", 0), "history": history}
         held = "no selection rows" if rows[1] == 0 else \
             (f"{r.selection.set} rows: {rows[1]}, acc {meta['selection_acc_best']:.3f}, loss {meta['selection_loss_best']:.3f}")
         log.info("%s: best epoch %s of %s (%s), %.0f img/s", label, best["epoch"], meta["epochs"], held, meta["images_per_s"])
