@@ -153,7 +153,8 @@ art = train(cfg, "tiny-cnn", DatasetRef(real_data(cfg), "train"), 10, label="cha
 print(json.dumps({"key": art.key, "meta": art.meta(),
                   "weights": {w: hashlib.sha256(read_bytes(art.file(w))).hexdigest() for w in ("model.pt", "last.pt")}}))
 """
-TRAIN_ARGS = [*TINY, "recipe.epochs=24", "recipe.batch_size=8", "lease_s=5"]
+# inline_rows=0: the training runs in Ray Train's worker group on the worker node, not in this driver's process.
+TRAIN_ARGS = [*TINY, "recipe.epochs=24", "recipe.batch_size=8", "lease_s=5", "training.inline_rows=0"]
 
 
 @pytest.mark.parametrize("how", ["killed", "drained"])

@@ -69,6 +69,7 @@ def test_global_batch_is_kept_across_worker_counts():
     ("recipe.test_transform.crop=192", "training images are 224 px but test images 192 px"),
     ("recipe.selection_fraction=1.0", r"selection_fraction must be in \[0, 1\)"),
     ("recipe.optimizer=lion", "recipe.optimizer 'lion'"),
+    ("training.inline_rows=-1", r"training.inline_rows must be a whole number >= 0 \(0: always Ray Train\)"),
 ])
 def test_bad_recipe_values_are_one_line(tmp_path, override, message):
     with pytest.raises(SynthrayError, match=message) as err:

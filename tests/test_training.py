@@ -1,4 +1,5 @@
-"""Training through Ray Train's TorchTrainer on a local cluster, with real timm models and real checkpoints."""
+"""Training through Ray Train's TorchTrainer on a local cluster, or in the calling process for a small CPU run (the
+same loop and weights), with real timm models and real checkpoints."""
 
 import os
 import subprocess
@@ -73,16 +74,22 @@ train(compose(sys.argv[3:]), "tiny-cnn", data, 10, label="to be killed")
 """
 
 
+RAY_TRAIN, INLINE = ["training.inline_rows=0"], []  # the 275 digits train in the calling process unless inline_rows=0
+
+
 @pytest.mark.slow
-def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, shared_storage, tmp_path):
+@pytest.mark.parametrize("killed, other", [(INLINE, RAY_TRAIN), (RAY_TRAIN, INLINE)], ids=["inline", "ray-train"])
+def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, shared_storage, tmp_path, killed, other):
     """SIGKILL a training driver in the middle of an epoch, rerun it: the final (and best) weights equal, bit
-    for bit, those of a run that was never stopped (CPU, fixed seeds)."""
+    for bit, those of a run that was never stopped (CPU, fixed seeds). The uninterrupted run takes the other path
+    (Ray Train's worker group, or the calling process), so the two paths give the same weights too."""
     from synthray.training.trainer import model_artifact
 
     data = DatasetRef(real_data(tiny_cfg(shared_storage)), "train")
     # lease_s: the killed driver's claim on the model lapses after 5 s instead of 2 minutes (not part of the key).
-    args = ["recipe.epochs=4", "recipe.batch_size=8", "training.max_failures=0", "lease_s=5"]
-    whole = train(tiny_cfg(tmp_path / "whole", *args), "tiny-cnn", data, 10, label="never stopped")
+    common = ["recipe.epochs=4", "recipe.batch_size=8", "training.max_failures=0", "lease_s=5"]
+    whole = train(tiny_cfg(tmp_path / "whole", *common, *other), "tiny-cnn", data, 10, label="never stopped")
+    args = [*common, *killed]
 
     cfg = tiny_cfg(tmp_path / "killed", *args)
     key = model_artifact(cfg, "tiny-cnn", data, 10, "").key
@@ -141,7 +148,7 @@ def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, share
         write_table(str(out.local / "data" / "part-00000.parquet"), {c: rows[c].tolist() for c in rows.columns})
 
     images.build(make)
-    cfg = tiny_cfg(tmp_path / "runs", "recipe=paper", "recipe.epochs=1", "recipe.batch_size=10")
+    cfg = tiny_cfg(tmp_path / "runs", "recipe=paper", "recipe.epochs=1", "recipe.batch_size=10", *RAY_TRAIN)
     # The paper recipe selects by loss on the real test split; here the same ten images stand in for it.
     art = train(cfg, arch, DatasetRef(images, "data"), 10, label=arch, selection=DatasetRef(images, "data"))
     assert art.meta()["epochs"] == 1 and art.meta()["train_loss"] > 0 and art.meta()["rows"] == 10
@@ -159,3 +166,16 @@ def test_two_workers_with_accumulation_keep_the_global_batch(ray_cluster, shared
     # Each worker sees rows // 2 rows in batches of 8 (2 micro-batches of 4): ceil((rows // 2) / 8) steps an epoch.
     assert meta["history"][-1]["step"] == 2 * -(-(meta["rows"] // 2) // 8)
     assert 0 < meta["selection_acc_best"] <= 1 and meta["best_epoch"] in (1, 2)
+
+
+def test_inline_is_configuration_alone():
+    """Where a training runs follows `training.*` and the row count, never the cluster's state."""
+    from omegaconf import OmegaConf
+
+    from synthray.training.inline import runs_inline
+
+    t = OmegaConf.create({"device": "cpu", "num_workers": 1, "inline_rows": 2048})
+    assert runs_inline(t, 300) and not runs_inline(t, 5000) and not runs_inline(t, 0)
+    assert not runs_inline(OmegaConf.merge(t, {"device": "gpu"}), 300)  # the trial's process holds no GPU
+    assert not runs_inline(OmegaConf.merge(t, {"num_workers": 2}), 300)  # DDP needs Ray Train's worker group
+    assert not runs_inline(OmegaConf.merge(t, {"inline_rows": 0}), 300)
