@@ -150,10 +150,12 @@ def plain_epoch_seconds(recipe: dict[str, Any], rows: int, num_classes: int, epo
         torch.set_num_threads(threads)
 
 
-def measure_epochs(data_root: Path, model_root: Path, epochs: int) -> dict[str, Any]:
+def measure_epochs(data_root: Path, model_root: Path, epochs: int, ray_train: bool = False) -> dict[str, Any]:
     """Train tiny-cnn for `epochs` on the smoke experiment's 300 real-holdout images (built under `data_root` if
     missing) into the fresh `model_root`, in a local Ray started here; returns the training figures. Runs in a
-    process of its own (`--epochs-in`), so that Ray's lines stay out of the bench's output."""
+    process of its own (`--epochs-in`), so that Ray's lines stay out of the bench's output. By default the run
+    trains in this process, as a sweep's trial does with so few rows; `ray_train`: in a Ray Train worker group
+    (`training.inline_rows=0`), the path of larger and GPU runs."""
     from omegaconf import OmegaConf
 
     from synthray.config import compose
@@ -169,7 +171,7 @@ def measure_epochs(data_root: Path, model_root: Path, epochs: int) -> dict[str, 
     data_cfg = compose([f"storage={data_root}"])
     trial = next(t for t in plan_trials(data_cfg) if t.point["generator"] == "real-holdout")
     data = generate(data_cfg, trial.synthetic, trial.table, real_data(data_cfg))
-    cfg = compose([f"storage={model_root}", f"recipe.epochs={epochs}"])
+    cfg = compose([f"storage={model_root}", f"recipe.epochs={epochs}"] + (["training.inline_rows=0"] if ray_train else []))
     start = time.perf_counter()
     art = train(cfg, "tiny-cnn", data, trial.num_classes, label="bench tiny-cnn")
     wall, ended = time.perf_counter() - start, time.time()
@@ -221,10 +223,10 @@ def verdict(value: float, target: float) -> str:
     return f"{'ok' if value <= target else 'OVER'} (target <= {target:g} s; load average {os.getloadavg()[0]:.1f})"
 
 
-def run_epochs(data_root: Path, model_root: Path, epochs: int) -> dict[str, Any]:
+def run_epochs(data_root: Path, model_root: Path, epochs: int, ray_train: bool = False) -> dict[str, Any]:
     """`measure_epochs` in a fresh process, which prints the figures as one JSON line."""
-    proc = subprocess.run([sys.executable, __file__, "--epochs", str(epochs), "--epochs-in", str(data_root), str(model_root)],
-                          check=False, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--epochs", str(epochs), "--epochs-in", str(data_root), str(model_root)]
+                          + (["--ray-train"] if ray_train else []), check=False, capture_output=True, text=True)
     found = [line for line in proc.stdout.splitlines() if line.startswith('{"')]  # Ray's own lines come and go around it
     if proc.returncode != 0 or not found:
         raise SystemExit(f"the training measurement failed (exit {proc.returncode}): "
@@ -240,11 +242,12 @@ def main() -> None:
     parser.add_argument("--probes", action="store_true", help="also time experiment=probes, cold (minutes)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--epochs-in", nargs=2, type=Path, metavar=("DATA", "MODELS"), help=argparse.SUPPRESS)
+    parser.add_argument("--ray-train", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.epochs < 2:
         raise SystemExit("--epochs must be at least 2: the overhead is measured between epoch starts")
     if args.epochs_in:  # the child process of run_epochs
-        print(json.dumps(measure_epochs(*args.epochs_in, args.epochs)))
+        print(json.dumps(measure_epochs(*args.epochs_in, args.epochs, args.ray_train)))
         return
 
     with tempfile.TemporaryDirectory(prefix="synthray-overhead-") as tmp:
@@ -274,15 +277,18 @@ def main() -> None:
             out["probes_cold_s"] = probes
             print(f"experiment=probes cold: {probes:.1f} s  {verdict(probes, TARGETS['probes_cold_s'])}", flush=True)
         if args.only in (None, "epochs"):
+            # Both paths side by side: in the trial's process (what this run gets) and in a Ray Train worker group.
             # A fresh model root each time, so the model is trained, never reused; the images are shared.
-            model_root = root / f"epochs-{time.strftime('%Y%m%d-%H%M%S')}"
-            e = run_epochs(smoke, model_root, args.epochs)
-            out["epochs"] = e
-            print(f"tiny-cnn, {e['epochs']} epochs on {e['rows']} images (+{e['selection_rows']} selection rows): "
-                  f"{e['wall_s']:.1f} s in all; start {e['start_s']:.1f} s, end {e['end_s']:.1f} s; "
-                  f"epoch period {e['period_s']:.3f} s (median), loop's training time {e['loop_epoch_s']:.3f} s, "
-                  f"plain compute {e['plain_epoch_s']:.3f} s", flush=True)
-            print(f"overhead per epoch: {e['overhead_s']:.3f} s  {verdict(e['overhead_s'], TARGETS['epoch_overhead_s'])}")
+            for path, ray_train in (("in-process", False), ("ray-train", True)):
+                model_root = root / f"epochs-{path}-{time.strftime('%Y%m%d-%H%M%S')}"
+                e = out[f"epochs_{path}"] = run_epochs(smoke, model_root, args.epochs, ray_train)
+                print(f"tiny-cnn ({path}), {e['epochs']} epochs on {e['rows']} images (+{e['selection_rows']} selection "
+                      f"rows): {e['wall_s']:.1f} s in all; start {e['start_s']:.1f} s, end {e['end_s']:.1f} s; "
+                      f"epoch period {e['period_s']:.3f} s (median), loop's training time {e['loop_epoch_s']:.3f} s, "
+                      f"plain compute {e['plain_epoch_s']:.3f} s", flush=True)
+                print(f"  overhead per epoch: {e['overhead_s']:.3f} s  {verdict(e['overhead_s'], TARGETS['epoch_overhead_s'])}")
+            ratio = out["epochs_ray-train"]["wall_s"] / out["epochs_in-process"]["wall_s"]
+            print(f"training wall, Ray Train / in-process: {ratio:.2f}x")
         if args.json:
             args.json.write_text(json.dumps(out, indent=1))
 

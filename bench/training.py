@@ -94,7 +94,8 @@ def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache
     overrides = [f"storage={storage}", f"device={device}", "recipe=paper", f"recipe.epochs={epochs}", f"recipe.batch_size={batch}",
                  "recipe.selection.set=train", "recipe.selection_fraction=0.0", f"training.cache_decoded_gb={cache_gb}",
                  f"training.compile={compile_model}", f"training.jpeg_decode={jpeg_decode}",
-                 f"training.decode_cpus={'null' if decode_cpus is None else decode_cpus}"]
+                 f"training.decode_cpus={'null' if decode_cpus is None else decode_cpus}",
+                 "training.inline_rows=0"]  # always Ray Train's worker group, even for --tiny's 256 CPU rows
     if tiny:
         overrides += ["recipe.load_size=72", "recipe.train_transform.random_resized_crop.size=64",
                       "recipe.test_transform.resize=64", "recipe.test_transform.crop=64"]
