@@ -22,6 +22,7 @@ with the torch profiler: the GPU's idle share (no kernel running) against the ta
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import tempfile
 import time
@@ -181,9 +182,24 @@ def plain_diffusers(model: Path, images: int, batch: int, steps: int, resolution
         torch.cuda.synchronize()
     rate = max(1, images // batch) * batch / (time.perf_counter() - start)
     pipe = None  # noqa: F841  (frees the GPU memory before the next measurement)
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    release_gpu_memory()
     return rate
+
+
+def release_gpu_memory(wait_s: float = 0.0) -> None:
+    """Give this process's cached GPU memory back (a pipeline kept alive by a reference cycle goes too); with
+    `wait_s`, also wait up to that long until other processes have released theirs: `ray.shutdown()` kills the
+    stage's actor without waiting for its process to free the GPU, and `batch_size=auto` measures what is free."""
+    gc.collect()
+    if not torch.cuda.is_available():
+        return
+    torch.cuda.empty_cache()
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        free, total = torch.cuda.mem_get_info()
+        if free + torch.cuda.memory_reserved() >= 0.9 * total:
+            return
+        time.sleep(0.5)
 
 
 def synthray_stage(model: Path, storage: Path, images: int, batch: int | str, shard: int, steps: int, resolution: int,
@@ -197,7 +213,8 @@ def synthray_stage(model: Path, storage: Path, images: int, batch: int | str, sh
     from synthray.data.real import real_artifact
     from synthray.generation.stage import build_prompt_table, generate, synthetic_artifact
 
-    classes = max(1, images // 40)
+    # About 40 rows per class, and exactly `images` rows: the largest class count that divides them.
+    classes = max(n for n in range(1, max(1, images // 40) + 1) if images % n == 0)
     csv = storage / "classes.csv"
     csv.parent.mkdir(parents=True, exist_ok=True)
     csv.write_text("id,name\n" + "".join(f"c{i},object {i}\n" for i in range(classes)))
@@ -238,6 +255,7 @@ def profile_steady(cfg: Any, art: Any, real: Any, shards: int, workdir: Path) ->
     from synthray.images import write_table
 
     ray.shutdown()  # the stage's actor leaves the GPU to this process
+    release_gpu_memory(wait_s=60)
     work = worker_factory(cfg, art, real)()
     size = int(cfg.generation.shard_size)
     table = build_prompt_table(cfg, "bench", "classname")
@@ -318,6 +336,7 @@ def main() -> None:
             TINY_BUILDERS[family["tiny"]](model)
         else:
             {"sd15": build_sd15_architecture, "sdxl": build_sdxl_architecture, "flux": build_flux_architecture}[args.family](model)
+        release_gpu_memory()  # the builder's modules, before (a) and (b) measure
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     a = plain_diffusers(model, images if args.tiny else min(images, 160), plain_batch, steps, resolution, guidance)
     storage = Path(tempfile.mkdtemp(dir=args.workdir, prefix="storage-"))

@@ -15,6 +15,7 @@ shared through storage (`<storage>/compile-cache/<torch version>/<device>.tar`),
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -126,14 +127,33 @@ def speed_up(pipe: Any, spec: dict[str, Any], device: str) -> CompileCache | Non
     cache.activate()
     options = compile_options(mode)
     # dynamic=False: one graph specialised per batch shape (a smaller last batch compiles once more, then is cached)
-    denoiser.forward = torch.compile(denoiser.forward, options=options, dynamic=False)
+    denoiser.forward = _compiled(denoiser.forward, options, mode)
     vae = getattr(pipe, "vae", None)
     if spec.get("compile_vae") and vae is not None:
         # The decoder module, not `vae.decode`: the pipelines pass per-row torch.Generators to decode, which
         # would guard-fail and recompile on every batch.
         target = vae.decoder if hasattr(vae, "decoder") else vae
-        target.forward = torch.compile(target.forward, options=options, dynamic=False)
+        target.forward = _compiled(target.forward, options, mode)
     return cache
+
+
+def _compiled(forward: Any, options: dict[str, Any], mode: str) -> Any:
+    """`torch.compile(forward)`. With CUDA graphs (reduce-overhead) each replay writes the same output buffers, so
+    a pipeline that calls the module twice and keeps the first output (separate cond and uncond passes: Lumina2,
+    true-CFG FLUX and Qwen-Image; tiled VAE decode) would read an overwritten tensor: its outputs are copied
+    (exactly) as they come out."""
+    import torch
+    from torch.utils._pytree import tree_map_only
+
+    compiled = torch.compile(forward, options=options, dynamic=False)
+    if mode != "reduce-overhead":
+        return compiled
+
+    @functools.wraps(forward)
+    def copied(*args: Any, **kwargs: Any) -> Any:
+        return tree_map_only(torch.Tensor, torch.clone, compiled(*args, **kwargs))  # diffusers' outputs are pytrees
+
+    return copied
 
 
 def fuse_qkv(pipe: Any, denoiser: Any) -> None:

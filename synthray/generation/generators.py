@@ -131,6 +131,7 @@ class DiffusersGenerator:
         self.call = dict(spec.get("call") or {})
         self.guidance_kwarg = spec.get("guidance_kwarg") or "guidance_scale"
         self.copy_stream = None  # CUDA: where `launch` copies finished images to the host
+        self.compile = spec.get("compile")  # its mode sizes `auto_batch_size`'s headroom
 
     def _call_kwargs(self, rows: pd.DataFrame, steps: int | None = None) -> dict[str, Any]:
         torch = self.torch
@@ -192,7 +193,8 @@ class DiffusersGenerator:
     def auto_batch_size(self, share: float = 1.0, shard: int | None = None) -> tuple[int, dict[str, float]]:
         """`generation.batch_size=auto` on CUDA: a short probe batch measures the peak memory each image adds, and
         `choose_batch` takes the largest batch that fits what is free. Returns the batch and the figures."""
-        from synthray.generation.throughput import PROBE_IMAGES, available_gpu_bytes, choose_batch
+        from synthray.generation.compiled import compile_mode
+        from synthray.generation.throughput import HEADROOM, PROBE_IMAGES, available_gpu_bytes, choose_batch
 
         torch = self.torch
         cuda = torch.cuda
@@ -208,7 +210,12 @@ class DiffusersGenerator:
             self.pipe(**self._call_kwargs(rows, steps=min(2, int(self.params["steps"]))), output_type="pt")
         cuda.synchronize()
         per_image = (cuda.max_memory_allocated() - before) / PROBE_IMAGES
-        return choose_batch(available, per_image, shard=shard), {"available_gib": available / 2**30, "per_image_gib": per_image / 2**30}
+        cuda.empty_cache()  # CUDA graphs' private pool cannot reuse the blocks the probe leaves cached
+        # CUDA graphs hold the graphed module's peak in their own pool, next to the eager parts' (the VAE decode):
+        # about twice what one eager peak needs, so half the budget.
+        headroom = 0.5 if compile_mode(self.compile) == "reduce-overhead" else HEADROOM
+        batch = choose_batch(available, per_image, headroom=headroom, shard=shard)
+        return batch, {"available_gib": available / 2**30, "per_image_gib": per_image / 2**30}
 
 
 @GENERATOR_KINDS.register("real-holdout")

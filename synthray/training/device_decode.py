@@ -55,6 +55,11 @@ def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | st
     if jpegs:
         # bytearray: torch.frombuffer wants a writable buffer; the copy is the size of the file, a few tens of KB.
         encoded = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs]
+        if torch.device(device).type == "cuda":
+            # torchvision allocates the outputs on this stream but writes them from its own decode stream, which does
+            # not wait for this one: a block freed by the previous step, still read by its queued kernels, could be
+            # overwritten (pytorch/vision#9606). Waiting for the queued work first costs the overlap of one decode.
+            torch.cuda.current_stream(device).synchronize()
         decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # (3, H, W) each
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for j, img in enumerate(decoded):
