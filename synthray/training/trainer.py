@@ -225,7 +225,9 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
                 "selection_loss_best": picked["selection_loss"], "selection_loss_last": last["selection_loss"],
                 "train_loss": last["train_loss"],
                 "images_per_s": sorted(speeds)[len(speeds) // 2],
-                "resumed_from_epoch": metrics.get("resumed_from_epoch", 0), "history": history}
+                # No report in this attempt: a killed run had stored its last epoch, and nothing was left to train.
+                "resumed_from_epoch": metrics.get("resumed_from_epoch", 0) if metrics else state["epoch"] + 1,
+                "history": history}
         held = "no selection rows" if rows[1] == 0 else \
             (f"{r.selection.set} rows: {rows[1]}, acc {meta['selection_acc_best']:.3f}, loss {meta['selection_loss_best']:.3f}")
         log.info("%s: best epoch %s of %s (%s), %.0f img/s", label, best["epoch"], meta["epochs"], held, meta["images_per_s"])
