@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from synthray import storage
-from synthray.artifacts import MANIFEST, read_checked, write_folder
-from synthray.shards import INLINE_ROWS
+from synthray.artifacts import MANIFEST, committed_files, read_checked, write_folder
+from synthray.shards import INLINE_ROWS, Pool
 from synthray.training.loop import rng_state, set_rng_state
 
 PREFIX = "checkpoint_epoch-"
@@ -34,8 +34,9 @@ PREFIX = "checkpoint_epoch-"
 def runs_inline(training: Any, rows: int) -> bool:
     """Whether a training of `rows` rows (training plus selection) runs in this process: configuration alone
     (`training.device`, `num_workers`, `inline_rows`; 0 always starts Ray Train), never the cluster's state."""
-    limit = int(training.get("inline_rows", INLINE_ROWS))
-    return training.device == "cpu" and int(training.num_workers) == 1 and 0 < rows <= limit
+    # The rule of the in-process CPU pools (`shards.Pool.runs_inline`), and one worker: DDP needs Ray Train's group.
+    pool = Pool(str(training.device), inline_rows=int(training.get("inline_rows", INLINE_ROWS)))
+    return int(training.num_workers) == 1 and pool.runs_inline(rows)
 
 
 class InlineSession:
@@ -49,6 +50,7 @@ class InlineSession:
         self.datasets, self.run_uri, self.report_to_tune = datasets, run_uri, report_to_tune
         self.device = torch.device("cpu")
         self.metrics: dict[str, Any] = {}  # the last epoch's report
+        self._kept: list[str] | None = None  # the complete checkpoints in storage, oldest first; None: not listed yet
 
     def __enter__(self) -> "InlineSession":
         self._threads, self._rng = torch.get_num_threads(), rng_state()
@@ -66,9 +68,12 @@ class InlineSession:
         return self.datasets[name].iterator()
 
     def _committed(self) -> list[str]:
-        """The run's complete checkpoints, oldest first."""
-        return [d for d in storage.list_dirs(self.run_uri)
-                if d.startswith(PREFIX) and storage.exists(storage.join(self.run_uri, d, MANIFEST))]
+        """The run's complete checkpoints, oldest first: listed once (what a killed attempt left), then kept up to
+        date by `report`, so an epoch costs no listing of storage."""
+        if self._kept is None:
+            self._kept = [d for d in storage.list_dirs(self.run_uri)
+                          if d.startswith(PREFIX) and storage.exists(storage.join(self.run_uri, d, MANIFEST))]
+        return self._kept
 
     @contextmanager
     def last_checkpoint(self) -> Iterator[str | None]:
@@ -79,15 +84,18 @@ class InlineSession:
             return
         uri = storage.join(self.run_uri, names[-1])
         with tempfile.TemporaryDirectory(prefix="synthray-checkpoint-") as tmp:
-            files = [f for f in storage.list_files(uri) if f != MANIFEST]
+            files = committed_files(uri)[1]  # what its manifest lists, each read back against it
             yield str(storage.download_dir(uri, Path(tmp), files, read=read_checked))
 
     def report(self, metrics: dict[str, Any], folder: str) -> None:
         """Store the epoch's checkpoint (files, then the manifest), keep the newest two, tell Tune (in a trial)."""
         epoch = int(metrics["epoch"])
-        write_folder(Path(folder), storage.join(self.run_uri, f"{PREFIX}{epoch:04d}"), {"epoch": epoch})
-        for old in self._committed()[:-2]:
+        name = f"{PREFIX}{epoch:04d}"
+        kept = [d for d in self._committed() if d != name]
+        write_folder(Path(folder), storage.join(self.run_uri, name), {"epoch": epoch})
+        for old in kept[:-1]:
             storage.delete(storage.join(self.run_uri, old))
+        self._kept = [*kept[-1:], name]
         self.metrics = dict(metrics)
         if self.report_to_tune:
             from ray import tune
