@@ -18,26 +18,12 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from synthray.captioning.remote import OpenAICaptioner, Secret
 from synthray.registry import Registry, SynthrayError
 
 CAPTIONERS = Registry("captioner backend")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOCAL_MAX_TOKENS = 256  # the local model's cap when captioner.max_tokens is null: 5-6 sentences fit in about 150
-
-
-class Secret:
-    """A value that never shows in a repr, a log line or a traceback's locals (an API key on its way to the actors)."""
-
-    def __init__(self, value: str | None):
-        self._value = value
-
-    def reveal(self) -> str | None:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret(***)"
-
-    __str__ = __repr__
 
 
 def prepare_image(data: bytes, min_side: int = 256, quality: int = 95) -> bytes:
@@ -134,4 +120,5 @@ class LocalCaptioner:
         return [text.strip() for text in self.processor.batch_decode(new, skip_special_tokens=True)]
 
 
-import synthray.captioning.remote  # noqa: E402,F401  (registers the openai backend)
+# The openai backend lives in remote.py, which does not import this module; the registry names it here.
+CAPTIONERS.register("openai")(OpenAICaptioner)

@@ -33,12 +33,26 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from synthray.captioning.backends import CAPTIONERS, Secret
 from synthray.registry import SynthrayError
 
 DETAILS = (None, "low", "high", "auto")
 MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is a server asking us to give up, not to wait
 TRANSIENT = (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException)
+
+
+class Secret:
+    """A value that never shows in a repr, a log line or a traceback's locals (an API key on its way to the actors)."""
+
+    def __init__(self, value: str | None):
+        self._value = value
+
+    def reveal(self) -> str | None:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    __str__ = __repr__
 
 
 class RateLimiter:
@@ -99,7 +113,6 @@ def check_openai(c: dict[str, Any], need_key: bool) -> None:
         raise SynthrayError(f"captioner.openai.requests_per_minute must be > 0 or null (no limit), got {rpm!r}")
 
 
-@CAPTIONERS.register("openai")
 class OpenAICaptioner:
     """Captions through an OpenAI-compatible chat completions endpoint (default: gpt-4.1-nano, the study's)."""
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthray.generation.generators import GENERATOR_KINDS, RealHoldoutGenerator
+from synthray.generation.controls import RealHoldoutGenerator
 from synthray.registry import SynthrayError, unknown_name
 
 PREFIX = "vae-reencode:"
@@ -94,7 +94,6 @@ def image_processor(pipeline: str, vae: Any) -> Any:
     return cls(vae=vae, **kwargs).image_processor
 
 
-@GENERATOR_KINDS.register("vae-reencode")
 class VaeReencodeGenerator(RealHoldoutGenerator):
     """Each row's real-holdout image (same row -> image assignment) through the source's VAE, on the actor's device.
 

@@ -26,7 +26,7 @@ def _clip_tokenizer() -> tuple[Any, int]:
     """An offline CLIP tokenizer (byte-level, no merges) and its vocab size."""
     from transformers import CLIPTokenizer
 
-    from synthray.generation.tiny import write_clip_tokenizer
+    from synthray.generation.tiny_tokenizers import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tok_dir:
         vocab_size = write_clip_tokenizer(Path(tok_dir))
@@ -298,17 +298,3 @@ def build_tiny_qwenimage(path: Path, seed: int = 0, resolution: int = 32) -> Pat
     )
     return _save(pipe, path)
 
-
-from synthray.generation.tiny import TINY_BUILDERS  # noqa: E402  (bottom import: tiny.py imports this module last)
-
-TINY_BUILDERS.update(
-    {
-        "sdxl": build_tiny_sdxl,
-        "sd3": build_tiny_sd3,
-        "flux": build_tiny_flux,
-        "pixart": build_tiny_pixart,
-        "sana": build_tiny_sana,
-        "lumina2": build_tiny_lumina2,
-        "qwenimage": build_tiny_qwenimage,
-    }
-)

@@ -1,4 +1,5 @@
-"""Offline tokenizers for the tiny pipeline twins: T5 (Unigram), Gemma (byte-fallback BPE), Qwen2 (byte-level BPE).
+"""Offline tokenizers for the tiny pipeline twins: CLIP (byte-level, no merges), T5 (Unigram), Gemma (byte-fallback
+BPE), Qwen2 (byte-level BPE).
 
 Each one is a `tokenizers.Tokenizer` built in code over a character/byte alphabet and wrapped in the transformers
 class the pipeline expects, so nothing is read from the hub. A random-weight text encoder needs only *some*
@@ -8,12 +9,43 @@ stable mapping from text to ids; what matters is that every id is below the enco
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
-
-from synthray.generation.tiny import bytes_to_unicode
 
 # Qwen2's chat and vision markers; the QwenImage prompt template is written with the first three.
 QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def bytes_to_unicode() -> list[str]:
+    """CLIP's reversible byte -> printable-character table (openai/CLIP `bytes_to_unicode`)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_clip_tokenizer(path: Path) -> int:
+    """Write an offline CLIP tokenizer (vocab.json + empty merges.txt) to `path`; returns the vocab size."""
+    from transformers import CLIPTokenizer
+
+    symbols = bytes_to_unicode()
+    vocab_list = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), model_max_length=77)
+    # Recent transformers can silently build a 2-token tokenizer offline; refuse to continue if so.
+    if len(tok) != len(vocab):
+        raise RuntimeError(f"offline CLIP tokenizer has {len(tok)} tokens, expected {len(vocab)}")
+    tok.save_pretrained(str(path))
+    return len(vocab)
 
 
 def check_vocab(tokenizer: Any, expected: int | None = None, encoder_vocab: int | None = None) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from synthray.probes.checks import check_flag, check_size
 from synthray.registry import SynthrayError
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
@@ -41,8 +42,6 @@ def depth_options(params: dict[str, Any]) -> dict[str, Any]:
 
 def check_depth(name: str, params: dict[str, Any]) -> None:
     """`probes.<name>` of the depth probe: each option named in one line when wrong."""
-    from synthray.probes.transforms import check_flag, check_size  # transforms imports this module
-
     unknown = sorted(set(params) - {"model", "batch_size", *DEPTH_DEFAULTS})
     if unknown:
         raise SynthrayError(f"probes.{name} has no key {unknown[0]}; keys: model, batch_size, {', '.join(DEPTH_DEFAULTS)}")

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from synthray.probes.checks import check_flag, check_size
 from synthray.probes.depth import DEPTH_DEFAULTS, check_depth, depth_options
 from synthray.registry import Registry, SynthrayError
 
@@ -185,16 +186,3 @@ def check_frequency(name: str, params: dict[str, Any]) -> None:
 
 _register(Probe("lowpass", lowpass, check=check_frequency, legacy=FREQUENCY_DEFAULTS))
 _register(Probe("highpass", highpass, check=check_frequency, legacy=FREQUENCY_DEFAULTS))
-
-
-def check_flag(name: str, params: dict, key: str) -> None:
-    """`probes.<name>.<key>` is absent or a boolean: one line otherwise."""
-    if not isinstance(params.get(key, False), bool):
-        raise SynthrayError(f"probes.{name}.{key} must be true or false, got {params[key]!r}")
-
-
-def check_size(name: str, params: dict, key: str, null_means: str) -> None:
-    """`probes.<name>.<key>` is null (`null_means`) or a positive int: one line otherwise."""
-    size = params.get(key)
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise SynthrayError(f"probes.{name}.{key} must be null ({null_means}) or a positive int, got {size!r}")

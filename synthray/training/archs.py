@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from synthray.registry import Registry, SynthrayError, unknown_name
+from synthray.training import bagnet
 
 ARCHS = Registry("architecture")
 # Bumped when an architecture of ours changes what it computes: the version is in the keys of its models and results.
@@ -37,6 +38,16 @@ def tiny_cnn(num_classes: int, width: int = 16, **_: Any) -> nn.Module:
         *block(width, 2 * width), *block(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1),
         nn.Flatten(), nn.Linear(2 * width, num_classes),
     )
+
+
+def _register_bagnet(name: str, kernel3: tuple[int, int, int, int]) -> None:
+    ARCHS.register(name)(lambda num_classes, **_: bagnet.BagNet(kernel3, num_classes=num_classes))
+    ARCH_VERSIONS[name] = bagnet.VERSION
+
+
+# bagnet9/17/33 register here: the registry imports its members, never the reverse.
+for _name, _kernel3 in bagnet.RECEPTIVE_FIELDS.items():
+    _register_bagnet(_name, _kernel3)
 
 
 TORCHVISION = "tv:"
@@ -115,4 +126,3 @@ def describe() -> list[str]:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-import synthray.training.bagnet  # noqa: E402,F401  (registers bagnet9/17/33)

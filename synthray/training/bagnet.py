@@ -20,8 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthray.training.archs import ARCH_VERSIONS, ARCHS
-
 STEM_BN_MOMENTUM = 0.001  # the study's `nn.BatchNorm2d(64, momentum=0.001)`; every other BatchNorm keeps 0.1
 
 
@@ -106,11 +104,5 @@ class BagNet(nn.Module):
 RECEPTIVE_FIELDS = {"bagnet9": (1, 1, 0, 0), "bagnet17": (1, 1, 1, 0), "bagnet33": (1, 1, 1, 1)}
 
 
-def _register(name: str, kernel3: tuple[int, int, int, int]) -> None:
-    ARCHS.register(name)(lambda num_classes, **_: BagNet(kernel3, num_classes=num_classes))
-
-
-for _name, _kernel3 in RECEPTIVE_FIELDS.items():
-    _register(_name, _kernel3)
-    # 2: the study's stem BatchNorm momentum (0.001) and conv init; models and results of version 1 are not reused.
-    ARCH_VERSIONS[_name] = 2
+# 2: the study's stem BatchNorm momentum (0.001) and conv init; models and results of version 1 are not reused.
+VERSION = 2
