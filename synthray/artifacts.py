@@ -97,13 +97,15 @@ class BuildDir:
 class Artifact:
     """One stage output: `kind` names the stage, `spec` fully determines the content."""
 
-    def __init__(self, store: Store, kind: str, spec: Mapping[str, Any], label: str = ""):
+    def __init__(self, store: Store, kind: str, spec: Mapping[str, Any], label: str = "", legacy: tuple[str, ...] = ()):
         self.store = store
         self.kind = kind
         self.spec = dict(spec)
         self.key = spec_key(self.spec)
         self.label = label or kind
         self.uri = store.uri(kind, self.key)
+        # Keys an earlier synthray gave this artifact: one stored under them is read where it is (see `is_complete`).
+        self.legacy = tuple(k for k in legacy if k != self.key)
 
     @property
     def ref(self) -> str:
@@ -114,7 +116,35 @@ class Artifact:
         return storage.join(self.uri, *parts)
 
     def is_complete(self) -> bool:
-        return storage.exists(self.file(MANIFEST))
+        """Whether the artifact is committed, under its key or, failing that, under a legacy key. A legacy copy (or
+        an alias to one, written by `build`) is read in place: `uri` then points at it."""
+        home = self.store.uri(self.kind, self.key)
+        if not self.legacy:
+            return storage.exists(storage.join(home, MANIFEST))
+        try:
+            alias = json.loads(storage.read_text(storage.join(home, MANIFEST))).get("alias")
+        except FileNotFoundError:
+            alias = None
+        else:
+            self.uri = self.store.uri(*alias.split("/")) if alias else home
+            return True
+        for key in self.legacy:
+            uri = self.store.uri(self.kind, key)
+            if storage.exists(storage.join(uri, MANIFEST)):
+                self.uri, self._unaliased = uri, True
+                return True
+        return False
+
+    def _alias_legacy(self) -> None:
+        """Record at this key that the artifact lives under a legacy key, so that it is found here from now on,
+        even once the legacy key can no longer be computed (the data folder moved, say)."""
+        if getattr(self, "_unaliased", False):
+            self._unaliased = False
+            home = self.store.uri(self.kind, self.key)
+            alias = f"{self.kind}/{storage.name(self.uri)}"
+            storage.write_bytes(storage.join(home, MANIFEST), json.dumps(
+                {"kind": self.kind, "key": self.key, "alias": alias, "files": {}}, indent=1, sort_keys=True).encode())
+            log.info("%s %s is the legacy %s: aliased", self.kind, self.key, alias)
 
     def manifest(self) -> dict[str, Any]:
         return json.loads(storage.read_text(self.file(MANIFEST)))
@@ -148,6 +178,7 @@ class Artifact:
         from synthray.leases import Lease
 
         if self.is_complete():
+            self._alias_legacy()
             log.info("reused %s %s (%s)", self.kind, self.key, self.label)
             return self
         waited = False

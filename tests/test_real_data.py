@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synthray.data.real import build, load_classes, real_artifact, real_data
+from synthray.data.real import load_classes, real_artifact, real_data
 from synthray.images import decode, read_images
 from synthray.registry import SynthrayError
 from synthray.sweep.plan import validate
@@ -25,7 +25,7 @@ def test_digits_splits_are_real_deterministic_and_disjoint(tmp_path):
     # Same spec in another storage root: the same bytes.
     other = real_artifact(tiny_cfg(tmp_path / "other"))
     assert other.key == art.key and other.uri != art.uri
-    other.build(lambda w: build(other.spec, w))
+    real_data(tiny_cfg(tmp_path / "other"))
     pd.testing.assert_frame_equal(read_images(other.file("test")), splits["test"])
     assert other.manifest()["files"] == art.manifest()["files"]  # every file, byte for byte
 
@@ -56,8 +56,7 @@ def test_imagefolder_loader(tmp_path):
     (tmp_path / "classes.csv").write_text("id,name\nn01,cat\nn02,dog\n")
     cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}", f"data.classes={tmp_path / 'classes.csv'}",
                    "data.image_size=24", "data.control_fraction=0.5")
-    art = real_artifact(cfg)
-    art.build(lambda w: build(art.spec, w))
+    art = real_data(cfg)
     assert art.meta()["counts"] == {"train": 4, "control": 4, "test": 8}
     test = read_images(art.file("test"))
     assert decode(test["image"][0]).size == (24, 24)
@@ -70,10 +69,9 @@ def test_imagefolder_corrupt_image_is_named(tmp_path):
     (root / "val" / "n01" / "broken.JPEG").write_bytes(b"not a jpeg")
     (tmp_path / "classes.csv").write_text("id,name\nn01,cat\n")
     cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}", f"data.classes={tmp_path / 'classes.csv'}")
-    art = real_artifact(cfg)
     with pytest.raises(SynthrayError, match="broken.JPEG"):
-        art.build(lambda w: build(art.spec, w))
-    assert not art.is_complete()
+        real_data(cfg)
+    assert not real_artifact(cfg).is_complete()
 
 
 def test_imagefolder_corrupt_image_can_be_skipped(tmp_path):
@@ -83,8 +81,7 @@ def test_imagefolder_corrupt_image_can_be_skipped(tmp_path):
     (tmp_path / "classes.csv").write_text("id,name\nn01,cat\n")
     cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}",
                    f"data.classes={tmp_path / 'classes.csv'}", "data.on_corrupt=skip")
-    art = real_artifact(cfg)
-    art.build(lambda w: build(art.spec, w))
+    art = real_data(cfg)
     assert art.meta()["counts"]["test"] == 2
     assert len(art.meta()["skipped"]) == 1 and "broken.JPEG" in art.meta()["skipped"][0]
 
@@ -103,8 +100,7 @@ def test_parquet_source_reads_a_hugging_face_datasets_export(tmp_path):
     cfg = tiny_cfg(tmp_path / "runs", "data.source=parquet", f"data.root={tmp_path / 'hf'}", "data.image_size=16",
                    f"data.classes={tmp_path / 'classes.csv'}", "data.control_fraction=0.5")
     validate(cfg)
-    art = real_artifact(cfg)
-    art.build(lambda w: build(art.spec, w))
+    art = real_data(cfg)
     assert art.meta()["counts"] == {"train": 4, "control": 4, "test": 4}
     test = read_images(art.file("test"))
     assert sorted(set(zip(test["class_id"], test["label"]))) == [("n01", 0), ("n03", 1)]
@@ -113,8 +109,7 @@ def test_parquet_source_reads_a_hugging_face_datasets_export(tmp_path):
     with pytest.raises(SynthrayError, match="no column picture"):
         bad = tiny_cfg(tmp_path / "runs2", "data.source=parquet", f"data.root={tmp_path / 'hf'}", "data.image_column=picture",
                        f"data.classes={tmp_path / 'classes.csv'}")
-        a = real_artifact(bad)
-        a.build(lambda w: build(a.spec, w))
+        real_data(bad)
     with pytest.raises(SynthrayError, match="no test parquet files"):
         (tmp_path / "hf" / "data" / "validation-00000-of-00001.parquet").unlink()
         validate(cfg)
@@ -133,3 +128,36 @@ def test_real_splits_are_written_in_bounded_shards(tmp_path, monkeypatch):
     sharded = read_images(DatasetRef(art, "train").uri).sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(sharded, whole)
     assert art.meta()["counts"]["train"] == len(whole)
+
+
+def test_a_moved_data_folder_keeps_its_key_and_old_keys_are_still_read(tmp_path):
+    """The real data's key follows its files (names and sizes), not the folder's path; a copy stored under the
+    key synthray gave it before (with the absolute path) is read in place, and aliased under the new key."""
+    import shutil
+
+    from synthray import storage
+    from synthray.artifacts import MANIFEST
+    from synthray.graph.planner import real_spec
+
+    root = tmp_path / "imagenet"
+    _imagefolder(root, ["n01", "n02"], per_split=2)
+    (tmp_path / "classes.csv").write_text("id,name\nn01,cat\nn02,dog\n")
+    args = ["data.source=imagefolder", f"data.classes={tmp_path / 'classes.csv'}", "data.control_fraction=0.5"]
+    cfg = tiny_cfg(tmp_path / "runs", *args, f"data.root={root}")
+    spec = real_spec(cfg)
+    assert spec.key != spec.legacy_key and spec.identity(legacy=True)["root"] == str(root)
+    # A store written by the earlier synthray: the artifact under the legacy key only.
+    legacy = real_data(cfg)
+    shutil.move(legacy.uri, legacy.store.uri("real", spec.legacy_key))
+    again = real_data(cfg)
+    assert again.uri.endswith(spec.legacy_key) and again.meta()["counts"]["train"] == 2
+    assert '"alias"' in storage.read_text(storage.join(legacy.store.uri("real", spec.key), MANIFEST))
+    # Moved elsewhere: the legacy key changes with the path, the key does not; the alias still finds the data.
+    moved = tmp_path / "elsewhere" / "imagenet"
+    shutil.move(root, moved)
+    cfg2 = tiny_cfg(tmp_path / "runs", *args, f"data.root={moved}")
+    assert real_spec(cfg2).key == spec.key and real_spec(cfg2).legacy_key != spec.legacy_key
+    assert real_artifact(cfg2).is_complete() and real_data(cfg2).uri == again.uri
+    # Other contents, another key.
+    (moved / "train" / "n01" / "0.JPEG").write_bytes(b"x" * 10)
+    assert real_spec(cfg2).key != spec.key

@@ -47,21 +47,20 @@ def preprocess_identity(c: dict[str, Any]) -> dict[str, Any]:
             "quality": int(c["jpeg_quality"]), "subsampling": "pillow-default"}
 
 
-def captions_spec(cfg: Any, real: Artifact) -> dict[str, Any]:
+def captions_settings(cfg: Any) -> dict[str, Any]:
+    """What a captions key records besides the real data: which images, the backend and its model, the
+    instruction, the preprocessing and the shard size."""
     c = captioner_section(cfg)
     backend = CAPTIONERS.get(str(c["backend"]))
-    return {"real": real.key, "split": "train", "per_class": c["per_class"], "backend": str(c["backend"]),
-            **backend.identity(c), "instruction": str(c["instruction"]), "preprocess": preprocess_identity(c),
-            "shard_size": int(c["shard_size"])}
+    return {"per_class": c["per_class"], "backend": str(c["backend"]), **backend.identity(c), "instruction": str(c["instruction"]),
+            "preprocess": preprocess_identity(c), "shard_size": int(c["shard_size"])}
 
 
-def captions_artifact(cfg: Any, real: Artifact) -> Artifact:
-    """The captions of `real`'s train images that `cfg.captioner` describes (not built)."""
-    spec = captions_spec(cfg, real)
-    model = spec["model"]
-    name = model.get("name") or model.get("hub") or (f"tiny:{model['tiny']}" if "tiny" in model else None) or \
-        model.get("folder") or model.get("uri")
-    return Artifact(Store.from_cfg(cfg), "captions", spec, label=f"{spec['backend']} {name}")
+def captions_artifact(cfg: Any, real: Any = None) -> Artifact:
+    """The captions of the real train images that `cfg.captioner` describes (not built)."""
+    from synthray.graph.planner import captions_spec, real_spec
+
+    return captions_spec(cfg, real_spec(cfg)).artifact(Store.from_cfg(cfg))
 
 
 def _whole(value: Any) -> bool:

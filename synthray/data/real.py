@@ -51,27 +51,23 @@ def load_classes(spec: str) -> pd.DataFrame:
     return table[["id", "name"]].reset_index(drop=True)
 
 
-def real_spec(cfg: Any) -> dict[str, Any]:
-    d = cfg.data
-    classes = load_classes(d.classes)
-    root = str(Path(d.root).expanduser().resolve()) if d.root else None
-    return {
-        "source": d.source, "root": root, "classes": classes["id"].tolist(), "image_size": None if d.image_size is None else int(d.image_size),
-        "test_fraction": float(d.test_fraction), "control_fraction": float(d.control_fraction),
-        "max_per_class": d.max_per_class, "seed": int(cfg.seed), "on_corrupt": str(d.on_corrupt),
-        "image_column": str(d.image_column), "label_column": str(d.label_column),
-    }
-
-
 def real_artifact(cfg: Any) -> Artifact:
-    spec = real_spec(cfg)
-    return Artifact(Store.from_cfg(cfg), "real", spec, label=f"{spec['source']} {len(spec['classes'])} classes")
+    """The real-data artifact the config names (not built)."""
+    from synthray.graph.planner import real_spec
+
+    return real_spec(cfg).artifact(Store.from_cfg(cfg))
 
 
 def real_data(cfg: Any) -> Artifact:
-    """The real-data stage: build (or reuse) the content-addressed copy of the real images in three splits."""
-    art = real_artifact(cfg)
-    return art.build(lambda out: build(art.spec, out))
+    from synthray.graph.planner import real_spec
+
+    return build_real(real_spec(cfg), Store.from_cfg(cfg))
+
+
+def build_real(spec: Any, store: Store) -> Artifact:
+    """The real-data stage: build (or reuse) the content-addressed copy of `spec`'s images in three splits."""
+    art = spec.artifact(store)
+    return art.build(lambda out: build(spec.build_spec(), out))
 
 
 def check_source(cfg: Any) -> None:

@@ -66,18 +66,6 @@ def _old_subsampling(quality: int) -> str:
     return "4:4:4" if quality >= 90 else "4:2:0"
 
 
-def prompts_identity(cfg: Any, style: str, table: pd.DataFrame | None, real: Artifact) -> dict[str, Any]:
-    """What a dataset's key records of its prompts: the rows themselves; or, for captions the captioner stage makes,
-    the captions artifact's key and how prompts are made from it (the rows exist only after that stage ran)."""
-    if uses_captioner(cfg, style):
-        from synthray.captioning.stage import captions_artifact
-
-        # The real data's key holds class ids only; the names go into every prompt.
-        return {"captions": captions_artifact(cfg, real).key, "template": cfg.prompts.caption_template,
-                "n_per_class": int(cfg.prompts.n_per_class), "names": load_classes(cfg.data.classes)["name"].tolist()}
-    return {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
-
-
 def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
     classes = load_classes(cfg.data.classes)
     return prompt_table(
@@ -92,27 +80,21 @@ def control_params(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in dict(entry).items() if k not in ("kind", "released")}
 
 
-def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: Artifact) -> Artifact:
-    """The dataset's identity: everything that changes its bytes, and nothing that does not (actors, resumes,
-    the device, the storage root).
+def synthetic_settings(cfg: Any, generator: str) -> dict[str, Any]:
+    """What a dataset's key records besides its generator, prompts and real data: everything that changes its
+    bytes, and nothing that does not (actors, resumes, the device, the storage root).
 
-    `table` is the prompt table (`build_prompt_table`), built once per trial; None when the captioner stage makes
-    its captions (`uses_captioner`: the key names the captions artifact instead). The batch size is part of the key:
-    float kernels are not batch-invariant (a batch of 3 and three batches of 1 can differ by one grey level in a
-    pixel), so a new batch size makes a new dataset rather than a silent mix. `auto` is keyed as `auto`: its batch
-    is chosen per actor from free GPU memory, so, like the GPU model, it may move low bits. Overlapping the
-    encoding with the next batch (`generation.overlap`) changes no bit and stays out. `real` is used by control
-    generators.
+    The batch size is in it: float kernels are not batch-invariant (a batch of 3 and three batches of 1 can differ
+    by one grey level in a pixel), so a new batch size makes a new dataset rather than a silent mix. `auto` is
+    keyed as `auto`: its batch is chosen per actor from free GPU memory, so, like the GPU model, it may move low
+    bits. Overlapping the encoding with the next batch (`generation.overlap`) changes no bit and stays out.
     """
     entry = generator_entry(cfg, generator)
     g = cfg.generation
-    n_images = len(table) if table is not None else len(real.spec["classes"]) * int(cfg.prompts.n_per_class)
     spec: dict[str, Any] = {
-        "generator": generator,
         "kind": entry["kind"],
         "protocol": g.protocol,
         "params": sampling_params(entry, g.protocol, g),
-        "prompts": prompts_identity(cfg, style, table, real),
         "format": g.image_format, "quality": int(g.jpeg_quality) if g.image_format == "jpeg" else None,
         "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": batch_size_setting(g.batch_size),
     }
@@ -127,12 +109,18 @@ def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame
                     # These can change low bits of the output; CPU offload only moves weights, so it is left out.
                     kernels=kernels_identity(g, entry["pipeline"]))
     elif entry["kind"] == "vae-reencode":  # the real images and the VAE that re-encodes them (batch size: above)
-        spec.update(real=real.key, pipeline=entry["pipeline"], dtype=entry["dtype"],
-                    model=model_identity(str(entry["model"]), **_tiny_params(entry)))
+        spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model=model_identity(str(entry["model"]), **_tiny_params(entry)))
     else:
-        spec["real"] = real.key
         spec["control"] = control_params(entry)
-    return Artifact(Store.from_cfg(cfg), "synthetic", spec, label=f"{generator}, {style}, {n_images} images")
+    return spec
+
+
+def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: Any) -> Artifact:
+    """The dataset artifact (not built) of `generator` on the prompt rows `table` (None: captions made by the
+    captioner stage). `real`: the real data's spec or artifact."""
+    from synthray.graph.planner import real_spec, synthetic_spec
+
+    return synthetic_spec(cfg, generator, style, table, real_spec(cfg)).artifact(Store.from_cfg(cfg))
 
 
 def _tiny_params(entry: dict[str, Any]) -> dict[str, Any]:

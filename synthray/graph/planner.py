@@ -1,0 +1,303 @@
+"""The planner: the one reader of the composed config. `plan(cfg)` turns it into the stage graph, every trial
+with its specs, shared specs deduplicated (four architectures on one dataset plan that dataset once).
+
+Tune trials, `synthray plan`, `resume`, validation and the results schema read this graph; stages read specs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from synthray.artifacts import without_legacy
+from synthray.graph.specs import (CaptionsSpec, ClipscoreSpec, ModelSpec, RealSpec, Resources, ResultSpec, SampledSpec,
+                                  Spec, Split, SyntheticSpec, ViewSpec)
+
+# Settings added after results were first keyed, at the values that compute what was computed before they existed.
+LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of": "view"}
+# Metric settings that say where encoders run, or that only join a column into the table afterwards: never in a key.
+METRICS_NOT_KEYED = ("gpus_per_actor", "num_actors")
+
+
+def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str | None:
+    """sha256 (16 hex) of the image files the real-data stage reads under `root`: their names relative to it and
+    their sizes, so a folder moved elsewhere keeps its key; None for the digits, which have no folder.
+
+    A folder not readable here (a dry `plan` on a laptop) gets `unread <root>`: never equal to a real key."""
+    if source == "digits" or not root:
+        return None
+    from synthray.data import real as r
+
+    from synthray.registry import SynthrayError
+
+    base = Path(root)
+    try:
+        if source == "parquet":
+            paths = [p for split in ("train", "test") for p in r._parquet_files(base, split)]
+        else:
+            dirs = (base / "train", r._test_dir(base))
+            paths = [p for d in dirs for cid in classes if (d / cid).is_dir() for p in r._list_images(d / cid)]
+    except (OSError, SynthrayError):  # not here or malformed: `validate` says why before anything runs
+        return f"unread {root}"
+    digest = hashlib.sha256()
+    for p in sorted(paths):
+        digest.update(f"{p.relative_to(base).as_posix()}\0{p.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def real_spec(cfg: Any) -> RealSpec:
+    from synthray.data.real import load_classes
+
+    d = cfg.data
+    classes = load_classes(d.classes)["id"].tolist()
+    root = str(Path(d.root).expanduser().resolve()) if d.root else None
+    return RealSpec(source=str(d.source), classes=tuple(classes), image_size=None if d.image_size is None else int(d.image_size),
+                    test_fraction=float(d.test_fraction), control_fraction=float(d.control_fraction),
+                    max_per_class=d.max_per_class, seed=int(cfg.seed), on_corrupt=str(d.on_corrupt),
+                    image_column=str(d.image_column), label_column=str(d.label_column),
+                    files=real_fingerprint(str(d.source), root, classes), root=root)
+
+
+def captions_spec(cfg: Any, real: RealSpec) -> CaptionsSpec:
+    from synthray.captioning.stage import captions_settings
+
+    settings = captions_settings(cfg)
+    model = settings["model"]
+    name = model.get("name") or model.get("hub") or (f"tiny:{model['tiny']}" if "tiny" in model else None) or \
+        model.get("folder") or model.get("uri")
+    return CaptionsSpec(real=real, settings=settings, name=str(name))
+
+
+def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: RealSpec) -> SyntheticSpec:
+    """The dataset's spec: everything that changes its bytes (see `generation.stage.synthetic_settings`)."""
+    from synthray.data.real import load_classes
+    from synthray.generation.stage import MODEL_KINDS, synthetic_settings, uses_captioner
+    from synthray.shards import Pool
+
+    settings = synthetic_settings(cfg, generator)
+    captions = None
+    if uses_captioner(cfg, style):
+        captions = captions_spec(cfg, real)
+        # The real data's key holds class ids only; the names go into every prompt.
+        prompts = {"template": cfg.prompts.caption_template, "n_per_class": int(cfg.prompts.n_per_class),
+                   "names": load_classes(cfg.data.classes)["name"].tolist()}
+        rows = len(real.classes) * int(cfg.prompts.n_per_class)
+    else:
+        prompts = {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
+        rows = len(table)
+    g = cfg.generation
+    pool = Pool.from_cfg(g) if settings["kind"] in MODEL_KINDS else Pool("cpu")
+    shards = max(1, -(-rows // int(g.shard_size)))
+    units = max(1, min(max(int(g.num_actors), int(g.get("max_actors") or 0)), shards))
+    uses_real = settings["kind"] != "diffusers"
+    return SyntheticSpec(generator=generator, style=style, settings=settings, prompts=prompts, rows=rows,
+                         real=real if uses_real else None, captions=captions, device=pool.device,
+                         resources_=Resources(pool.device, units, pool.gpus))
+
+
+def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int) -> dict[str, Split]:
+    """{split: Split} of `source` seen through the probe `setup`; identity probes (rgb, texture) are the source."""
+    if setup.probe.identity:
+        return {s: Split(source, s) for s in splits}
+    pool = setup.pool
+    gpus = pool.gpus if pool.device == "gpu" and setup.probe.worker is not None else 0.0
+    view = ViewSpec(probe=setup.name, params=setup.identity, source=source, subdirs=tuple(splits), rows=rows,
+                    resources_=Resources(pool.device if setup.probe.worker is not None else "cpu", pool.actors, gpus))
+    return {s: Split(view, s) for s in splits}
+
+
+def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, selection: Split | None, rows: int) -> ModelSpec:
+    from synthray.registry import SynthrayError
+    from synthray.training.archs import arch_identity
+    from synthray.training.trainer import selects_on_real_test, training_spec
+
+    spec = training_spec(cfg)
+    if selects_on_real_test(cfg) and selection is None:
+        raise SynthrayError(f"recipe.selection.set=real-test, but no real test split was given to select {name or arch} on")
+    t = cfg.training
+    gpus = float(t.gpus_per_worker) if t.device == "gpu" else 0.0
+    return ModelSpec(arch=arch_identity(arch), num_classes=num_classes, data=data, recipe=spec["recipe"],
+                     numerics=spec["numerics"], selection=selection if selects_on_real_test(cfg) else None, name=name,
+                     rows=rows, epochs=int(cfg.recipe.epochs),
+                     resources_=Resources(str(t.device), int(t.num_workers), gpus, "worker"))
+
+
+def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str | None], source: Split, rows: int) -> SampledSpec:
+    from synthray.metrics.features import sample_limit
+    from synthray.models import model_identity
+
+    m = cfg.metrics
+    settings = dict(settings, max_samples=sample_limit(cfg), seed=int(cfg.seed))
+    gpus = 0.0
+    if any(names.values()):  # the device changes a model's numerics (bf16 autocast on GPU), so it is in the key
+        settings.update(device=str(m.device), models={n: model_identity(v) for n, v in names.items() if v})
+        gpus = float(m.gpus_per_actor) if m.device == "gpu" else 0.0
+    limit = sample_limit(cfg)
+    return cls(source=source, settings=settings, rows=rows if limit is None else min(rows, limit),
+               resources_=Resources(str(m.device) if any(names.values()) else "cpu", max(1, int(m.get("num_actors", 1))), gpus))
+
+
+def features_spec(cfg: Any, source: Split, rows: int) -> SampledSpec:
+    from synthray.metrics.features import encoder_model, encoder_names
+
+    names = {n: encoder_model(cfg, n) for n in encoder_names(cfg)}
+    return _sampled(cfg, SampledSpec, {"encoders": names}, names, source, rows)
+
+
+def clipscore_spec(cfg: Any, source: Split, rows: int) -> ClipscoreSpec | None:
+    model = cfg.metrics.clipscore.model
+    if not model:
+        return None
+    return _sampled(cfg, ClipscoreSpec, {"clipscore": str(model)}, {"clip": str(model)}, source, rows)  # type: ignore[return-value]
+
+
+def metrics_identity(cfg: Any, legacy: bool = False) -> dict[str, Any]:
+    """The metric settings that change results, for a result's key. `metrics.geneval` only joins a column into
+    the table afterwards, so it is keyed as unset (`legacy`: as it was keyed before, its path included)."""
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.to_container(cfg.metrics, resolve=True)
+    out = without_legacy({k: v for k, v in m.items() if k not in METRICS_NOT_KEYED}, LEGACY_METRICS)
+    if "geneval" in out and not legacy:
+        out["geneval"] = None
+    return out
+
+
+@dataclass
+class TrialPlan:
+    """One grid point, planned: every stage's spec (nothing is built here)."""
+
+    point: dict[str, Any]
+    cfg: Any                 # the point's run config, the probe's recipe changes merged in
+    probe: Any               # the ProbeSetup
+    table: pd.DataFrame | None  # the prompt table; None: made in the trial from the captioner stage's captions
+    real: RealSpec
+    captions: CaptionsSpec | None
+    synthetic: SyntheticSpec
+    real_view: dict[str, Split]   # train, test
+    synth_view: Split
+    synth_model: ModelSpec
+    real_model: ModelSpec
+    features: tuple[SampledSpec, SampledSpec]  # real, synthetic
+    clipscore: ClipscoreSpec | None
+    result: ResultSpec
+    num_classes: int
+
+    @property
+    def label(self) -> str:
+        from synthray.sweep.plan import point_label
+
+        return point_label(self.point)
+
+    def specs(self) -> Iterator[Spec]:
+        """Every artifact spec of the trial, inputs first."""
+        seen: set[int] = set()
+
+        def walk(spec: Spec) -> Iterator[Spec]:
+            for child in spec.inputs():
+                yield from walk(child)
+            for s in (getattr(spec, "data", None), getattr(spec, "selection", None), getattr(spec, "source", None)):
+                if isinstance(s, Split):
+                    yield from walk(s.spec)
+            if id(spec) not in seen:
+                seen.add(id(spec))
+                yield spec
+
+        for top in (self.synth_model, self.real_model, *self.features, self.clipscore, self.result):
+            if top is not None:
+                yield from walk(top)
+
+
+@dataclass
+class Graph:
+    """Every trial of a sweep, and every distinct spec they need (by ref)."""
+
+    trials: list[TrialPlan]
+    specs: dict[str, Spec] = field(default_factory=dict)
+
+    def artifacts(self) -> list[str]:
+        """Every `<kind>/<key>` the sweep may build, tiny model twins included, sorted."""
+        refs = set(self.specs)
+        for spec in self.specs.values():
+            refs |= tiny_models(spec.identity())
+        return sorted(refs)
+
+
+def tiny_models(node: Any) -> set[str]:
+    """`tiny-models/<key>` of every tiny twin an identity names (a model identity with `tiny` and `version`)."""
+    from synthray.artifacts import spec_key
+
+    out: set[str] = set()
+    if isinstance(node, dict):
+        if "tiny" in node and "version" in node:
+            out.add(f"tiny-models/{spec_key(node)}")
+        for value in node.values():
+            out |= tiny_models(value)
+    elif isinstance(node, list):
+        for value in node:
+            out |= tiny_models(value)
+    return out
+
+
+def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, table: pd.DataFrame | None = None,
+               counts: dict[str, int] | None = None) -> TrialPlan:
+    """Plan one grid point. `real` and `table` may be shared by trials that have them in common; `counts`: real
+    images per split, for the work estimates."""
+    from synthray.generation.stage import build_prompt_table, uses_captioner
+    from synthray.probes.stage import probe_cfg, probe_setup
+    from synthray.sweep.plan import point_cfg, point_label
+    from synthray.training.archs import arch_identity
+    from synthray.training.trainer import training_spec
+
+    cfg = point_cfg(cfg, point)
+    real = real if real is not None else real_spec(cfg)
+    counts = counts or {}
+    if table is None and not uses_captioner(cfg, point["prompt_style"]):  # planning never captions
+        table = build_prompt_table(cfg, point["generator"], point["prompt_style"])
+    synth = synthetic_spec(cfg, point["generator"], point["prompt_style"], table, real)
+    probe = probe_setup(cfg, point["probe"])
+    run_cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
+    n_train, n_test = counts.get("train", synth.rows), counts.get("test", synth.rows // 10)
+    real_view = view_spec(probe, real, ("train", "test"), n_train + n_test)
+    synth_view = view_spec(probe, synth, ("data",), synth.rows)["data"]
+    arch, num_classes = point["arch"], len(real.classes)
+    where = f"{point['generator']}/{point['prompt_style']}/{probe.name}"
+    synth_model = model_spec(run_cfg, arch, synth_view, num_classes, f"{arch} on {where}", real_view["test"], synth.rows)
+    real_model = model_spec(run_cfg, arch, real_view["train"], num_classes, f"{arch} on real/{probe.name}", real_view["test"], n_train)
+    images = run_cfg.metrics.get("features_of", "view") == "images"
+    feats = (features_spec(run_cfg, Split(real, "train") if images else real_view["train"], n_train),
+             features_spec(run_cfg, Split(synth, "data") if images else synth_view, synth.rows))
+    result = ResultSpec(point=dict(point), arch=without_legacy(arch_identity(arch), {"arch": arch}), synthetic=synth, real=real,
+                        training=training_spec(run_cfg), probe=probe.identity, metrics=metrics_identity(cfg),
+                        legacy_metrics=metrics_identity(cfg, legacy=True), name=point_label(point))
+    return TrialPlan(point, run_cfg, probe, table, real, synth.captions, synth, real_view, synth_view, synth_model,
+                     real_model, feats, clipscore_spec(run_cfg, Split(synth, "data"), synth.rows), result, num_classes)
+
+
+def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:
+    """Every trial of the grid, planned from the config alone; trials that share real data or a prompt table
+    (same generator, style and prompt settings) share one planned copy, and every spec appears once by ref."""
+    from omegaconf import OmegaConf
+
+    from synthray.generation.stage import build_prompt_table, uses_captioner
+    from synthray.sweep.plan import point_cfg, trials
+
+    reals: dict[str, RealSpec] = {}
+    tables: dict[tuple[str, str, str], pd.DataFrame | None] = {}
+    graph = Graph([])
+    for point in trials(cfg):
+        own = point_cfg(cfg, point)
+        real = real_spec(own)
+        real = reals.setdefault(real.key, real)
+        pair = (point["generator"], point["prompt_style"], OmegaConf.to_yaml(own.prompts) + str(own.data.classes))
+        if pair not in tables:
+            tables[pair] = None if uses_captioner(own, pair[1]) else build_prompt_table(own, *pair[:2])
+        trial = plan_point(cfg, point, real, tables[pair], counts)
+        graph.trials.append(trial)
+        for spec in trial.specs():
+            graph.specs.setdefault(spec.ref, spec)
+    return graph

@@ -1,0 +1,318 @@
+"""The stage graph's nodes: one frozen spec per artifact kind.
+
+A spec holds what its stage computes, and nothing about where it runs. Its key is the hash of `identity()`, which
+reads the spec's own fields and the keys of the specs it takes as inputs, so nothing outside the spec can enter a
+key. `identity(legacy=True)` is the identity an earlier synthray gave the same artifact (the absolute data folder,
+the GenEval path); artifacts stored under that key are still read (`legacy_key`, `Artifact(legacy=...)`).
+
+Every spec also says what it costs (`work()`: image passes, the unit `synthray plan` prices) and what it needs to
+run (`resources()`: device, units that can run at once, GPUs per unit). Execution settings that change no bit
+(actors, batch `auto` probes, CPU offload) are fields marked `key=False`: stages read them, keys never do.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from synthray.artifacts import Artifact, Store, spec_key
+
+Json = dict[str, Any]
+
+
+def run_field(default: Any = None) -> Any:
+    """A field a stage reads that is not part of the key: where or how fast it runs, never what it computes."""
+    return field(default=default, compare=False, metadata={"key": False})
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a spec costs: `images` image passes of `stage` for `name` (a generator, probe, arch or encoder)."""
+
+    stage: str
+    name: str
+    images: int
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one unit of a stage asks Ray for: `device`, `units` workers or actors, `gpus` GPUs each."""
+
+    device: str = "cpu"
+    units: int = 1
+    gpus: float = 0.0
+    what: str = "actor"
+
+    @property
+    def total_gpus(self) -> float:
+        return self.units * self.gpus
+
+    def words(self) -> str:
+        return f"{self.units} {self.what}{'s' if self.units != 1 else ''} x {self.gpus:g} GPU"
+
+
+class Spec:
+    """Base of every spec: the key from `identity()`, the legacy key, the artifact in a store."""
+
+    kind: ClassVar[str]
+
+    def identity(self, legacy: bool = False) -> Json:
+        raise NotImplementedError
+
+    @functools.cached_property
+    def key(self) -> str:
+        return spec_key(self.identity())
+
+    @functools.cached_property
+    def legacy_key(self) -> str:
+        """The key an earlier synthray gave this artifact (equal to `key` when nothing of it changed)."""
+        return spec_key(self.identity(legacy=True))
+
+    def key_for(self, legacy: bool) -> str:
+        return self.legacy_key if legacy else self.key
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.key}"
+
+    def label(self) -> str:
+        return self.kind
+
+    def inputs(self) -> tuple["Spec", ...]:
+        return tuple(getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Spec))  # type: ignore[arg-type]
+
+    def work(self) -> Work | None:
+        return None
+
+    def resources(self) -> Resources:
+        return Resources()
+
+    def artifact(self, store: Store) -> Artifact:
+        """This spec's artifact in `store` (not built): found under its key, or under its legacy key."""
+        legacy = (self.legacy_key,) if self.legacy_key != self.key else ()
+        return Artifact(store, self.kind, self.identity(), label=self.label(), legacy=legacy)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset spec (`data`, or real data's `train`/`control`/`test`)."""
+
+    spec: Spec
+    split: str
+
+    def ref_for(self, legacy: bool = False) -> str:
+        return f"{self.spec.kind}/{self.spec.key_for(legacy)}/{self.split}"
+
+    @property
+    def ref(self) -> str:
+        return self.ref_for()
+
+
+@dataclass(frozen=True)
+class RealSpec(Spec):
+    """The real images in three splits. `files` fingerprints the folder's image files (relative names and sizes),
+    so the key follows the data, not the folder's path; `root` is where to read them (not in the key)."""
+
+    kind: ClassVar[str] = "real"
+    source: str
+    classes: tuple[str, ...]
+    image_size: int | None
+    test_fraction: float
+    control_fraction: float
+    max_per_class: int | None
+    seed: int
+    on_corrupt: str
+    image_column: str
+    label_column: str
+    files: str | None = None
+    root: str | None = run_field()
+    counts: dict[str, int] | None = run_field()  # real images per split, for `work()`; None: not known
+
+    def identity(self, legacy: bool = False) -> Json:
+        out = {"source": self.source, "root": None, "classes": list(self.classes), "image_size": self.image_size,
+               "test_fraction": self.test_fraction, "control_fraction": self.control_fraction,
+               "max_per_class": self.max_per_class, "seed": self.seed, "on_corrupt": self.on_corrupt,
+               "image_column": self.image_column, "label_column": self.label_column}
+        if legacy:  # before the fingerprint, the key held the folder's absolute path
+            out["root"] = self.root
+        elif self.files is not None:
+            out["files"] = self.files
+        return out
+
+    def build_spec(self) -> Json:
+        """What the real-data stage reads: the identity plus where the files are."""
+        return dict(self.identity(), root=self.root)
+
+    def label(self) -> str:
+        return f"{self.source} {len(self.classes)} classes"
+
+    def work(self) -> Work:
+        return Work("real", self.source, sum((self.counts or {}).values()))
+
+
+@dataclass(frozen=True)
+class CaptionsSpec(Spec):
+    """Captions of the real training images by one captioner backend."""
+
+    kind: ClassVar[str] = "captions"
+    real: RealSpec
+    settings: Json  # per_class, backend, the backend's identity, instruction, preprocess, shard_size
+    name: str = run_field("")
+
+    def identity(self, legacy: bool = False) -> Json:
+        return {"real": self.real.key_for(legacy), "split": "train", **self.settings}
+
+    def label(self) -> str:
+        return f"{self.settings['backend']} {self.name}"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec(Spec):
+    """A synthetic dataset: a generator's images of a prompt table, encoded and sharded."""
+
+    kind: ClassVar[str] = "synthetic"
+    generator: str
+    style: str
+    settings: Json          # kind, protocol, params, format, quality, sizes, batch, kernels, model, ...
+    prompts: Json           # the prompt rows themselves (ids, prompts, seeds), or how captions make them
+    rows: int
+    real: RealSpec | None = None          # controls and VAE re-encoding read real images
+    captions: CaptionsSpec | None = None  # prompts made from the captioner stage's captions
+    device: str = run_field("cpu")
+    resources_: Resources = run_field(Resources())
+
+    def identity(self, legacy: bool = False) -> Json:
+        prompts = dict(self.prompts)
+        if self.captions is not None:
+            prompts["captions"] = self.captions.key_for(legacy)
+        out = {"generator": self.generator, **self.settings, "prompts": prompts}
+        if self.real is not None:
+            out["real"] = self.real.key_for(legacy)
+        return out
+
+    def label(self) -> str:
+        return f"{self.generator}, {self.style}, {self.rows} images"
+
+    def work(self) -> Work:
+        return Work("generate", self.generator, self.rows)
+
+    def resources(self) -> Resources:
+        return self.resources_
+
+
+@dataclass(frozen=True)
+class ViewSpec(Spec):
+    """Splits of a dataset seen through a probe (only probes that change the images have views)."""
+
+    kind: ClassVar[str] = "views"
+    probe: str
+    params: Json
+    source: Spec
+    subdirs: tuple[str, ...]
+    rows: int = run_field(0)
+    resources_: Resources = run_field(Resources())
+
+    def identity(self, legacy: bool = False) -> Json:
+        return {"probe": self.probe, "params": self.params, "source": f"{self.source.kind}/{self.source.key_for(legacy)}",
+                "subdirs": list(self.subdirs)}
+
+    def label(self) -> str:
+        return f"{self.probe} view of {self.source.label()}"
+
+    def work(self) -> Work:
+        return Work("view", self.probe, self.rows)
+
+    def resources(self) -> Resources:
+        return self.resources_
+
+
+@dataclass(frozen=True)
+class ModelSpec(Spec):
+    """A classifier trained on one split: the architecture, the recipe and the numerics it ran with."""
+
+    kind: ClassVar[str] = "models"
+    arch: Json               # arch_identity: the name, and its version once changed
+    num_classes: int
+    data: Split
+    recipe: Json
+    numerics: Json
+    selection: Split | None = None   # the real test split a `selection.set: real-test` recipe picks its epoch on
+    name: str = run_field("")
+    rows: int = run_field(0)
+    epochs: int = run_field(1)
+    resources_: Resources = run_field(Resources(what="worker"))
+
+    def identity(self, legacy: bool = False) -> Json:
+        out = {**self.arch, "num_classes": self.num_classes, "data": self.data.ref_for(legacy), "recipe": self.recipe,
+               "numerics": self.numerics}
+        if self.selection is not None:
+            out["selection"] = self.selection.ref_for(legacy)
+        return out
+
+    def label(self) -> str:
+        return self.name or str(self.arch["arch"])
+
+    def work(self) -> Work:
+        return Work("train", str(self.arch["arch"]), self.rows * self.epochs)
+
+    def resources(self) -> Resources:
+        return self.resources_
+
+
+@dataclass(frozen=True)
+class SampledSpec(Spec):
+    """Rows sampled from one split and passed through models: feature vectors (`features`) or CLIPScores."""
+
+    kind: ClassVar[str] = "features"
+    source: Split
+    settings: Json   # encoders or clipscore model, max_samples, seed, and (with a model) device and models
+    rows: int = run_field(0)
+    resources_: Resources = run_field(Resources())
+
+    def identity(self, legacy: bool = False) -> Json:
+        return {**self.settings, "source": self.source.ref_for(legacy)}
+
+    def label(self) -> str:
+        return f"{'+'.join(self.settings.get('encoders', {}))} features of {self.source.ref}"
+
+    def work(self) -> Work:
+        return Work("features", "+".join(self.settings.get("encoders", {})), self.rows)
+
+    def resources(self) -> Resources:
+        return self.resources_
+
+
+@dataclass(frozen=True)
+class ClipscoreSpec(SampledSpec):
+    kind: ClassVar[str] = "clipscores"
+
+    def label(self) -> str:
+        return f"CLIPScore of {self.source.ref}"
+
+    def work(self) -> Work:
+        return Work("clipscore", "clip", self.rows)
+
+
+@dataclass(frozen=True)
+class ResultSpec(Spec):
+    """One trial's results row: the models, metrics and the settings that made them."""
+
+    kind: ClassVar[str] = "results"
+    point: Json
+    arch: Json
+    synthetic: SyntheticSpec
+    real: RealSpec
+    training: Json
+    probe: Json
+    metrics: Json
+    legacy_metrics: Json | None = None   # the metrics identity as keyed before (GenEval's path in it)
+    name: str = run_field("")
+
+    def identity(self, legacy: bool = False) -> Json:
+        metrics = self.legacy_metrics if legacy and self.legacy_metrics is not None else self.metrics
+        return {"schema": 4, "point": self.point, **self.arch, "synthetic": self.synthetic.key_for(legacy),
+                "real": self.real.key_for(legacy), **self.training, "probe": self.probe, "metrics": metrics}
+
+    def label(self) -> str:
+        return self.name
