@@ -1,4 +1,5 @@
-"""`synthray` command line: run, resume and list. Bad input ends in one line on stderr and exit code 2."""
+"""`synthray` command line: one subcommand per function (`set_defaults(func=...)`). Bad input ends in one line on
+stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -15,66 +16,94 @@ LISTABLE = ("generators", "archs", "probes", "experiments", "recipes")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from synthray import __version__
+
     p = argparse.ArgumentParser(prog="synthray", description="Sweeps generators x prompt styles x architectures x probes on Ray.")
+    p.add_argument("--version", action="version", version=f"synthray {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment (default: smoke)", description="Overrides use Hydra's grammar: "
                          "experiment=paper storage=/data/runs grid.arch=[resnet50,convnext_tiny] recipe.epochs=3")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
     run.add_argument("-v", "--verbose", action="store_true", help="every log line on the console too (always in <sweep>/logs/)")
+    run.set_defaults(func=_run)
     rep = sub.add_parser("report", help="the study's figures and the results table as one HTML page",
-                         description="Inputs: sweep names (under storage=), sweep folders or URIs, or results.parquet files; "
-                         "several merge into one report. Default: the newest sweep.")
-    rep.add_argument("inputs", nargs="*", help="sweeps or results.parquet files, and storage=<dir> for sweep names")
+                         description="Inputs: sweep names (under --storage), sweep folders or URIs, or results.parquet files; "
+                         "several merge into one report. Default: the newest sweep. `storage=<dir>` among the inputs "
+                         "is the same as --storage <dir>.")
+    rep.add_argument("inputs", nargs="*", help="sweeps or results.parquet files (storage=<dir> is read as --storage)")
+    rep.add_argument("--storage", metavar="DIR", help="the storage root that sweep names are found under "
+                     "(default: the config's storage, ./synthray-runs)")
     rep.add_argument("--out", default="synthray-report", help="output folder (default ./synthray-report)")
     rep.add_argument("--heatmap", metavar="GENERATOR/ARCH", help="the per-class heatmap's generator and architecture")
     rep.add_argument("--per-class", action="store_true", help="density against coverage per class too")
-    res = sub.add_parser("resume", help="continue an interrupted sweep")
-    res.add_argument("sweep", nargs="?", help="sweep name, name prefix or folder (default: the newest)")
-    res.add_argument("overrides", nargs="*", help="only storage=<dir> is read")
+    rep.set_defaults(func=_report_command)
+    res = sub.add_parser("resume", help="continue an interrupted sweep",
+                         description="Continues a stopped sweep with the config it was started with (its config.yaml); "
+                                     "the only setting read from the command line is where it lives: storage=<dir> "
+                                     "(or --storage DIR). Any other key=value is refused.")
+    res.add_argument("words", nargs="*", metavar="sweep|storage=<dir>",
+                     help="sweep name, name prefix or folder (default: the newest), and storage=<dir>")
+    res.add_argument("--storage", metavar="DIR", help="the storage root the sweep is under (default ./synthray-runs)")
     res.add_argument("--submit", action="store_true", help="resume it as a Ray Job on the cluster at --address")
     res.add_argument("-v", "--verbose", action="store_true", help="every log line on the console too (always in <sweep>/logs/)")
     res.add_argument("--follow", action="store_true", help="with --submit: print the job's log until it ends")
     _cluster_args(res)
+    res.set_defaults(func=_resume)
     sbm = sub.add_parser("submit", help="run a sweep as a Ray Job on a remote cluster (from a laptop)",
                          description="Packages this working dir and experiments/, then runs `synthray run` on the head.")
     sbm.add_argument("overrides", nargs="*", help="key=value overrides, as for run; storage must be a URI the cluster reaches")
     sbm.add_argument("--follow", action="store_true", help="print the job's log until it ends, then its results")
     _cluster_args(sbm)
+    sbm.set_defaults(func=_submit)
     jobs = sub.add_parser("jobs", help="list the cluster's jobs")
     _cluster_args(jobs)
+    jobs.set_defaults(func=_jobs)
     logs = sub.add_parser("logs", help="print a job's log")
     logs.add_argument("job", help="submission id (from synthray submit or synthray jobs)")
     logs.add_argument("--follow", action="store_true", help="keep printing until the job ends")
     _cluster_args(logs)
+    logs.set_defaults(func=_logs)
     stop = sub.add_parser("stop", help="stop a job")
     stop.add_argument("job")
     _cluster_args(stop)
+    stop.set_defaults(func=_stop)
     rsl = sub.add_parser("results", help="print a sweep's results table (from storage; object-store URIs work)")
     rsl.add_argument("target", help="a job id, a sweep name (with storage=...) or a sweep folder URI")
-    rsl.add_argument("overrides", nargs="*", help="storage=<uri> for a sweep name")
+    rsl.add_argument("overrides", nargs="*", metavar="storage=<dir>", help="storage=<uri> for a sweep name")
     _cluster_args(rsl)
+    rsl.set_defaults(func=_results)
     pln = sub.add_parser("plan", help="dry run: trials, what is reused, GPU-hours and peak GPUs; launches nothing",
                          description="Takes run's overrides; starts no Ray, builds and writes nothing. Reuse is read from "
                                      "storage when it is reachable (else every trial counts as to run). Needs no weights.")
     pln.add_argument("overrides", nargs="*", help="key=value overrides, as for run")
     pln.add_argument("--throughputs", metavar="YAML", help="throughput figures (default: synthray/conf/throughputs.yaml)")
+    pln.set_defaults(func=_plan)
     cfg = sub.add_parser("config", help="print the composed configuration that run would use (Hydra's --cfg job)",
                          description="Composes the base config, the experiment and the overrides, resolves every "
                                      "interpolation, and prints YAML. Starts nothing, writes nothing.")
     cfg.add_argument("overrides", nargs="*", help="key=value overrides, as for run")
     cfg.add_argument("--package", "-p", metavar="KEY", help="print only this part, e.g. training or generators.sd15")
+    cfg.set_defaults(func=_config)
     lst = sub.add_parser("list", help="list registered names")
     lst.add_argument("what", choices=LISTABLE)
+    lst.set_defaults(func=_list_command)
     exp = sub.add_parser("export", help="write a synthetic dataset as an ImageFolder tree")
     exp.add_argument("dataset", help="dataset folder: <storage>/synthetic/<key>")
     exp.add_argument("out", help="output folder (class folders are created inside)")
+    exp.set_defaults(func=_export)
     stage = sub.add_parser("stage-weights", help="copy hub weights to hub.cache, so autoscaled nodes never need the hub",
-                           description="Names: generators of the zoo (sd15 ...), depth, captioner, clip, dinov2, inception, or hub "
-                                       "ids (org/name[@revision]). Needs hub.cache=<storage URI>.")
-    stage.add_argument("names", nargs="+", help="model names, then key=value overrides (hub.cache=s3://bucket/hub)")
+                           description="Each NAME is one of: a diffusers generator of the zoo (sd15 ...: its pipeline); "
+                                       "depth (probes.depth.model); captioner (captioner.local.model); a feature "
+                                       "encoder (clip, dinov2, inception: metrics.encoders.<name>.model); or a hub id, "
+                                       "org/name[@revision], staged as it is. Anything else is refused. Words with '=' "
+                                       "are config overrides; hub.cache=<storage URI> is needed.")
+    stage.add_argument("names", nargs="+", metavar="NAME|key=value",
+                       help="model names or hub ids, and key=value overrides (hub.cache=s3://bucket/hub)")
+    stage.set_defaults(func=_stage_weights_command)
     cap = sub.add_parser("caption", help="caption the real training images (captioner.*): builds or reuses the table",
                          description="The table prompts.captions=captioner reads; prints its URI and row count.")
     cap.add_argument("overrides", nargs="*", help="key=value overrides, as for run (captioner.backend=local ...)")
+    cap.set_defaults(func=_caption)
     return p
 
 
@@ -84,78 +113,112 @@ def _cluster_args(parser: argparse.ArgumentParser) -> None:
                         help="also pass this machine's cloud credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS) to the job")
 
 
-def _cluster_command(args: argparse.Namespace) -> int:
-    """submit, jobs, logs, stop, results and resume --submit: talk to a remote cluster's job API."""
+def _submit(args: argparse.Namespace) -> int:
+    """submit (and resume --submit): run the sweep as a Ray Job, then optionally follow it."""
     from synthray import submit
 
-    if args.command == "results" and not args.target.startswith("raysubmit_"):
-        from synthray.sweep.runner import find_sweep, format_table, read_results
-
-        root = _storage_override(args.overrides)
-        uri = f"{find_sweep(root, args.target)}/results.parquet"
-        print(format_table(read_results(uri)))
-        print(f"results: {uri}")
+    what = ("run", list(args.overrides)) if args.command == "submit" else ("resume", args.resume_words)
+    job = submit.submit(args.address, what[0], what[1], args.with_credentials)
+    print(f"submitted {job}; follow it with: synthray logs {job} --follow", flush=True)
+    if not args.follow:
         return 0
-    if args.command in ("submit", "resume"):
-        what = (["run", args.overrides] if args.command == "submit"
-                else ["resume", [a for a in [args.sweep, *args.overrides] if a]])
-        job = submit.submit(args.address, what[0], what[1], args.with_credentials)
-        print(f"submitted {job}; follow it with: synthray logs {job} --follow", flush=True)
-        if not getattr(args, "follow", False):
-            return 0
-        args.job = job
-    jobs = submit.client(args.address)
-    if args.command == "jobs":
-        print("\n".join(submit.list_jobs(jobs)))
-    elif args.command == "stop":
-        submit.job_info(jobs, args.job)
-        jobs.stop_job(args.job)
-        print(f"stopping {args.job}")
-    elif args.command in ("logs", "submit", "resume"):
-        if args.follow:
-            for chunk in submit.follow_logs(jobs, args.job):
-                print(chunk, end="", flush=True)
-        else:
-            submit.job_info(jobs, args.job)
-            print(jobs.get_job_logs(args.job), end="")
-        status = submit.job_info(jobs, args.job).status.value
-        if args.command != "logs" or args.follow:
-            print(f"job {args.job}: {status}")
-            return 0 if status == "SUCCEEDED" else 1
-    elif args.command == "results":
-        from synthray.sweep.runner import format_table, read_results
+    args.job = job
+    return _print_logs(args, submit.client(args.address), end_status=True)
 
-        uri = submit.results_uri(jobs, args.target)
-        print(format_table(read_results(uri)))
-        print(f"results: {uri}")
+
+def _jobs(args: argparse.Namespace) -> int:
+    from synthray import submit
+
+    print("\n".join(submit.list_jobs(submit.client(args.address))))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from synthray import submit
+
+    jobs = submit.client(args.address)
+    submit.job_info(jobs, args.job)
+    jobs.stop_job(args.job)
+    print(f"stopping {args.job}")
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from synthray import submit
+
+    return _print_logs(args, submit.client(args.address), end_status=args.follow)
+
+
+def _print_logs(args: argparse.Namespace, jobs: Any, end_status: bool) -> int:
+    """A job's log (followed until it ends with --follow); `end_status`: then its final status, and exit 1 unless
+    it succeeded."""
+    from synthray import submit
+
+    if args.follow:
+        for chunk in submit.follow_logs(jobs, args.job):
+            print(chunk, end="", flush=True)
+    else:
+        submit.job_info(jobs, args.job)
+        print(jobs.get_job_logs(args.job), end="")
+    status = submit.job_info(jobs, args.job).status.value
+    if end_status:
+        print(f"job {args.job}: {status}")
+        return 0 if status == "SUCCEEDED" else 1
+    return 0
+
+
+def _results(args: argparse.Namespace) -> int:
+    """A sweep's results table: by job id (from the cluster), or by sweep name/folder (from storage)."""
+    from synthray.sweep.runner import find_sweep, format_table, read_results
+
+    if args.target.startswith("raysubmit_"):
+        from synthray import submit
+
+        uri = submit.results_uri(submit.client(args.address), args.target)
+    else:
+        uri = f"{find_sweep(_storage_override(args.overrides, 'results'), args.target)}/results.parquet"
+    print(format_table(read_results(uri)))
+    print(f"results: {uri}")
     return 0
 
 
 def _stage_weights(words: Sequence[str]) -> list[str]:
-    """Stage each named model's hub snapshot to hub.cache; returns one line per model."""
+    """Stage each named model's hub snapshot to hub.cache; returns one line per model. The names are resolved
+    by `_weight_names` (explicit forms only); words with '=' are config overrides."""
     from synthray.config import compose
     from synthray.models import Models, stage_weights
     from synthray.storage import check_storage
 
     names = [w for w in words if "=" not in w]
     cfg = compose([w for w in words if "=" in w])
+    known = _weight_names(cfg)
+    targets = []
+    for name in names:  # every name is checked before anything is copied
+        if name in known:
+            targets.append(known[name])
+        elif "/" in name:  # a hub id, org/name[@revision]: staged as it is
+            targets.append((name, None))
+        else:
+            raise SynthrayError(f"stage-weights: unknown name '{name}'; names: {', '.join(known)}; "
+                                "or a hub id org/name[@revision]")
     if cfg.hub.cache:
         check_storage(cfg.hub.cache)
     models, lines = Models.from_cfg(cfg), []
-    for name in names:
-        if name in cfg.generators and cfg.generators[name].kind == "diffusers":
-            model, use = str(cfg.generators[name].model), "pipeline"
-        elif name == "depth":
-            model, use = str(cfg.probes.depth.model), "depth"
-        elif name == "captioner":
-            model, use = str(cfg.captioner.local.model), "captioner"
-        elif name in cfg.metrics.encoders:
-            model, use = str(cfg.metrics.encoders[name].model), "encoder"
-        else:
-            model, use = name, None
+    for model, use in targets:
         uri, count = stage_weights(models, model, use)
         lines.append(f"staged {model} ({count} files) at {uri}")
     return lines
+
+
+def _weight_names(cfg: Any) -> dict[str, tuple[str, str]]:
+    """The names stage-weights knows -> (hub id, what it is used as): the zoo's diffusers generators, depth,
+    captioner and the feature encoders."""
+    names = {name: (str(entry.model), "pipeline") for name, entry in cfg.generators.items() if entry.kind == "diffusers"}
+    names["depth"] = (str(cfg.probes.depth.model), "depth")
+    names["captioner"] = (str(cfg.captioner.local.model), "captioner")
+    for name, entry in cfg.metrics.encoders.items():
+        names.setdefault(name, (str(entry.model), "encoder"))
+    return names
 
 
 def _list(what: str) -> list[str]:
@@ -209,14 +272,23 @@ def _report(args: Any) -> str:
 
     from synthray.report.page import write_report
 
-    overrides = [a for a in args.inputs if a.startswith("storage=")]
-    inputs = [a for a in args.inputs if not a.startswith("storage=")]
+    inputs, root = _split_storage(args.inputs, args.storage, "report")
     heatmap = None
     if args.heatmap:
         if args.heatmap.count("/") != 1:
             raise SynthrayError(f"--heatmap takes GENERATOR/ARCH, e.g. sd15/tv:resnet50; got '{args.heatmap}'")
         heatmap = tuple(args.heatmap.split("/"))
-    return str(write_report(inputs, Path(args.out), _storage_override(overrides, "report"), heatmap, args.per_class))
+    return str(write_report(inputs, Path(args.out), root, heatmap, args.per_class))
+
+
+def _split_storage(words: Sequence[str], option: str | None, command: str) -> tuple[list[str], str]:
+    """`words` without their `storage=<dir>` (the old spelling of --storage), and the storage root from either."""
+    given = [w for w in words if w.startswith("storage=")]
+    if option is not None:
+        given.append(f"storage={option}")
+    if len(given) > 1:
+        raise SynthrayError(f"{command}: storage given {len(given)} times ({', '.join(given)}); give it once")
+    return [w for w in words if not w.startswith("storage=")], _storage_override(given, command)
 
 
 def _storage_override(overrides: Sequence[str], command: str = "resume") -> str:
@@ -224,69 +296,91 @@ def _storage_override(overrides: Sequence[str], command: str = "resume") -> str:
 
     for text in overrides:
         if not text.startswith("storage="):
-            raise SynthrayError(f"{command} takes only storage=<dir>, got '{text}'")
+            raise SynthrayError(f"{command} takes only storage=<dir> (its other settings come from the sweep's "
+                                f"config.yaml), got '{text}'")
     return str(compose(list(overrides)).storage)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from synthray.logs import setup_logging
+def _resume_words(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """resume's positional words: at most one sweep (no '='), and storage=<dir> (or --storage)."""
+    sweeps = [w for w in args.words if "=" not in w]
+    overrides = [w for w in args.words if "=" in w]
+    if len(sweeps) > 1:
+        raise SynthrayError(f"resume takes one sweep, got {len(sweeps)}: {' '.join(sweeps)}")
+    if args.storage is not None:
+        overrides.append(f"storage={args.storage}")
+    return (sweeps[0] if sweeps else None), overrides
 
-    setup_logging()
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            print("\n".join(_list(args.what)))
-            return 0
-        if args.command == "stage-weights":
-            print("\n".join(_stage_weights(args.names)))
-            return 0
-        if args.command == "caption":
-            from synthray.captioning.stage import caption_command
 
-            print(caption_command(args.overrides))
-            return 0
-        if args.command in ("submit", "jobs", "logs", "stop", "results") or getattr(args, "submit", False):
-            return _cluster_command(args)
-        if args.command == "export":
-            from pathlib import Path
+# --- the commands: each takes the parsed arguments and returns the exit code -----------------------------------
 
-            from synthray.generation.export import export_imagefolder
+def _list_command(args: argparse.Namespace) -> int:
+    print("\n".join(_list(args.what)))
+    return 0
 
-            count = export_imagefolder(args.dataset, Path(args.out))
-            print(f"exported {count} images to {args.out}")
-            return 0
-        if args.command == "report":
-            print(f"report: {_report(args)}")
-            return 0
-        if args.command == "config":
-            print(_config_yaml(args.overrides, args.package), end="")
-            return 0
-        if args.command == "plan":
-            from synthray.sweep.cost import plan_lines
 
-            print("\n".join(plan_lines(args.overrides, args.throughputs)))
-            return 0
-        from synthray.sweep.runner import format_table, resume_sweep, run_sweep
+def _stage_weights_command(args: argparse.Namespace) -> int:
+    print("\n".join(_stage_weights(args.names)))
+    return 0
 
-        if args.command == "run":
-            from synthray.config import compose
 
-            table, path = run_sweep(compose(args.overrides), verbose=args.verbose)
-        else:
-            sweep = args.sweep
-            if sweep and "=" in sweep:  # `synthray resume storage=x`: no sweep name given
-                args.overrides.insert(0, sweep)
-                sweep = None
-            table, path = resume_sweep(_storage_override(args.overrides), sweep, verbose=args.verbose)
-        from synthray.sweep.console import forward_worker_logs
+def _caption(args: argparse.Namespace) -> int:
+    from synthray.captioning.stage import caption_command
 
-        forward_worker_logs(False)
-    except SynthrayError as err:
-        print(f"synthray: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("synthray: interrupted; continue with: synthray resume", file=sys.stderr)
-        return 130
+    print(caption_command(args.overrides))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from synthray.generation.export import export_imagefolder
+
+    count = export_imagefolder(args.dataset, Path(args.out))
+    print(f"exported {count} images to {args.out}")
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    print(f"report: {_report(args)}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    print(_config_yaml(args.overrides, args.package), end="")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from synthray.sweep.cost import plan_lines
+
+    print("\n".join(plan_lines(args.overrides, args.throughputs)))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from synthray.config import compose
+    from synthray.sweep.runner import run_sweep
+
+    return _sweep_done(*run_sweep(compose(args.overrides), verbose=args.verbose))
+
+
+def _resume(args: argparse.Namespace) -> int:
+    sweep, overrides = _resume_words(args)
+    if args.submit:
+        args.resume_words = [w for w in [sweep, *overrides] if w]
+        return _submit(args)
+    from synthray.sweep.runner import resume_sweep
+
+    return _sweep_done(*resume_sweep(_storage_override(overrides), sweep, verbose=args.verbose))
+
+
+def _sweep_done(table: Any, path: str) -> int:
+    """After run or resume: the results table and its URI; exit 1 (and how to continue) if a trial did not finish."""
+    from synthray.sweep.console import forward_worker_logs
+    from synthray.sweep.runner import format_table
+
+    forward_worker_logs(False)
     print(format_table(table))
     print(f"results: {path}")
     missing = int((table["status"] != "done").sum())
@@ -298,3 +392,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"synthray: {missing} trial(s) did not finish; continue with: synthray resume {storage.name(sweep_dir)} storage={root}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from synthray.logs import setup_logging
+
+    setup_logging()
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SynthrayError as err:
+        print(f"synthray: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("synthray: interrupted; continue with: synthray resume", file=sys.stderr)
+        return 130

@@ -1,14 +1,45 @@
 """Where a sweep's console output goes: the log stream that stands in for stdout and stderr, Ray's switch for
-forwarding worker lines, and the logging handlers that are moved to the log and back."""
+forwarding worker lines, and the logging handlers that are moved to the log and back.
+
+The command line owns its process, so a sweep it runs replaces `sys.stdout` and `sys.stderr` by the log stream.
+A sweep run from Python (`synthray.run`, a notebook) runs under `leave_sys_streams()`: `sys.stdout` and
+`sys.stderr` stay as they are (a notebook's streams are its own), only logging handlers move to the log, and the
+lines Ray forwards from workers are printed only when asked for (`worker_lines=True`)."""
 
 from __future__ import annotations
 
 import io
 import logging
 import os
+import sys
 import threading
 import time
-from typing import Callable, TextIO
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, TextIO
+
+# None: the command line's capture (sys.stdout/sys.stderr replaced); else whether workers' lines are forwarded.
+_LEAVE_SYS: ContextVar[bool | None] = ContextVar("synthray_leave_sys", default=None)
+
+
+@contextmanager
+def leave_sys_streams(worker_lines: bool = False) -> Iterator[None]:
+    """Within it, a sweep leaves `sys.stdout`/`sys.stderr` alone (the Python API); `worker_lines`: whether the
+    driver prints the lines Ray forwards from workers (else they stay in Ray's own logs)."""
+    before = getattr(sys.modules.get("ray._private.worker"), "_worker_logs_enabled", True)
+    token = _LEAVE_SYS.set(worker_lines)
+    try:
+        yield
+    finally:
+        _LEAVE_SYS.reset(token)
+        worker = sys.modules.get("ray._private.worker")
+        if worker is not None:  # Ray's switch as it was: the console's own restore went through the gate above
+            worker._worker_logs_enabled = before
+
+
+def replaces_sys_streams() -> bool:
+    """Whether a sweep's console replaces `sys.stdout`/`sys.stderr` by its log (the command line), or not."""
+    return _LEAVE_SYS.get() is None
 
 
 class LogStream(io.TextIOBase):
@@ -57,7 +88,7 @@ def forward_worker_logs(on: bool) -> bool:
     import ray._private.worker
 
     before = ray._private.worker._worker_logs_enabled
-    ray._private.worker._worker_logs_enabled = on
+    ray._private.worker._worker_logs_enabled = on and _LEAVE_SYS.get() is not False
     return before
 
 

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from synthray import storage
 from synthray.registry import SynthrayError
-from synthray.sweep.capture import LogStream, forward_worker_logs, own_width, stream_handlers
+from synthray.sweep.capture import LogStream, forward_worker_logs, own_width, replaces_sys_streams, stream_handlers
 from synthray.sweep.plan import trial_label
 
 PLAIN_EVERY_S = 30.0   # a progress line per trial at most this often on a non-interactive terminal
@@ -137,7 +137,8 @@ class SweepConsole:
             if handler.stream in (*self._saved, sys.__stdout__, sys.__stderr__):
                 self._repointed.append((handler, handler.stream))
                 handler.setStream(self.log)
-        sys.stdout = sys.stderr = self.log
+        if replaces_sys_streams():  # the command line; a sweep run from Python leaves them alone
+            sys.stdout = sys.stderr = self.log
         self._terminal = logging.StreamHandler(_SayStream(self))
         self._terminal.setLevel(logging.WARNING)
         self._terminal.setFormatter(logging.Formatter("[synthray] %(message)s"))
@@ -193,7 +194,8 @@ class SweepConsole:
         for handler in stream_handlers():  # made during the sweep (a library's first log line): back to stderr
             if handler.stream is self.log:
                 handler.setStream(self._saved[1])
-        sys.stdout, sys.stderr = self._saved
+        if replaces_sys_streams():
+            sys.stdout, sys.stderr = self._saved
         if isinstance(self._file, io.StringIO):  # it never started: what Ray said may explain why
             if exc[0] is not None and not issubclass(exc[0], SynthrayError):
                 self._saved[1].write(self._file.getvalue())
