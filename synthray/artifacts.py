@@ -337,6 +337,10 @@ class DatasetRef:
     def ref(self) -> str:
         return f"{self.artifact.ref}/{self.split}"
 
+    def ref_for(self, legacy: bool = False) -> str:
+        """As `graph.specs.Split.ref_for`: a split of a built artifact is named by its key."""
+        return self.ref
+
     @property
     def label(self) -> str:
         return f"{self.artifact.label} [{self.split}]"

@@ -59,7 +59,7 @@ def test_equal_subsets_cut_the_larger_side_only():
 
 
 def test_metric_settings_reach_the_key_only_when_they_change_it(tmp_path):
-    from synthray.metrics.distribution import metrics_identity
+    from synthray.graph.identity import metrics_identity
     from tests.conftest import tiny_cfg
 
     base = tiny_cfg(tmp_path)
@@ -69,6 +69,11 @@ def test_metric_settings_reach_the_key_only_when_they_change_it(tmp_path):
     assert "gpus_per_actor" not in ident and "num_actors" not in ident
     study = metrics_identity(tiny_cfg(tmp_path, "metrics.distance=cosine", "metrics.equal_counts=true", "metrics.max_samples=null"))
     assert study["distance"] == "cosine" and study["equal_counts"] is True and study["max_samples"] is None
+    # The GenEval CSV only joins a column into the table: keyed as unset, wherever it lies (legacy: its path).
+    csv = tmp_path / "geneval.csv"
+    csv.write_text("generator,geneval\ntiny-sd,0.5\n")
+    with_csv = tiny_cfg(tmp_path, f"metrics.geneval={csv}")
+    assert metrics_identity(with_csv) == ident and metrics_identity(with_csv, legacy=True)["geneval"] == str(csv)
 
 
 @pytest.mark.parametrize("override, message", [

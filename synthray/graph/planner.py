@@ -6,7 +6,6 @@ Tune trials, `synthray plan`, `resume`, validation and the results schema read t
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,40 +13,9 @@ from typing import Any, Iterator
 import pandas as pd
 
 from synthray.artifacts import without_legacy
+from synthray.graph.identity import metrics_identity, real_fingerprint, selects_on_real_test, training_spec
 from synthray.graph.specs import (CaptionsSpec, ClipscoreSpec, ModelSpec, RealSpec, Resources, ResultSpec, SampledSpec,
                                   Spec, Split, SyntheticSpec, ViewSpec)
-
-# Settings added after results were first keyed, at the values that compute what was computed before they existed.
-LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of": "view"}
-# Metric settings that say where encoders run, or that only join a column into the table afterwards: never in a key.
-METRICS_NOT_KEYED = ("gpus_per_actor", "num_actors")
-
-
-def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str | None:
-    """sha256 (16 hex) of the image files the real-data stage reads under `root`: their names relative to it and
-    their sizes, so a folder moved elsewhere keeps its key; None for the digits, which have no folder.
-
-    A folder not readable here (a dry `plan` on a laptop) gets `unread <root>`: never equal to a real key."""
-    if source == "digits" or not root:
-        return None
-    from synthray.data import real as r
-
-    from synthray.registry import SynthrayError
-
-    base = Path(root)
-    try:
-        if source == "parquet":
-            paths = [p for split in ("train", "test") for p in r._parquet_files(base, split)]
-        else:
-            dirs = (base / "train", r._test_dir(base))
-            paths = [p for d in dirs for cid in classes if (d / cid).is_dir() for p in r._list_images(d / cid)]
-    except (OSError, SynthrayError):  # not here or malformed: `validate` says why before anything runs
-        return f"unread {root}"
-    digest = hashlib.sha256()
-    for p in sorted(paths):
-        digest.update(f"{p.relative_to(base).as_posix()}\0{p.stat().st_size}\n".encode())
-    return digest.hexdigest()[:16]
-
 
 def real_spec(cfg: Any) -> RealSpec:
     from synthray.data.real import load_classes
@@ -113,7 +81,6 @@ def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int) -> d
 def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, selection: Split | None, rows: int) -> ModelSpec:
     from synthray.registry import SynthrayError
     from synthray.training.archs import arch_identity
-    from synthray.training.trainer import selects_on_real_test, training_spec
 
     spec = training_spec(cfg)
     if selects_on_real_test(cfg) and selection is None:
@@ -153,18 +120,6 @@ def clipscore_spec(cfg: Any, source: Split, rows: int) -> ClipscoreSpec | None:
     if not model:
         return None
     return _sampled(cfg, ClipscoreSpec, {"clipscore": str(model)}, {"clip": str(model)}, source, rows)  # type: ignore[return-value]
-
-
-def metrics_identity(cfg: Any, legacy: bool = False) -> dict[str, Any]:
-    """The metric settings that change results, for a result's key. `metrics.geneval` only joins a column into
-    the table afterwards, so it is keyed as unset (`legacy`: as it was keyed before, its path included)."""
-    from omegaconf import OmegaConf
-
-    m = OmegaConf.to_container(cfg.metrics, resolve=True)
-    out = without_legacy({k: v for k, v in m.items() if k not in METRICS_NOT_KEYED}, LEGACY_METRICS)
-    if "geneval" in out and not legacy:
-        out["geneval"] = None
-    return out
 
 
 @dataclass
@@ -251,7 +206,6 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
     from synthray.probes.stage import probe_cfg, probe_setup
     from synthray.sweep.plan import point_cfg, point_label
     from synthray.training.archs import arch_identity
-    from synthray.training.trainer import training_spec
 
     cfg = point_cfg(cfg, point)
     real = real if real is not None else real_spec(cfg)

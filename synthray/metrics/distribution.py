@@ -21,21 +21,6 @@ from synthray.metrics.fd import fd
 from synthray.metrics.features import encoder_names, features
 from synthray.metrics.prdc import METRICS, prdc, prdc_per_class
 
-# Settings added after results were first keyed, at the values that compute what was computed before they
-# existed: such a value stays out of a result's key, so results computed then keep their keys.
-LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of": "view"}
-
-
-def metrics_identity(cfg: Any) -> dict[str, Any]:
-    """The metric settings that change results (not where the encoder pools run), for a result's key."""
-    from omegaconf import OmegaConf
-
-    from synthray.artifacts import without_legacy
-
-    m = OmegaConf.to_container(cfg.metrics, resolve=True)
-    return without_legacy({k: v for k, v in m.items() if k not in ("gpus_per_actor", "num_actors")}, LEGACY_METRICS)
-
-
 def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (sorted) that cut both sides to min(n_real, n_fake): all rows of the smaller side, a seeded
     random subset of the larger one. The same for every encoder, whose feature rows come in one id order."""
@@ -48,12 +33,13 @@ def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.n
     return pick(n_real), pick(n_fake)
 
 
-def distribution_metrics(cfg: Any, real: DatasetRef, fake: DatasetRef) -> dict[str, Any]:
-    """Result columns for the synthetic set `fake` against the real set `real`."""
+def distribution_metrics(cfg: Any, real: DatasetRef, fake: DatasetRef, specs: tuple[Any, Any] = (None, None)) -> dict[str, Any]:
+    """Result columns for the synthetic set `fake` against the real set `real`; `specs`: their planned feature
+    specs (planned here when None)."""
     conf = cfg.metrics
     k, distance = int(conf.prdc_k), str(conf.get("distance", "euclidean"))
     row: dict[str, Any] = {}
-    real_features, fake_features = features(cfg, real), features(cfg, fake)
+    real_features, fake_features = features(cfg, real, specs[0]), features(cfg, fake, specs[1])
     for i, name in enumerate(encoder_names(cfg)):
         (real_x, real_y), (fake_x, fake_y) = real_features[name], fake_features[name]
         if conf.get("equal_counts", False):

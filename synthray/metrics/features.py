@@ -144,17 +144,17 @@ def _clipscore_worker(names: dict[str, str], models: Models) -> Callable[[dict],
     return work
 
 
-def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], dataset: DatasetRef, names: dict[str, str | None],
-                   worker: Callable[..., Callable], label: str) -> Any:
-    """Build (once) an artifact of `kind` holding `worker(names, models)` applied to the sampled rows of
-    `dataset`, on an actor pool (placed by `metrics.device` when a model is involved); returns its rows."""
+def _sampled_stage(cfg: Any, planned: Any, dataset: DatasetRef, names: dict[str, str | None],
+                   worker: Callable[..., Callable]) -> Any:
+    """Build (once) the artifact of `planned` (a `SampledSpec`) holding `worker(names, models)` applied to the
+    sampled rows of `dataset`, on an actor pool (placed by `metrics.device` when a model is involved); returns
+    its rows."""
     import pandas as pd
 
     from synthray.shards import Pool, map_shards, record_shards
 
-    if any(names.values()):  # the device changes a model's numerics (bf16 autocast on GPU), so it is in the key
-        spec = dict(spec, device=str(cfg.metrics.device), models={n: model_identity(m) for n, m in names.items() if m})
-    art = Artifact(Store.from_cfg(cfg), kind, spec, label=label)
+    art = planned.artifact(Store.from_cfg(cfg))
+    spec, label = planned.settings, art.label
 
     def make(out: BuildDir) -> dict[str, Any]:
         ids = set(sample_ids(dataset.uri, spec["max_samples"], int(spec["seed"])))
@@ -172,21 +172,25 @@ def _sampled_stage(cfg: Any, kind: str, spec: dict[str, Any], dataset: DatasetRe
     return pd.concat([read_shard(f).to_pandas() for f in shard_files(art.file("data"))]).sort_values("id", kind="stable")
 
 
-def features(cfg: Any, dataset: DatasetRef) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def features(cfg: Any, dataset: DatasetRef, spec: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `dataset`, for every
-    configured encoder, built once per dataset."""
-    names = {name: encoder_model(cfg, name) for name in encoder_names(cfg)}
-    spec = {"encoders": names, "source": dataset.ref, "max_samples": sample_limit(cfg), "seed": int(cfg.seed)}
-    table = _sampled_stage(cfg, "features", spec, dataset, names, _feature_worker, f"{'+'.join(names)} features of {dataset.ref}")
+    configured encoder, built once per dataset. `spec`: the planned `SampledSpec` (planned here when None)."""
+    from synthray.graph.planner import features_spec
+
+    spec = spec or features_spec(cfg, dataset, 0)
+    names = spec.settings["encoders"]
+    table = _sampled_stage(cfg, spec, dataset, names, _feature_worker)
     labels = table["label"].to_numpy()
     return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels) for name in names}
 
 
-def clip_score(cfg: Any, dataset: DatasetRef) -> float | None:
-    """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts; None when off."""
-    model = cfg.metrics.clipscore.model
-    if not model:
+def clip_score(cfg: Any, dataset: DatasetRef, spec: Any = None) -> float | None:
+    """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts; None when off.
+    `spec`: the planned `ClipscoreSpec` (planned here when None)."""
+    from synthray.graph.planner import clipscore_spec
+
+    spec = spec or clipscore_spec(cfg, dataset, 0)
+    if spec is None:
         return None
-    spec = {"clipscore": str(model), "source": dataset.ref, "max_samples": sample_limit(cfg), "seed": int(cfg.seed)}
-    table = _sampled_stage(cfg, "clipscores", spec, dataset, {"clip": str(model)}, _clipscore_worker, f"CLIPScore of {dataset.ref}")
+    table = _sampled_stage(cfg, spec, dataset, {"clip": spec.settings["clipscore"]}, _clipscore_worker)
     return float(table["clipscore"].mean())

@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from synthray.artifacts import Artifact, without_legacy
-from synthray.probes.stage import ProbeSetup
+from synthray.artifacts import Artifact, Store
+from synthray.graph.planner import TrialPlan, plan, plan_point
 
 log = logging.getLogger("synthray")
 
@@ -23,80 +22,32 @@ RESULT_COLUMNS = [
 ]
 
 
-@dataclass
 class Trial:
-    """One grid point, planned once: every stage's spec and the artifacts they name (nothing is built here)."""
+    """One planned grid point (`graph.planner.TrialPlan`) with its artifacts in a store: what the runner checks
+    for reuse and what a Tune trial builds."""
 
-    point: dict[str, str]
-    cfg: Any                 # the run config with the probe's recipe changes merged in
-    real: Artifact
-    table: pd.DataFrame | None  # the prompt table, built once per trial; None: made inside the trial from the
-                                # captions the captioner stage builds first (prompts.captions=captioner)
-    synthetic: Artifact
-    probe: ProbeSetup
-    result: Artifact
-    num_classes: int
+    def __init__(self, plan: TrialPlan, store: Store):
+        self.plan, self.store = plan, store
+        self.point, self.cfg, self.table, self.probe = plan.point, plan.cfg, plan.table, plan.probe
+        self.num_classes = plan.num_classes
+        self.real: Artifact = plan.real.artifact(store)
+        self.synthetic: Artifact = plan.synthetic.artifact(store)
+        self.result: Artifact = plan.result.artifact(store)
 
     @property
     def label(self) -> str:
-        from synthray.sweep.plan import point_label
-
-        return point_label(self.point)
+        return self.plan.label
 
 
-def _metrics_identity(cfg: Any) -> dict[str, Any]:
-    """The metric settings that change results (not where the encoder pools run; settings at their legacy values
-    stay out, so older results keep their keys): `synthray.metrics.distribution.metrics_identity`."""
-    from synthray.metrics.distribution import metrics_identity
-
-    return metrics_identity(cfg)
-
-
-def plan_trial(cfg: Any, point: dict[str, Any], real: Artifact | None = None, table: pd.DataFrame | None = None) -> Trial:
-    """Plan `point`: build its specs (prompt table, probe setup, recipe) once. `real` and `table` may be shared
-    across trials that have them in common. `cfg` is the sweep's config; the point's extra axes are set here."""
-    from synthray.data.real import load_classes, real_artifact
-    from synthray.generation.stage import build_prompt_table, synthetic_artifact, uses_captioner
-    from synthray.probes.stage import probe_cfg, probe_setup
-    from synthray.sweep.plan import point_cfg, point_label
-    from synthray.training.archs import arch_identity
-    from synthray.training.trainer import training_spec
-
-    cfg = point_cfg(cfg, point)
-    real = real if real is not None else real_artifact(cfg)
-    if table is None and not uses_captioner(cfg, point["prompt_style"]):  # planning never captions
-        table = build_prompt_table(cfg, point["generator"], point["prompt_style"])
-    synth = synthetic_artifact(cfg, point["generator"], point["prompt_style"], table, real)
-    probe = probe_setup(cfg, point["probe"])
-    run_cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
-    spec = {"schema": 4, "point": point, **without_legacy(arch_identity(point["arch"]), {"arch": point["arch"]}),
-            "synthetic": synth.key, "real": real.key, **training_spec(run_cfg),
-            "probe": probe.identity, "metrics": _metrics_identity(cfg)}
-    result = Artifact(synth.store, "results", spec, label=point_label(point))
-    return Trial(point, run_cfg, real, table, synth, probe, result, len(load_classes(cfg.data.classes)))
+def plan_trial(cfg: Any, point: dict[str, Any]) -> Trial:
+    """Plan `point` of the sweep `cfg` (the point's extra axes are set here)."""
+    return Trial(plan_point(cfg, point), Store.from_cfg(cfg))
 
 
 def plan_trials(cfg: Any) -> list[Trial]:
-    """Every trial of the grid, planned from keys alone; trials that share real data or a prompt table (same
-    generator, style and prompt settings) share one planned copy."""
-    from omegaconf import OmegaConf
-
-    from synthray.data.real import real_artifact
-    from synthray.generation.stage import build_prompt_table, uses_captioner
-    from synthray.sweep.plan import point_cfg, trials
-
-    reals: dict[str, Artifact] = {}
-    tables: dict[tuple[str, str, str], pd.DataFrame | None] = {}
-    out = []
-    for point in trials(cfg):
-        own = point_cfg(cfg, point)
-        real = real_artifact(own)
-        real = reals.setdefault(real.key, real)
-        pair = (point["generator"], point["prompt_style"], OmegaConf.to_yaml(own.prompts) + str(own.data.classes))
-        if pair not in tables:
-            tables[pair] = None if uses_captioner(own, pair[1]) else build_prompt_table(own, *pair[:2])
-        out.append(plan_trial(cfg, point, real, tables[pair]))
-    return out
+    """Every trial of the grid, from the planner's graph: trials share the specs they have in common."""
+    store = Store.from_cfg(cfg)
+    return [Trial(t, store) for t in plan(cfg).trials]
 
 
 def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> dict[str, Any]:
@@ -123,7 +74,7 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
 
 def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     from synthray.artifacts import DatasetRef
-    from synthray.data.real import real_data
+    from synthray.data.real import build_real
     from synthray.generation.generators import generator_entry
     from synthray.generation.stage import generate
     from synthray.metrics.accuracy import accuracy_report
@@ -131,26 +82,22 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     from synthray.metrics.features import clip_score
     from synthray.models import Models
     from synthray.probes.stage import view
-    from synthray.training.trainer import train
+    from synthray.training.trainer import train_model
 
-    cfg, point, probe = trial.cfg, trial.point, trial.probe
-    store, models = trial.result.store, Models.from_cfg(cfg)
-    real = real_data(cfg)
+    cfg, point, probe, planned = trial.cfg, trial.point, trial.probe, trial.plan
+    store, models = trial.store, Models.from_cfg(cfg)
+    real = build_real(planned.real, store)
     table = trial.table
     if table is None:  # captions from the captioner stage: caption the real images (or reuse them), then the table
         from synthray.captioning.stage import captioned_prompt_table
 
         table = captioned_prompt_table(cfg, point["generator"], point["prompt_style"], real)
     synth = generate(cfg, trial.synthetic, table, real)
-    real_view = view(store, models, probe, real, ("train", "test"))
-    synth_view = view(store, models, probe, synth.artifact, ("data",))["data"]
-    arch = point["arch"]
+    real_view = view(store, models, probe, real, planned.real_view)
+    synth_view = view(store, models, probe, synth.artifact, {"data": planned.synth_view})["data"]
     # selection: used only by recipes that pick the best epoch on the real test split (recipe.selection.set).
-    synth_model = train(cfg, arch, synth_view, trial.num_classes,
-                        label=f"{arch} on {point['generator']}/{point['prompt_style']}/{probe.name}", report_to_tune=report_to_tune,
-                        selection=real_view["test"])
-    real_model = train(cfg, arch, real_view["train"], trial.num_classes, label=f"{arch} on real/{probe.name}",
-                       selection=real_view["test"])
+    synth_model = train_model(cfg, planned.synth_model, synth_view, report_to_tune=report_to_tune, selection=real_view["test"])
+    real_model = train_model(cfg, planned.real_model, real_view["train"], selection=real_view["test"])
     row: dict[str, Any] = dict(point)
     # The models are the best epochs by recipe.selection (held-out training rows, or the real test split as the
     # study does); `_acc_last` columns give the final epochs.
@@ -161,8 +108,9 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
                selection_loss=synth_model.meta().get("selection_loss_best"))
     # The study measures density and coverage on the images; synthray by default on what the classifier saw.
     images = cfg.metrics.get("features_of", "view") == "images"
-    row.update(distribution_metrics(cfg, DatasetRef(real, "train") if images else real_view["train"], synth if images else synth_view))
-    row["clipscore"] = clip_score(cfg, synth)  # the generated images, not a probe view
+    row.update(distribution_metrics(cfg, DatasetRef(real, "train") if images else real_view["train"], synth if images else synth_view,
+                                    specs=planned.features))
+    row["clipscore"] = clip_score(cfg, synth, spec=planned.clipscore)  # the generated images, not a probe view
     row["n_synthetic"] = trial.synthetic.meta()["rows"]
     row["released"] = generator_entry(cfg, point["generator"]).get("released")
     row.update(dataset=trial.synthetic.key, synth_model=synth_model.key, real_model=real_model.key)

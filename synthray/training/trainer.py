@@ -15,58 +15,19 @@ import os
 from typing import Any
 
 from synthray import progress, storage
-from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy
-from synthray.registry import SynthrayError
-from synthray.training.archs import arch_identity
+from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy  # noqa: F401 - tests read without_legacy here
+from synthray.graph.identity import LEGACY_NUMERICS, LEGACY_RECIPE, numerics, selects_on_real_test, training_spec  # noqa: F401
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
 log = logging.getLogger("synthray")
 
-# Recipe settings added later, at the values that compute what recipes computed before they existed.
-LEGACY_RECIPE = {"selection": {"metric": "accuracy", "set": "train"}, "lr_schedule": "synthray"}
-LEGACY_NUMERICS = {"sync_bn": False, "jpeg_decode": "cpu"}
-
-
-def numerics(cfg: Any) -> dict[str, Any]:
-    """Execution settings that change a model's bits (so they are part of its key), with `auto` resolved from
-    `training.device`: configuration, never the GPUs the cluster happens to have."""
-    from synthray.training.recipe import jpeg_decode
-
-    t = cfg.training
-    gpu = t.device == "gpu"
-    return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
-            # auto: NHWC on both devices; measured faster on CPU too (oneDNN: tiny-cnn 1.1-1.2x in the loop, BagNet-9
-            # 1.2-2x per step at 32 px, bench/RESULTS.md), so it changed the keys of CPU-trained models once.
-            "channels_last": True if t.channels_last == "auto" else bool(t.channels_last),
-            "compile": bool(t.compile), "device": str(t.device),
-            # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
-            "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1,
-            # nvjpeg's pixels (and the resize on the device) may differ from Pillow's by a level.
-            "jpeg_decode": jpeg_decode(t)}
-
-
-def training_spec(cfg: Any) -> dict[str, Any]:
-    """What a model's key depends on besides its data: the recipe and the numerics it ran with."""
-    from omegaconf import OmegaConf
-
-    recipe = without_legacy(OmegaConf.to_container(cfg.recipe, resolve=True), LEGACY_RECIPE)
-    return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), LEGACY_NUMERICS)}
-
-
-def selects_on_real_test(cfg: Any) -> bool:
-    return cfg.recipe.selection.set == "real-test"
-
-
 def model_artifact(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str,
                    selection: DatasetRef | None = None) -> Artifact:
-    """The model of `arch` trained on `data`. `selection` is the real test split a `selection.set: real-test`
-    recipe picks its best epoch on; other recipes ignore it (they select on rows of `data`)."""
-    spec = {**arch_identity(arch), "num_classes": num_classes, "data": data.ref, **training_spec(cfg)}
-    if selects_on_real_test(cfg):
-        if selection is None:
-            raise SynthrayError(f"recipe.selection.set=real-test, but no real test split was given to select {label or arch} on")
-        spec["selection"] = selection.ref  # the chosen weights depend on that dataset's bits too
-    return Artifact(Store.from_cfg(cfg), "models", spec, label=label)
+    """The model of `arch` trained on `data` (not built). `selection` is the real test split a `selection.set:
+    real-test` recipe picks its best epoch on; other recipes ignore it (they select on rows of `data`)."""
+    from synthray.graph.planner import model_spec
+
+    return model_spec(cfg, arch, data, num_classes, label, selection, 0).artifact(Store.from_cfg(cfg))
 
 
 def split_counts(images: str, fraction: float, seed: int) -> tuple[int, int]:
@@ -180,7 +141,16 @@ def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, r
           selection: DatasetRef | None = None) -> Artifact:
     """Train `arch` on `data`, or reuse a trained copy. `selection`: the real test split, where the recipe selects
     on it (`recipe.selection.set: real-test`, the study's protocol); then every row of `data` trains."""
-    art = model_artifact(cfg, arch, data, num_classes, label, selection)
+    from synthray.graph.planner import model_spec
+
+    spec = model_spec(cfg, arch, data, num_classes, label, selection, 0)
+    return train_model(cfg, spec, data, report_to_tune, selection)
+
+
+def train_model(cfg: Any, spec: Any, data: DatasetRef, report_to_tune: bool = False, selection: DatasetRef | None = None) -> Artifact:
+    """The training stage: build (or reuse) the model `spec` (a `ModelSpec`) from the rows of `data`."""
+    art = spec.artifact(Store.from_cfg(cfg))
+    arch, num_classes, label = str(spec.arch["arch"]), spec.num_classes, spec.label()
     images = data.uri
     on_test = selects_on_real_test(cfg)
     run_dir = art.store.uri("train-runs")

@@ -1,0 +1,94 @@
+"""What a key records of the config's sections: the pieces of identity the planner puts into specs.
+
+Settings added after artifacts were first keyed are left out at their legacy values (`without_legacy`): a setting
+left as it was computes what was computed before it existed, so the keys of artifacts built then stay valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from synthray.artifacts import without_legacy
+
+# Recipe settings added later, at the values that compute what recipes computed before they existed.
+LEGACY_RECIPE = {"selection": {"metric": "accuracy", "set": "train"}, "lr_schedule": "synthray"}
+LEGACY_NUMERICS = {"sync_bn": False, "jpeg_decode": "cpu"}
+
+
+def numerics(cfg: Any) -> dict[str, Any]:
+    """Execution settings that change a model's bits (so they are part of its key), with `auto` resolved from
+    `training.device`: configuration, never the GPUs the cluster happens to have."""
+    from synthray.training.recipe import jpeg_decode
+
+    t = cfg.training
+    gpu = t.device == "gpu"
+    return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
+            # auto: NHWC on both devices; measured faster on CPU too (oneDNN: tiny-cnn 1.1-1.2x in the loop, BagNet-9
+            # 1.2-2x per step at 32 px, bench/RESULTS.md), so it changed the keys of CPU-trained models once.
+            "channels_last": True if t.channels_last == "auto" else bool(t.channels_last),
+            "compile": bool(t.compile), "device": str(t.device),
+            # Only more than one worker makes SyncBatchNorm differ from BatchNorm.
+            "sync_bn": bool(t.sync_bn) and int(t.num_workers) > 1,
+            # nvjpeg's pixels (and the resize on the device) may differ from Pillow's by a level.
+            "jpeg_decode": jpeg_decode(t)}
+
+
+def training_spec(cfg: Any) -> dict[str, Any]:
+    """What a model's key depends on besides its data: the recipe and the numerics it ran with."""
+    from omegaconf import OmegaConf
+
+    recipe = without_legacy(OmegaConf.to_container(cfg.recipe, resolve=True), LEGACY_RECIPE)
+    return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), LEGACY_NUMERICS)}
+
+
+def selects_on_real_test(cfg: Any) -> bool:
+    return cfg.recipe.selection.set == "real-test"
+
+
+
+# Settings added after results were first keyed, at the values that compute what was computed before they existed.
+LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of": "view"}
+# Metric settings that say where encoders run, or that only join a column into the table afterwards: never in a key.
+METRICS_NOT_KEYED = ("gpus_per_actor", "num_actors")
+
+
+def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str | None:
+    """sha256 (16 hex) of the image files the real-data stage reads under `root`: their names relative to it and
+    their sizes, so a folder moved elsewhere keeps its key; None for the digits, which have no folder.
+
+    A folder not readable here (a dry `plan` on a laptop) gets `unread <root>`: never equal to a real key."""
+    if source == "digits" or not root:
+        return None
+    from synthray.data import real as r
+
+    from synthray.registry import SynthrayError
+
+    base = Path(root)
+    try:
+        if source == "parquet":
+            paths = [p for split in ("train", "test") for p in r._parquet_files(base, split)]
+        else:
+            dirs = (base / "train", r._test_dir(base))
+            paths = [p for d in dirs for cid in classes if (d / cid).is_dir() for p in r._list_images(d / cid)]
+    except (OSError, SynthrayError):  # not here or malformed: `validate` says why before anything runs
+        return f"unread {root}"
+    digest = hashlib.sha256()
+    for p in sorted(paths):
+        digest.update(f"{p.relative_to(base).as_posix()}\0{p.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def metrics_identity(cfg: Any, legacy: bool = False) -> dict[str, Any]:
+    """The metric settings that change results, for a result's key. `metrics.geneval` only joins a column into
+    the table afterwards, so it is keyed as unset (`legacy`: as it was keyed before, its path included)."""
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.to_container(cfg.metrics, resolve=True)
+    out = without_legacy({k: v for k, v in m.items() if k not in METRICS_NOT_KEYED}, LEGACY_METRICS)
+    if "geneval" in out and not legacy:
+        out["geneval"] = None
+    return out
+
+
