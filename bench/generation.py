@@ -210,8 +210,7 @@ def synthray_stage(model: Path, storage: Path, images: int, batch: int | str, sh
     import ray
 
     from synthray.config import compose
-    from synthray.data.real import real_artifact
-    from synthray.generation.stage import build_prompt_table, generate, synthetic_artifact
+    from synthray.graph.synthetic import generate_dataset
 
     # About 40 rows per class, and exactly `images` rows: the largest class count that divides them.
     classes = max(n for n in range(1, max(1, images // 40) + 1) if images % n == 0)
@@ -228,9 +227,8 @@ def synthray_stage(model: Path, storage: Path, images: int, batch: int | str, sh
         # A fresh local cluster, never one a file in /tmp/ray points at; one GPU: the pool is one actor, like (a)
         ray.init(address="local", include_dashboard=False)
     start = time.perf_counter()
-    table, real = build_prompt_table(cfg, "bench", "classname"), real_artifact(cfg)
-    art = synthetic_artifact(cfg, "bench", "classname", table, real)
-    data = generate(cfg, art, table, real)
+    data = generate_dataset(cfg, "bench", "classname")
+    art, real = data.artifact, None  # a diffusers generator reads no real data
     total = time.perf_counter() - start
     meta = data.artifact.meta()
     # Steady state: rows over the time the one actor spent inside shards after its first (excludes actor start,
@@ -250,13 +248,15 @@ def profile_steady(cfg: Any, art: Any, real: Any, shards: int, workdir: Path) ->
     records to slow the launching thread). Idle share = 1 - union of kernel intervals / span from the first kernel to the last."""
     import ray
 
-    from synthray.generation.stage import build_prompt_table, shard_tasks, worker_factory
+    from synthray.generation.stage import shard_tasks, worker_factory
+    from synthray.graph.synthetic import build_prompt_table, planned_dataset
+    from synthray.models import Models
     from synthray.generation.throughput import idle_share, kernel_intervals
     from synthray.images import write_table
 
     ray.shutdown()  # the stage's actor leaves the GPU to this process
     release_gpu_memory(wait_s=60)
-    work = worker_factory(cfg, art, real)()
+    work = worker_factory(planned_dataset(cfg, "bench", "classname"), real, Models.from_cfg(cfg))()
     size = int(cfg.generation.shard_size)
     table = build_prompt_table(cfg, "bench", "classname")
     tasks = shard_tasks(table.iloc[: size * (shards + 1)], size)

@@ -159,8 +159,7 @@ def measure_epochs(data_root: Path, model_root: Path, epochs: int, ray_train: bo
     from omegaconf import OmegaConf
 
     from synthray.config import compose
-    from synthray.data.real import real_data
-    from synthray.generation.stage import generate
+    from synthray.graph.synthetic import generate_dataset
     from synthray.logs import setup_logging
     from synthray.sweep.runner import start_local_ray
     from synthray.sweep.trial import plan_trials
@@ -170,7 +169,7 @@ def measure_epochs(data_root: Path, model_root: Path, epochs: int, ray_train: bo
     setup_logging()
     data_cfg = compose([f"storage={data_root}"])
     trial = next(t for t in plan_trials(data_cfg) if t.point["generator"] == "real-holdout")
-    data = generate(data_cfg, trial.synthetic, trial.table, real_data(data_cfg))
+    data = generate_dataset(data_cfg, "real-holdout", "classname", trial.table)
     cfg = compose([f"storage={model_root}", f"recipe.epochs={epochs}"] + (["training.inline_rows=0"] if ray_train else []))
     start = time.perf_counter()
     art = train(cfg, "tiny-cnn", data, trial.num_classes, label="bench tiny-cnn")
@@ -190,7 +189,7 @@ def probes_floor(root: Path, cores: int) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from synthray.config import compose
-    from synthray.data.real import real_data
+    from synthray.graph.real import real_data
     from synthray.sweep.trial import plan_trials
     from synthray.training.trainer import numerics, split_counts
 

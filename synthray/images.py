@@ -25,6 +25,11 @@ DEFAULT_SUBSAMPLING = "4:4:4"
 SUBSAMPLINGS = ("4:4:4", "4:2:2", "4:2:0")  # 4:2:0 is what Pillow does when not told (the study's images)
 
 
+def old_subsampling(quality: int) -> str:
+    """What `encode` chose before `generation.jpeg_subsampling` existed (keys of datasets encoded then omit it)."""
+    return "4:4:4" if quality >= 90 else "4:2:0"
+
+
 def jpeg_subsampling(generation: Any) -> str:
     """`generation.jpeg_subsampling`, checked: a one-line error names the choices."""
     from synthray.registry import unknown_name

@@ -18,8 +18,9 @@ from PIL import Image
 
 from synthray.artifacts import DatasetRef
 from synthray.captioning.backends import CAPTIONERS, Secret, prepare_image
-from synthray.captioning.stage import captions_artifact, caption, captioner_section, read_captions, select_images
-from synthray.data.real import real_artifact, real_data
+from synthray.captioning.stage import select_images
+from synthray.graph.captions import caption, captioner_section, captions_artifact, read_captions
+from synthray.graph.real import real_artifact, real_data
 from synthray.images import read_images
 from synthray.registry import SynthrayError
 from tests.conftest import tiny_cfg
@@ -254,8 +255,8 @@ def test_local_twin_captions_every_chosen_image_on_ray_data(ray_cluster, shared_
 @pytest.mark.slow
 def test_caption_prompts_come_from_the_captioner(ray_cluster, shared_storage):
     """Planning names the captions artifact and captions nothing; the trial builds the table from the captions."""
-    from synthray.generation.stage import build_prompt_table
-    from synthray.captioning.stage import captioned_prompt_table
+    from synthray.graph.synthetic import build_prompt_table
+    from synthray.graph.synthetic import captioned_prompt_table
     from synthray.sweep.trial import plan_trials
 
     cfg = tiny_cfg(shared_storage, *LOCAL, "prompts.captions=captioner", "prompts.n_per_class=2",
@@ -322,10 +323,10 @@ def _png(seed: int) -> bytes:
 
 def test_caption_dataset_keys_hold_the_class_names(tmp_path):
     """The real data's key holds class ids only, but the names are in every caption prompt."""
-    from synthray.generation.stage import synthetic_artifact
+    from synthray.graph.synthetic import synthetic_artifact
 
     def key(classes):
         cfg = tiny_cfg(tmp_path, "experiment=paper", f"storage={tmp_path}", f"data.classes={classes}")
-        return synthetic_artifact(cfg, "sd15", "caption", None, real_artifact(cfg)).key
+        return synthetic_artifact(cfg, "sd15", "caption", None).key
 
     assert key("tiny-imagenet-200") != key("tiny-imagenet-200-study")  # "grasshopper" and "grasshoppe"

@@ -99,14 +99,12 @@ from synthray.logs import setup_logging
 setup_logging()
 ray.init(address=sys.argv[1])
 from synthray.config import compose
-from synthray.data.real import real_data
-from synthray.generation.stage import build_prompt_table, generate, synthetic_artifact
+from synthray.graph.synthetic import build_prompt_table, generate_dataset
 from synthray.images import dataset_digest, read_images
 cfg = compose(sys.argv[2:])
-real = real_data(cfg)
 table = build_prompt_table(cfg, "tiny-sd", "classname")
-art = synthetic_artifact(cfg, "tiny-sd", "classname", table, real)
-data = generate(cfg, art, table, real)
+data = generate_dataset(cfg, "tiny-sd", "classname", table)
+art = data.artifact
 ids = read_images(data.uri, columns=["id"], usable_only=False)["id"]
 print(json.dumps({"digest": dataset_digest(data.uri), "rows": len(ids), "unique": int(ids.nunique()),
                   "expected": len(table), "key": art.key, "verify": art.verify()}))
@@ -145,7 +143,7 @@ setup_logging()
 ray.init(address=sys.argv[1])
 from synthray.artifacts import DatasetRef
 from synthray.config import compose
-from synthray.data.real import real_data
+from synthray.graph.real import real_data
 from synthray.storage import read_bytes
 from synthray.training.trainer import train
 cfg = compose(sys.argv[2:])

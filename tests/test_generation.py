@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from synthray.artifacts import Artifact, DatasetRef
-from synthray.data.real import real_artifact, real_data
-from synthray.generation.generators import RealHoldoutGenerator, build_generator, generator_entry
-from synthray.generation.stage import build_prompt_table, generate, synthetic_artifact
+from synthray.graph.real import real_data
+from synthray.generation.kinds import RealHoldoutGenerator, build_generator
+from synthray.graph.synthetic import build_prompt_table, generate_dataset, synthetic_artifact
 from synthray.images import dataset_digest, decode, read_images, shard_files, to_uint8
 from synthray.models import Models, check_model
 from synthray.registry import SynthrayError
@@ -21,14 +21,12 @@ from tests.conftest import tiny_cfg
 
 def dataset(cfg, generator: str, style: str = "classname") -> Artifact:
     """The synthetic artifact a trial of (generator, style) plans, not built."""
-    return synthetic_artifact(cfg, generator, style, build_prompt_table(cfg, generator, style), real_artifact(cfg))
+    return synthetic_artifact(cfg, generator, style, build_prompt_table(cfg, generator, style))
 
 
 def run_generation(cfg, generator: str, style: str = "classname") -> DatasetRef:
     """The generation stage as a trial runs it: real data (control generators draw from it), prompt table, dataset."""
-    real = real_data(cfg) if generator_entry(cfg, generator)["kind"] != "diffusers" else real_artifact(cfg)
-    table = build_prompt_table(cfg, generator, style)
-    return generate(cfg, synthetic_artifact(cfg, generator, style, table, real), table, real)
+    return generate_dataset(cfg, generator, style)
 
 
 def tiny_sd_folder(cfg) -> str:
@@ -216,7 +214,7 @@ def test_every_tiny_family_generates_through_the_ray_data_stage(ray_cluster, sha
 
 
 def test_protocols():
-    from synthray.generation.generators import sampling_params
+    from synthray.generation.kinds import sampling_params
 
     cfg = tiny_cfg("/unused")
     sd15, schnell = dict(cfg.generators["sd15"]), dict(cfg.generators["flux1-schnell"])
@@ -250,7 +248,7 @@ def test_the_study_call_no_size_passed_and_a_swapped_scheduler(shared_storage):
     """SDXL-Turbo in the study gets no width/height (the pipeline's own size); SD2.x get another sampler."""
     import diffusers
 
-    from synthray.generation.generators import build_generator
+    from synthray.generation.kinds import build_generator
     from synthray.models import Models
 
     cfg = tiny_cfg(shared_storage)

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 
 from synthray import storage
-from synthray.data.real import real_artifact
 from synthray.generation.compiled import kernels_identity
-from synthray.generation.generators import build_generator, generator_entry, sampling_params
-from synthray.generation.stage import build_prompt_table, synthetic_artifact
+from synthray.generation.kinds import build_generator, generator_entry, sampling_params
+from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
 from synthray.images import read_images
 from synthray.models import Models
 from synthray.registry import SynthrayError
@@ -39,7 +38,7 @@ def generator(cfg, name: str, **speed):
 
 
 def kernels(cfg, name: str) -> dict:
-    return synthetic_artifact(cfg, name, "classname", build_prompt_table(cfg, name, "classname"), real_artifact(cfg)).spec["kernels"]
+    return synthetic_artifact(cfg, name, "classname", build_prompt_table(cfg, name, "classname")).spec["kernels"]
 
 
 def test_dataset_key_records_the_speed_settings_that_change_bits():
@@ -117,13 +116,12 @@ def test_compile_asked_on_cpu_needs_a_compiler(shared_storage, monkeypatch, tmp_
 @pytest.mark.deep  # a minute and a half of CPU compiling; the direct test above covers the cache on a node
 def test_compiled_stage_on_ray_data_uses_the_node_cache(ray_cluster, shared_storage, tmp_path):
     """The stage passes the node's scratch and the storage root to its actors: compiled code lands in both."""
-    from synthray.generation.stage import generate
+    from synthray.graph.synthetic import generate_dataset
 
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1", f"scratch={tmp_path / 'scratch'}", "generation.compile=default",
                    "generation.compile_cpu=true")
-    table, real = build_prompt_table(cfg, "tiny-sd", "classname"), real_artifact(cfg)
-    art = synthetic_artifact(cfg, "tiny-sd", "classname", table, real)
-    ref = generate(cfg, art, table, real)
+    ref = generate_dataset(cfg, "tiny-sd", "classname")
+    art = ref.artifact
     assert art.spec["kernels"]["compile"] == "default" and art.meta()["quality"] == {"ok": 10}
     assert len(read_images(ref.uri)) == 10
     assert any((tmp_path / "scratch" / "compile-cache").rglob("*.py"))

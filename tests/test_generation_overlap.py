@@ -7,8 +7,10 @@ import shutil
 
 import pytest
 
-from synthray.data.real import real_artifact
-from synthray.generation.stage import build_prompt_table, shard_tasks, synthetic_artifact, worker_factory
+from synthray.graph.real import real_artifact
+from synthray.generation.stage import shard_tasks, worker_factory
+from synthray.graph.synthetic import build_prompt_table, generate_dataset, planned_dataset, synthetic_artifact
+from synthray.models import Models
 from synthray.generation.throughput import (AUTO_FALLBACK, available_gpu_bytes, batch_ladder, batch_size_setting, busy_time,
                                             choose_batch, idle_share, kernel_intervals)
 from synthray.images import read_images
@@ -34,7 +36,7 @@ def shard(storage, name: str, rows: int, *overrides: str) -> tuple[dict, int]:
     """The columns of one shard of `rows` rows as an actor writes them, and the batch the actor ran."""
     cfg = tiny_cfg(storage, "prompts.n_per_class=1", *overrides)
     table, real = build_prompt_table(cfg, name, "classname"), real_artifact(cfg)
-    work = worker_factory(cfg, synthetic_artifact(cfg, name, "classname", table, real), real)()
+    work = worker_factory(planned_dataset(cfg, name, "classname", table), real, Models.from_cfg(cfg))()
     return work(shard_tasks(table.iloc[:rows], rows)[0]), work.batch_size
 
 
@@ -56,7 +58,7 @@ def test_batch_size_auto_without_a_gpu_runs_the_fallback(shared_storage):
 
 def dataset(*overrides: str):
     cfg = tiny_cfg("/unused", *overrides)
-    return synthetic_artifact(cfg, "tiny-sd", "classname", build_prompt_table(cfg, "tiny-sd", "classname"), real_artifact(cfg))
+    return synthetic_artifact(cfg, "tiny-sd", "classname", build_prompt_table(cfg, "tiny-sd", "classname"))
 
 
 def test_batch_size_and_overlap_in_the_key():
@@ -139,11 +141,8 @@ def test_kernel_intervals_read_a_chrome_trace():
 
 
 def test_batch_size_auto_through_the_ray_data_stage(ray_cluster, shared_storage):
-    from synthray.generation.stage import generate
-
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1", "generation.batch_size=auto")
-    table, real = build_prompt_table(cfg, "tiny-sd", "classname"), real_artifact(cfg)
-    ref = generate(cfg, synthetic_artifact(cfg, "tiny-sd", "classname", table, real), table, real)
+    ref = generate_dataset(cfg, "tiny-sd", "classname")
     assert ref.artifact.spec["batch_size"] == "auto" and ref.artifact.meta()["quality"] == {"ok": 10}
     assert len(read_images(ref.uri)) == 10
 

@@ -113,7 +113,7 @@ def test_study_settings_end_to_end(ray_cluster, shared_storage):
     """Cosine PRDC of every row, both sides cut to one count, through the features stage: the real train split
     against the real test split (fewer rows), pixel features."""
     from synthray.artifacts import DatasetRef
-    from synthray.data.real import real_data
+    from synthray.graph.real import real_data
     from synthray.images import read_images
     from synthray.metrics.distribution import distribution_metrics, equal_subsets
     from synthray.metrics.features import features

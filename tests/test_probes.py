@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from synthray.artifacts import DatasetRef, Store
-from synthray.data.real import real_data
+from synthray.graph.real import real_data
 from synthray.images import decode_array, read_images
 from synthray.models import Models
 from synthray.probes.stage import probe_setup, view

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synthray.data.real import load_classes, real_artifact, real_data
+from synthray.data.real import load_classes
+from synthray.graph.real import real_artifact, real_data
 from synthray.images import decode, read_images
 from synthray.registry import SynthrayError
 from synthray.sweep.plan import validate
@@ -137,7 +138,7 @@ def test_a_moved_data_folder_keeps_its_key_and_old_keys_are_still_read(tmp_path)
 
     from synthray import storage
     from synthray.artifacts import MANIFEST
-    from synthray.graph.planner import real_spec
+    from synthray.graph.real import real_spec
 
     root = tmp_path / "imagenet"
     _imagefolder(root, ["n01", "n02"], per_split=2)

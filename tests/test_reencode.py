@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from synthray.artifacts import DatasetRef
-from synthray.data.real import real_artifact, real_data
-from synthray.generation.generators import RealHoldoutGenerator, build_generator, generator_entry
-from synthray.generation.stage import _tiny_params, build_prompt_table, synthetic_artifact
+from synthray.graph.real import real_artifact, real_data
+from synthray.generation.kinds import RealHoldoutGenerator, build_generator, generator_entry
+from synthray.generation.kinds import tiny_params as _tiny_params
+from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
 from synthray.images import to_uint8
 from synthray.models import Models, model_identity
 from synthray.registry import SynthrayError
@@ -75,18 +76,17 @@ def test_vae_reencode_names_resolve_to_their_source_and_bad_sources_are_one_line
 def test_dataset_key_is_the_real_data_the_vae_its_dtype_and_the_batch_size(tmp_path):
     def key(*overrides: str, generator: str = "vae-reencode:tiny-sd") -> str:
         cfg = tiny_cfg(tmp_path, *overrides)
-        return synthetic_artifact(cfg, generator, "classname", build_prompt_table(cfg, generator, "classname"), real_artifact(cfg)).key
+        return synthetic_artifact(cfg, generator, "classname", build_prompt_table(cfg, generator, "classname")).key
 
     cfg = tiny_cfg(tmp_path)
     table = build_prompt_table(cfg, "vae-reencode:tiny-sd", "classname")
-    spec = synthetic_artifact(cfg, "vae-reencode:tiny-sd", "classname", table, real_artifact(cfg)).spec
+    spec = synthetic_artifact(cfg, "vae-reencode:tiny-sd", "classname", table).spec
     assert spec["real"] == real_artifact(cfg).key and spec["model"] == model_identity("tiny:sd", resolution=32)
     assert spec["dtype"] == "float32" and spec["batch_size"] == 4 and spec["pipeline"] == "StableDiffusionPipeline"
     base = key()
     # Where it runs is not part of the key ...
     assert key("generation.device=gpu", "generation.num_actors=3") == base
-    assert synthetic_artifact(tiny_cfg(tmp_path / "elsewhere"), "vae-reencode:tiny-sd", "classname", table,
-                              real_artifact(tiny_cfg(tmp_path / "elsewhere"))).key == base
+    assert synthetic_artifact(tiny_cfg(tmp_path / "elsewhere"), "vae-reencode:tiny-sd", "classname", table).key == base
     # ... what it reads and computes with is.
     assert len({base, key("generation.batch_size=2"), key("data.control_fraction=0.4"), key(generator="vae-reencode:tiny-sdxl"),
                 key("generators.tiny-sd.model=tiny:sdxl"), key(generator="real-holdout")}) == 6

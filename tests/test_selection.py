@@ -73,7 +73,7 @@ def _shifted_labels(real, root):
 
 @pytest.mark.slow
 def test_selection_on_the_real_test_split_keeps_the_lowest_loss_epoch_and_trains_on_every_row(ray_cluster, shared_storage, tmp_path):
-    from synthray.data.real import real_data
+    from synthray.graph.real import real_data
     from synthray.metrics.accuracy import predict
     from synthray.training.trainer import split_counts, train
 
@@ -102,7 +102,7 @@ def test_selection_on_the_real_test_split_keeps_the_lowest_loss_epoch_and_trains
 @pytest.mark.slow
 def test_torchvision_model_trains_through_ray_train_in_channels_last(ray_cluster, shared_storage, tmp_path):
     """A `tv:` model takes the loop every other nn.Module takes (DDP wrapper, channels_last, the recipe's size)."""
-    from synthray.data.real import real_data
+    from synthray.graph.real import real_data
     from synthray.metrics.accuracy import load_model
     from synthray.training.trainer import train
 

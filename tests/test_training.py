@@ -13,7 +13,7 @@ import torch
 
 from synthray import storage
 from synthray.artifacts import MANIFEST, Artifact, DatasetRef, Store
-from synthray.data.real import real_data
+from synthray.graph.real import real_data
 from synthray.metrics.accuracy import accuracy, load_model
 from synthray.training.archs import check_arch, count_parameters, create_model
 from synthray.training.trainer import train
@@ -63,7 +63,7 @@ import ray
 
 from synthray.artifacts import DatasetRef
 from synthray.config import compose
-from synthray.data.real import real_artifact
+from synthray.graph.real import real_artifact
 from synthray.logs import setup_logging
 from synthray.training.trainer import train
 

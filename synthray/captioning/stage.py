@@ -27,69 +27,13 @@ from typing import Any, Callable
 import pandas as pd
 
 from synthray import storage
-from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.artifacts import Artifact, BuildDir, DatasetRef
 from synthray.captioning.backends import CAPTIONERS, Secret, prepare_image
 from synthray.registry import SynthrayError, error_line
 from synthray.shards import Pool, map_shards, record_shards
 
 log = logging.getLogger("synthray")
 CAPTION_COLUMNS = ["id", "class_id", "label", "caption"]
-
-
-def captioner_section(cfg: Any) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg.captioner, resolve=True)
-
-
-def preprocess_identity(c: dict[str, Any]) -> dict[str, Any]:
-    return {"min_side": int(c["min_side"]), "resample": "lanczos", "upscale": True, "format": "jpeg",
-            "quality": int(c["jpeg_quality"]), "subsampling": "pillow-default"}
-
-
-def captions_settings(cfg: Any) -> dict[str, Any]:
-    """What a captions key records besides the real data: which images, the backend and its model, the
-    instruction, the preprocessing and the shard size."""
-    c = captioner_section(cfg)
-    backend = CAPTIONERS.get(str(c["backend"]))
-    return {"per_class": c["per_class"], "backend": str(c["backend"]), **backend.identity(c), "instruction": str(c["instruction"]),
-            "preprocess": preprocess_identity(c), "shard_size": int(c["shard_size"])}
-
-
-def captions_artifact(cfg: Any, real: Any = None) -> Artifact:
-    """The captions of the real train images that `cfg.captioner` describes (not built)."""
-    from synthray.graph.planner import captions_spec, real_spec
-
-    return captions_spec(cfg, real_spec(cfg)).artifact(Store.from_cfg(cfg))
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def check_captioner(cfg: Any) -> None:
-    """Before launch: one line for a bad `captioner` setting. The API key is needed only when the captions are
-    not already in storage (a complete artifact is reused without a single request)."""
-    from synthray.data.real import real_artifact
-    from synthray.devices import check_device_name
-    from synthray.models import Models
-
-    c = captioner_section(cfg)
-    backend = CAPTIONERS.get(str(c["backend"]))
-    if not isinstance(c.get("instruction"), str) or not c["instruction"].strip():
-        raise SynthrayError("captioner.instruction is empty; it is the text sent with every image")
-    if c.get("per_class") is not None and not _whole(c["per_class"]):
-        raise SynthrayError(f"captioner.per_class must be a whole number >= 1 or null (every image), got {c['per_class']!r}")
-    for key in ("min_side", "shard_size", "batch_size", "num_actors"):
-        if not _whole(c.get(key)):
-            raise SynthrayError(f"captioner.{key} must be a whole number >= 1, got {c.get(key)!r}")
-    if not _whole(c.get("jpeg_quality")) or c["jpeg_quality"] > 100:
-        raise SynthrayError(f"captioner.jpeg_quality must be in 1..100, got {c.get('jpeg_quality')!r}")
-    if c.get("max_tokens") is not None and not _whole(c["max_tokens"]):
-        raise SynthrayError(f"captioner.max_tokens must be a whole number >= 1 or null, got {c['max_tokens']!r}")
-    check_device_name("captioner.device", c.get("device"))
-    need_key = not captions_artifact(cfg, real_artifact(cfg)).is_complete()
-    backend.check(c, Models.from_cfg(cfg), need_key)
 
 
 def select_images(train: pd.DataFrame, per_class: int | None) -> pd.DataFrame:
@@ -159,18 +103,14 @@ def _caption_worker(c: dict[str, Any], train_uri: str, selected: list[str], prog
     return work
 
 
-def caption(cfg: Any, real: Artifact | None = None) -> Artifact:
-    """Build (or reuse) the captions artifact of the real train images (`real`: the built real data, or built here)."""
+def build_captions(spec: Any, real: Artifact, models: Any) -> Artifact:
+    """The captioner stage: build (or reuse) the captions `spec` (a `CaptionsSpec`) of `real`'s train images."""
     import os
 
-    from synthray.data.real import real_data
     from synthray.images import read_images
-    from synthray.models import Models
 
-    check_captioner(cfg)
-    real = real if real is not None else real_data(cfg)
-    art = captions_artifact(cfg, real)
-    c = captioner_section(cfg)
+    art = spec.artifact(models.store)
+    c = spec.section
 
     def make(out: BuildDir) -> dict[str, Any]:
         train_uri = DatasetRef(real, "train").uri
@@ -182,7 +122,7 @@ def caption(cfg: Any, real: Artifact | None = None) -> Artifact:
         secret = Secret(os.environ.get(str(c["openai"]["api_key_env"])) if c["backend"] == "openai" else None)
         pool, pool_size = _pool(c)
         progress = f"{out.uri}/progress"
-        factory = functools.partial(_caption_worker, c, train_uri, chosen["id"].tolist(), progress, Models.from_cfg(cfg),
+        factory = functools.partial(_caption_worker, c, train_uri, chosen["id"].tolist(), progress, models,
                                     secret, pool_size, pool.device)
         try:
             shards = map_shards(tasks, factory, f"{out.uri}/data", what=f"caption {art.label}", pool=pool)
@@ -200,37 +140,3 @@ def caption(cfg: Any, real: Artifact | None = None) -> Artifact:
     return art.build(make)
 
 
-def read_captions(cfg: Any) -> pd.DataFrame:
-    """The captions table (columns `CAPTION_COLUMNS`) of the complete captions artifact `cfg` names."""
-    from synthray.data.real import real_artifact
-    from synthray.images import read_images
-
-    art = captions_artifact(cfg, real_artifact(cfg))
-    if not art.is_complete():
-        raise SynthrayError(f"prompts.captions=captioner: the captions {art.ref} are not built yet; a sweep builds them "
-                            "before generation, or run `synthray caption` with the same overrides")
-    return read_images(art.file("data"), columns=CAPTION_COLUMNS)
-
-
-def captioned_prompt_table(cfg: Any, generator: str, style: str, real: Artifact) -> pd.DataFrame:
-    """Inside a trial: build (or reuse) the captions, then the prompt table made from them."""
-    from synthray.generation.stage import build_prompt_table
-
-    caption(cfg, real)
-    return build_prompt_table(cfg, generator, style)
-
-
-def caption_command(overrides: list[str]) -> str:
-    """`synthray caption [overrides]`: build or reuse the captions; one line with their URI and row count."""
-    from synthray.config import compose
-    from synthray.data.real import check_source
-    from synthray.storage import check_storage
-    from synthray.sweep.runner import init_ray
-
-    cfg = compose(overrides)
-    check_storage(cfg.storage)
-    check_source(cfg)
-    check_captioner(cfg)
-    init_ray(cfg)
-    art = caption(cfg)
-    return f"captions: {art.file('data')} ({art.meta()['rows']} rows, {art.spec['backend']})"

@@ -51,19 +51,6 @@ def load_classes(spec: str) -> pd.DataFrame:
     return table[["id", "name"]].reset_index(drop=True)
 
 
-def real_artifact(cfg: Any) -> Artifact:
-    """The real-data artifact the config names (not built)."""
-    from synthray.graph.planner import real_spec
-
-    return real_spec(cfg).artifact(Store.from_cfg(cfg))
-
-
-def real_data(cfg: Any) -> Artifact:
-    from synthray.graph.planner import real_spec
-
-    return build_real(real_spec(cfg), Store.from_cfg(cfg))
-
-
 def build_real(spec: Any, store: Store) -> Artifact:
     """The real-data stage: build (or reuse) the content-addressed copy of `spec`'s images in three splits."""
     art = spec.artifact(store)

@@ -1,12 +1,6 @@
-"""Generators: a name in the zoo (`conf/generators.yaml`) resolved to something that turns prompt rows into images.
-
-Kinds:
-- `diffusers`: any diffusers pipeline class, loaded with `from_pretrained` from a hub id, a local path, or a
-  tiny offline twin (`model: tiny:<family>`) that was saved to disk the same way.
-- `real-holdout` (`controls.py`): a control that "generates" by drawing held-out real training images of the prompted class.
-- `collapsed` (`controls.py`): a mode-collapse control: a few held-out real prototypes per class, repeated with jitter.
-- `vae-reencode` (`reencode.py`): held-out real images through a diffusers generator's VAE: `vae-reencode:<generator>`.
-"""
+"""The `diffusers` generator kind's worker: any diffusers pipeline class, loaded with `from_pretrained` from a hub
+id, a local path, or a tiny offline twin (`model: tiny:<family>`) that was saved to disk the same way. The kinds
+themselves, and the zoo lookup, are records in `kinds.py`."""
 
 from __future__ import annotations
 
@@ -16,82 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from omegaconf import OmegaConf
 
-from synthray.generation.compiled import check_speed_settings, speed_up
-from synthray.generation.controls import CollapsedGenerator, RealHoldoutGenerator
-from synthray.generation.reencode import PREFIX as REENCODE_PREFIX, VaeReencodeGenerator, reencode_entry
-from synthray.registry import Registry, SynthrayError, unknown_name
+from synthray.generation.compiled import speed_up
 
-GENERATOR_KINDS = Registry("generator kind")
-PROTOCOLS = ("model-default", "paper")
-
-
-def generator_entry(cfg: Any, name: str) -> dict[str, Any]:
-    """The zoo entry for `name` (a plain dict), or a one-line error listing the zoo. A set `generation.dtype`
-    replaces every model's dtype (e.g. bfloat16 for all, where the study ran SD1.x/2.x/XL in float16)."""
-    entry = _zoo_entry(cfg, name)
-    dtype = OmegaConf.select(cfg, "generation.dtype", default=None)
-    if dtype and "dtype" in entry:
-        entry["dtype"] = str(dtype)
-    return entry
-
-
-def _zoo_entry(cfg: Any, name: str) -> dict[str, Any]:
-    if name not in cfg.generators and name.startswith(REENCODE_PREFIX):
-        return reencode_entry(cfg, name)  # vae-reencode:<generator>, made from the source's entry
-    if name not in cfg.generators:
-        raise unknown_name("generator", name, [*cfg.generators.keys(), f"{REENCODE_PREFIX}<generator>"])
-    entry = dict(cfg.generators[name])
-    GENERATOR_KINDS.get(entry.get("kind"))  # an unknown kind is a zoo typo
-    return reencode_entry(cfg, name, entry) if entry["kind"] == "vae-reencode" else entry
-
-
-def sampling_params(entry: dict[str, Any], protocol: str, overrides: Any = None) -> dict[str, Any]:
-    """Steps, guidance and resolution (and scheduler, when one is set) under a protocol: the model's own, or the
-    study's (CFG 2, 50 steps, 512px). `overrides` is the `generation` section (or a dict): its non-null
-    `guidance`, `steps` and `scheduler` replace the generator's, the way a grid axis sweeps them."""
-    if protocol not in PROTOCOLS:
-        raise unknown_name("generation protocol", protocol, PROTOCOLS)
-    if entry["kind"] != "diffusers":
-        return {}
-    if overrides is not None and "compile" in overrides:  # the generation section: its speed settings, checked early
-        check_speed_settings(overrides)
-    params: dict[str, Any] = {"steps": int(entry["steps"]), "guidance": float(entry["guidance"]), "resolution": int(entry["resolution"])}
-    if protocol == "paper" and not str(entry["model"]).startswith("tiny:"):
-        # gen/gen_images.py: 50 steps, CFG 2.0 and 512 px for every model; turbo/schnell run 4 steps at CFG 0.0.
-        # An entry's `paper` mapping holds its exceptions (SDXL-Turbo: no size passed, the model's own).
-        few = entry.get("distilled", False)
-        params = {"steps": 4 if few else 50, "guidance": 0.0 if few else 2.0, "resolution": 512}
-        exceptions = dict(entry.get("paper") or {})
-        if set(exceptions) - set(params):
-            raise SynthrayError(f"generator paper exceptions may set {', '.join(params)}; got {', '.join(sorted(set(exceptions) - set(params)))}")
-        params.update(exceptions)
-    if entry.get("scheduler"):
-        params["scheduler"] = str(entry["scheduler"])
-    for key, kind in (("guidance", float), ("steps", int), ("scheduler", str)):
-        value = (overrides or {}).get(key)
-        if value is None:
-            continue
-        if kind is not str and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or
-                                (kind is int and (value != int(value) or value < 1))):
-            raise SynthrayError(f"generation.{key} must be a {'whole number >= 1' if kind is int else 'number >= 0'}, got {value!r}")
-        params[key] = kind(value)
-    if "scheduler" in params:
-        check_scheduler(params["scheduler"])
-    return params
-
-
-def check_scheduler(name: str) -> None:
-    """A diffusers scheduler class name, or a one-line error listing them."""
-    import diffusers
-
-    known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
-    if name not in known:
-        raise unknown_name("scheduler", name, known)
-
-
-@GENERATOR_KINDS.register("diffusers")
 class DiffusersGenerator:
     """A diffusers pipeline on the actor's device. Seeds are CPU generators, so noise is device-independent.
 
@@ -216,13 +137,3 @@ class DiffusersGenerator:
         headroom = 0.5 if compile_mode(self.compile) == "reduce-overhead" else HEADROOM
         batch = choose_batch(available, per_image, headroom=headroom, shard=shard)
         return batch, {"available_gib": available / 2**30, "per_image_gib": per_image / 2**30}
-
-
-# The controls and vae-reencode live in modules of their own, below this one; the registry names them here.
-GENERATOR_KINDS.register("real-holdout")(RealHoldoutGenerator)
-GENERATOR_KINDS.register("collapsed")(CollapsedGenerator)
-GENERATOR_KINDS.register("vae-reencode")(VaeReencodeGenerator)
-
-
-def build_generator(spec: dict[str, Any]) -> Any:
-    return GENERATOR_KINDS.get(spec["kind"])(spec)

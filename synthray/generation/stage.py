@@ -14,118 +14,19 @@ from typing import Any, Callable
 import pandas as pd
 from PIL import Image
 
-from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
-from synthray.data.real import load_classes
-from synthray.generation.compiled import kernels_identity
-from synthray.generation.generators import build_generator, generator_entry, sampling_params
-from synthray.generation.prompts import load_captions, prompt_table
+from omegaconf import OmegaConf
+
+from synthray.artifacts import Artifact, BuildDir, DatasetRef
+from synthray.generation.kinds import KINDS, build_generator
 from synthray.generation.throughput import AUTO, AUTO_FALLBACK, batch_size_setting, overlap_setting
-from synthray.images import dataset_digest, encode, jpeg_subsampling, read_images, square, to_uint8
-from synthray.models import Models, model_identity
+from synthray.images import dataset_digest, encode, old_subsampling, read_images, square, to_uint8
+from synthray.models import Models
 from synthray.registry import SynthrayError
 from synthray.shards import Pool, map_shards, record_shards
 
-MODEL_KINDS = ("diffusers", "vae-reencode")  # generator kinds that load a model and run on generation.device
 IN_FLIGHT = 2  # batches whose host-side tail may still be running when the next one is launched
 
 log = logging.getLogger(__name__)
-
-
-def uses_captioner(cfg: Any, style: str) -> bool:
-    """Whether `style`'s captions come from the captioner stage (`prompts.captions=captioner`), so its prompt table
-    exists only once that stage has run: inside the trial, never at planning time."""
-    return style == "caption" and cfg.prompts.captions == "captioner"
-
-
-def style_captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None:
-    """The validated captions table when `style` needs one (caption), else None."""
-    if style != "caption":
-        return None
-    if not cfg.prompts.captions:
-        raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption> "
-                            "or prompts.captions=captioner")
-    if uses_captioner(cfg, style):
-        from synthray.captioning.stage import read_captions
-
-        return read_captions(cfg)
-    return load_captions(cfg.prompts.captions, class_ids)
-
-
-def check_captions(cfg: Any, style: str, class_ids: list[str]) -> None:
-    """Before launch: the captions file is valid, or (captioner) the captioner's settings are; it runs later."""
-    if uses_captioner(cfg, style):
-        from synthray.captioning.stage import check_captioner
-
-        check_captioner(cfg)
-    else:
-        style_captions(cfg, style, class_ids)
-
-
-def _old_subsampling(quality: int) -> str:
-    """What `encode` chose before `generation.jpeg_subsampling` existed."""
-    return "4:4:4" if quality >= 90 else "4:2:0"
-
-
-def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
-    classes = load_classes(cfg.data.classes)
-    return prompt_table(
-        classes, generator=generator, style=style, n_per_class=int(cfg.prompts.n_per_class),
-        template=cfg.prompts.template, caption_template=cfg.prompts.caption_template,
-        captions=style_captions(cfg, style, classes["id"].tolist()),
-    )
-
-
-def control_params(entry: dict[str, Any]) -> dict[str, Any]:
-    """A control generator's own settings (e.g. collapsed: prototypes, noise, shift), part of its dataset key."""
-    return {k: v for k, v in dict(entry).items() if k not in ("kind", "released")}
-
-
-def synthetic_settings(cfg: Any, generator: str) -> dict[str, Any]:
-    """What a dataset's key records besides its generator, prompts and real data: everything that changes its
-    bytes, and nothing that does not (actors, resumes, the device, the storage root).
-
-    The batch size is in it: float kernels are not batch-invariant (a batch of 3 and three batches of 1 can differ
-    by one grey level in a pixel), so a new batch size makes a new dataset rather than a silent mix. `auto` is
-    keyed as `auto`: its batch is chosen per actor from free GPU memory, so, like the GPU model, it may move low
-    bits. Overlapping the encoding with the next batch (`generation.overlap`) changes no bit and stays out.
-    """
-    entry = generator_entry(cfg, generator)
-    g = cfg.generation
-    spec: dict[str, Any] = {
-        "kind": entry["kind"],
-        "protocol": g.protocol,
-        "params": sampling_params(entry, g.protocol, g),
-        "format": g.image_format, "quality": int(g.jpeg_quality) if g.image_format == "jpeg" else None,
-        "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": batch_size_setting(g.batch_size),
-    }
-    overlap_setting(g)
-    if g.image_format == "jpeg" and jpeg_subsampling(g) != _old_subsampling(int(g.jpeg_quality)):
-        spec["subsampling"] = jpeg_subsampling(g)  # the keys of datasets encoded as before stay as they were
-    if entry.get("variant"):
-        spec["variant"] = entry["variant"]
-    if entry["kind"] == "diffusers":
-        spec.update(pipeline=entry["pipeline"], model=model_identity(str(entry["model"]), **_tiny_params(entry)), dtype=entry["dtype"],
-                    call=dict(entry.get("call") or {}), guidance_kwarg=entry.get("guidance_kwarg"),
-                    # These can change low bits of the output; CPU offload only moves weights, so it is left out.
-                    kernels=kernels_identity(g, entry["pipeline"]))
-    elif entry["kind"] == "vae-reencode":  # the real images and the VAE that re-encodes them (batch size: above)
-        spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], model=model_identity(str(entry["model"]), **_tiny_params(entry)))
-    else:
-        spec["control"] = control_params(entry)
-    return spec
-
-
-def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: Any) -> Artifact:
-    """The dataset artifact (not built) of `generator` on the prompt rows `table` (None: captions made by the
-    captioner stage). `real`: the real data's spec or artifact."""
-    from synthray.graph.planner import real_spec, synthetic_spec
-
-    return synthetic_spec(cfg, generator, style, table, real_spec(cfg)).artifact(Store.from_cfg(cfg))
-
-
-def _tiny_params(entry: dict[str, Any]) -> dict[str, Any]:
-    """A tiny pipeline twin is built at the generator's resolution; real checkpoints take no build parameters."""
-    return {"resolution": int(entry["resolution"])} if str(entry.get("model", "")).startswith("tiny:") else {}
 
 
 def _shard_worker(gen_spec: dict[str, Any], models: Models, fmt: str, quality: int, stored_size: int | None,
@@ -140,7 +41,7 @@ def _shard_worker(gen_spec: dict[str, Any], models: Models, fmt: str, quality: i
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    if gen_spec["kind"] in MODEL_KINDS:
+    if KINDS.get(gen_spec["kind"]).loads_model:
         gen_spec = dict(gen_spec, model_path=models.locate(gen_spec["model"], "pipeline", **gen_spec["tiny_params"]))
     if gen_spec.get("compile"):  # compiled code is cached in this node's scratch, and shared through storage
         gen_spec = dict(gen_spec, scratch=str(models.store.scratch_dir()), storage=models.store.root)
@@ -200,25 +101,22 @@ def _actor_batch(generate: Any, setting: int | str, gen_spec: dict[str, Any]) ->
     return batch
 
 
-def worker_factory(cfg: Any, art: Artifact, real: Artifact) -> Callable[[], Callable[[dict], dict]]:
-    """What each actor runs for the dataset `art`: `factory()` loads the generator and returns `work(task) -> columns`."""
-    g = cfg.generation
-    entry = generator_entry(cfg, art.spec["generator"])
-    gen_spec = {"name": art.spec["generator"], "kind": entry["kind"], "protocol": g.protocol, "params": art.spec["params"],
-                "subsampling": art.spec.get("subsampling", _old_subsampling(int(g.jpeg_quality))),
-                "gpu_share": float(g.gpus_per_actor) if g.device == "gpu" else 1.0, "shard_size": int(g.shard_size)}
-    if entry["kind"] == "diffusers":
-        gen_spec.update(pipeline=entry["pipeline"], dtype=entry["dtype"], variant=entry.get("variant"), model=str(entry["model"]),
-                        tiny_params=_tiny_params(entry), call=art.spec["call"], guidance_kwarg=art.spec["guidance_kwarg"],
-                        cpu_offload=bool(g.cpu_offload), compile_cpu=bool(g.compile_cpu), compile_cache=g.compile_cache,
-                        **art.spec["kernels"])
-    elif entry["kind"] == "vae-reencode":
-        gen_spec.update(control_uri=DatasetRef(real, "control").uri, pipeline=entry["pipeline"], dtype=entry["dtype"],
-                        model=str(entry["model"]), tiny_params=_tiny_params(entry))
-    else:
-        gen_spec.update(control_uri=DatasetRef(real, "control").uri, control=art.spec["control"])
-    return functools.partial(_shard_worker, gen_spec, Models.from_cfg(cfg), g.image_format, int(g.jpeg_quality),
-                             g.stored_size, batch_size_setting(g.batch_size), overlap_setting(g))
+def worker_factory(spec: Any, real: Artifact | None, models: Models) -> Callable[[], Callable[[dict], dict]]:
+    """What each actor runs for the dataset `spec` (a `SyntheticSpec`): `factory()` loads the generator and
+    returns `work(task) -> columns`. `real`: the real data, for kinds that draw held-out real images."""
+    g, settings = spec.run, spec.settings
+    kind = KINDS.get(settings["kind"])
+    gen_spec = {"name": spec.generator, "kind": kind.name, "protocol": g["protocol"], "params": settings["params"],
+                "subsampling": settings.get("subsampling", old_subsampling(int(g["jpeg_quality"]))),
+                "gpu_share": float(g["gpus_per_actor"]) if g["device"] == "gpu" else 1.0, "shard_size": int(g["shard_size"]),
+                **kind.worker(spec.entry, OmegaConf.create(g)), **settings.get("kernels", {})}
+    for key in ("call", "guidance_kwarg", "control"):  # keyed settings the worker reads as keyed
+        if key in settings:
+            gen_spec[key] = settings[key]
+    if kind.draws_real:
+        gen_spec["control_uri"] = DatasetRef(real, "control").uri
+    return functools.partial(_shard_worker, gen_spec, models, g["image_format"], int(g["jpeg_quality"]),
+                             g["stored_size"], batch_size_setting(g["batch_size"]), overlap_setting(g))
 
 
 def shard_tasks(table: pd.DataFrame, size: int) -> list[dict[str, Any]]:
@@ -226,27 +124,28 @@ def shard_tasks(table: pd.DataFrame, size: int) -> list[dict[str, Any]]:
             for i, chunk in enumerate(table.iloc[s:s + size] for s in range(0, len(table), size))]
 
 
-def generate(cfg: Any, art: Artifact, table: pd.DataFrame, real: Artifact) -> DatasetRef:
-    """Build (or reuse) the synthetic dataset `art` (from `synthetic_artifact`) of the prompt rows `table`."""
-    generator = art.spec["generator"]
-    entry = generator_entry(cfg, generator)
+def generate(spec: Any, table: pd.DataFrame, real: Artifact | None, models: Models) -> DatasetRef:
+    """The generation stage: build (or reuse) the synthetic dataset `spec` (a `SyntheticSpec`) of the prompt rows
+    `table`. `real`: the real data, for kinds that draw held-out real images."""
+    art = spec.artifact(models.store)
+    g = spec.run
+    kind = KINDS.get(spec.settings["kind"])
 
     def make(out: BuildDir) -> dict[str, Any]:
-        g = cfg.generation
-        size = int(g.shard_size)
+        size = int(g["shard_size"])
         tasks = shard_tasks(table, size)
         # Controls that only copy real images run on CPU whatever the device setting; a VAE runs where pipelines do.
-        pool = Pool.from_cfg(g) if entry["kind"] in MODEL_KINDS else Pool("cpu", actors=int(g.num_actors), max_actors=g.max_actors)
+        pool = Pool.from_cfg(g) if kind.loads_model else Pool("cpu", actors=int(g["num_actors"]), max_actors=g.get("max_actors"))
         data = f"{out.uri}/data"
-        shards = map_shards(tasks, worker_factory(cfg, art, real), data, what=f"generate {art.label}", pool=pool)
+        shards = map_shards(tasks, worker_factory(spec, real, models), data, what=f"generate {art.label}", pool=pool)
         record_shards(out, "data", shards)
         quality = read_images(data, columns=["quality"], usable_only=False)["quality"].value_counts()
         counts = {k: int(v) for k, v in quality.items()}
         bad = len(table) - counts.get("ok", 0)
-        if bad > float(g.max_bad_fraction) * len(table):
+        if bad > float(g["max_bad_fraction"]) * len(table):
             raise SynthrayError(
-                f"generate {generator}: {bad} of {len(table)} images are NaN or all black ({counts}), over "
-                f"generation.max_bad_fraction={g.max_bad_fraction}; try dtype=float32/bfloat16 for this generator"
+                f"generate {spec.generator}: {bad} of {len(table)} images are NaN or all black ({counts}), over "
+                f"generation.max_bad_fraction={g['max_bad_fraction']}; try dtype=float32/bfloat16 for this generator"
             )
         return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(data),
                 "quality": counts, "bad": bad, "timing": shards}

@@ -7,65 +7,16 @@ Tune trials, `synthray plan`, `resume`, validation and the results schema read t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
 
 from synthray.artifacts import without_legacy
-from synthray.graph.identity import metrics_identity, real_fingerprint, selects_on_real_test, training_spec
+from synthray.graph.identity import metrics_identity, selects_on_real_test, training_spec
+from synthray.graph.metrics import clipscore_spec, features_spec
+from synthray.graph.real import real_spec
 from synthray.graph.specs import (CaptionsSpec, ClipscoreSpec, ModelSpec, RealSpec, Resources, ResultSpec, SampledSpec,
                                   Spec, Split, SyntheticSpec, ViewSpec)
-
-def real_spec(cfg: Any) -> RealSpec:
-    from synthray.data.real import load_classes
-
-    d = cfg.data
-    classes = load_classes(d.classes)["id"].tolist()
-    root = str(Path(d.root).expanduser().resolve()) if d.root else None
-    return RealSpec(source=str(d.source), classes=tuple(classes), image_size=None if d.image_size is None else int(d.image_size),
-                    test_fraction=float(d.test_fraction), control_fraction=float(d.control_fraction),
-                    max_per_class=d.max_per_class, seed=int(cfg.seed), on_corrupt=str(d.on_corrupt),
-                    image_column=str(d.image_column), label_column=str(d.label_column),
-                    files=real_fingerprint(str(d.source), root, classes), root=root)
-
-
-def captions_spec(cfg: Any, real: RealSpec) -> CaptionsSpec:
-    from synthray.captioning.stage import captions_settings
-
-    settings = captions_settings(cfg)
-    model = settings["model"]
-    name = model.get("name") or model.get("hub") or (f"tiny:{model['tiny']}" if "tiny" in model else None) or \
-        model.get("folder") or model.get("uri")
-    return CaptionsSpec(real=real, settings=settings, name=str(name))
-
-
-def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: RealSpec) -> SyntheticSpec:
-    """The dataset's spec: everything that changes its bytes (see `generation.stage.synthetic_settings`)."""
-    from synthray.data.real import load_classes
-    from synthray.generation.stage import MODEL_KINDS, synthetic_settings, uses_captioner
-    from synthray.shards import Pool
-
-    settings = synthetic_settings(cfg, generator)
-    captions = None
-    if uses_captioner(cfg, style):
-        captions = captions_spec(cfg, real)
-        # The real data's key holds class ids only; the names go into every prompt.
-        prompts = {"template": cfg.prompts.caption_template, "n_per_class": int(cfg.prompts.n_per_class),
-                   "names": load_classes(cfg.data.classes)["name"].tolist()}
-        rows = len(real.classes) * int(cfg.prompts.n_per_class)
-    else:
-        prompts = {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
-        rows = len(table)
-    g = cfg.generation
-    pool = Pool.from_cfg(g) if settings["kind"] in MODEL_KINDS else Pool("cpu")
-    shards = max(1, -(-rows // int(g.shard_size)))
-    units = max(1, min(max(int(g.num_actors), int(g.get("max_actors") or 0)), shards))
-    uses_real = settings["kind"] != "diffusers"
-    return SyntheticSpec(generator=generator, style=style, settings=settings, prompts=prompts, rows=rows,
-                         real=real if uses_real else None, captions=captions, device=pool.device,
-                         resources_=Resources(pool.device, units, pool.gpus))
-
 
 def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int) -> dict[str, Split]:
     """{split: Split} of `source` seen through the probe `setup`; identity probes (rgb, texture) are the source."""
@@ -93,35 +44,6 @@ def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, se
                      resources_=Resources(str(t.device), int(t.num_workers), gpus, "worker"))
 
 
-def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str | None], source: Split, rows: int) -> SampledSpec:
-    from synthray.metrics.features import sample_limit
-    from synthray.models import model_identity
-
-    m = cfg.metrics
-    settings = dict(settings, max_samples=sample_limit(cfg), seed=int(cfg.seed))
-    gpus = 0.0
-    if any(names.values()):  # the device changes a model's numerics (bf16 autocast on GPU), so it is in the key
-        settings.update(device=str(m.device), models={n: model_identity(v) for n, v in names.items() if v})
-        gpus = float(m.gpus_per_actor) if m.device == "gpu" else 0.0
-    limit = sample_limit(cfg)
-    return cls(source=source, settings=settings, rows=rows if limit is None else min(rows, limit),
-               resources_=Resources(str(m.device) if any(names.values()) else "cpu", max(1, int(m.get("num_actors", 1))), gpus))
-
-
-def features_spec(cfg: Any, source: Split, rows: int) -> SampledSpec:
-    from synthray.metrics.features import encoder_model, encoder_names
-
-    names = {n: encoder_model(cfg, n) for n in encoder_names(cfg)}
-    return _sampled(cfg, SampledSpec, {"encoders": names}, names, source, rows)
-
-
-def clipscore_spec(cfg: Any, source: Split, rows: int) -> ClipscoreSpec | None:
-    model = cfg.metrics.clipscore.model
-    if not model:
-        return None
-    return _sampled(cfg, ClipscoreSpec, {"clipscore": str(model)}, {"clip": str(model)}, source, rows)  # type: ignore[return-value]
-
-
 @dataclass
 class TrialPlan:
     """One grid point, planned: every stage's spec (nothing is built here)."""
@@ -144,7 +66,7 @@ class TrialPlan:
 
     @property
     def label(self) -> str:
-        from synthray.sweep.plan import point_label
+        from synthray.graph.grid import point_label
 
         return point_label(self.point)
 
@@ -202,9 +124,9 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
                counts: dict[str, int] | None = None) -> TrialPlan:
     """Plan one grid point. `real` and `table` may be shared by trials that have them in common; `counts`: real
     images per split, for the work estimates."""
-    from synthray.generation.stage import build_prompt_table, uses_captioner
+    from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
     from synthray.probes.stage import probe_cfg, probe_setup
-    from synthray.sweep.plan import point_cfg, point_label
+    from synthray.graph.grid import point_cfg, point_label
     from synthray.training.archs import arch_identity
 
     cfg = point_cfg(cfg, point)
@@ -237,8 +159,8 @@ def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:
     (same generator, style and prompt settings) share one planned copy, and every spec appears once by ref."""
     from omegaconf import OmegaConf
 
-    from synthray.generation.stage import build_prompt_table, uses_captioner
-    from synthray.sweep.plan import point_cfg, trials
+    from synthray.graph.synthetic import build_prompt_table, uses_captioner
+    from synthray.graph.grid import point_cfg, trials
 
     reals: dict[str, RealSpec] = {}
     tables: dict[tuple[str, str, str], pd.DataFrame | None] = {}

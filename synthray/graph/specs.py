@@ -159,6 +159,7 @@ class CaptionsSpec(Spec):
     real: RealSpec
     settings: Json  # per_class, backend, the backend's identity, instruction, preprocess, shard_size
     name: str = run_field("")
+    section: Json = run_field(None)  # the captioner section: actors, batch size, endpoint, the key's variable
 
     def identity(self, legacy: bool = False) -> Json:
         return {"real": self.real.key_for(legacy), "split": "train", **self.settings}
@@ -181,6 +182,8 @@ class SyntheticSpec(Spec):
     captions: CaptionsSpec | None = None  # prompts made from the captioner stage's captions
     device: str = run_field("cpu")
     resources_: Resources = run_field(Resources())
+    entry: Json = run_field(None)   # the zoo entry: what the kind's workers load (model name, variant)
+    run: Json = run_field(None)     # the generation section: actors, batch size, offload, encoding
 
     def identity(self, legacy: bool = False) -> Json:
         prompts = dict(self.prompts)

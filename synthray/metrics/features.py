@@ -14,29 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store
+from synthray.artifacts import BuildDir, DatasetRef, Store
+from synthray.graph.metrics import PIXELS, encoder_model, encoder_names, sample_limit  # noqa: F401 - sample_limit: read here by callers
 from synthray.images import decode_array, read_images, read_shard, shard_files
-from synthray.models import Models, check_model, model_identity
+from synthray.models import Models, check_model
 
-PIXELS = "pixels"
-
-
-def encoder_names(cfg: Any) -> list[str]:
-    """The configured encoders, first one first (its metrics are also the unprefixed result columns)."""
-    names = cfg.metrics.features
-    return [names] if isinstance(names, str) else [str(n) for n in names]
-
-
-def encoder_model(cfg: Any, name: str) -> str | None:
-    """The model an encoder name loads (`metrics.encoders.<name>.model`); None for `pixels`."""
-    if name == PIXELS:
-        return None
-    from synthray.metrics.encoders import FEATURE_MODELS
-    from synthray.registry import unknown_name
-
-    if name not in FEATURE_MODELS.names():
-        raise unknown_name("feature encoder", name, [PIXELS, *FEATURE_MODELS.names()])
-    return str(cfg.metrics.encoders[name].model)
 
 
 def check_encoders(cfg: Any) -> None:
@@ -53,12 +35,6 @@ def check_encoders(cfg: Any) -> None:
             check_model(models, model, "encoder", f"metrics.encoders.{name}.model")
     if cfg.metrics.clipscore.model:
         check_model(models, str(cfg.metrics.clipscore.model), "encoder", "metrics.clipscore.model")
-
-
-def sample_limit(cfg: Any) -> int | None:
-    """`metrics.max_samples` as a key records it: an int, or None for every row."""
-    value = cfg.metrics.max_samples
-    return None if value is None else int(value)
 
 
 def check_metric_settings(m: Any) -> None:
@@ -175,7 +151,7 @@ def _sampled_stage(cfg: Any, planned: Any, dataset: DatasetRef, names: dict[str,
 def features(cfg: Any, dataset: DatasetRef, spec: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `dataset`, for every
     configured encoder, built once per dataset. `spec`: the planned `SampledSpec` (planned here when None)."""
-    from synthray.graph.planner import features_spec
+    from synthray.graph.metrics import features_spec
 
     spec = spec or features_spec(cfg, dataset, 0)
     names = spec.settings["encoders"]
@@ -187,7 +163,7 @@ def features(cfg: Any, dataset: DatasetRef, spec: Any = None) -> dict[str, tuple
 def clip_score(cfg: Any, dataset: DatasetRef, spec: Any = None) -> float | None:
     """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts; None when off.
     `spec`: the planned `ClipscoreSpec` (planned here when None)."""
-    from synthray.graph.planner import clipscore_spec
+    from synthray.graph.metrics import clipscore_spec
 
     spec = spec or clipscore_spec(cfg, dataset, 0)
     if spec is None:

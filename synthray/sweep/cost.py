@@ -120,7 +120,7 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
     notes: receives "no figure for X: default used" lines.
     """
     from synthray.data.real import load_classes
-    from synthray.generation.generators import generator_entry, sampling_params
+    from synthray.generation.kinds import generator_entry, sampling_params
     from synthray.metrics.features import PIXELS, encoder_names
     from synthray.probes.transforms import PROBES
     from synthray.sweep.plan import grid_axes, point_label, trials
@@ -292,7 +292,7 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) ->
     from synthray.config import compose
     from synthray.data.real import load_classes
     from synthray.devices import check_device_name
-    from synthray.generation.generators import generator_entry, sampling_params
+    from synthray.generation.kinds import generator_entry, sampling_params
     from synthray.generation.prompts import PROMPT_STYLES
     from synthray.probes.transforms import PROBES
     from synthray.registry import unknown_name

@@ -139,9 +139,9 @@ def validate(cfg: Any) -> list[dict[str, str]]:
 def _check(cfg: Any) -> None:
     from synthray.data.real import check_source, load_classes
     from synthray.devices import check_device_name
-    from synthray.generation.generators import generator_entry, sampling_params
+    from synthray.generation.kinds import generator_entry, sampling_params
     from synthray.generation.prompts import PROMPT_STYLES
-    from synthray.generation.stage import check_captions
+    from synthray.graph.synthetic import check_captions
     from synthray.generation.throughput import batch_size_setting, overlap_setting
     from synthray.images import jpeg_subsampling
     from synthray.metrics.features import check_encoders

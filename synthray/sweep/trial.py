@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pandas as pd
 
 from synthray.artifacts import Artifact, Store
 from synthray.graph.planner import TrialPlan, plan, plan_point
@@ -75,7 +74,7 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
 def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     from synthray.artifacts import DatasetRef
     from synthray.data.real import build_real
-    from synthray.generation.generators import generator_entry
+    from synthray.generation.kinds import generator_entry
     from synthray.generation.stage import generate
     from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
@@ -89,10 +88,10 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     real = build_real(planned.real, store)
     table = trial.table
     if table is None:  # captions from the captioner stage: caption the real images (or reuse them), then the table
-        from synthray.captioning.stage import captioned_prompt_table
+        from synthray.graph.synthetic import captioned_prompt_table
 
         table = captioned_prompt_table(cfg, point["generator"], point["prompt_style"], real)
-    synth = generate(cfg, trial.synthetic, table, real)
+    synth = generate(planned.synthetic, table, real, models)
     real_view = view(store, models, probe, real, planned.real_view)
     synth_view = view(store, models, probe, synth.artifact, {"data": planned.synth_view})["data"]
     # selection: used only by recipes that pick the best epoch on the real test split (recipe.selection.set).

@@ -1,0 +1,60 @@
+"""The specs of sampled rows passed through models, read from the config (`metrics`): feature sets and CLIPScores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthray.graph.specs import ClipscoreSpec, Resources, SampledSpec, Split
+
+PIXELS = "pixels"
+
+
+def encoder_names(cfg: Any) -> list[str]:
+    """The configured encoders, first one first (its metrics are also the unprefixed result columns)."""
+    names = cfg.metrics.features
+    return [names] if isinstance(names, str) else [str(n) for n in names]
+
+
+def encoder_model(cfg: Any, name: str) -> str | None:
+    """The model an encoder name loads (`metrics.encoders.<name>.model`); None for `pixels`."""
+    if name == PIXELS:
+        return None
+    from synthray.metrics.encoders import FEATURE_MODELS
+    from synthray.registry import unknown_name
+
+    if name not in FEATURE_MODELS.names():
+        raise unknown_name("feature encoder", name, [PIXELS, *FEATURE_MODELS.names()])
+    return str(cfg.metrics.encoders[name].model)
+
+
+def sample_limit(cfg: Any) -> int | None:
+    """`metrics.max_samples` as a key records it: an int, or None for every row."""
+    value = cfg.metrics.max_samples
+    return None if value is None else int(value)
+
+
+def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str | None], source: Split, rows: int) -> SampledSpec:
+    from synthray.models import model_identity
+
+    m = cfg.metrics
+    settings = dict(settings, max_samples=sample_limit(cfg), seed=int(cfg.seed))
+    gpus = 0.0
+    if any(names.values()):  # the device changes a model's numerics (bf16 autocast on GPU), so it is in the key
+        settings.update(device=str(m.device), models={n: model_identity(v) for n, v in names.items() if v})
+        gpus = float(m.gpus_per_actor) if m.device == "gpu" else 0.0
+    limit = sample_limit(cfg)
+    return cls(source=source, settings=settings, rows=rows if limit is None else min(rows, limit),
+               resources_=Resources(str(m.device) if any(names.values()) else "cpu", max(1, int(m.get("num_actors", 1))), gpus))
+
+
+def features_spec(cfg: Any, source: Split, rows: int) -> SampledSpec:
+
+    names = {n: encoder_model(cfg, n) for n in encoder_names(cfg)}
+    return _sampled(cfg, SampledSpec, {"encoders": names}, names, source, rows)
+
+
+def clipscore_spec(cfg: Any, source: Split, rows: int) -> ClipscoreSpec | None:
+    model = cfg.metrics.clipscore.model
+    if not model:
+        return None
+    return _sampled(cfg, ClipscoreSpec, {"clipscore": str(model)}, {"clip": str(model)}, source, rows)  # type: ignore[return-value]

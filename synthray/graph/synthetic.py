@@ -1,0 +1,149 @@
+"""The synthetic dataset's spec, read from the config: its prompt table (or the captions it is made from), the
+generator's settings by its kind's record, and where the generation stage runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from synthray.artifacts import Artifact, DatasetRef, Store
+from synthray.data.real import load_classes
+from synthray.generation.kinds import KINDS, generator_entry, kind_of, sampling_params
+from synthray.generation.prompts import load_captions, prompt_table
+from synthray.generation.throughput import batch_size_setting, overlap_setting
+from synthray.graph.specs import RealSpec, Resources, SyntheticSpec
+from synthray.images import jpeg_subsampling, old_subsampling
+from synthray.registry import SynthrayError
+
+
+def uses_captioner(cfg: Any, style: str) -> bool:
+    """Whether `style`'s captions come from the captioner stage (`prompts.captions=captioner`), so its prompt table
+    exists only once that stage has run: inside the trial, never at planning time."""
+    return style == "caption" and cfg.prompts.captions == "captioner"
+
+
+def style_captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame | None:
+    """The validated captions table when `style` needs one (caption), else None."""
+    if style != "caption":
+        return None
+    if not cfg.prompts.captions:
+        raise SynthrayError("prompt_style=caption needs prompts.captions=<CSV, JSONL or parquet with class_id, caption> "
+                            "or prompts.captions=captioner")
+    if uses_captioner(cfg, style):
+        from synthray.graph.captions import read_captions
+
+        return read_captions(cfg)
+    return load_captions(cfg.prompts.captions, class_ids)
+
+
+def check_captions(cfg: Any, style: str, class_ids: list[str]) -> None:
+    """Before launch: the captions file is valid, or (captioner) the captioner's settings are; it runs later."""
+    if uses_captioner(cfg, style):
+        from synthray.graph.captions import check_captioner
+
+        check_captioner(cfg)
+    else:
+        style_captions(cfg, style, class_ids)
+
+
+def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
+    classes = load_classes(cfg.data.classes)
+    return prompt_table(
+        classes, generator=generator, style=style, n_per_class=int(cfg.prompts.n_per_class),
+        template=cfg.prompts.template, caption_template=cfg.prompts.caption_template,
+        captions=style_captions(cfg, style, classes["id"].tolist()),
+    )
+
+
+def synthetic_settings(cfg: Any, generator: str) -> dict[str, Any]:
+    """What a dataset's key records besides its generator, prompts and real data: everything that changes its
+    bytes, and nothing that does not (actors, resumes, the device, the storage root).
+
+    The batch size is in it: float kernels are not batch-invariant (a batch of 3 and three batches of 1 can differ
+    by one grey level in a pixel), so a new batch size makes a new dataset rather than a silent mix. `auto` is
+    keyed as `auto`: its batch is chosen per actor from free GPU memory, so, like the GPU model, it may move low
+    bits. Overlapping the encoding with the next batch (`generation.overlap`) changes no bit and stays out.
+    """
+    entry = generator_entry(cfg, generator)
+    g = cfg.generation
+    kind = kind_of(entry)
+    spec: dict[str, Any] = {
+        "kind": entry["kind"],
+        "protocol": g.protocol,
+        "params": sampling_params(entry, g.protocol, g),
+        "format": g.image_format, "quality": int(g.jpeg_quality) if g.image_format == "jpeg" else None,
+        "stored_size": g.stored_size, "shard_size": int(g.shard_size), "batch_size": batch_size_setting(g.batch_size),
+    }
+    overlap_setting(g)
+    if g.image_format == "jpeg" and jpeg_subsampling(g) != old_subsampling(int(g.jpeg_quality)):
+        spec["subsampling"] = jpeg_subsampling(g)  # the keys of datasets encoded as before stay as they were
+    if entry.get("variant"):
+        spec["variant"] = entry["variant"]
+    spec.update(kind.identity(entry, g))  # the kind's own part: model, pipeline, kernels; a control's settings
+    return spec
+
+
+def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: RealSpec) -> SyntheticSpec:
+    """The dataset's spec: everything that changes its bytes (`synthetic_settings`)."""
+    from omegaconf import OmegaConf
+
+    from synthray.graph.captions import captions_spec
+    from synthray.shards import Pool
+
+    settings = synthetic_settings(cfg, generator)
+    captions = None
+    if uses_captioner(cfg, style):
+        captions = captions_spec(cfg, real)
+        # The real data's key holds class ids only; the names go into every prompt.
+        prompts = {"template": cfg.prompts.caption_template, "n_per_class": int(cfg.prompts.n_per_class),
+                   "names": load_classes(cfg.data.classes)["name"].tolist()}
+        rows = len(real.classes) * int(cfg.prompts.n_per_class)
+    else:
+        prompts = {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
+        rows = len(table)
+    g = cfg.generation
+    kind = KINDS.get(settings["kind"])
+    pool = Pool.from_cfg(g) if kind.loads_model else Pool("cpu")
+    shards = max(1, -(-rows // int(g.shard_size)))
+    units = max(1, min(max(int(g.num_actors), int(g.get("max_actors") or 0)), shards))
+    return SyntheticSpec(generator=generator, style=style, settings=settings, prompts=prompts, rows=rows,
+                         real=real if kind.draws_real else None, captions=captions, device=pool.device,
+                         resources_=Resources(pool.device, units, pool.gpus), entry=generator_entry(cfg, generator),
+                         run=OmegaConf.to_container(g, resolve=True))
+
+
+def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None = None) -> Artifact:
+    """The dataset artifact (not built) of `generator` and `style`, on the prompt rows `table` (default: the
+    config's prompt table; captions made by the captioner stage have none)."""
+    return planned_dataset(cfg, generator, style, table).artifact(Store.from_cfg(cfg))
+
+
+def planned_dataset(cfg: Any, generator: str, style: str, table: pd.DataFrame | None = None) -> SyntheticSpec:
+    from synthray.graph.real import real_spec
+
+    if table is None and not uses_captioner(cfg, style):
+        table = build_prompt_table(cfg, generator, style)
+    return synthetic_spec(cfg, generator, style, table, real_spec(cfg))
+
+
+def generate_dataset(cfg: Any, generator: str, style: str = "classname", table: pd.DataFrame | None = None) -> DatasetRef:
+    """One synthetic dataset, from the config alone: its real data when the generator draws from it, its prompt
+    table (or `table`), and the generation stage. `synthray.api.generate` calls this."""
+    from synthray.data.real import build_real
+    from synthray.generation.stage import generate
+    from synthray.models import Models
+
+    table = table if table is not None else build_prompt_table(cfg, generator, style)
+    spec = planned_dataset(cfg, generator, style, table)
+    models = Models.from_cfg(cfg)
+    real = build_real(spec.real, models.store) if spec.real is not None else None
+    return generate(spec, table, real, models)
+
+
+def captioned_prompt_table(cfg: Any, generator: str, style: str, real: Artifact) -> pd.DataFrame:
+    """Inside a trial: build (or reuse) the captions, then the prompt table made from them."""
+    from synthray.graph.captions import caption
+
+    caption(cfg, real)
+    return build_prompt_table(cfg, generator, style)
