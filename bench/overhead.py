@@ -163,7 +163,7 @@ def measure_epochs(data_root: Path, model_root: Path, epochs: int, ray_train: bo
     from synthray.logs import setup_logging
     from synthray.sweep.runner import start_local_ray
     from synthray.sweep.trial import plan_trials
-    from synthray.training.trainer import train
+    from synthray.graph.planner import train
 
     start_local_ray()
     setup_logging()
@@ -191,7 +191,8 @@ def probes_floor(root: Path, cores: int) -> dict[str, Any]:
     from synthray.config import compose
     from synthray.graph.real import real_data
     from synthray.sweep.trial import plan_trials
-    from synthray.training.trainer import numerics, split_counts
+    from synthray.training.trainer import split_counts
+    from synthray.graph.identity import numerics
 
     cfg = compose([f"storage={root}", "experiment=probes"])
     trials = plan_trials(cfg)

@@ -88,7 +88,7 @@ def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache
                   compile_model: bool, tiny: bool, jpeg_decode: str = "cpu", decode_cpus: int | None = None) -> dict:
     """(b): the training stage on the JPEG dataset; images/s is the median over epochs after the first."""
     from synthray.config import compose
-    from synthray.training.trainer import train
+    from synthray.graph.planner import train
 
     device = "gpu" if torch.cuda.is_available() else "cpu"
     overrides = [f"storage={storage}", f"device={device}", "recipe=paper", f"recipe.epochs={epochs}", f"recipe.batch_size={batch}",

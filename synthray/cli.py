@@ -412,7 +412,7 @@ def caption_command(overrides: list[str]) -> str:
     """`synthray caption [overrides]`: build or reuse the captions; one line with their URI and row count."""
     from synthray.config import compose
     from synthray.graph.captions import caption, check_captioner
-    from synthray.data.real import check_source
+    from synthray.graph.real import check_source
     from synthray.storage import check_storage
     from synthray.sweep.runner import init_ray
 

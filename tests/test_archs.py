@@ -95,7 +95,7 @@ def test_sync_bn_on_cpu_workers_is_one_line_and_enters_the_key_only_when_it_acts
     validate(compose([f"storage={tmp_path}", "training.sync_bn=true"]))  # one worker: nothing to synchronise
 
     from synthray.artifacts import Artifact, DatasetRef, Store
-    from synthray.training.trainer import model_artifact
+    from synthray.graph.planner import model_artifact
 
     data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")
 
@@ -114,7 +114,7 @@ def test_fp32_precision_runs_without_autocast():
         assert net(x).dtype == torch.float32
     with autocast_for("bf16", torch.device("cpu")):
         assert net(x).dtype == torch.bfloat16
-    from synthray.training.trainer import numerics
+    from synthray.graph.identity import numerics
 
     assert numerics(compose(["device=gpu", "training.precision=fp32"]))["precision"] == "fp32"
     assert numerics(compose(["device=gpu"]))["precision"] == "bf16"

@@ -50,7 +50,7 @@ def test_the_changed_bagnet_never_reuses_models_of_the_old_one(tmp_path):
     """BagNet became the study's (stem momentum, init): its version is in model and result keys, tiny-cnn's keys stay."""
     from synthray.artifacts import Artifact, DatasetRef, Store
     from synthray.config import compose
-    from synthray.training.trainer import model_artifact
+    from synthray.graph.planner import model_artifact
 
     cfg = compose([f"storage={tmp_path}"])
     data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")

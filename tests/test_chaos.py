@@ -145,7 +145,7 @@ from synthray.artifacts import DatasetRef
 from synthray.config import compose
 from synthray.graph.real import real_data
 from synthray.storage import read_bytes
-from synthray.training.trainer import train
+from synthray.graph.planner import train
 cfg = compose(sys.argv[2:])
 art = train(cfg, "tiny-cnn", DatasetRef(real_data(cfg), "train"), 10, label="chaos")
 print(json.dumps({"key": art.key, "meta": art.meta(),

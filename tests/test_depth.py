@@ -261,7 +261,7 @@ def test_depth_worker_passes_the_options(tiny_dir, tmp_path):
 
 
 def test_depth_options_reach_the_key_only_when_they_change_it(tmp_path):
-    from synthray.probes.stage import check_probe, probe_setup
+    from synthray.graph.probes import check_probe, probe_setup
     from tests.conftest import tiny_cfg
 
     base = probe_setup(tiny_cfg(tmp_path), "depth")

@@ -11,7 +11,8 @@ import pytest
 
 from synthray import storage
 from synthray.generation.compiled import kernels_identity
-from synthray.generation.kinds import build_generator, generator_entry, sampling_params
+from synthray.generation.kinds import build_generator, sampling_params
+from synthray.graph.synthetic import generator_entry
 from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
 from synthray.images import read_images
 from synthray.models import Models

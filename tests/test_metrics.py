@@ -84,7 +84,7 @@ def test_metric_settings_reach_the_key_only_when_they_change_it(tmp_path):
     ("metrics.prdc_k=0", "metrics.prdc_k must be a positive int"),
 ])
 def test_bad_metric_settings_are_one_line(tmp_path, override, message):
-    from synthray.metrics.features import check_encoders
+    from synthray.graph.metrics import check_encoders
     from synthray.registry import SynthrayError
     from tests.conftest import tiny_cfg
 
@@ -96,7 +96,8 @@ def test_bad_metric_settings_are_one_line(tmp_path, override, message):
 
 def test_max_samples_null_is_every_row(tmp_path):
     from synthray.images import write_table
-    from synthray.metrics.features import sample_ids, sample_limit
+    from synthray.graph.metrics import sample_limit
+    from synthray.metrics.features import sample_ids
     from tests.conftest import tiny_cfg
 
     for part, ids in enumerate([[f"a{i:02d}" for i in range(30)], [f"b{i:02d}" for i in range(25)]]):
@@ -116,17 +117,18 @@ def test_study_settings_end_to_end(ray_cluster, shared_storage):
     from synthray.graph.real import real_data
     from synthray.images import read_images
     from synthray.metrics.distribution import distribution_metrics, equal_subsets
-    from synthray.metrics.features import features
+    from synthray.graph.metrics import features_of
     from tests.conftest import tiny_cfg
 
     cfg = tiny_cfg(shared_storage, "metrics.max_samples=null", "metrics.distance=cosine", "metrics.equal_counts=true",
                    "metrics.per_class=false")
     real = real_data(cfg)
     train, test = DatasetRef(real, "train"), DatasetRef(real, "test")
-    (tx, _), (cx, _) = features(cfg, train)["pixels"], features(cfg, test)["pixels"]
+    train_sets, test_sets = features_of(cfg, train), features_of(cfg, test)
+    (tx, _), (cx, _) = train_sets["pixels"], test_sets["pixels"]
     assert len(tx) == len(read_images(train.uri, columns=["id"])) > len(cx) > 200  # every row, beyond the tiny 200
     keep_t, keep_c = equal_subsets(len(tx), len(cx), int(cfg.seed))
     assert len(keep_t) == len(keep_c) == len(cx)
-    row = distribution_metrics(cfg, train, test)
+    row = distribution_metrics(cfg.metrics, int(cfg.seed), train_sets, test_sets)
     expected = prdc(tx[keep_t], cx[keep_c], k=5, distance="cosine")
     assert all(row[f"pixels_{m}"] == expected[m] for m in expected) and row["density"] == expected["density"]

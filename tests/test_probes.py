@@ -5,7 +5,8 @@ from synthray.artifacts import DatasetRef, Store
 from synthray.graph.real import real_data
 from synthray.images import decode_array, read_images
 from synthray.models import Models
-from synthray.probes.stage import probe_setup, view
+from synthray.probes.stage import view
+from synthray.graph.probes import probe_setup
 from synthray.probes.transforms import PROBES, box_mask, fft_filter, rescale
 from tests.conftest import tiny_cfg
 
@@ -188,7 +189,7 @@ def test_frequency_options_reach_the_key_only_when_they_change_it(tmp_path):
     ("+probes.lowpass.radius=3", "probes.lowpass has no key radius"),
 ])
 def test_bad_frequency_options_are_one_line(tmp_path, override, message):
-    from synthray.probes.stage import check_probe
+    from synthray.graph.probes import check_probe
     from synthray.registry import SynthrayError
 
     cfg = tiny_cfg(tmp_path, override)

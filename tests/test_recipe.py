@@ -26,7 +26,7 @@ def test_paper_recipe_numbers_come_from_its_config_file():
 
 def test_changing_a_recipe_value_changes_the_model_key(tmp_path):
     from synthray.artifacts import Artifact, DatasetRef, Store
-    from synthray.training.trainer import model_artifact
+    from synthray.graph.planner import model_artifact
 
     real = Artifact(Store(str(tmp_path)), "real", {"d": 1})
     data, test = DatasetRef(real, "train"), DatasetRef(real, "test")

@@ -9,7 +9,8 @@ import pytest
 
 from synthray.artifacts import DatasetRef
 from synthray.graph.real import real_artifact, real_data
-from synthray.generation.kinds import RealHoldoutGenerator, build_generator, generator_entry
+from synthray.generation.kinds import RealHoldoutGenerator, build_generator
+from synthray.graph.synthetic import generator_entry
 from synthray.generation.kinds import tiny_params as _tiny_params
 from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
 from synthray.images import to_uint8

@@ -16,7 +16,7 @@ from synthray.artifacts import MANIFEST, Artifact, DatasetRef, Store
 from synthray.graph.real import real_data
 from synthray.metrics.accuracy import accuracy, load_model
 from synthray.training.archs import check_arch, count_parameters, create_model
-from synthray.training.trainer import train
+from synthray.graph.planner import train
 from tests.conftest import TINY, tiny_cfg
 
 
@@ -65,7 +65,7 @@ from synthray.artifacts import DatasetRef
 from synthray.config import compose
 from synthray.graph.real import real_artifact
 from synthray.logs import setup_logging
-from synthray.training.trainer import train
+from synthray.graph.planner import train
 
 setup_logging()
 ray.init(address=sys.argv[1])
@@ -83,7 +83,7 @@ def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, sha
     """SIGKILL a training driver in the middle of an epoch, rerun it: the final (and best) weights equal, bit
     for bit, those of a run that was never stopped (CPU, fixed seeds). The uninterrupted run takes the other path
     (Ray Train's worker group, or the calling process), so the two paths give the same weights too."""
-    from synthray.training.trainer import model_artifact
+    from synthray.graph.planner import model_artifact
 
     data = DatasetRef(real_data(tiny_cfg(shared_storage)), "train")
     # lease_s: the killed driver's claim on the model lapses after 5 s instead of 2 minutes (not part of the key).

@@ -22,11 +22,17 @@ from synthray.images import decode_array, encode, shard_files, write_table
 from synthray.registry import SynthrayError
 from synthray.sweep.plan import validate
 from synthray.training.device_decode import decode_on_device, shard_batches, to_device
-from synthray.training.trainer import model_artifact, training_spec
+from synthray.graph.planner import model_artifact
+from synthray.graph.identity import training_spec
 from tests.conftest import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+
+def _sections(cfg):
+    """The recipe and training sections a model's spec carries to the training stage."""
+    return cfg.recipe, cfg.training
 
 def smooth(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     """A smooth random picture (upsampled noise), like a generated image; pure noise would be a worst case."""
@@ -62,7 +68,7 @@ def test_worker_decode_matches_pillow_within_a_level():
 
 
 def test_jpeg_decode_gpu_enters_the_key_and_cpu_stays_out(tmp_path):
-    from synthray.training import trainer
+    from synthray.graph import identity
 
     data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")
 
@@ -78,8 +84,8 @@ def test_jpeg_decode_gpu_enters_the_key_and_cpu_stays_out(tmp_path):
     # How many CPUs decode never changes a pixel (Ray Data keeps the order), so it is not in the key.
     assert key("training.decode_cpus=3") == key()
     # A key from before the setting (its numerics had no jpeg_decode) is the key of jpeg_decode=cpu.
-    legacy = {k: v for k, v in trainer.numerics(compose([f"storage={tmp_path}"])).items() if k != "jpeg_decode"}
-    assert trainer.without_legacy(legacy, trainer.LEGACY_NUMERICS) == training_spec(compose([f"storage={tmp_path}"]))["numerics"]
+    legacy = {k: v for k, v in identity.numerics(compose([f"storage={tmp_path}"])).items() if k != "jpeg_decode"}
+    assert identity.without_legacy(legacy, identity.LEGACY_NUMERICS) == training_spec(compose([f"storage={tmp_path}"]))["numerics"]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -95,7 +101,7 @@ def test_bad_decode_settings_are_one_line(tmp_path, override, message):
 
 
 def test_gpu_decode_on_a_cpu_training_fails_before_anything_runs(tmp_path):
-    from synthray.training.trainer import train
+    from synthray.graph.planner import train
 
     data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")
     with pytest.raises(SynthrayError, match="training.jpeg_decode=gpu") as err:
@@ -134,8 +140,8 @@ def test_encoded_rows_reach_the_worker_in_the_same_order(ray_cluster, tmp_path, 
     assert rows[0] + rows[1] == 119  # one row flagged by the quality guard
     common = [f"training.cache_decoded_gb={cache_gb}", "recipe.load_size=32", "recipe.test_transform.resize=32",
               f"recipe.selection_fraction={fraction}"]
-    plain = _datasets(tiny_cfg(tmp_path, *common), images, rows, fraction, None)
-    worker = _datasets(tiny_cfg(tmp_path, *common, "device=gpu", "training.jpeg_decode=gpu"), images, rows, fraction, None)
+    plain = _datasets(*_sections(tiny_cfg(tmp_path, *common)), images, rows, fraction, None)
+    worker = _datasets(*_sections(tiny_cfg(tmp_path, *common, "device=gpu", "training.jpeg_decode=gpu")), images, rows, fraction, None)
     raw = next(iter(shard_batches(worker["train"], 4, "gpu")))
     assert isinstance(raw["image"][0], bytes), "jpeg_decode=gpu ships the encoded bytes to the worker"
     worst = 0
@@ -174,7 +180,7 @@ def test_training_with_worker_decode_records_where_the_time_went(ray_cluster, tm
     training.device=gpu) is lifted so that the worker decodes with libjpeg-turbo instead. Both decoders' runs
     record the time split in every epoch's history, and the worker-decoded model is the same cached or streamed."""
     from synthray.training import recipe
-    from synthray.training.trainer import train
+    from synthray.graph.planner import train
 
     data = jpeg_dataset(tmp_path / "data")
     args = ["recipe.epochs=2", "recipe.batch_size=16", "training.cache_decoded_gb=0", "recipe.selection_fraction=0.2"]
@@ -212,8 +218,8 @@ def test_streaming_keeps_the_shuffled_encoded_rows_when_they_fit(ray_cluster, tm
     assert encoded < decoded
     between = (encoded + decoded) / 2 / 2**30
     common = ["recipe.load_size=32", "recipe.test_transform.resize=32", "recipe.selection_fraction=0.2"]
-    streamed = _datasets(tiny_cfg(tmp_path, *common, "training.cache_decoded_gb=0"), data.uri, rows, 0.2, None)
-    kept = _datasets(tiny_cfg(tmp_path, *common, f"training.cache_decoded_gb={between}"), data.uri, rows, 0.2, None)
+    streamed = _datasets(*_sections(tiny_cfg(tmp_path, *common, "training.cache_decoded_gb=0")), data.uri, rows, 0.2, None)
+    kept = _datasets(*_sections(tiny_cfg(tmp_path, *common, f"training.cache_decoded_gb={between}")), data.uri, rows, 0.2, None)
     for part in ("train", "selection"):
         for epoch in range(2):
             shuffle = {"local_shuffle_buffer_size": 64, "local_shuffle_seed": epoch, "prefetch_batches": 1}

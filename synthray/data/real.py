@@ -57,37 +57,10 @@ def build_real(spec: Any, store: Store) -> Artifact:
     return art.build(lambda out: build(spec.build_spec(), out))
 
 
-def check_source(cfg: Any) -> None:
-    """Validate the real-data source without reading images: one line naming what is missing."""
-    d = cfg.data
-    if d.source not in SOURCES:
-        raise SynthrayError(f"unknown data.source '{d.source}'; choices: {', '.join(SOURCES)}")
-    if d.on_corrupt not in ("fail", "skip"):
-        raise SynthrayError(f"data.on_corrupt={d.on_corrupt} is not one of fail, skip")
-    if d.source == "digits":
-        return
-    if not d.root:
-        what = "train/ and val/ class folders" if d.source == "imagefolder" else "train and test parquet files"
-        raise SynthrayError(f"data.source={d.source} needs data.root=<folder with {what}>")
-    root = Path(d.root).expanduser()
-    if not root.is_dir():
-        raise SynthrayError(f"real data folder not found: data.root={root}")
-    if d.source == "parquet":
-        for split in ("train", "test"):
-            _parquet_files(root, split)
-        return
-    test_dir = _test_dir(root)
-    ids = load_classes(d.classes)["id"].tolist()
-    for split_dir in (root / "train", test_dir):
-        missing = [c for c in ids if not (split_dir / c).is_dir()]
-        if missing:
-            raise SynthrayError(f"{split_dir}: {len(missing)} of {len(ids)} class folders missing, e.g. {', '.join(missing[:3])}")
-
-
 PARQUET_SPLITS = {"train": ("train",), "test": ("test", "val", "validation")}
 
 
-def _parquet_files(root: Path, split: str) -> list[Path]:
+def parquet_files(root: Path, split: str) -> list[Path]:
     """`<root>/<split>/**.parquet`, else `<root>/**/<split>*.parquet` (HF hub layout: data/train-00000-of-00004.parquet)."""
     for name in PARQUET_SPLITS[split]:
         files = sorted((root / name).rglob("*.parquet")) if (root / name).is_dir() else \
@@ -97,7 +70,7 @@ def _parquet_files(root: Path, split: str) -> list[Path]:
     raise SynthrayError(f"{root}: no {split} parquet files (looked for {split}/ or {'|'.join(PARQUET_SPLITS[split])}*.parquet)")
 
 
-def _test_dir(root: Path) -> Path:
+def test_dir(root: Path) -> Path:
     for name in ("val", "test"):
         if (root / name).is_dir():
             return root / name
@@ -165,7 +138,7 @@ def _digits(spec: dict[str, Any], skipped: list[str]) -> list[dict[str, Any]]:
     return out
 
 
-def _list_images(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
@@ -205,8 +178,8 @@ def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: li
 
 def _imagefolder(spec: dict[str, Any], skipped: list[str]) -> Iterator[dict[str, Any]]:
     root = Path(spec["root"])
-    dirs = {"train": root / "train", "test": _test_dir(root)}
-    items = {split: {cid: [(str(p.relative_to(root)), p) for p in _list_images(d / cid)] for cid in spec["classes"]} for split, d in dirs.items()}
+    dirs = {"train": root / "train", "test": test_dir(root)}
+    items = {split: {cid: [(str(p.relative_to(root)), p) for p in list_images(d / cid)] for cid in spec["classes"]} for split, d in dirs.items()}
     return _assign(spec, items, skipped)
 
 
@@ -231,7 +204,7 @@ def _parquet(spec: dict[str, Any], skipped: list[str]) -> Iterator[dict[str, Any
     items: dict[str, dict[str, list]] = {}
     for split in ("train", "test"):
         items[split] = {}
-        for path in _parquet_files(root, split):
+        for path in parquet_files(root, split):
             pf = pq.ParquetFile(path)
             missing = [c for c in (image_col, label_col) if c not in pf.schema_arrow.names]
             if missing:

@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from omegaconf import OmegaConf
-
 from synthray.generation.compiled import check_speed_settings, kernels_identity
 from synthray.generation.controls import CollapsedGenerator, RealHoldoutGenerator
 from synthray.generation.generators import DiffusersGenerator
@@ -25,7 +23,7 @@ from synthray.registry import Registry, SynthrayError, unknown_name
 
 Entry = dict[str, Any]
 PROTOCOLS = ("model-default", "paper")
-__all__ = ["KINDS", "PROTOCOLS", "GeneratorKind", "RealHoldoutGenerator", "build_generator", "check_scheduler", "generator_entry",
+__all__ = ["KINDS", "PROTOCOLS", "GeneratorKind", "RealHoldoutGenerator", "build_generator", "check_scheduler", "zoo_entry",
            "kind_of", "sampling_params", "tiny_params"]
 
 
@@ -101,18 +99,17 @@ def kind_of(entry: Entry) -> GeneratorKind:
     return KINDS.get(str(entry.get("kind")))
 
 
-def generator_entry(cfg: Any, name: str) -> Entry:
-    """The zoo entry for `name` (a plain dict), or a one-line error listing the zoo. A set `generation.dtype`
-    replaces every model's dtype (e.g. bfloat16 for all, where the study ran SD1.x/2.x/XL in float16)."""
-    if name not in cfg.generators and name.startswith(REENCODE_PREFIX):
-        entry = reencode_entry(cfg, name)  # vae-reencode:<generator>, made from the source's entry
-    elif name not in cfg.generators:
-        raise unknown_name("generator", name, [*cfg.generators.keys(), f"{REENCODE_PREFIX}<generator>"])
+def zoo_entry(zoo: Any, name: str, dtype: str | None = None) -> Entry:
+    """The entry for `name` in `zoo` (the generator entries by name) as a plain dict, or a one-line error listing
+    the zoo. A `dtype` replaces every model's (e.g. bfloat16 for all, where the study ran SD1.x/2.x/XL in float16)."""
+    if name not in zoo and name.startswith(REENCODE_PREFIX):
+        entry = reencode_entry(zoo, name)  # vae-reencode:<generator>, made from the source's entry
+    elif name not in zoo:
+        raise unknown_name("generator", name, [*zoo.keys(), f"{REENCODE_PREFIX}<generator>"])
     else:
-        entry = dict(cfg.generators[name])
+        entry = dict(zoo[name])
         kind = kind_of(entry)  # an unknown kind is a zoo typo
-        entry = kind.complete(cfg, name, entry) if kind.complete else entry
-    dtype = OmegaConf.select(cfg, "generation.dtype", default=None)
+        entry = kind.complete(zoo, name, entry) if kind.complete else entry
     if dtype and "dtype" in entry:
         entry["dtype"] = str(dtype)
     return entry

@@ -45,15 +45,16 @@ FLOAT32_PIPELINES = ("StableDiffusionXLPipeline",)
 VIDEO_VAES = ("AutoencoderKLQwenImage", "AutoencoderKLWan")  # (B, C, frames, H, W) in and out
 
 
-def reencode_entry(cfg: Any, name: str, entry: dict[str, Any] | None = None) -> dict[str, Any]:
+def reencode_entry(zoo: Any, name: str, entry: dict[str, Any] | None = None) -> dict[str, Any]:
     """The generator entry of `vae-reencode:<generator>`, or of a zoo entry `{kind: vae-reencode, source: <generator>}`:
-    the source's model, pipeline and resolution (tiny twins are built at it), and the VAE's dtype."""
+    the source's model, pipeline and resolution (tiny twins are built at it), and the VAE's dtype. `zoo`: the
+    generator entries by name (`generators`)."""
     entry = dict(entry) if entry is not None else {"kind": "vae-reencode", "source": name[len(PREFIX):], "released": None}
     source = str(entry.get("source") or "")
-    diffusers_names = [n for n, e in cfg.generators.items() if e.get("kind") == "diffusers"]
-    if source not in cfg.generators:
+    diffusers_names = [n for n, e in zoo.items() if e.get("kind") == "diffusers"]
+    if source not in zoo:
         raise SynthrayError(f"{name}: {unknown_name('generator', source, diffusers_names)}")
-    src = dict(cfg.generators[source])
+    src = dict(zoo[source])
     if src.get("kind") != "diffusers":
         raise SynthrayError(f"{name}: {source} is a {src.get('kind')} generator and has no VAE; "
                             f"vae-reencode takes a diffusers generator ({', '.join(sorted(diffusers_names))})")

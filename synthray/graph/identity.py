@@ -18,11 +18,14 @@ LEGACY_NUMERICS = {"sync_bn": False, "jpeg_decode": "cpu"}
 
 
 def numerics(cfg: Any) -> dict[str, Any]:
-    """Execution settings that change a model's bits (so they are part of its key), with `auto` resolved from
-    `training.device`: configuration, never the GPUs the cluster happens to have."""
+    return numerics_of(cfg.training)
+
+
+def numerics_of(t: Any) -> dict[str, Any]:
+    """Execution settings of the `training` section that change a model's bits (so they are part of its key), with
+    `auto` resolved from `training.device`: configuration, never the GPUs the cluster happens to have."""
     from synthray.training.recipe import jpeg_decode
 
-    t = cfg.training
     gpu = t.device == "gpu"
     return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
             # auto: NHWC on both devices; measured faster on CPU too (oneDNN: tiny-cnn 1.1-1.2x in the loop, BagNet-9
@@ -68,10 +71,10 @@ def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str |
     base = Path(root)
     try:
         if source == "parquet":
-            paths = [p for split in ("train", "test") for p in r._parquet_files(base, split)]
+            paths = [p for split in ("train", "test") for p in r.parquet_files(base, split)]
         else:
-            dirs = (base / "train", r._test_dir(base))
-            paths = [p for d in dirs for cid in classes if (d / cid).is_dir() for p in r._list_images(d / cid)]
+            dirs = (base / "train", r.test_dir(base))
+            paths = [p for d in dirs for cid in classes if (d / cid).is_dir() for p in r.list_images(d / cid)]
     except (OSError, SynthrayError):  # not here or malformed: `validate` says why before anything runs
         return f"unread {root}"
     digest = hashlib.sha256()

@@ -43,8 +43,11 @@ def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str
         settings.update(device=str(m.device), models={n: model_identity(v) for n, v in names.items() if v})
         gpus = float(m.gpus_per_actor) if m.device == "gpu" else 0.0
     limit = sample_limit(cfg)
+    from omegaconf import OmegaConf
+
     return cls(source=source, settings=settings, rows=rows if limit is None else min(rows, limit),
-               resources_=Resources(str(m.device) if any(names.values()) else "cpu", max(1, int(m.get("num_actors", 1))), gpus))
+               resources_=Resources(str(m.device) if any(names.values()) else "cpu", max(1, int(m.get("num_actors", 1))), gpus),
+               pool=OmegaConf.to_container(m, resolve=True))
 
 
 def features_spec(cfg: Any, source: Split, rows: int) -> SampledSpec:
@@ -58,3 +61,29 @@ def clipscore_spec(cfg: Any, source: Split, rows: int) -> ClipscoreSpec | None:
     if not model:
         return None
     return _sampled(cfg, ClipscoreSpec, {"clipscore": str(model)}, {"clip": str(model)}, source, rows)  # type: ignore[return-value]
+
+
+def check_encoders(cfg: Any) -> None:
+    """Unknown encoder names and hub weights missing from the cache (encoders, CLIPScore's CLIP) fail in one line
+    before anything runs. Tiny twins are built later, by the stage that needs them."""
+    from synthray.devices import check_device_name
+    from synthray.metrics.features import check_metric_settings
+    from synthray.models import Models, check_model
+
+    check_device_name("metrics.device", cfg.metrics.device)
+    check_metric_settings(cfg.metrics)
+    models = Models.from_cfg(cfg)
+    for name in encoder_names(cfg):
+        model = encoder_model(cfg, name)
+        if model:
+            check_model(models, model, "encoder", f"metrics.encoders.{name}.model")
+    if cfg.metrics.clipscore.model:
+        check_model(models, str(cfg.metrics.clipscore.model), "encoder", "metrics.clipscore.model")
+
+
+def features_of(cfg: Any, dataset: Any) -> dict[str, Any]:
+    """The feature sets of a built split (`features` on the spec the config gives), as the trial computes them."""
+    from synthray.metrics.features import features
+    from synthray.models import Models
+
+    return features(features_spec(cfg, dataset, 0), dataset, Models.from_cfg(cfg))

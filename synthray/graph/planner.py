@@ -30,6 +30,8 @@ def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int) -> d
 
 
 def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, selection: Split | None, rows: int) -> ModelSpec:
+    from omegaconf import OmegaConf
+
     from synthray.registry import SynthrayError
     from synthray.training.archs import arch_identity
 
@@ -41,7 +43,26 @@ def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, se
     return ModelSpec(arch=arch_identity(arch), num_classes=num_classes, data=data, recipe=spec["recipe"],
                      numerics=spec["numerics"], selection=selection if selects_on_real_test(cfg) else None, name=name,
                      rows=rows, epochs=int(cfg.recipe.epochs),
-                     resources_=Resources(str(t.device), int(t.num_workers), gpus, "worker"))
+                     resources_=Resources(str(t.device), int(t.num_workers), gpus, "worker"),
+                     run_recipe=OmegaConf.to_container(cfg.recipe, resolve=True), training=OmegaConf.to_container(t, resolve=True))
+
+
+def model_artifact(cfg: Any, arch: str, data: Any, num_classes: int, label: str, selection: Any = None) -> Any:
+    """The model of `arch` trained on `data` (a `DatasetRef` or a planned `Split`), not built. `selection` is the
+    real test split a `selection.set: real-test` recipe picks its best epoch on."""
+    from synthray.artifacts import Store
+
+    return model_spec(cfg, arch, data, num_classes, label, selection, 0).artifact(Store.from_cfg(cfg))
+
+
+def train(cfg: Any, arch: str, data: Any, num_classes: int, label: str, report_to_tune: bool = False, selection: Any = None) -> Any:
+    """Train `arch` on the built split `data` (a `DatasetRef`), or reuse a trained copy: the training stage on the
+    spec the config gives."""
+    from synthray.artifacts import Store
+    from synthray.training.trainer import train_model
+
+    spec = model_spec(cfg, arch, data, num_classes, label, selection, 0)
+    return train_model(spec, data, Store.from_cfg(cfg), report_to_tune, selection)
 
 
 @dataclass
@@ -125,7 +146,7 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
     """Plan one grid point. `real` and `table` may be shared by trials that have them in common; `counts`: real
     images per split, for the work estimates."""
     from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
-    from synthray.probes.stage import probe_cfg, probe_setup
+    from synthray.graph.probes import probe_cfg, probe_setup
     from synthray.graph.grid import point_cfg, point_label
     from synthray.training.archs import arch_identity
 

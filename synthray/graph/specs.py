@@ -245,6 +245,8 @@ class ModelSpec(Spec):
     rows: int = run_field(0)
     epochs: int = run_field(1)
     resources_: Resources = run_field(Resources(what="worker"))
+    run_recipe: Json = run_field(None)   # the whole recipe the loop runs (the key leaves out legacy values)
+    training: Json = run_field(None)     # the training section: workers, GPUs, cache, decode, retries
 
     def identity(self, legacy: bool = False) -> Json:
         out = {**self.arch, "num_classes": self.num_classes, "data": self.data.ref_for(legacy), "recipe": self.recipe,
@@ -272,6 +274,7 @@ class SampledSpec(Spec):
     settings: Json   # encoders or clipscore model, max_samples, seed, and (with a model) device and models
     rows: int = run_field(0)
     resources_: Resources = run_field(Resources())
+    pool: Json = run_field(None)   # where its actors run: metrics.device, gpus_per_actor, num_actors
 
     def identity(self, legacy: bool = False) -> Json:
         return {**self.settings, "source": self.source.ref_for(legacy)}

@@ -9,12 +9,19 @@ import pandas as pd
 
 from synthray.artifacts import Artifact, DatasetRef, Store
 from synthray.data.real import load_classes
-from synthray.generation.kinds import KINDS, generator_entry, kind_of, sampling_params
+from synthray.generation.kinds import KINDS, kind_of, sampling_params, zoo_entry
 from synthray.generation.prompts import load_captions, prompt_table
 from synthray.generation.throughput import batch_size_setting, overlap_setting
 from synthray.graph.specs import RealSpec, Resources, SyntheticSpec
 from synthray.images import jpeg_subsampling, old_subsampling
 from synthray.registry import SynthrayError
+
+
+def generator_entry(cfg: Any, name: str) -> dict[str, Any]:
+    """The zoo entry of generator `name` (`generators`), with `generation.dtype` applied when set."""
+    from omegaconf import OmegaConf
+
+    return zoo_entry(cfg.generators, name, OmegaConf.select(cfg, "generation.dtype", default=None))
 
 
 def uses_captioner(cfg: Any, style: str) -> bool:

@@ -12,13 +12,13 @@ both file lists to `min_len` (image_dist/calc.py); distances are `distance` (euc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from synthray.artifacts import DatasetRef
+FeatureSets = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
 from synthray.metrics.fd import fd
-from synthray.metrics.features import encoder_names, features
 from synthray.metrics.prdc import METRICS, prdc, prdc_per_class
 
 def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,21 +33,20 @@ def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.n
     return pick(n_real), pick(n_fake)
 
 
-def distribution_metrics(cfg: Any, real: DatasetRef, fake: DatasetRef, specs: tuple[Any, Any] = (None, None)) -> dict[str, Any]:
-    """Result columns for the synthetic set `fake` against the real set `real`; `specs`: their planned feature
-    specs (planned here when None)."""
-    conf = cfg.metrics
-    k, distance = int(conf.prdc_k), str(conf.get("distance", "euclidean"))
+def distribution_metrics(metrics: Mapping[str, Any], seed: int, real_features: FeatureSets, fake_features: FeatureSets) -> dict[str, Any]:
+    """Result columns for a synthetic set against the real set, from their feature sets ({encoder: (features
+    (N, D), labels (N,))}, encoders in the sweep's order: `features.features`). `metrics`: the metrics section
+    (prdc_k, distance, equal_counts, per_class); `seed` cuts the larger side to the smaller one's count."""
+    k, distance = int(metrics["prdc_k"]), str(metrics.get("distance", "euclidean"))
     row: dict[str, Any] = {}
-    real_features, fake_features = features(cfg, real, specs[0]), features(cfg, fake, specs[1])
-    for i, name in enumerate(encoder_names(cfg)):
+    for i, name in enumerate(real_features):
         (real_x, real_y), (fake_x, fake_y) = real_features[name], fake_features[name]
-        if conf.get("equal_counts", False):
-            keep_real, keep_fake = equal_subsets(len(real_x), len(fake_x), int(cfg.seed))
+        if metrics.get("equal_counts", False):
+            keep_real, keep_fake = equal_subsets(len(real_x), len(fake_x), int(seed))
             real_x, real_y, fake_x, fake_y = real_x[keep_real], real_y[keep_real], fake_x[keep_fake], fake_y[keep_fake]
         values = dict(prdc(real_x, fake_x, k=k, distance=distance), fd=fd(real_x, fake_x))
         row.update({f"{name}_{metric}": v for metric, v in values.items()})
-        if conf.per_class:
+        if metrics.get("per_class"):
             per_class = prdc_per_class(real_x, real_y, fake_x, fake_y, k=k, distance=distance)
             row[f"{name}_per_class"] = {m: {str(c): v for c, v in per_class[m].items()} for m in METRICS}
             row.update({f"{name}_{m}_macro": per_class["macro"][m] for m in METRICS})

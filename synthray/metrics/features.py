@@ -14,27 +14,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synthray.artifacts import BuildDir, DatasetRef, Store
-from synthray.graph.metrics import PIXELS, encoder_model, encoder_names, sample_limit  # noqa: F401 - sample_limit: read here by callers
+from synthray.artifacts import BuildDir, DatasetRef
+from synthray.graph.metrics import PIXELS, encoder_names  # noqa: F401 - encoder_names: read from here by sweep/cost.py
 from synthray.images import decode_array, read_images, read_shard, shard_files
-from synthray.models import Models, check_model
+from synthray.models import Models
 
-
-
-def check_encoders(cfg: Any) -> None:
-    """Unknown encoder names and hub weights missing from the cache (encoders, CLIPScore's CLIP) fail in one line
-    before anything runs. Tiny twins are built later, by the stage that needs them."""
-    from synthray.devices import check_device_name
-
-    check_device_name("metrics.device", cfg.metrics.device)
-    check_metric_settings(cfg.metrics)
-    models = Models.from_cfg(cfg)
-    for name in encoder_names(cfg):
-        model = encoder_model(cfg, name)
-        if model:
-            check_model(models, model, "encoder", f"metrics.encoders.{name}.model")
-    if cfg.metrics.clipscore.model:
-        check_model(models, str(cfg.metrics.clipscore.model), "encoder", "metrics.clipscore.model")
 
 
 def check_metric_settings(m: Any) -> None:
@@ -120,8 +104,8 @@ def _clipscore_worker(names: dict[str, str], models: Models) -> Callable[[dict],
     return work
 
 
-def _sampled_stage(cfg: Any, planned: Any, dataset: DatasetRef, names: dict[str, str | None],
-                   worker: Callable[..., Callable]) -> Any:
+def _sampled_stage(planned: Any, dataset: DatasetRef, names: dict[str, str | None], worker: Callable[..., Callable],
+                   models: Models) -> Any:
     """Build (once) the artifact of `planned` (a `SampledSpec`) holding `worker(names, models)` applied to the
     sampled rows of `dataset`, on an actor pool (placed by `metrics.device` when a model is involved); returns
     its rows."""
@@ -129,7 +113,7 @@ def _sampled_stage(cfg: Any, planned: Any, dataset: DatasetRef, names: dict[str,
 
     from synthray.shards import Pool, map_shards, record_shards
 
-    art = planned.artifact(Store.from_cfg(cfg))
+    art = planned.artifact(models.store)
     spec, label = planned.settings, art.label
 
     def make(out: BuildDir) -> dict[str, Any]:
@@ -139,8 +123,8 @@ def _sampled_stage(cfg: Any, planned: Any, dataset: DatasetRef, names: dict[str,
             shard_ids = [i for i in read_shard(f, columns=["id"]).column("id").to_pylist() if i in ids]
             if shard_ids:
                 tasks.append({"name": f.rsplit("/", 1)[1], "src": f, "rows": len(shard_ids), "ids": shard_ids})
-        pool = Pool.from_cfg(cfg.metrics) if any(names.values()) else Pool("cpu")
-        done = map_shards(tasks, functools.partial(worker, names, Models.from_cfg(cfg)), out.uri + "/data", what=label, pool=pool)
+        pool = Pool.from_cfg(planned.pool) if any(names.values()) else Pool("cpu")
+        done = map_shards(tasks, functools.partial(worker, names, models), out.uri + "/data", what=label, pool=pool)
         record_shards(out, "data", done)
         return {"rows": len(ids)}
 
@@ -148,25 +132,19 @@ def _sampled_stage(cfg: Any, planned: Any, dataset: DatasetRef, names: dict[str,
     return pd.concat([read_shard(f).to_pandas() for f in shard_files(art.file("data"))]).sort_values("id", kind="stable")
 
 
-def features(cfg: Any, dataset: DatasetRef, spec: Any = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `dataset`, for every
-    configured encoder, built once per dataset. `spec`: the planned `SampledSpec` (planned here when None)."""
-    from synthray.graph.metrics import features_spec
-
-    spec = spec or features_spec(cfg, dataset, 0)
+def features(spec: Any, dataset: DatasetRef, models: Models) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `dataset`, for every encoder
+    of `spec` (a `SampledSpec`), built once per dataset."""
     names = spec.settings["encoders"]
-    table = _sampled_stage(cfg, spec, dataset, names, _feature_worker)
+    table = _sampled_stage(spec, dataset, names, _feature_worker, models)
     labels = table["label"].to_numpy()
     return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels) for name in names}
 
 
-def clip_score(cfg: Any, dataset: DatasetRef, spec: Any = None) -> float | None:
-    """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts; None when off.
-    `spec`: the planned `ClipscoreSpec` (planned here when None)."""
-    from synthray.graph.metrics import clipscore_spec
-
-    spec = spec or clipscore_spec(cfg, dataset, 0)
+def clip_score(spec: Any, dataset: DatasetRef, models: Models) -> float | None:
+    """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts (`spec`, a
+    `ClipscoreSpec`); None when the sweep has none."""
     if spec is None:
         return None
-    table = _sampled_stage(cfg, spec, dataset, {"clip": spec.settings["clipscore"]}, _clipscore_worker)
+    table = _sampled_stage(spec, dataset, {"clip": spec.settings["clipscore"]}, _clipscore_worker, models)
     return float(table["clipscore"].mean())

@@ -11,14 +11,9 @@ from typing import Any
 
 from synthray.artifacts import Artifact, Store
 from synthray.graph.planner import TrialPlan, plan, plan_point
+from synthray.sweep.columns import RESULT_COLUMNS  # noqa: F401 - defined in sweep/columns.py; re-exported
 
 log = logging.getLogger("synthray")
-
-RESULT_COLUMNS = [
-    "generator", "prompt_style", "arch", "probe", "synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc",
-    "synth_to_real_acc_last", "best_epoch", "density", "coverage", "precision", "recall", "fd", "clipscore", "geneval",
-    "n_synthetic", "released",
-]
 
 
 class Trial:
@@ -72,13 +67,15 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
 
 
 def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
     from synthray.artifacts import DatasetRef
     from synthray.data.real import build_real
-    from synthray.generation.kinds import generator_entry
+    from synthray.graph.synthetic import generator_entry
     from synthray.generation.stage import generate
     from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
-    from synthray.metrics.features import clip_score
+    from synthray.metrics.features import clip_score, features
     from synthray.models import Models
     from synthray.probes.stage import view
     from synthray.training.trainer import train_model
@@ -95,8 +92,8 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     real_view = view(store, models, probe, real, planned.real_view)
     synth_view = view(store, models, probe, synth.artifact, {"data": planned.synth_view})["data"]
     # selection: used only by recipes that pick the best epoch on the real test split (recipe.selection.set).
-    synth_model = train_model(cfg, planned.synth_model, synth_view, report_to_tune=report_to_tune, selection=real_view["test"])
-    real_model = train_model(cfg, planned.real_model, real_view["train"], selection=real_view["test"])
+    synth_model = train_model(planned.synth_model, synth_view, store, report_to_tune=report_to_tune, selection=real_view["test"])
+    real_model = train_model(planned.real_model, real_view["train"], store, selection=real_view["test"])
     row: dict[str, Any] = dict(point)
     # The models are the best epochs by recipe.selection (held-out training rows, or the real test split as the
     # study does); `_acc_last` columns give the final epochs.
@@ -107,9 +104,10 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
                selection_loss=synth_model.meta().get("selection_loss_best"))
     # The study measures density and coverage on the images; synthray by default on what the classifier saw.
     images = cfg.metrics.get("features_of", "view") == "images"
-    row.update(distribution_metrics(cfg, DatasetRef(real, "train") if images else real_view["train"], synth if images else synth_view,
-                                    specs=planned.features))
-    row["clipscore"] = clip_score(cfg, synth, spec=planned.clipscore)  # the generated images, not a probe view
+    sets = [features(spec, ref, models) for spec, ref in zip(planned.features, (
+        DatasetRef(real, "train") if images else real_view["train"], synth if images else synth_view))]
+    row.update(distribution_metrics(OmegaConf.to_container(cfg.metrics, resolve=True), int(cfg.seed), *sets))
+    row["clipscore"] = clip_score(planned.clipscore, synth, models)  # the generated images, not a probe view
     row["n_synthetic"] = trial.synthetic.meta()["rows"]
     row["released"] = generator_entry(cfg, point["generator"]).get("released")
     row.update(dataset=trial.synthetic.key, synth_model=synth_model.key, real_model=real_model.key)

@@ -88,11 +88,11 @@ def decode_cpus(t: Any) -> int | None:
     return value
 
 
-def check_recipe(cfg: Any) -> None:
-    """Validate the selected recipe and its execution settings: one line naming the first bad value."""
+def check_recipe(r: Any, t: Any) -> None:
+    """Validate a recipe (`r`) and the training section's execution settings (`t`): one line naming the first
+    bad value."""
     from synthray.training.augment import output_size
 
-    r, t = cfg.recipe, cfg.training
     for key in ("epochs", "batch_size", "load_size"):
         if not isinstance(r[key], int) or r[key] < 1:
             raise SynthrayError(f"recipe.{key} must be a whole number >= 1, got {r[key]}")

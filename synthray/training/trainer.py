@@ -16,19 +16,10 @@ from typing import Any
 
 from synthray import progress, storage
 from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy  # noqa: F401 - tests read without_legacy here
-from synthray.graph.identity import LEGACY_NUMERICS, LEGACY_RECIPE, numerics, selects_on_real_test, training_spec  # noqa: F401
+from synthray.graph.identity import numerics_of
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
 log = logging.getLogger("synthray")
-
-def model_artifact(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str,
-                   selection: DatasetRef | None = None) -> Artifact:
-    """The model of `arch` trained on `data` (not built). `selection` is the real test split a `selection.set:
-    real-test` recipe picks its best epoch on; other recipes ignore it (they select on rows of `data`)."""
-    from synthray.graph.planner import model_spec
-
-    return model_spec(cfg, arch, data, num_classes, label, selection, 0).artifact(Store.from_cfg(cfg))
-
 
 def split_counts(images: str, fraction: float, seed: int) -> tuple[int, int]:
     """(training rows, selection rows) of a dataset folder, from its id and quality columns alone."""
@@ -46,7 +37,7 @@ def split_counts(images: str, fraction: float, seed: int) -> tuple[int, int]:
     return train, held
 
 
-def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, selection: str | None) -> dict[str, Any]:
+def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: float, selection: str | None) -> dict[str, Any]:
     """Ray Data pipelines for the training rows and the selection rows (the held-out `fraction` of `images`, or
     every row of the `selection` folder): read, shuffle once, decode."""
     import ray.data
@@ -55,10 +46,9 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, sel
     from synthray.training.inputs import decode_images, encoded_images, read_shards
     from synthray.training.recipe import decode_cpus, jpeg_decode
 
-    r = cfg.recipe
-    on_worker = jpeg_decode(cfg.training) == "gpu"
+    on_worker = jpeg_decode(t) == "gpu"
     # decode_cpus caps the concurrent decode tasks (each takes one CPU); unset, Ray Data runs as many as fit.
-    limit = decode_cpus(cfg.training)
+    limit = decode_cpus(t)
     compute = {"compute": ray.data.TaskPoolStrategy(size=limit)} if limit else {}
     # part: which side of the held-out split of `images` to keep; None keeps every row of another folder.
     parts = {"train": (images, "train", int(r.load_size))}
@@ -66,7 +56,7 @@ def _datasets(cfg: Any, images: str, rows: tuple[int, int], fraction: float, sel
         parts["selection"] = (selection, None, int(r.test_transform.resize)) if selection else \
             (images, "selection", int(r.test_transform.resize))
     decoded_bytes = sum(n * p[2] * p[2] * 3 for n, p in zip(rows, parts.values()))
-    cache = float(cfg.training.cache_decoded_gb) * 2**30
+    cache = float(t.cache_decoded_gb) * 2**30
     out = {}
     for name, (folder, part, size) in parts.items():
         files = shard_files(folder)
@@ -108,13 +98,12 @@ def _encoded_bytes(folder: str, files: list[str]) -> float:
     return float("inf") if None in sizes else float(sum(sizes))
 
 
-def _fit(cfg: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path: tuple[Any, str], name: str,
+def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path: tuple[Any, str], name: str,
          report_to_tune: bool) -> Any:
     """Run the loop on a Ray Train worker group; its checkpoints under `run_path` (filesystem, path)/`name`."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    t = cfg.training
     gpu = t.device == "gpu"
     callbacks = []
     if report_to_tune:
@@ -137,22 +126,18 @@ def _fit(cfg: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_pa
     return trainer.fit()
 
 
-def train(cfg: Any, arch: str, data: DatasetRef, num_classes: int, label: str, report_to_tune: bool = False,
-          selection: DatasetRef | None = None) -> Artifact:
-    """Train `arch` on `data`, or reuse a trained copy. `selection`: the real test split, where the recipe selects
-    on it (`recipe.selection.set: real-test`, the study's protocol); then every row of `data` trains."""
-    from synthray.graph.planner import model_spec
+def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool = False,
+                selection: DatasetRef | None = None) -> Artifact:
+    """The training stage: build (or reuse) the model `spec` (a `ModelSpec`) from the rows of `data`, or reuse a
+    trained copy. `selection`: the real test split, where the recipe selects on it (`recipe.selection.set:
+    real-test`, the study's protocol); then every row of `data` trains."""
+    from omegaconf import OmegaConf
 
-    spec = model_spec(cfg, arch, data, num_classes, label, selection, 0)
-    return train_model(cfg, spec, data, report_to_tune, selection)
-
-
-def train_model(cfg: Any, spec: Any, data: DatasetRef, report_to_tune: bool = False, selection: DatasetRef | None = None) -> Artifact:
-    """The training stage: build (or reuse) the model `spec` (a `ModelSpec`) from the rows of `data`."""
-    art = spec.artifact(Store.from_cfg(cfg))
+    art = spec.artifact(store)
     arch, num_classes, label = str(spec.arch["arch"]), spec.num_classes, spec.label()
     images = data.uri
-    on_test = selects_on_real_test(cfg)
+    r, t = OmegaConf.create(spec.run_recipe), OmegaConf.create(spec.training)
+    on_test = r.selection.set == "real-test"
     run_dir = art.store.uri("train-runs")
 
     def make(out: BuildDir) -> dict[str, Any]:
@@ -161,7 +146,6 @@ def train_model(cfg: Any, spec: Any, data: DatasetRef, report_to_tune: bool = Fa
 
         from synthray.training.inline import InlineSession, runs_inline
 
-        r, t = cfg.recipe, cfg.training
         fraction = 0.0 if on_test else float(r.selection_fraction)
         rows = split_counts(images, fraction, int(r.seed))
         if on_test:
@@ -171,14 +155,14 @@ def train_model(cfg: Any, spec: Any, data: DatasetRef, report_to_tune: bool = Fa
         loop_config = {"arch": arch, "num_classes": num_classes, "recipe": OmegaConf.to_container(r, resolve=True),
                        "rows": rows[0], "has_selection": rows[1] > 0, "selection_metric": str(r.selection.metric),
                        "selection_bytes": rows[1] * int(r.test_transform.resize) ** 2 * 3,
-                       "accumulate": int(t.accumulate), "progress_trial": progress.current_trial(), **numerics(cfg)}
-        datasets = _datasets(cfg, images, rows, fraction, selection.uri if on_test else None)
+                       "accumulate": int(t.accumulate), "progress_trial": progress.current_trial(), **numerics_of(t)}
+        datasets = _datasets(r, t, images, rows, fraction, selection.uri if on_test else None)
         if runs_inline(t, sum(rows)):
             with InlineSession(datasets, storage.join(run_dir, art.key), report_to_tune) as session:
                 train_loop(loop_config, session)
             metrics, final = session.metrics, session.last_checkpoint()
         else:
-            result = _fit(cfg, loop_config, datasets, storage.resolve(run_dir), art.key, report_to_tune)
+            result = _fit(t, loop_config, datasets, storage.resolve(run_dir), art.key, report_to_tune)
             metrics, final = result.metrics or {}, result.checkpoint.as_directory()
         with final as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
