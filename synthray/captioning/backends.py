@@ -5,6 +5,8 @@ A backend is a class with
 - `identity(c) -> dict`: what the captions key records of it (model identity and generation parameters; never an
   endpoint URL or a key). `c` is the `captioner` config section as a plain dict;
 - `check(c, models, need_key) -> None`: one-line errors before anything launches;
+- `remote`: whether it calls an HTTP endpoint (CPU actors, one shared rate limit) rather than loading a model;
+- `api_key_env(c) -> str | None`: the environment variable its workers read a key from;
 - `__init__(c, instruction, models, device, secret, pool_size)` inside each actor (loads the model once);
 - `__call__(images) -> list[str | Exception]`: one caption per image (JPEG bytes, already preprocessed as the
   study did), or the error that image met, so a stage can keep the captions that did succeed.
@@ -69,6 +71,12 @@ class LocalCaptioner:
     Batches are padded on the left (decoder-only generation); `captioner.batch_size` is part of the key because
     padding can change low bits of the logits.
     """
+
+    remote = False  # a model on the actor's device, placed by captioner.device
+
+    @staticmethod
+    def api_key_env(c: dict[str, Any]) -> str | None:
+        return None
 
     @staticmethod
     def identity(c: dict[str, Any]) -> dict[str, Any]:

@@ -116,6 +116,13 @@ def check_openai(c: dict[str, Any], need_key: bool) -> None:
 class OpenAICaptioner:
     """Captions through an OpenAI-compatible chat completions endpoint (default: gpt-4.1-nano, the study's)."""
 
+    remote = True  # HTTP: its actors need no GPU, and share one rate limit
+
+    @staticmethod
+    def api_key_env(c: dict[str, Any]) -> str | None:
+        """The environment variable its workers read the key from (never a config value)."""
+        return str(c["openai"]["api_key_env"])
+
     @staticmethod
     def identity(c: dict[str, Any]) -> dict[str, Any]:
         o = c["openai"]

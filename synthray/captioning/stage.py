@@ -46,7 +46,7 @@ def select_images(train: pd.DataFrame, per_class: int | None) -> pd.DataFrame:
 def _pool(c: dict[str, Any]) -> tuple[Pool, int]:
     """The actor pool and its largest size (which the rate limit is shared by). HTTP actors need no GPU."""
     size = max(int(c["num_actors"]), int(c.get("max_actors") or 0))
-    if c["backend"] == "openai":
+    if CAPTIONERS.get(c["backend"]).remote:
         return Pool("cpu", cpus=float(c.get("cpus_per_actor", 1)), actors=int(c["num_actors"]), max_actors=c.get("max_actors")), size
     return Pool.from_cfg(c), size
 
@@ -119,7 +119,8 @@ def build_captions(spec: Any, real: Artifact, models: Any) -> Artifact:
         tasks = [{"name": f"part-{i:05d}.parquet", "rows": len(part), "ids": part["id"].tolist(),
                   "class_ids": part["class_id"].tolist(), "labels": [int(v) for v in part["label"]]}
                  for i, part in enumerate(chosen.iloc[s:s + size] for s in range(0, len(chosen), size))]
-        secret = Secret(os.environ.get(str(c["openai"]["api_key_env"])) if c["backend"] == "openai" else None)
+        key_env = CAPTIONERS.get(c["backend"]).api_key_env(c)
+        secret = Secret(os.environ.get(key_env) if key_env else None)
         pool, pool_size = _pool(c)
         progress = f"{out.uri}/progress"
         factory = functools.partial(_caption_worker, c, train_uri, chosen["id"].tolist(), progress, models,

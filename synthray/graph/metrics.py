@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from synthray.graph.specs import ClipscoreSpec, Resources, SampledSpec, Split
+from synthray.metrics.features import PIXELS
 
-PIXELS = "pixels"
 
 
 def encoder_names(cfg: Any) -> list[str]:

@@ -15,9 +15,10 @@ from typing import Any, Callable
 import numpy as np
 
 from synthray.artifacts import BuildDir, DatasetRef
-from synthray.graph.metrics import PIXELS, encoder_names  # noqa: F401 - encoder_names: read from here by sweep/cost.py
 from synthray.images import decode_array, read_images, read_shard, shard_files
 from synthray.models import Models
+
+PIXELS = "pixels"  # 16 px thumbnails as features: the encoder without a model
 
 
 

@@ -8,7 +8,8 @@ or `convnext_tiny` is a different implementation (init, stochastic depth, layer 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,16 +18,29 @@ from synthray.registry import Registry, SynthrayError, unknown_name
 from synthray.training import bagnet
 
 ARCHS = Registry("architecture")
-# Bumped when an architecture of ours changes what it computes: the version is in the keys of its models and results.
-ARCH_VERSIONS: dict[str, int] = {}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One of synthray's own architectures: `build(num_classes, **kw) -> nn.Module`. `version` is bumped when it
+    changes what it computes, and is then in the keys of its models and results (None: never changed)."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    source: str
+    version: int | None = None
+
+
+def register_arch(arch: Arch) -> Arch:
+    return ARCHS.register(arch.name)(arch)
 
 
 def arch_identity(name: str) -> dict[str, Any]:
     """What a key records of an architecture: its name, and its version once it has been changed."""
-    return {"arch": name, **({"arch_version": ARCH_VERSIONS[name]} if name in ARCH_VERSIONS else {})}
+    version = ARCHS.get(name).version if name in ARCHS else None
+    return {"arch": name, **({"arch_version": version} if version is not None else {})}
 
 
-@ARCHS.register("tiny-cnn")
 def tiny_cnn(num_classes: int, width: int = 16, **_: Any) -> nn.Module:
     """A 4-conv net for the embedded default (32px digits on a CPU): ~25k parameters, any input size."""
 
@@ -40,14 +54,11 @@ def tiny_cnn(num_classes: int, width: int = 16, **_: Any) -> nn.Module:
     )
 
 
-def _register_bagnet(name: str, kernel3: tuple[int, int, int, int]) -> None:
-    ARCHS.register(name)(lambda num_classes, **_: bagnet.BagNet(kernel3, num_classes=num_classes))
-    ARCH_VERSIONS[name] = bagnet.VERSION
-
-
+register_arch(Arch("tiny-cnn", tiny_cnn, "synthray (a 4-conv net for the 32 px smoke run)"))
 # bagnet9/17/33 register here: the registry imports its members, never the reverse.
 for _name, _kernel3 in bagnet.RECEPTIVE_FIELDS.items():
-    _register_bagnet(_name, _kernel3)
+    register_arch(Arch(_name, lambda num_classes, _k=_kernel3, **_: bagnet.BagNet(_k, num_classes=num_classes),
+                       "synthray (the study's classifier/bag_net.py)", bagnet.VERSION))
 
 
 TORCHVISION = "tv:"
@@ -99,7 +110,7 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if name in ARCHS:
-        return ARCHS.get(name)(num_classes=num_classes, **kwargs)
+        return ARCHS.get(name).build(num_classes=num_classes, **kwargs)
     if name.startswith(TORCHVISION):
         check_arch(name)
         return _torchvision_model(name[len(TORCHVISION):], num_classes, **kwargs)
@@ -113,9 +124,8 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 def describe() -> list[str]:
     """`synthray list archs`: every name an architecture axis takes, with where its model comes from."""
-    own = {"tiny-cnn": "synthray (a 4-conv net for the 32 px smoke run)"}
     ours = sorted(ARCHS.names(), key=lambda n: (n != "tiny-cnn", len(n), n))  # tiny-cnn, bagnet9, bagnet17, bagnet33
-    rows = [(n, own.get(n, "synthray (the study's classifier/bag_net.py)")) for n in ours]
+    rows = [(n, ARCHS.get(n).source) for n in ours]
     rows += [(TORCHVISION + n, f"torchvision (the study's {'swin_v2_tiny, which builds Swin-T v1' if n == 'swin_t' else n})")
              for n in STUDY_TORCHVISION]
     rows += [("tv:<name>", "torchvision: any of torchvision.models.list_models(module=torchvision.models)"),
