@@ -1,15 +1,19 @@
-"""Compose the run configuration: base config, then `experiments/<name>.yaml`, then command-line overrides.
+"""Compose the run configuration with Hydra's compose API (`conf/config.yaml`'s defaults list).
 
-`recipe` works like a Hydra config group: `recipe=paper` (or `recipe: paper` in an experiment) selects
-`conf/recipes/paper.yaml` or a YAML path, and `recipe.<field>=...` changes one field of the selected recipe.
+Config groups: `experiment` (experiments/<name>.yaml in every folder of `experiment_dirs()`, merged at the top level,
+or `experiment=<path>.yaml`) and `recipe` (conf/recipes/<name>.yaml, or `recipe=<path>.yaml`); an experiment extends
+another with `defaults: [paper]` and picks a recipe with `defaults: [{override /recipe: paper}]`. The schema
+(synthray/schema.py) types every key. `recipe.<field>=...` changes one field of the selected recipe.
 
-Overrides use Hydra's grammar (`key=value`, `+key=value`, `~key`, lists as `[a,b]`) and are parsed with
-Hydra's own parser; an unknown key or malformed override is a one-line `SynthrayError`.
+Overrides use Hydra's grammar (`key=value`, `+key=value`, `~key`, lists as `[a,b]`) and are parsed with Hydra's own
+parser; group choices go to `hydra.compose`, values are applied to its result (Hydra's `OmegaConf.update`) so that an
+unknown key, a malformed override, a wrong type or a word outside a choice is a one-line `SynthrayError`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from synthray.registry import SynthrayError, unknown_name
+from synthray.schema import Config, choices, keys
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONF_DIR = PACKAGE_DIR / "conf"
 DEFAULT_EXPERIMENT = "smoke"
+SCHEMA_NAME = "synthray_schema"
 
 
 def experiment_dirs() -> list[Path]:
@@ -51,15 +57,6 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "recipes").glob("*.yaml"))
 
 
-def _recipe(name: str) -> DictConfig:
-    path = CONF_DIR / "recipes" / f"{name}.yaml"
-    if not path.is_file():
-        path = Path(name).expanduser()
-        if path.suffix not in (".yaml", ".yml") or not path.is_file():
-            raise unknown_name("recipe", name, list_recipes())
-    return _load_yaml(path)
-
-
 def _parse_overrides(overrides: Sequence[str]) -> list[Any]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
@@ -77,31 +74,21 @@ def _parse_overrides(overrides: Sequence[str]) -> list[Any]:
     return parsed
 
 
-def _load_yaml(path: Path) -> DictConfig:
-    try:
-        cfg = OmegaConf.load(path)
-    except (OSError, OmegaConfBaseException, ValueError) as err:
-        raise SynthrayError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
-    if not isinstance(cfg, DictConfig):
-        raise SynthrayError(f"config {path} must hold a mapping")
-    return cfg
+def _is_path(value: str) -> bool:
+    return value.endswith((".yaml", ".yml"))
 
 
-def _experiment(name: str, experiments: dict[str, Path], seen: tuple[str, ...] = ()) -> DictConfig:
-    """An experiment's deltas, after those of the experiments its `defaults: [<name>, ...]` lists (Hydra's
-    convention): experiments/paper-texture.yaml is experiments/paper.yaml with another grid."""
-    if name in seen:
-        raise SynthrayError(f"experiment {name}: its defaults include itself ({' -> '.join((*seen, name))})")
-    if name not in experiments:
-        raise unknown_name("experiment", name, experiments)
-    exp = _load_yaml(experiments[name])
-    if isinstance(exp.get("recipe"), str):  # `recipe: paper` and a child's `recipe: {epochs: 5}` must merge
-        exp.recipe = {"name": exp.recipe}
-    bases = exp.pop("defaults", None) or []
-    merged = OmegaConf.create()
-    for base in [bases] if isinstance(bases, str) else bases:
-        merged = OmegaConf.merge(merged, _experiment(str(base), experiments, (*seen, name)))
-    return OmegaConf.merge(merged, exp) if bases else exp
+def _choose(group: str, value: str, names: Any, sources: list[str]) -> tuple[str, Path | None]:
+    """A group's option name for `value` (a name or a YAML path), and the file a path names (ahead in `sources`)."""
+    if not _is_path(value):
+        if value not in names:
+            raise unknown_name(group, value, names)
+        return value, None
+    path = Path(value).expanduser().resolve()
+    if not path.is_file():
+        raise SynthrayError(f"{group} file not found: {path}")
+    sources.insert(0, f"{group}@{path}")
+    return path.stem, path
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
@@ -117,40 +104,106 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         else:
             rest.append(o)
     experiments = list_experiments()
-    if experiment not in experiments:
-        raise unknown_name("experiment", experiment, experiments)
-
-    cfg = _load_yaml(CONF_DIR / "config.yaml")
-    cfg.generators = _load_yaml(CONF_DIR / "generators.yaml")
-    OmegaConf.set_struct(cfg, True)
-    exp = _experiment(experiment, experiments)
-    # An experiment selects a recipe by name (`recipe: paper`) and may change its fields (`recipe: {name: paper, epochs: 5}`).
-    exp_recipe = exp.pop("recipe", None)
-    if isinstance(exp_recipe, str):
-        exp_recipe = OmegaConf.create({"name": exp_recipe})
-    recipe = recipe or (exp_recipe.get("name") if exp_recipe is not None else None) or cfg.recipe
-    with open_dict(cfg):
-        cfg.recipe = _recipe(recipe)
-    if exp_recipe is not None:
-        exp.recipe = exp_recipe
-        if exp_recipe.get("name") not in (None, recipe):  # the command line chose another recipe: drop its name only
-            del exp.recipe["name"]
-    try:
-        with open_dict(cfg.generators):  # experiments may add generators; other unknown keys are typos
-            cfg = OmegaConf.merge(cfg, exp)
-    except OmegaConfBaseException as err:
-        raise SynthrayError(f"experiment {experiments[experiment]}: {_one_line(err)}") from None
+    sources = [f"experiment@{d.resolve()}" for d in experiment_dirs()] + [f"recipe@{CONF_DIR / 'recipes'}"]
+    experiment, path = _choose("experiment", experiment, experiments, sources)
+    files = {("experiment", name): p for name, p in experiments.items()} | ({("experiment", experiment): path} if path else {})
+    choices_ = [f"experiment@_global_={experiment}"]
+    if recipe is not None:
+        recipe, path = _choose("recipe", recipe, list_recipes(), sources)
+        files[("recipe", recipe)] = path or CONF_DIR / "recipes" / f"{recipe}.yaml"
+        choices_.append(f"recipe={recipe}")
+    _check_loops(experiment, files)
+    cfg = _hydra_compose(choices_, sources, files)
     cfg.experiment = experiment
     for o in rest:
         _apply(cfg, o)
     _check_generators(cfg)
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     except OmegaConfBaseException as err:
-        raise SynthrayError(f"config: {_one_line(err)}") from None
+        raise SynthrayError(f"config: {_explain(err)}") from None
+    for key in _missing(cfg):  # a key no file sets stays out, as a recipe without lr_schedule
+        parent, _, leaf = key.rpartition(".")
+        node = resolved
+        for part in filter(None, parent.split(".")):
+            node = node[part]
+        del node[leaf]
     out = OmegaConf.create(resolved)
     _absolute_paths(out)
     OmegaConf.set_struct(out, True)
+    return out
+
+
+def _check_loops(name: str, files: dict[tuple[str, str], Path], seen: tuple[str, ...] = ()) -> None:
+    """Hydra recurses without end on an experiment whose defaults list leads back to it: name the loop instead."""
+    if name in seen:
+        raise SynthrayError(f"experiment {name}: its defaults include itself ({' -> '.join((*seen, name))})")
+    path = files.get(("experiment", name))
+    try:
+        exp = OmegaConf.load(path) if path else None
+    except (OSError, OmegaConfBaseException, ValueError):
+        return  # Hydra reports it
+    bases = exp.get("defaults") if isinstance(exp, DictConfig) else None
+    for base in [bases] if isinstance(bases, str) else bases or []:
+        if isinstance(base, str) and not base.startswith(("_", "/", "override")):
+            _check_loops(base, files, (*seen, name))
+
+
+def _hydra_compose(overrides: list[str], sources: list[str], files: dict[tuple[str, str], Path]) -> DictConfig:
+    from hydra.errors import HydraException
+
+    from synthray.hydra_search import hydra_compose
+
+    try:
+        return hydra_compose(CONF_DIR, "config", overrides, sources, {SCHEMA_NAME: Config})
+    except (HydraException, OmegaConfBaseException) as err:
+        raise _composition_error(str(err), files) from None
+
+
+def _composition_error(text: str, files: dict[tuple[str, str], Path]) -> SynthrayError:
+    """Hydra's message, in one line, naming the experiment or recipe file it is about."""
+    where = re.match(r"In '(experiment|recipe)/([^']+)': (?:\w+ raised while composing config:\n)?", text)
+    what = f"{where[1]} {files.get((where[1], where[2]), where[2])}: " if where else "config: "
+    text = text[where.end():] if where else text
+    missing = re.search(r"Could not (?:find|load) '(experiment|recipe)/([^']+)'", text)
+    if missing:
+        names = list_experiments() if missing[1] == "experiment" else list_recipes()
+        return SynthrayError(f"{what}{unknown_name(missing[1], missing[2], names)}")
+    if "is not a subclass of Recipe" in text:  # `recipe: paper` in an experiment's body
+        return SynthrayError(f"{what}select a recipe in the defaults list, e.g. defaults: [{{override /recipe: paper}}]")
+    return SynthrayError(what + _explain(text))
+
+
+def _explain(err: Exception | str) -> str:
+    """One line for an OmegaConf error: the schema's choices, types and keys in synthray's words."""
+    text = str(err)
+    first = text.partition("\n")[0]
+    key = getattr(err, "full_key", None) or (re.search(r"full_key: (\S+)", text) or [None, ""])[1]
+    value = re.match(r"(?:Invalid value|Value) '(.*?)'", first)
+    if first.startswith("Invalid value") and choices(Config, key):
+        return str(unknown_name(key, value[1] if value else "?", choices(Config, key)))
+    if "converted to Integer" in first and value:
+        return f"{key} takes a whole number, got '{value[1]}'"
+    if "converted to Boolean" in first and value:
+        return f"{key} takes true or false, got '{value[1]}'"
+    if "is not Optional" in first or "cannot be assigned None" in first:
+        return f"{key} cannot be null"
+    if key == "generators" and ("Dict[str, Any]" in first or "is not a subclass" in first):
+        return f"generators must be a mapping of generator names to entries, got '{getattr(err, 'value', '?')}'"
+    if "is not a subclass of" in first or "Cannot assign" in first:
+        return f"{key} is a section; set one of its keys, e.g. {key}.<key>=..."
+    if re.match(r"Key '.*' not in '", first) and key:
+        parent = key.rpartition(".")[0]
+        return str(unknown_name("config key", key, [f"{parent}.{k}" if parent else k for k in keys(Config, parent)]))
+    return first
+def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of `cfg` that the schema has and no file set."""
+    out = []
+    for key in cfg.keys():
+        if OmegaConf.is_missing(cfg, key):
+            out.append(f"{prefix}{key}")
+        elif isinstance(cfg._get_node(key), DictConfig) and not cfg._get_node(key)._is_none():
+            out += _missing(cfg[key], f"{prefix}{key}.")
     return out
 
 
@@ -198,7 +251,7 @@ def _apply(cfg: DictConfig, o: Any) -> None:
             if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
                 parent = key.rpartition(".")[0]
                 node = OmegaConf.select(cfg, parent) if parent else cfg
-                choices = list(node.keys()) if isinstance(node, DictConfig) else []
+                choices = [c for c in node.keys() if not OmegaConf.is_missing(node, c)] if isinstance(node, DictConfig) else []
                 raise unknown_name("config key", key, [f"{parent}.{c}" if parent else c for c in choices])
             old, new = OmegaConf.select(cfg, key), o.value()
             # Numbers whose null is a documented setting: every row (max_samples), the files as they are (image_size).
@@ -209,7 +262,7 @@ def _apply(cfg: DictConfig, o: Any) -> None:
                 raise SynthrayError(f"override '{o.input_line}': {key} takes a number{''.join(f' or {w}' for w in words)}, got '{new}'")
             OmegaConf.update(cfg, key, new, merge=True)
     except OmegaConfBaseException as err:
-        raise SynthrayError(f"override '{o.input_line}': {_one_line(err)}") from None
+        raise SynthrayError(f"override '{o.input_line}': {_explain(err)}") from None
 
 
 _MISSING = object()

@@ -34,6 +34,12 @@ def test_default_is_smoke_and_overrides_apply(tmp_path):
         ("recipe.epochs=abc", "takes a number"),
         ("recipe.epochs=1,2", "Hydra sweep"),
         ("experiment=nope", "unknown experiment 'nope'"),
+        ("experiment=no/such.yaml", "experiment file not found: .*no/such.yaml"),
+        ("recipe=nope", "unknown recipe 'nope'"),
+        ("device=tpu", r"override 'device=tpu': unknown device 'tpu' \(did you mean gpu, cpu\?\); choices: cpu, gpu"),
+        ("generation.image_format=jpg", "unknown generation.image_format 'jpg' .did you mean jpeg.*choices: jpeg, png"),
+        ("prompts.n_per_class=1.5", "prompts.n_per_class takes a whole number, got '1.5'"),
+        ("storage=null", "storage cannot be null"),
     ],
 )
 def test_bad_overrides_are_one_line(override, message):
@@ -117,3 +123,42 @@ def test_bad_grid_axes_are_one_line(tmp_path, override, needle):
     with pytest.raises(SynthrayError, match=re.escape(needle)):
         validate(compose([f"storage={tmp_path}", override]))
     assert not any(tmp_path.iterdir())
+
+
+def test_an_experiment_file_anywhere(tmp_path, monkeypatch):
+    """`experiment=<path>.yaml` composes a YAML file outside the experiment folders; its defaults find paper."""
+    (tmp_path / "exps").mkdir()
+    (tmp_path / "exps" / "mine.yaml").write_text("defaults: [paper]\nrecipe: {epochs: 5}\ngrid: {probe: [rgb]}\n")
+    monkeypatch.chdir(tmp_path)
+    for given in ("exps/mine.yaml", str(tmp_path / "exps" / "mine.yaml")):
+        cfg = compose([f"experiment={given}", "recipe.lr=0.5"])
+        assert (cfg.experiment, cfg.name, cfg.recipe.name, cfg.recipe.epochs, cfg.recipe.lr) == ("mine", "mine", "paper", 5, 0.5)
+        assert list(cfg.grid.probe) == ["rgb"] and cfg.data.classes == "tiny-imagenet-200-study"
+    assert compose(["experiment=exps/mine.yaml"]) == compose(["experiment=exps/mine.yaml", "experiment=exps/mine.yaml"])
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("device: tpu\n", "unknown device 'tpu' (did you mean gpu, cpu?); choices: cpu, gpu"),
+    ("nope: 1\n", "unknown config key 'nope'"),
+    ("data: {on_corrupt: ignore}\n", "unknown data.on_corrupt 'ignore'; choices: fail, skip"),
+    ("defaults: [papr]\n", "unknown experiment 'papr' (did you mean paper"),
+    ("recipe: paper\n", "select a recipe in the defaults list, e.g. defaults: [{override /recipe: paper}]"),
+])
+def test_a_bad_experiment_file_is_one_line_naming_it(tmp_path, text, needle):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(SynthrayError) as err:
+        compose([f"experiment={tmp_path / 'bad.yaml'}"])
+    assert str(err.value).startswith(f"experiment {tmp_path / 'bad.yaml'}: ") and needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_config_and_plan_take_an_experiment_file(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "mine.yaml").write_text("# @package _global_\ndefaults: [smoke]\ngrid: {arch: [resnet18]}\n")
+    for command in ("config", "plan"):
+        done = subprocess.run([sys.executable, "-m", "synthray", command, f"experiment={tmp_path / 'mine.yaml'}",
+                               f"storage={tmp_path / 'runs'}"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "resnet18" in done.stdout and "unknown experiment" not in done.stderr

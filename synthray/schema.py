@@ -1,0 +1,373 @@
+"""The run config's schema: every key of `conf/config.yaml` with its type, and the words a choice key takes.
+
+Values live in the YAML files (`conf/config.yaml`, `conf/recipes/`, `experiments/`); the schema holds none (every
+field is MISSING), so it checks shape and type without changing what composes. Hydra merges it first
+(`defaults: [synthray_schema, ...]`), so an unknown key, a word outside a `Literal`, or text for a whole number
+fails at composition. `Number` (int or float, kept as written: artifact keys hash them) and keys that take a
+number or a word (`generation.batch_size: auto`) are `Any`: OmegaConf 2.3 has no unions.
+"""
+
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional
+
+from omegaconf import MISSING
+
+Number = Any  # int or float, as written
+Device = Literal["cpu", "gpu"]
+
+
+def _enum(choices: tuple[str, ...]) -> type[enum.Enum]:
+    """OmegaConf validates Enums, not Literals: a str Enum whose member names are the words (`4:4:4` too)."""
+    return enum.Enum("|".join(choices), [(c, c) for c in choices], type=str)  # type: ignore[return-value]
+
+
+def _omegaconf_type(tp: Any) -> Any:
+    if typing.get_origin(tp) is Literal:
+        return _enum(typing.get_args(tp))
+    if typing.get_origin(tp) is typing.Union:  # Optional[Literal[...]]
+        args = typing.get_args(tp)
+        return Optional[tuple(_omegaconf_type(a) for a in args if a is not type(None))[0]]  # type: ignore[misc]
+    return tp
+
+
+def schema(cls: type) -> type:
+    """A dataclass whose fields default to MISSING (or their section's schema), `Literal`s made Enums for OmegaConf."""
+    hints = typing.get_type_hints(cls)
+    cls.__annotations__ = {name: _omegaconf_type(tp) for name, tp in hints.items()}
+    for name, tp in hints.items():
+        if dataclasses.is_dataclass(tp):
+            setattr(cls, name, field(default_factory=tp))
+        elif not hasattr(cls, name):
+            setattr(cls, name, MISSING)
+    return dataclass(cls)
+
+
+def field_type(cls: type, key: str) -> Any:
+    """The type of `key` (dotted, below `cls`; `""`: `cls` itself), Optional unwrapped; None when no field."""
+    tp: Any = cls
+    for part in filter(None, key.split(".")):
+        fields = {f.name: f.type for f in dataclasses.fields(tp)} if dataclasses.is_dataclass(tp) else {}
+        tp = fields.get(part)
+        if typing.get_origin(tp) is typing.Union:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def choices(cls: type, key: str) -> Optional[tuple[str, ...]]:
+    """The words `key` takes, or None when it is not a choice key."""
+    tp = field_type(cls, key)
+    return tuple(m.name for m in tp) if isinstance(tp, type) and issubclass(tp, enum.Enum) else None
+
+
+def keys(cls: type, key: str) -> list[str]:
+    """The fields of section `key` (`""`: the top level); [] when it is not a section."""
+    tp = field_type(cls, key)
+    return [f.name for f in dataclasses.fields(tp)] if dataclasses.is_dataclass(tp) else []
+
+
+@schema
+class Ray:
+    address: Optional[str]
+    num_cpus: Optional[int]
+
+
+@schema
+class Data:
+    source: Literal["digits", "imagefolder", "parquet"]
+    root: Optional[str]
+    classes: str
+    image_size: Optional[int]
+    test_fraction: Number
+    control_fraction: Number
+    max_per_class: Optional[int]
+    on_corrupt: Literal["fail", "skip"]
+    image_column: str
+    label_column: str
+
+
+@schema
+class Grid:  # an axis takes a list or one name
+    generator: Any
+    prompt_style: Any
+    arch: Any
+    probe: Any
+    axes: Dict[str, Any]
+
+
+@schema
+class Prompts:
+    template: str
+    caption_template: str
+    captions: Optional[str]
+    n_per_class: int
+
+
+@schema
+class CaptionerLocal:
+    model: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
+
+
+@schema
+class CaptionerOpenAI:
+    model: str
+    base_url: str
+    api_key_env: str
+    detail: Optional[Literal["low", "high", "auto"]]
+    concurrency: int
+    requests_per_minute: Optional[Number]
+    timeout_s: Number
+    max_attempts: int
+    backoff_s: Number
+    max_backoff_s: Number
+
+
+@schema
+class Captioner:
+    backend: Literal["openai", "local"]
+    instruction: str
+    per_class: Optional[int]
+    min_side: int
+    jpeg_quality: int
+    temperature: Optional[Number]
+    max_tokens: Optional[int]
+    shard_size: int
+    batch_size: int
+    device: Device
+    num_actors: int
+    max_actors: Optional[int]
+    gpus_per_actor: Number
+    cpus_per_actor: Number
+    local: CaptionerLocal
+    openai: CaptionerOpenAI
+
+
+@schema
+class Generation:
+    protocol: Literal["model-default", "paper"]
+    guidance: Optional[Number]
+    steps: Optional[int]
+    scheduler: Optional[str]
+    batch_size: Any  # a whole number or auto
+    overlap: bool
+    shard_size: int
+    device: Device
+    num_actors: int
+    max_actors: Optional[int]
+    gpus_per_actor: Number
+    cpus_per_actor: Number
+    cpu_offload: bool
+    vae_tiling: bool
+    channels_last: Any  # true | false | auto
+    compile: Any  # false | true | a torch.compile mode
+    compile_vae: bool
+    compile_cpu: bool
+    compile_cache: Literal["storage", "node"]
+    fuse_qkv: bool
+    max_bad_fraction: Number
+    image_format: Literal["jpeg", "png"]
+    jpeg_quality: int
+    jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"]
+    dtype: Optional[str]
+    stored_size: Optional[int]
+
+
+@schema
+class FrequencyProbe:
+    cutoff: Number
+    mask: Literal["centred", "study"]
+    clip: bool
+    size: Optional[int]
+    recipe: Optional[Dict[str, Any]]  # merged over the recipe of the probe's models
+
+
+@schema
+class DepthProbe:
+    model: str
+    batch_size: int
+    dtype: Literal["float16", "bfloat16", "float32"]
+    input_size: Optional[int]
+    square_crop: bool
+    output_size: Literal["input", "model"]
+    quantize: Literal["round", "floor"]
+    recipe: Optional[Dict[str, Any]]
+    device: Device
+    gpus_per_actor: Number
+    num_actors: int
+
+
+@schema
+class TextureProbe:
+    recipe: Optional[Dict[str, Any]]
+
+
+@schema
+class Probes:
+    lowpass: FrequencyProbe
+    highpass: FrequencyProbe
+    depth: DepthProbe
+    texture: TextureProbe
+
+
+@schema
+class CutMix:
+    prob: Number
+    alpha: Number
+
+
+@schema
+class Selection:
+    metric: Literal["loss", "accuracy"]
+    set: Literal["real-test", "train"]
+
+
+@schema
+class RandomResizedCrop:
+    size: int
+    scale: Any
+    ratio: Any
+    interpolation: str
+
+
+@schema
+class GaussianBlur:
+    kernel: int
+    sigma: Any
+
+
+@schema
+class TrainTransform:
+    random_resized_crop: Optional[RandomResizedCrop] = None
+    random_crop: Optional[int]
+    random_shift: int
+    one_of: List[str]
+    solarize_threshold: Number
+    gaussian_blur: GaussianBlur
+    color_jitter: Optional[Any]
+    hflip: Number
+    vflip: Number
+
+
+@schema
+class TestTransform:
+    resize: int
+    crop: int
+    crop_at: Literal["center", "random"]
+
+
+@schema
+class Normalize:
+    mean: Any
+    std: Any
+
+
+@schema
+class Recipe:  # conf/recipes/<name>.yaml; a key a recipe leaves out stays out (lr_schedule)
+    name: str
+    epochs: int
+    batch_size: int
+    optimizer: Literal["adam", "adamw"]
+    lr: Number
+    weight_decay: Number
+    betas: Any
+    warmup_epochs: int
+    warmup_start_lr: Number
+    min_lr: Number
+    lr_schedule: Literal["study", "synthray"]
+    grad_clip: Optional[Number]
+    cutmix: CutMix
+    selection: Selection
+    selection_fraction: Number
+    load_size: int
+    train_transform: TrainTransform
+    test_transform: TestTransform
+    normalize: Normalize
+    seed: int
+
+
+@schema
+class Training:
+    num_workers: int
+    accumulate: int
+    device: Device
+    gpus_per_worker: Number
+    precision: Literal["auto", "bf16", "fp32"]
+    sync_bn: bool
+    channels_last: Any  # true | false | auto
+    compile: Any
+    max_failures: int
+    cache_decoded_gb: Number
+    jpeg_decode: Literal["cpu", "gpu"]
+    decode_cpus: Optional[int]
+    inline_rows: int
+
+
+@schema
+class Encoder:
+    model: Optional[str]
+
+
+@schema
+class Encoders:
+    clip: Encoder
+    dinov2: Encoder
+    inception: Encoder
+
+
+@schema
+class Metrics:
+    features: Any  # a list of encoder names
+    device: Device
+    gpus_per_actor: Number
+    num_actors: int
+    encoders: Encoders
+    prdc_k: int
+    per_class: bool
+    max_samples: Optional[int]
+    distance: Literal["euclidean", "cosine"]
+    equal_counts: bool
+    features_of: Literal["view", "images"]
+    clipscore: Encoder
+    geneval: Optional[str]
+
+
+@schema
+class Hub:
+    allow_download: bool
+    cache: Optional[str]
+
+
+@schema
+class Tune:
+    max_concurrent_trials: int
+    max_failures: int
+
+
+@schema
+class Config:
+    experiment: str
+    name: str
+    storage: str
+    scratch: Optional[str]
+    lease_s: Number
+    device: Device
+    seed: int
+    ray: Ray
+    data: Data
+    grid: Grid
+    prompts: Prompts
+    captioner: Captioner
+    generation: Generation
+    generators: Dict[str, Any]  # per kind: checked by synthray.config (GENERATOR_FIELDS)
+    probes: Probes
+    recipe: Recipe
+    training: Training
+    metrics: Metrics
+    hub: Hub
+    tracking: Any  # null, one name or a list of mlflow | wandb | tensorboard
+    tracking_uri: Optional[str]
+    tracking_project: Optional[str]
+    tune: Tune
