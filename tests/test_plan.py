@@ -108,3 +108,31 @@ def test_plan_bad_input_is_one_line(offline, capsys, args, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
     assert list(offline.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["grid.probe=[texture]", "grid.arch=[tv:resnet50]"], "probe 'texture' trains only"),
+    (["prompts.n_per_class=0"], "prompts.n_per_class must be a whole number >= 1"),
+    (["generation.image_format=gif"], "generation.image_format"),
+    (["metrics.features_of=nope"], "metrics.features_of"),
+])
+def test_plan_and_run_refuse_the_same_inputs_with_the_same_line(offline, tmp_path, capsys, overrides, needle):
+    """`synthray plan` runs `synthray run`'s checks (validate(cfg, dry=True)): the same bad input, the same line."""
+    store = tmp_path / "store"
+    errors = {}
+    for command in ("plan", "run"):
+        assert main([command, f"storage={store}", *overrides]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        errors[command] = err[0]
+    assert errors["plan"] == errors["run"]
+    assert not store.exists() and list(offline.iterdir()) == []
+
+
+def test_a_dry_plan_skips_only_what_the_cluster_reads(offline, tmp_path, capsys):
+    """Storage, data.root and hub weights that this machine cannot reach do not stop a plan; they do stop a run."""
+    overrides = [f"storage={tmp_path / 'store'}", "data.source=imagefolder", "data.root=/no/such/folder"]
+    assert main(["plan", *overrides]) == 0
+    assert "not readable here" in capsys.readouterr().out
+    assert main(["run", *overrides]) == 2
+    assert "real data folder not found" in capsys.readouterr().err

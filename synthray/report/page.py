@@ -19,11 +19,7 @@ import pandas as pd
 from synthray import storage
 from synthray.registry import SynthrayError
 from synthray.report.figures import FIGURES, Skip
-
-# The table's columns, in order, when present; extra grid axes (dotted config keys) follow the four named axes.
-TABLE_COLUMNS = ["sweep", "generator", "prompt_style", "arch", "probe", "synth_to_real_acc", "real_to_synth_acc",
-                 "real_to_real_acc", "synth_to_real_acc_last", "best_epoch", "density", "coverage", "fd", "clipscore",
-                 "geneval", "released", "n_synthetic", "status"]
+from synthray.sweep.columns import shown_columns
 
 # Runs in the browser: marks broken images and collects errors, so a headless browser (tests/test_report.py) can
 # read the page's own verdict from its DOM.
@@ -103,8 +99,8 @@ def _image(fig: Any, name: str, folder: Path) -> str:
 
 
 def _table_html(table: pd.DataFrame) -> str:
-    axes = [c for c in table.columns if "." in c]  # extra grid axes are named by config key
-    columns = [c for c in TABLE_COLUMNS[:5] + axes + TABLE_COLUMNS[5:] if c in table and not table[c].isna().all()]
+    # The results columns in their one order (sweep/columns.py), `sweep` first; those with no value at all left out.
+    columns = [c for c in shown_columns(table, first=["sweep"]) if not table[c].isna().all()]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     rows = []
     for _, row in table[columns].iterrows():

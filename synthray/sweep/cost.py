@@ -1,8 +1,10 @@
 """`synthray plan`: what a sweep would run, reuse and cost, from its config and throughput figures alone.
 
-Nothing here starts Ray, builds an artifact or writes a file. `estimate` and `format_plan` are pure: the config,
-the throughput figures (`synthray/conf/throughputs.yaml`, images per second on one GPU), what is already complete
-and the real image counts go in; rows and text lines come out. `plan_lines` gathers those inputs for the CLI.
+Nothing here starts Ray, builds an artifact or writes a file. The cost is read off the planner's stage graph
+(`graph.planner.plan`), the same graph the sweep runs: every spec says its work (`work()`, image passes) and what it
+asks Ray for (`resources()`). `estimate` and `format_plan` are pure: the config, its graph, the throughput figures
+(`synthray/conf/throughputs.yaml`, images per second on one GPU), the refs already complete and the real image
+counts go in; rows and text lines come out. `plan_lines` gathers those inputs for the CLI.
 
 Units: images are counted per image pass (training: images x epochs); rates are images per second on one GPU;
 cost is GPU-hours = images / rate / 3600, counted only for stages configured to run on `gpu`.
@@ -91,120 +93,133 @@ def figure(throughputs: dict[str, dict[str, Figure]], section: str, name: str, n
 
 def _reuse_test(reused: Collection[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
     if reused is None:
-        return lambda label: False
-    return reused if callable(reused) else (lambda label: label in reused)
+        return lambda ref: False
+    return reused if callable(reused) else (lambda ref: ref in reused)
 
 
-def _actors(section: Any, shards: int) -> int:
-    """Actors a pool runs for `shards` shards: num_actors, growing to max_actors, never more than the shards."""
-    most = max(int(section.get("num_actors", 1)), int(section.get("max_actors") or 0))
-    return max(1, min(most, shards))
+def _each(values: Sequence[int]) -> str:
+    """`1,000` when every value is 1,000; `up to 1,200` when they differ."""
+    return f"{values[0]:,}" if len(set(values)) == 1 else f"up to {max(values):,}"
 
 
-def _gpus(device: Any, per: Any) -> float:
-    return float(per) if str(device) == "gpu" else 0.0
+def _trained_on_real(spec: Any) -> bool:
+    """Whether a model spec's training split comes from the real data (directly, or through a probe's view)."""
+    source = spec.data.spec
+    return source.kind == "real" or getattr(source, "source", None) is not None and source.source.kind == "real"
 
 
-def _pool(n: int, what: str, gpus: float) -> str:
-    return f"{n} {what}{'s' if n != 1 else ''} x {gpus:g} GPU"
+def _scaled(fig: Figure, spec: Any) -> Figure:
+    """A generator's figure at its spec's sampling steps and resolution: the figures are at the paper protocol
+    (50 steps, 4 for distilled models) at 512 px, and cost scales with steps and pixels."""
+    entry = spec.entry  # the zoo entry the dataset is generated with
+    params = spec.settings["params"]
+    ref_steps = 4 if entry.get("distilled") else 50
+    size = params.get("resolution") or int(entry["resolution"])  # None: the model's own size
+    scale = ref_steps / params["steps"] * (512 / size) ** 2
+    if abs(scale - 1) <= 1e-9:
+        return fig
+    return Figure(fig.img_s * scale, fig.device, f"{fig.source}; scaled to {params['steps']} steps at {size} px")
+
+
+def _gpu(spec: Any) -> bool:
+    return spec.resources().device == "gpu"
 
 
 def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collection[str] | Callable[[str], bool] | None = None,
-             real: dict[str, int] | None = None, notes: list[str] | None = None) -> list[Row]:
-    """The cost of the grid's work that is not reused, one Row per stage and name.
+             real: dict[str, int] | None = None, notes: list[str] | None = None, graph: Any = None) -> list[Row]:
+    """The cost of the graph's work that is not reused, one Row per stage and name.
 
-    reused: labels already complete, as a collection or a test `label -> bool`: a trial `generator/style/arch/probe`
-      (its result record) or a dataset `generator/style` (its synthetic images). Views, models and feature sets are
-      counted unless every trial that uses them is complete.
-    real: real images per split, {"train": n, "test": n}; default: n_classes x prompts.n_per_class and a tenth of that.
+    graph: the planner's graph (`graph.planner.plan(cfg, real)`; planned here when not given). Every spec of it
+      that is not reused is priced by its `work()` (image passes) and `resources()` (device, units, GPUs each).
+    reused: the refs (`<kind>/<key>`) of the specs already complete in storage, as a collection or a test
+      `ref -> bool`; None: nothing is.
+    real: real images per split, {"train": n, "test": n}; default: n_classes x prompts.n_per_class and a tenth of
+      that (the planner's default).
     notes: receives "no figure for X: default used" lines.
     """
-    from synthray.data.real import load_classes
-    from synthray.generation.kinds import generator_entry, sampling_params
-    from synthray.metrics.features import PIXELS, encoder_names
-    from synthray.probes.transforms import PROBES
-    from synthray.sweep.plan import grid_axes, point_label, trials
+    from synthray.graph.planner import plan
+    from synthray.metrics.features import PIXELS
 
     notes = notes if notes is not None else []
     done = _reuse_test(reused)
-    axes, points = grid_axes(cfg), trials(cfg)
-    g, t, m = cfg.generation, cfg.training, cfg.metrics
-    n_synth = len(load_classes(cfg.data.classes)) * int(cfg.prompts.n_per_class)
-    real = real or {"train": n_synth, "test": n_synth // 10}
-    shards = max(1, math.ceil(n_synth / int(g.shard_size)))
-    todo = [p for p in points if not done(point_label(p))]
-    pairs = sorted({(p["generator"], p["prompt_style"]) for p in todo})  # datasets some unfinished trial needs
+    graph = graph if graph is not None else plan(cfg, real)
+    groups: dict[tuple[str, str], list[Any]] = {}  # (stage, name) -> specs, in the graph's order
+    for spec in graph.specs.values():
+        work = spec.work()
+        if work is None or work.stage not in STAGES:  # real data and captions: not priced (CPU, or an API)
+            continue
+        if work.stage == "features":  # one row per encoder the feature sets pass through (pixels cost nothing)
+            for enc in spec.settings.get("encoders", {}):
+                if enc != PIXELS:
+                    groups.setdefault(("features", enc), []).append(spec)
+        else:
+            groups.setdefault((work.stage, work.name), []).append(spec)
+
     rows: list[Row] = []
-
-    for name in axes["generator"]:
-        entry = generator_entry(cfg, name)
-        params = sampling_params(entry, str(g.protocol), g)
-        new = [s for s in axes["prompt_style"] if (name, s) in pairs and not done(f"{name}/{s}")]
-        work = f"{len(new)} dataset(s) x {n_synth:,} images"
-        if entry["kind"] != "diffusers":
-            rows.append(Row("generate", name, work + " (control: real images, CPU)", len(new) * n_synth, None))
-            continue
+    first_encoder: dict[str, str] = {}  # feature spec ref -> the encoder row that counts its job (one pool runs all)
+    for (stage, name), specs in groups.items():
+        todo = [s for s in specs if not done(s.ref)]
+        gpu = [s for s in todo if _gpu(s)]
+        top = max((s.resources() for s in specs), key=lambda r: r.total_gpus)
+        jobs, per, words = len(gpu), top.total_gpus if top.device == "gpu" else 0.0, top.words()
+        if stage == "features":
+            images = sum(s.rows for s in todo)
+            jobs = sum(1 for s in gpu if first_encoder.setdefault(s.ref, name) == name)
+        else:
+            images = sum(s.work().images for s in todo)
         fig = None
-        if g.device == "gpu":
-            fig = figure(throughputs, "generators", name, notes)
-            ref_steps = 4 if entry.get("distilled") else 50  # the figures are at the paper protocol, 512 px
-            size = params["resolution"] or int(entry["resolution"])  # None: the model's own size
-            scale = ref_steps / params["steps"] * (512 / size) ** 2
-            if abs(scale - 1) > 1e-9:
-                fig = Figure(fig.img_s * scale, fig.device, f"{fig.source}; scaled to {params['steps']} steps at {size} px")
-        actors = _actors(g, shards)
-        rows.append(Row("generate", name, work, len(new) * n_synth, fig, len(new), actors * _gpus(g.device, g.gpus_per_actor),
-                        _pool(actors, "actor", _gpus(g.device, g.gpus_per_actor))))
-
-    for probe in axes["probe"]:
-        if PROBES.get(probe).identity:
-            continue
-        users = [p for p in todo if p["probe"] == probe]
-        views = sorted({(p["generator"], p["prompt_style"]) for p in users})
-        real_view = (real["train"] + real["test"]) if users else 0
-        images = len(views) * n_synth + real_view
-        work = f"{len(views)} synthetic view(s) x {n_synth:,} + real {real_view:,} images"
-        section = cfg.probes.get(probe) or {}
-        if PROBES.get(probe).worker is None or section.get("device") != "gpu":
-            rows.append(Row("view", probe, work + " (CPU)", images, None))
-            continue
-        actors = _actors(section, shards)
-        per = _gpus(section.get("device"), section.get("gpus_per_actor", 1))
-        rows.append(Row("view", probe, work, images, figure(throughputs, "probes", probe, notes), len(views) + bool(users),
-                        actors * per, _pool(actors, "actor", per)))
-
-    per_worker = int(t.num_workers) * _gpus(t.device, t.gpus_per_worker)
-    for arch in axes["arch"]:
-        users = [p for p in todo if p["arch"] == arch]
-        real_models = sorted({p["probe"] for p in users})
-        epochs = {p: int(OmegaConf.select(cfg, f"probes.{p}.recipe.epochs", default=None) or cfg.recipe.epochs) for p in axes["probe"]}
-        images = sum(n_synth * epochs[p["probe"]] for p in users) + sum(real["train"] * epochs[p] for p in real_models)
-        fig = figure(throughputs, "archs", arch, notes) if t.device == "gpu" else None
-        ep = "/".join(str(e) for e in sorted(set(epochs.values())))
-        rows.append(Row("train", arch, f"{len(users)} synth x {n_synth:,} + {len(real_models)} real x {real['train']:,} images, {ep} epochs",
-                        images, fig, len(users) + len(real_models), per_worker,
-                        _pool(int(t.num_workers), "worker", _gpus(t.device, t.gpus_per_worker))))
-        if users:
-            fwd = Figure(fig.img_s * FORWARD_SPEEDUP, fig.device, f"{FORWARD_SPEEDUP:g}x the training figure (forward only)") if fig else None
-            rows.append(Row("evaluate", arch, f"{len(users)} trial(s) x ({n_synth:,} synth + 2 x {real['test']:,} real test images)",
-                            len(users) * (n_synth + 2 * real["test"]), fwd))
-
-    sample = max(n_synth, real["train"]) if m.max_samples is None else int(m.max_samples)  # null: every row
-    seen = lambda probe: "source" if PROBES.get(probe).identity else probe  # noqa: E731 - rgb, texture: the images themselves
-    sets = {(p["generator"], p["prompt_style"], seen(p["probe"])) for p in todo}
-    n_sets = len(sets) + len({seen(p["probe"]) for p in todo})  # each synthetic view, and the real train view of each probe
-    feat_images = len(sets) * min(sample, n_synth) + (n_sets - len(sets)) * min(sample, real["train"])
-    actors = max(1, int(m.get("num_actors", 1)))
-    per = _gpus(m.device, m.gpus_per_actor)
-    for i, enc in enumerate(e for e in encoder_names(cfg) if e != PIXELS):
-        fig = figure(throughputs, "encoders", enc, notes) if m.device == "gpu" else None
-        rows.append(Row("features", enc, f"{n_sets} feature set(s), up to {sample:,} images each", feat_images, fig,
-                        n_sets if i == 0 else 0, actors * per, _pool(actors, "actor", per)))  # one pool runs every encoder
-    if m.clipscore.model:
-        fig = figure(throughputs, "encoders", "clip", notes) if m.device == "gpu" else None
-        rows.append(Row("clipscore", "clip", f"{len(pairs)} dataset(s), up to {sample:,} images each",
-                        len(pairs) * min(sample, n_synth), fig, len(pairs), actors * per, _pool(actors, "actor", per)))
+        if stage == "generate":
+            control = specs[0].real is not None  # draws held-out real images (real-holdout, collapsed, vae-reencode)
+            work = f"{len(todo)} dataset(s) x {_each([s.rows for s in specs])} images"
+            if control:
+                work += " (control: real images, CPU)" if not _gpu(specs[0]) else " (control: real images; no figure)"
+            elif _gpu(specs[0]):
+                fig = _scaled(figure(throughputs, "generators", name, notes), specs[0])
+        elif stage == "view":
+            synth = [s for s in todo if s.source.kind != "real"]
+            n_real = sum(s.rows for s in todo if s.source.kind == "real")
+            n_synth = _each([s.rows for s in specs if s.source.kind != "real"] or [0])
+            work = f"{len(synth)} synthetic view(s) x {n_synth} + real {n_real:,} images"
+            if _gpu(specs[0]):
+                fig = figure(throughputs, "probes", name, notes)
+            else:
+                work += " (CPU)"
+        elif stage == "train":
+            synth = [s for s in todo if not _trained_on_real(s)]
+            n_synth = _each([s.rows for s in specs if not _trained_on_real(s)] or [0])
+            n_real = _each([s.rows for s in specs if _trained_on_real(s)] or [0])
+            epochs = "/".join(str(e) for e in sorted({s.epochs for s in specs}))
+            work = f"{len(synth)} synth x {n_synth} + {len(todo) - len(synth)} real x {n_real} images, {epochs} epochs"
+            fig = figure(throughputs, "archs", name, notes) if _gpu(specs[0]) else None
+        elif stage == "features":
+            work = f"{len(todo)} feature set(s), up to {max(s.rows for s in specs):,} images each"
+            fig = figure(throughputs, "encoders", name, notes) if _gpu(specs[0]) else None
+        else:  # clipscore
+            work = f"{len(todo)} dataset(s), up to {max(s.rows for s in specs):,} images each"
+            fig = figure(throughputs, "encoders", "clip", notes) if _gpu(specs[0]) else None
+        rows.append(Row(stage, name, work, images, fig, jobs if per else 0, per, words if per else ""))
+    rows += _evaluate_rows(graph, rows, real, done)
     return rows
+
+
+def _evaluate_rows(graph: Any, rows: Sequence[Row], real: dict[str, int] | None, done: Callable[[str], bool]) -> list[Row]:
+    """Evaluation has no spec of its own: each trial whose result is not reused runs its two models forward, the
+    real model on the synthetic images (the rows its synthetic twin trained on) and both on the real test split."""
+    trained = {r.name: r.figure for r in rows if r.stage == "train"}
+    users: dict[str, list[tuple[int, int]]] = {}  # arch -> (synthetic rows, real test rows) per trial to evaluate
+    for trial in graph.trials:
+        if done(trial.result.ref):
+            continue
+        n_test = (real or {}).get("test", trial.synthetic.rows // 10)  # as the planner counts the real test split
+        users.setdefault(trial.synth_model.work().name, []).append((trial.synth_model.rows, n_test))
+    out = []
+    for arch, counts in users.items():
+        fig = trained.get(arch)
+        fwd = Figure(fig.img_s * FORWARD_SPEEDUP, fig.device, f"{FORWARD_SPEEDUP:g}x the training figure (forward only)") if fig else None
+        work = (f"{len(counts)} trial(s) x ({_each([c[0] for c in counts])} synth + 2 x {_each([c[1] for c in counts])} "
+                "real test images)")
+        out.append(Row("evaluate", arch, work, sum(s + 2 * t for s, t in counts), fwd))
+    return out
 
 
 def peak_gpus(cfg: Any, rows: Sequence[Row]) -> dict[str, tuple[float, str]]:
@@ -274,12 +289,12 @@ def count_real(cfg: Any, real_meta: dict[str, Any] | None = None) -> tuple[dict[
     root = Path(str(d.root or "")).expanduser()
     if d.source == "imagefolder" and d.root and root.is_dir():
         try:
-            test_dir = r._test_dir(root)
+            test_dir = r.test_dir(root)
             train = test = 0
             for cid in ids:
-                n = len(r._list_images(root / "train" / cid)) if (root / "train" / cid).is_dir() else 0
+                n = len(r.list_images(root / "train" / cid)) if (root / "train" / cid).is_dir() else 0
                 keep = n - round(d.control_fraction * n)
-                n_test = len(r._list_images(test_dir / cid)) if (test_dir / cid).is_dir() else 0
+                n_test = len(r.list_images(test_dir / cid)) if (test_dir / cid).is_dir() else 0
                 train, test = train + min(keep, cap or keep), test + min(n_test, cap or n_test)
             return {"train": train, "test": test}, f"counted in {root}"
         except (SynthrayError, OSError):
@@ -288,63 +303,56 @@ def count_real(cfg: Any, real_meta: dict[str, Any] | None = None) -> tuple[dict[
 
 
 def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) -> list[str]:
-    """Everything `synthray plan` prints: the grid, what is reused (when storage is reachable), cost and peak GPUs."""
+    """Everything `synthray plan` prints: the grid, what is reused (when storage is reachable), cost and peak GPUs.
+
+    The config is checked by `validate(cfg, dry=True)`: every check `synthray run` makes but whether storage, the
+    real data folder and hub weights are reachable from here (`sweep.plan.DRY_SKIPS`)."""
+    from synthray.artifacts import Store
     from synthray.config import compose
     from synthray.data.real import load_classes
-    from synthray.devices import check_device_name
-    from synthray.generation.kinds import generator_entry, sampling_params
-    from synthray.generation.prompts import PROMPT_STYLES
-    from synthray.probes.transforms import PROBES
-    from synthray.registry import unknown_name
+    from synthray.graph.planner import plan
+    from synthray.graph.real import real_spec
     from synthray.storage import check_storage
-    from synthray.sweep.plan import grid_axes, trials
-    from synthray.training.archs import check_arch
+    from synthray.sweep.plan import grid_axes, validate
 
     cfg = compose(list(overrides))
     throughputs = load_throughputs(throughputs_path)
-    axes, points = grid_axes(cfg), trials(cfg)
-    for key in ("generation.device", "training.device", "metrics.device"):
-        check_device_name(key, OmegaConf.select(cfg, key))
-    for name in axes["generator"]:
-        sampling_params(generator_entry(cfg, name), str(cfg.generation.protocol), cfg.generation)
-    for style in axes["prompt_style"]:
-        if style not in PROMPT_STYLES:
-            raise unknown_name("prompt style", style, PROMPT_STYLES)
-    for arch in axes["arch"]:
-        check_arch(arch)
-    for probe in axes["probe"]:
-        PROBES.get(probe)
+    points = validate(cfg, dry=True)
+    axes = grid_axes(cfg)
 
     words = {"generator": "generator", "prompt_style": "prompt style", "arch": "arch", "probe": "probe"}
     shape = " x ".join(f"{len(v)} {words[k]}{'s' if len(v) != 1 else ''}" for k, v in axes.items())
     lines = [f"experiment {cfg.experiment}: {len(points)} trials ({shape}); dry run: nothing launched, nothing written"]
     lines += [f"  {k}: {', '.join(v)}" for k, v in axes.items()]
-    reused, real_meta = None, None
+    store, real_meta = None, None
     try:
         check_storage(cfg.storage)
     except SynthrayError as err:
         reason = str(err).split(": ", 1)[1] if str(err).startswith("storage ") else str(err)
         lines.append(f"storage {cfg.storage} not reachable ({reason}): every trial counted as to run")
     else:
-        from synthray.sweep.runner import plan_summary
-        from synthray.sweep.trial import plan_trials
-
-        lines += plan_summary(cfg)
-        planned = plan_trials(cfg)
-        reused = {t.label for t in planned if t.result.is_complete()}
-        reused |= {"/".join((t.point["generator"], t.point["prompt_style"])) for t in planned if t.synthetic.is_complete()}
-        if planned and planned[0].real.is_complete():
-            real_meta = planned[0].real.meta()
+        store = Store.from_cfg(cfg)
+        real_art = real_spec(cfg).artifact(store)
+        if real_art.is_complete():
+            real_meta = real_art.meta()
     real, how = count_real(cfg, real_meta)
+    graph = plan(cfg, real)
+    complete: set[str] = set()
+    if store is not None:
+        from synthray.sweep.runner import plan_summary
+        from synthray.sweep.trial import Trial
+
+        lines += plan_summary(cfg, [Trial(t, store) for t in graph.trials])
+        complete = {ref for ref, spec in graph.specs.items() if spec.artifact(store).is_complete()}
     notes: list[str] = []
-    rows = estimate(cfg, throughputs, reused, real, notes)
+    rows = estimate(cfg, throughputs, complete, real, notes, graph)
     if real:
         notes.append(f"real images: train {real['train']:,}, test {real['test']:,} ({how})")
     else:
         n = len(load_classes(cfg.data.classes)) * int(cfg.prompts.n_per_class)
         notes.append(f"real images: {how}; assumed train = classes x prompts.n_per_class = {n:,}, test = a tenth of that")
-    notes.append("reuse is known per synthetic dataset and per trial result; views, models and feature sets are "
-                 "counted unless every trial that uses them is complete")
+    notes.append("reuse is known per artifact of the stage graph: each dataset, view, model, feature set and CLIPScore "
+                 "set is counted unless it is complete in storage; evaluation unless the trial's result is")
     notes.append("training: one epoch = one pass over a training set at the figure's step throughput (data on the GPU); "
                  "BASELINES.md measured synthray end to end at 0.76x of it (cached) and 0.37x (streaming) on an H200")
     notes.append("evaluate runs in the trial process, which requests no GPU from Ray: in the GPU-hours, not in the peak")

@@ -9,8 +9,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synthray.registry import SynthrayError, unknown_name
+from synthray.sweep.columns import AXES
 
-AXES = ("generator", "prompt_style", "arch", "probe")
 # Keys that say where and under what name a sweep runs, not what a trial computes: never an axis. `device` is
 # interpolated into each stage's device at compose time, so sweeping it would change nothing (sweep
 # `generation.device` and friends instead).
@@ -115,38 +115,90 @@ def _positive(cfg: Any, *keys: str) -> None:
             raise SynthrayError(f"{key} must be a whole number >= 1, got {value!r}")
 
 
-def validate(cfg: Any) -> list[dict[str, str]]:
+# What `validate(cfg, dry=True)` (a `synthray plan`) does not check, and nothing else: whether what the sweep reads
+# is there from this machine, which may be a laptop planning a cluster's sweep.
+DRY_SKIPS = (
+    "storage and hub.cache: reachable, credentials, bucket exists (their URIs are still parsed)",
+    "data.root: the folder and its class folders or parquet files exist (data.source, data.on_corrupt and a root "
+    "being given are still checked)",
+    "hub weights: staged in hub.cache or in the local Hugging Face cache (names, and tiny families, still checked)",
+    "captioner.backend=openai: its API key is set here, and whether the captions are already in storage",
+)
+DRY_STORAGE = "/nonexistent/synthray-dry-plan"  # the store a dry check sees: empty, never written, never listed
+
+
+def validate(cfg: Any, dry: bool = False) -> list[dict[str, str]]:
     """Check every name, path, number, storage location and weight location the sweep will need; return its trials.
 
     Nothing is written and nothing is launched: a bad config costs one line and no cleanup.
+    dry: the checks of `synthray plan`: every one of `synthray run`'s but those `DRY_SKIPS` lists, so that the
+      two refuse the same inputs, except what only the cluster can see.
     """
-    from synthray.storage import check_storage
+    from synthray import storage
 
     points = trials(cfg)
-    check_storage(cfg.storage)
-    if cfg.hub.cache:
-        check_storage(cfg.hub.cache)
+    if dry:
+        storage.normalize(cfg.storage)
+        if cfg.hub.cache:
+            storage.normalize(cfg.hub.cache)
+    else:
+        storage.check_storage(cfg.storage)
+        if cfg.hub.cache:
+            storage.check_storage(cfg.hub.cache)
+    checked = _dry_cfg(cfg) if dry else cfg
     extra = extra_axes(cfg)
     combos = [dict(zip(extra, values)) for values in itertools.product(*extra.values())] or [{}]
     for combo in combos:  # each setting of the extra axes is a config of its own: check every one
         try:
-            _check(point_cfg(cfg, combo))
+            _check(point_cfg(checked, combo), dry)
         except SynthrayError as err:
             raise SynthrayError(f"{err} (at {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else str(err)) from None
     return points
 
 
-def _check(cfg: Any) -> None:
-    from synthray.data.real import check_source, load_classes
+def _dry_cfg(cfg: Any) -> Any:
+    """The config `_check` sees for a dry plan: reads no storage (an empty store that is never created), takes hub
+    ids as downloadable (no hub.cache lookup), and finds the captioner's API key set. Names are unchanged."""
+    import os
+
+    out = copy.deepcopy(cfg)
+    OmegaConf.update(out, "storage", DRY_STORAGE, merge=False)
+    OmegaConf.update(out, "hub.cache", None, merge=False)
+    OmegaConf.update(out, "hub.allow_download", True, merge=False)
+    key_env = OmegaConf.select(out, "captioner.openai.api_key_env", default=None)
+    if key_env is not None and not os.environ.get(str(key_env)):
+        found = next((name for name, value in os.environ.items() if value), None)  # a variable that is set
+        if found is not None:
+            OmegaConf.update(out, "captioner.openai.api_key_env", found, merge=False)
+    return out
+
+
+def _check_real_source(cfg: Any, dry: bool) -> None:
+    """`check_source`, but in a dry plan a data.root that is not a folder here is taken as the cluster's."""
+    from pathlib import Path
+
+    from synthray.data.real import SOURCES
+    from synthray.graph.real import check_source
+
+    d = cfg.data
+    elsewhere = d.source in SOURCES and d.source != "digits" and d.on_corrupt in ("fail", "skip") and d.root and \
+        not Path(str(d.root)).expanduser().is_dir()
+    if not (dry and elsewhere):
+        check_source(cfg)
+
+
+def _check(cfg: Any, dry: bool = False) -> None:
+    from synthray.data.real import load_classes
     from synthray.devices import check_device_name
-    from synthray.generation.kinds import generator_entry, sampling_params
+    from synthray.generation.kinds import sampling_params
+    from synthray.graph.synthetic import generator_entry
     from synthray.generation.prompts import PROMPT_STYLES
     from synthray.graph.synthetic import check_captions
     from synthray.generation.throughput import batch_size_setting, overlap_setting
     from synthray.images import jpeg_subsampling
-    from synthray.metrics.features import check_encoders
+    from synthray.graph.metrics import check_encoders
     from synthray.models import Models, check_model
-    from synthray.probes.stage import check_probe, probe_cfg, probe_setup
+    from synthray.graph.probes import check_probe, probe_cfg, probe_setup
     from synthray.sweep.geneval import load_geneval
     from synthray.training.archs import check_arch
     from synthray.training.recipe import check_recipe
@@ -163,7 +215,7 @@ def _check(cfg: Any) -> None:
     if cfg.generation.image_format not in ("jpeg", "png"):
         raise unknown_name("generation.image_format", cfg.generation.image_format, ["jpeg", "png"])
     classes = load_classes(cfg.data.classes)
-    check_source(cfg)
+    _check_real_source(cfg, dry)
     for style in axes["prompt_style"]:
         if style not in PROMPT_STYLES:
             raise unknown_name("prompt style", style, PROMPT_STYLES)
@@ -172,7 +224,8 @@ def _check(cfg: Any) -> None:
         check_arch(arch)
     for probe in axes["probe"]:
         check_probe(cfg, probe, axes["arch"])
-        check_recipe(probe_cfg(cfg, probe_setup(cfg, probe)))
+        run_cfg = probe_cfg(cfg, probe_setup(cfg, probe))
+        check_recipe(run_cfg.recipe, run_cfg.training)
     models = Models.from_cfg(cfg)
     for name in axes["generator"]:
         entry = generator_entry(cfg, name)

@@ -20,9 +20,10 @@ from omegaconf import OmegaConf
 
 from synthray import storage
 from synthray.registry import SynthrayError, error_line
-from synthray.sweep.plan import AXES, extra_axes, grid_axes, trial_label, validate
+from synthray.sweep.plan import extra_axes, grid_axes, trial_label, validate
 from synthray.sweep.geneval import join_geneval
-from synthray.sweep.trial import RESULT_COLUMNS, plan_trials, tune_trial
+from synthray.sweep.columns import leading_columns, shown_columns
+from synthray.sweep.trial import plan_trials, tune_trial
 
 # Secrets and endpoints that workers on a remote cluster need, taken from the submitting environment. They travel
 # in the job's runtime env only: never in a config, a key, a log line or a results file.
@@ -316,7 +317,7 @@ def collect(cfg: Any, sweep_dir: str, planned: list[Any] | None = None,
 
 def _leading_columns(cfg: Any) -> list[str]:
     """The four axes, then one column per extra axis (named by its config key), then the figures."""
-    return RESULT_COLUMNS[:len(AXES)] + list(extra_axes(cfg)) + RESULT_COLUMNS[len(AXES):] + ["status"]
+    return leading_columns(list(extra_axes(cfg)))
 
 
 def read_results(uri: str) -> pd.DataFrame:
@@ -326,9 +327,7 @@ def read_results(uri: str) -> pd.DataFrame:
 
 def format_table(table: pd.DataFrame) -> str:
     optional = [c for c in ("clipscore", "geneval", "fd") if c in table and table[c].isna().all()]  # not configured
-    axes = [c for c in table.columns if "." in c]  # extra grid axes are named by config key: `generation.guidance`
-    columns = RESULT_COLUMNS[:len(AXES)] + axes + RESULT_COLUMNS[len(AXES):] + ["status"]
-    shown = table[[c for c in columns if c in table and c not in ("precision", "recall", *optional)]].copy()
+    shown = table[[c for c in shown_columns(table) if c not in optional]].copy()
     if "released" in shown:  # tiny and control generators have no release date
         shown["released"] = shown["released"].fillna("-")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
