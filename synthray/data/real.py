@@ -10,6 +10,7 @@ An unreadable image is named with its path; `data.on_corrupt=skip` drops it (and
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,6 +40,13 @@ def load_classes(spec: str) -> pd.DataFrame:
     path = CLASS_DIR / f"{spec}.csv" if spec in shipped_class_lists() else Path(spec).expanduser()
     if not path.is_file():
         raise SynthrayError(f"class list '{spec}' is neither a shipped list ({', '.join(shipped_class_lists())}) nor a CSV file")
+    stat = path.stat()
+    return _read_classes(str(path.resolve()), stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=16)
+def _read_classes(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    """The checked class list at `path`, read once per version of the file (a plan reads it for every trial)."""
     table = pd.read_csv(path, dtype=str, keep_default_na=False)
     if not {"id", "name"} <= set(table.columns):
         raise SynthrayError(f"class list {path} needs columns id,name; found {','.join(table.columns)}")

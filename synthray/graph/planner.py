@@ -142,12 +142,14 @@ def tiny_models(node: Any) -> set[str]:
 
 
 def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, table: pd.DataFrame | None = None,
-               counts: dict[str, int] | None = None) -> TrialPlan:
-    """Plan one grid point. `real` and `table` may be shared by trials that have them in common; `counts`: real
-    images per split, for the work estimates."""
+               counts: dict[str, int] | None = None, synthetic: SyntheticSpec | None = None,
+               memo: dict[Any, Any] | None = None) -> TrialPlan:
+    """Plan one grid point. `real`, `table` and `synthetic` may be shared by trials that have them in common (a
+    dataset spec hashes its whole prompt table once); `counts`: real images per split, for the work estimates;
+    `memo`: what trials of one plan share (a probe's setup and recipe-merged config per setting of the axes)."""
     from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
     from synthray.graph.probes import probe_cfg, probe_setup
-    from synthray.graph.grid import point_cfg, point_label
+    from synthray.graph.grid import AXES, point_cfg, point_label
     from synthray.training.archs import arch_identity
 
     cfg = point_cfg(cfg, point)
@@ -155,9 +157,13 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
     counts = counts or {}
     if table is None and not uses_captioner(cfg, point["prompt_style"]):  # planning never captions
         table = build_prompt_table(cfg, point["generator"], point["prompt_style"])
-    synth = synthetic_spec(cfg, point["generator"], point["prompt_style"], table, real)
-    probe = probe_setup(cfg, point["probe"])
-    run_cfg = probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
+    synth = synthetic or synthetic_spec(cfg, point["generator"], point["prompt_style"], table, real)
+    shared = (point["probe"], *(repr(v) for k, v in point.items() if k not in AXES))
+    memo = {} if memo is None else memo
+    if shared not in memo:
+        probe = probe_setup(cfg, point["probe"])
+        memo[shared] = probe, probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
+    probe, run_cfg = memo[shared]
     n_train, n_test = counts.get("train", synth.rows), counts.get("test", synth.rows // 10)
     real_view = view_spec(probe, real, ("train", "test"), n_train + n_test)
     synth_view = view_spec(probe, synth, ("data",), synth.rows)["data"]
@@ -180,20 +186,28 @@ def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:
     (same generator, style and prompt settings) share one planned copy, and every spec appears once by ref."""
     from omegaconf import OmegaConf
 
-    from synthray.graph.synthetic import build_prompt_table, uses_captioner
-    from synthray.graph.grid import point_cfg, trials
+    from synthray.graph.grid import AXES, point_cfg, trials
+    from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
 
-    reals: dict[str, RealSpec] = {}
+    reals: dict[tuple[str, ...], RealSpec] = {}
     tables: dict[tuple[str, str, str], pd.DataFrame | None] = {}
+    datasets: dict[tuple[str, ...], SyntheticSpec] = {}
+    memo: dict[Any, Any] = {}
     graph = Graph([])
     for point in trials(cfg):
         own = point_cfg(cfg, point)
-        real = real_spec(own)
-        real = reals.setdefault(real.key, real)
+        extras = tuple(repr(v) for k, v in point.items() if k not in AXES)
+        if extras not in reals:  # the real data depends on the grid's extra axes at most
+            reals[extras] = real_spec(own)
+        real = reals[extras]
         pair = (point["generator"], point["prompt_style"], OmegaConf.to_yaml(own.prompts) + str(own.data.classes))
         if pair not in tables:
             tables[pair] = None if uses_captioner(own, pair[1]) else build_prompt_table(own, *pair[:2])
-        trial = plan_point(cfg, point, real, tables[pair], counts)
+        # The arch and probe axes never change a dataset; the other axes may (grid.axes.generation.guidance).
+        dataset = (*pair, real.key, *(repr(v) for k, v in point.items() if k not in ("arch", "probe")))
+        if dataset not in datasets:
+            datasets[dataset] = synthetic_spec(own, point["generator"], point["prompt_style"], tables[pair], real)
+        trial = plan_point(cfg, point, real, tables[pair], counts, datasets[dataset], memo)
         graph.trials.append(trial)
         for spec in trial.specs():
             graph.specs.setdefault(spec.ref, spec)
