@@ -184,7 +184,7 @@ def _explain(err: Exception | str) -> str:
         return str(unknown_name(key, value[1] if value else "?", choices(Config, key)))
     if "converted to Integer" in first and value:
         return f"{key} takes a whole number, got '{value[1]}'"
-    if "converted to Boolean" in first and value:
+    if ("converted to Boolean" in first or "is not a valid bool" in first) and value:
         return f"{key} takes true or false, got '{value[1]}'"
     if "is not Optional" in first or "cannot be assigned None" in first:
         return f"{key} cannot be null"
@@ -196,6 +196,8 @@ def _explain(err: Exception | str) -> str:
         parent = key.rpartition(".")[0]
         return str(unknown_name("config key", key, [f"{parent}.{k}" if parent else k for k in keys(Config, parent)]))
     return first
+
+
 def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
     """The dotted keys of `cfg` that the schema has and no file set."""
     out = []
@@ -260,12 +262,26 @@ def _apply(cfg: DictConfig, o: Any) -> None:
             if (isinstance(old, (int, float)) and not isinstance(old, bool) and not nullable and not isinstance(new, (int, float))
                     and new not in words):
                 raise SynthrayError(f"override '{o.input_line}': {key} takes a number{''.join(f' or {w}' for w in words)}, got '{new}'")
+            # OmegaConf would read yes/no/on/off/1/0 as booleans: nothing is silently corrected.
+            if _is_bool_field(cfg, key) and new is not None and not isinstance(new, bool):
+                raise SynthrayError(f"override '{o.input_line}': {key} takes true or false, got '{new}'")
             OmegaConf.update(cfg, key, new, merge=True)
     except OmegaConfBaseException as err:
         raise SynthrayError(f"override '{o.input_line}': {_explain(err)}") from None
 
 
 _MISSING = object()
+
+
+def _is_bool_field(cfg: DictConfig, key: str) -> bool:
+    """Whether the schema types `key` as a bool (not a bool-or-word such as generation.compile)."""
+    from omegaconf.nodes import BooleanNode
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and isinstance(node._get_node(leaf), BooleanNode)
+
+
 # Numbers that also take a word (checked where they are used).
 NUMBER_WORDS = {"generation.batch_size": ("auto",)}
 

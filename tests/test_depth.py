@@ -272,10 +272,10 @@ def test_depth_options_reach_the_key_only_when_they_change_it(tmp_path):
     assert {k: setup.identity[k] for k in ("dtype", "square_crop", "output_size", "quantize")} == {
         "dtype": "float32", "square_crop": True, "output_size": "model", "quantize": "floor"}
     assert "input_size" not in setup.identity  # null is the processor's own size, as before
-    for override, message in [("probes.depth.dtype=half", "probes.depth.dtype must be one of float16, bfloat16, float32"),
+    for override, message in [("probes.depth.dtype=half", "unknown probes.depth.dtype 'half'; choices: bfloat16, float16, float32"),
                               ("probes.depth.input_size=-1", "probes.depth.input_size must be null"),
-                              ("probes.depth.square_crop=1", "probes.depth.square_crop must be true or false"),
-                              ("probes.depth.output_size=native", "probes.depth.output_size must be one of input, model"),
+                              ("probes.depth.square_crop=1", "probes.depth.square_crop takes true or false"),
+                              ("probes.depth.output_size=native", "unknown probes.depth.output_size .native.; choices: input, model"),
                               ("+probes.depth.invert=true", "probes.depth has no key invert")]:
         with pytest.raises(SynthrayError, match=message):
             check_probe(tiny_cfg(tmp_path, override), "depth", ["tiny-cnn"])

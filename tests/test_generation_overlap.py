@@ -73,7 +73,7 @@ def test_batch_size_and_overlap_in_the_key():
 @pytest.mark.parametrize("override, message", [
     ("generation.batch_size=abc", "generation.batch_size takes a number or auto, got 'abc'"),
     ("generation.batch_size=0", "generation.batch_size must be a whole number >= 1 or auto, got 0"),
-    ("generation.overlap=sometimes", "generation.overlap must be true or false, got 'sometimes'"),
+    ("generation.overlap=sometimes", "generation.overlap takes true or false, got 'sometimes'"),
 ])
 def test_bad_batch_or_overlap_is_one_line(override, message):
     with pytest.raises(SynthrayError, match=message) as err:

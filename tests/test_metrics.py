@@ -77,10 +77,10 @@ def test_metric_settings_reach_the_key_only_when_they_change_it(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("metrics.distance=l1", "metrics.distance must be one of euclidean, cosine, got 'l1'"),
+    ("metrics.distance=l1", "unknown metrics.distance 'l1'; choices: cosine, euclidean"),
     ("metrics.max_samples=5", "metrics.max_samples must be null .every row. or an int above metrics.prdc_k=5, got 5"),
-    ("metrics.max_samples=2.5", "metrics.max_samples must be null"),
-    ("metrics.equal_counts=yes", "metrics.equal_counts must be true or false"),
+    ("metrics.max_samples=2.5", "metrics.max_samples takes a whole number, got .2.5."),
+    ("metrics.equal_counts=yes", "metrics.equal_counts takes true or false"),
     ("metrics.prdc_k=0", "metrics.prdc_k must be a positive int"),
 ])
 def test_bad_metric_settings_are_one_line(tmp_path, override, message):

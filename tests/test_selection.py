@@ -20,8 +20,8 @@ def test_recipes_say_how_they_select():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("recipe.selection.metric=top5", "recipe.selection.metric=top5 is not one of accuracy, loss"),
-    ("recipe.selection.set=val", "recipe.selection.set=val is not one of train, real-test"),
+    ("recipe.selection.metric=top5", "unknown recipe.selection.metric 'top5'; choices: accuracy, loss"),
+    ("recipe.selection.set=val", "unknown recipe.selection.set 'val'; choices: real-test, train"),
 ])
 def test_bad_selection_is_one_line(tmp_path, override, message):
     with pytest.raises(SynthrayError, match=message) as err:

@@ -92,7 +92,7 @@ def test_jpeg_decode_gpu_enters_the_key_and_cpu_stays_out(tmp_path):
     ("training.jpeg_decode=gpu", "training.jpeg_decode=gpu decodes JPEGs with nvjpeg on the training GPU, but training.device=cpu"),
     ("training.jpeg_decode=nvjpeg", "unknown training.jpeg_decode 'nvjpeg'; choices: cpu, gpu"),
     ("training.decode_cpus=0", "training.decode_cpus must be a whole number >= 1 or null, got 0"),
-    ("training.decode_cpus=1.5", "training.decode_cpus must be a whole number >= 1 or null, got 1.5"),
+    ("training.decode_cpus=1.5", "training.decode_cpus takes a whole number, got '1.5'"),
 ])
 def test_bad_decode_settings_are_one_line(tmp_path, override, message):
     with pytest.raises(SynthrayError, match=message) as err:
