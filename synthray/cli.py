@@ -326,6 +326,8 @@ def _stage_weights_command(args: argparse.Namespace) -> int:
 
 def _caption(args: argparse.Namespace) -> int:
 
+    from synthray.sweep.runner import caption_command
+
     print(caption_command(args.overrides))
     return 0
 
@@ -406,20 +408,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("synthray: interrupted; continue with: synthray resume", file=sys.stderr)
         return 130
-
-
-def caption_command(overrides: list[str]) -> str:
-    """`synthray caption [overrides]`: build or reuse the captions; one line with their URI and row count."""
-    from synthray.config import compose
-    from synthray.graph.captions import caption, check_captioner
-    from synthray.graph.real import check_source
-    from synthray.storage import check_storage
-    from synthray.sweep.runner import init_ray
-
-    cfg = compose(overrides)
-    check_storage(cfg.storage)
-    check_source(cfg)
-    check_captioner(cfg)
-    init_ray(cfg)
-    art = caption(cfg)
-    return f"captions: {art.file('data')} ({art.meta()['rows']} rows, {art.spec['backend']})"

@@ -6,13 +6,10 @@ functions, since a deferred import only hides a cycle from the interpreter.
 import ast
 from pathlib import Path
 
-import pytest
 
 PACKAGE = "synthray"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
-# The modules the stage-graph redesign is untangling (see the xfail below).
-SWEEP_STAGE = (f"{PACKAGE}.sweep", f"{PACKAGE}.generation.stage", f"{PACKAGE}.captioning.stage")
 
 
 def _modules(root):
@@ -138,10 +135,6 @@ def _report(found):
     return "\n".join(lines)
 
 
-def _in_sweep_stage(module):
-    return any(module == m or module.startswith(m + ".") for m in SWEEP_STAGE)
-
-
 def test_graph_counts_deferred_relative_and_from_imports(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
@@ -163,18 +156,8 @@ def test_graph_covers_the_package():
     assert all(t in graph for targets in graph.values() for t in targets)
 
 
-@pytest.mark.xfail(reason="the sweep <-> stage cycle is being removed by the stage-graph redesign", strict=False)
 def test_no_import_cycles():
     found = cycles(import_graph())
-    print(_report(found))
-    assert not found, "import cycles:\n" + _report(found)
-
-
-def test_no_import_cycles_outside_sweep_and_stages():
-    # Without the sweep and stage modules, whatever was in a cycle only through them is not.
-    graph = import_graph()
-    kept = {m: {t for t in ts if not _in_sweep_stage(t)} for m, ts in graph.items() if not _in_sweep_stage(m)}
-    found = cycles(kept)
     print(_report(found))
     assert not found, "import cycles:\n" + _report(found)
 

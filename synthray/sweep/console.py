@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from synthray import storage
 from synthray.registry import SynthrayError
 from synthray.sweep.capture import LogStream, forward_worker_logs, own_width, replaces_sys_streams, stream_handlers
-from synthray.sweep.plan import trial_label
+from synthray.graph.grid import trial_label
 
 PLAIN_EVERY_S = 30.0   # a progress line per trial at most this often on a non-interactive terminal
 SHOWN_TRIALS = 12      # rows of the live view; the rest are counted

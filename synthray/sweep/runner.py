@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from synthray import storage
 from synthray.registry import SynthrayError, error_line
 from synthray.sweep.plan import extra_axes, grid_axes, trial_label, validate
+from synthray.sweep.tracking import tracking_callbacks, tracking_names
 from synthray.sweep.geneval import join_geneval
 from synthray.sweep.columns import leading_columns, shown_columns
 from synthray.sweep.trial import plan_trials, tune_trial
@@ -116,55 +117,6 @@ def plan_summary(cfg: Any, planned: list[Any] | None = None) -> list[str]:
         lines.append(f"  {trial.label}: {state}")
     head = f"plan: {len(lines)} trials, {done} already complete (reused), {len(lines) - done} to run"
     return [head] + lines
-
-
-TRACKERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}  # tracking= value: its package
-
-
-def tracking_names(cfg: Any) -> list[str]:
-    """`tracking` as a checked list: one line for an unknown name or a package that is not installed."""
-    import importlib.util
-
-    from synthray.registry import unknown_name
-
-    given = OmegaConf.select(cfg, "tracking", default=None)
-    names = [] if given in (None, "") else [str(given)] if isinstance(given, str) else [str(n) for n in given]
-    for name in names:
-        if name not in TRACKERS:
-            raise unknown_name("tracking", name, TRACKERS)
-        if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise SynthrayError(f"tracking={name} needs the {TRACKERS[name]} package: pip install "
-                                f"{'mlflow-skinny' if name == 'mlflow' else TRACKERS[name]}")
-    return names
-
-
-def tracking_callbacks(cfg: Any, sweep: str) -> list[Any]:
-    """Ray Tune's logger callbacks for `tracking`: they see every report of every trial (per-epoch training metrics
-    and the final results row) on the driver."""
-    project = str(OmegaConf.select(cfg, "tracking_project", default=None) or cfg.name)
-    callbacks = []
-    for name in tracking_names(cfg):
-        if name == "mlflow":
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-            given = OmegaConf.select(cfg, "tracking_uri", default=None)
-            if str(given or os.environ.get("MLFLOW_TRACKING_URI", "")).startswith("file:"):
-                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # asked for by name: MLflow 3 refuses it untold
-            callbacks.append(MLflowLoggerCallback(tracking_uri=given,
-                                                  experiment_name=project, tags={"sweep": sweep}, save_artifact=False))
-        elif name == "wandb":
-            from ray.air.integrations.wandb import WandbLoggerCallback
-
-            # The callback logs from a Ray actor, which does not see this process's environment: pass W&B's own
-            # settings on (WANDB_MODE=offline, WANDB_DIR), as wandb.init arguments.
-            given = {"mode": os.environ.get("WANDB_MODE"), "dir": os.environ.get("WANDB_DIR")}
-            callbacks.append(WandbLoggerCallback(project=project, group=sweep, log_config=False,
-                                                 **{k: v for k, v in given.items() if v}))
-        else:
-            from ray.tune.logger import TBXLoggerCallback
-
-            callbacks.append(TBXLoggerCallback())
-    return callbacks
 
 
 def _trainable(cfg: Any) -> Any:
@@ -331,3 +283,19 @@ def format_table(table: pd.DataFrame) -> str:
     if "released" in shown:  # tiny and control generators have no release date
         shown["released"] = shown["released"].fillna("-")
     return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+def caption_command(overrides: list[str]) -> str:
+    """`synthray caption [overrides]`: build or reuse the captions; one line with their URI and row count."""
+    from synthray.config import compose
+    from synthray.graph.captions import caption, check_captioner
+    from synthray.graph.real import check_source
+    from synthray.storage import check_storage
+
+    cfg = compose(overrides)
+    check_storage(cfg.storage)
+    check_source(cfg)
+    check_captioner(cfg)
+    init_ray(cfg)
+    art = caption(cfg)
+    return f"captions: {art.file('data')} ({art.meta()['rows']} rows, {art.spec['backend']})"

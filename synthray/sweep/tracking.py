@@ -1,0 +1,58 @@
+"""Experiment tracking: `tracking=[mlflow, wandb, tensorboard]` as Ray Tune logger callbacks on the driver."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from synthray.registry import SynthrayError
+
+TRACKERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}  # tracking= value: its package
+
+
+def tracking_names(cfg: Any) -> list[str]:
+    """`tracking` as a checked list: one line for an unknown name or a package that is not installed."""
+    import importlib.util
+
+    from synthray.registry import unknown_name
+
+    given = OmegaConf.select(cfg, "tracking", default=None)
+    names = [] if given in (None, "") else [str(given)] if isinstance(given, str) else [str(n) for n in given]
+    for name in names:
+        if name not in TRACKERS:
+            raise unknown_name("tracking", name, TRACKERS)
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise SynthrayError(f"tracking={name} needs the {TRACKERS[name]} package: pip install "
+                                f"{'mlflow-skinny' if name == 'mlflow' else TRACKERS[name]}")
+    return names
+
+
+def tracking_callbacks(cfg: Any, sweep: str) -> list[Any]:
+    """Ray Tune's logger callbacks for `tracking`: they see every report of every trial (per-epoch training metrics
+    and the final results row) on the driver."""
+    project = str(OmegaConf.select(cfg, "tracking_project", default=None) or cfg.name)
+    callbacks = []
+    for name in tracking_names(cfg):
+        if name == "mlflow":
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            given = OmegaConf.select(cfg, "tracking_uri", default=None)
+            if str(given or os.environ.get("MLFLOW_TRACKING_URI", "")).startswith("file:"):
+                os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # asked for by name: MLflow 3 refuses it untold
+            callbacks.append(MLflowLoggerCallback(tracking_uri=given,
+                                                  experiment_name=project, tags={"sweep": sweep}, save_artifact=False))
+        elif name == "wandb":
+            from ray.air.integrations.wandb import WandbLoggerCallback
+
+            # The callback logs from a Ray actor, which does not see this process's environment: pass W&B's own
+            # settings on (WANDB_MODE=offline, WANDB_DIR), as wandb.init arguments.
+            given = {"mode": os.environ.get("WANDB_MODE"), "dir": os.environ.get("WANDB_DIR")}
+            callbacks.append(WandbLoggerCallback(project=project, group=sweep, log_config=False,
+                                                 **{k: v for k, v in given.items() if v}))
+        else:
+            from ray.tune.logger import TBXLoggerCallback
+
+            callbacks.append(TBXLoggerCallback())
+    return callbacks
