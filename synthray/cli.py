@@ -213,7 +213,11 @@ def _stage_weights(words: Sequence[str]) -> list[str]:
 def _weight_names(cfg: Any) -> dict[str, tuple[str, str]]:
     """The names stage-weights knows -> (hub id, what it is used as): the zoo's diffusers generators, depth,
     captioner and the feature encoders."""
-    names = {name: (str(entry.model), "pipeline") for name, entry in cfg.generators.items() if entry.kind == "diffusers"}
+    from synthray.generation.kinds import kind_of
+
+    # Generators that load weights of their own (vae-reencode reuses its source generator's).
+    names = {name: (str(entry.model), "pipeline") for name, entry in cfg.generators.items()
+             if kind_of(entry).loads_model and "model" in entry}
     names["depth"] = (str(cfg.probes.depth.model), "depth")
     names["captioner"] = (str(cfg.captioner.local.model), "captioner")
     for name, entry in cfg.metrics.encoders.items():
@@ -243,11 +247,14 @@ def _list(what: str) -> list[str]:
         from synthray.training.archs import describe
 
         return describe()
+    from synthray.generation.kinds import kind_of
+
     cfg = compose([])
     rows = []
     for name, entry in cfg.generators.items():
         model = entry.get("model", "(real held-out images)")
-        how = f"{entry.pipeline} {entry.steps} steps cfg {entry.guidance} {entry.resolution}px" if entry.kind == "diffusers" else f"control: {entry.kind} (held-out real images)"
+        how = f"{entry.pipeline} {entry.steps} steps cfg {entry.guidance} {entry.resolution}px" if kind_of(entry).sampled \
+            else f"control: {entry.kind} (held-out real images)"
         rows.append(f"{name:<17} released {entry.get('released') or '-':<11} protocols model-default,paper  {how:<52} {model}")
     rows.append("vae-reencode:<generator>  control: held-out real images encoded and decoded by that diffusers generator's VAE, e.g. vae-reencode:sd15")
     return rows

@@ -285,25 +285,17 @@ def _is_bool_field(cfg: DictConfig, key: str) -> bool:
 # Numbers that also take a word (checked where they are used).
 NUMBER_WORDS = {"generation.batch_size": ("auto",)}
 
-# The fields a generator entry may set, per kind (`conf/generators.yaml`); `call` is a free-form mapping.
-GENERATOR_FIELDS: dict[str, tuple[str, ...]] = {
-    "diffusers": ("kind", "pipeline", "model", "dtype", "variant", "steps", "guidance", "resolution", "released",
-                  "distilled", "guidance_kwarg", "call", "scheduler", "paper"),
-    "real-holdout": ("kind", "released"),
-    "collapsed": ("kind", "released", "prototypes", "noise", "shift"),
-    "vae-reencode": ("kind", "source", "dtype", "released"),  # `vae-reencode:<generator>` needs no entry
-}
-FREE_FORM_GENERATOR_FIELDS = ("call", "paper")
-
-
 def _generator_fields(name: str, entry: Any) -> tuple[str, ...]:
-    """The fields generator `name` may set, from its kind; a one-line error for a non-mapping or unknown kind."""
+    """The fields generator `name` may set, from its kind's record (`generation/kinds.py`); a one-line error for a
+    non-mapping or unknown kind."""
+    from synthray.generation.kinds import KINDS
+
     if not isinstance(entry, DictConfig):
-        raise SynthrayError(f"generator '{name}' must be a mapping with a kind ({', '.join(GENERATOR_FIELDS)}), got '{entry}'")
+        raise SynthrayError(f"generator '{name}' must be a mapping with a kind ({', '.join(KINDS.names())}), got '{entry}'")
     kind = entry.get("kind")
-    if kind not in GENERATOR_FIELDS:
-        raise SynthrayError(f"generator '{name}': {unknown_name('generator kind', str(kind), GENERATOR_FIELDS)}")
-    return GENERATOR_FIELDS[kind]
+    if kind not in KINDS:
+        raise SynthrayError(f"generator '{name}': {unknown_name('generator kind', str(kind), KINDS.names())}")
+    return KINDS.get(kind).fields
 
 
 def _new_generator_field(cfg: DictConfig, key: str) -> bool:
@@ -319,9 +311,11 @@ def _new_generator_field(cfg: DictConfig, key: str) -> bool:
         raise SynthrayError(f"{err}; to add one use +generators.{name}={{kind: ..., ...}}")
     if len(parts) == 2:
         return False
+    from synthray.generation.kinds import KINDS
+
     allowed = _generator_fields(name, cfg.generators[name])
     field = parts[2]
-    if field not in allowed or (len(parts) > 3 and field not in FREE_FORM_GENERATOR_FIELDS):
+    if field not in allowed or (len(parts) > 3 and field not in KINDS.get(cfg.generators[name].kind).free_form):
         raise unknown_name("config key", key, [f"generators.{name}.{f}" for f in allowed])
     return OmegaConf.select(cfg, key, default=_MISSING) is _MISSING
 

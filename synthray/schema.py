@@ -361,7 +361,7 @@ class Config:
     prompts: Prompts
     captioner: Captioner
     generation: Generation
-    generators: Dict[str, Any]  # per kind: checked by synthray.config (GENERATOR_FIELDS)
+    generators: Dict[str, Any]  # per kind: fields checked against the kind records (generation/kinds.py)
     probes: Probes
     recipe: Recipe
     training: Training

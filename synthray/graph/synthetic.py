@@ -24,6 +24,25 @@ def generator_entry(cfg: Any, name: str) -> dict[str, Any]:
     return zoo_entry(cfg.generators, name, OmegaConf.select(cfg, "generation.dtype", default=None))
 
 
+def control_generators(names: Any, zoo: Any = None) -> set[str]:
+    """The names among `names` whose kind is a control (held-out real images, changed or not), by `zoo` (default:
+    the shipped `conf/generators.yaml`); names the zoo does not know are generators."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    if zoo is None:
+        zoo = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "generators.yaml")
+    out = set()
+    for name in names:
+        try:
+            if kind_of(zoo_entry(zoo, str(name))).control:
+                out.add(str(name))
+        except SynthrayError:
+            continue
+    return out
+
+
 def uses_captioner(cfg: Any, style: str) -> bool:
     """Whether `style`'s captions come from the captioner stage (`prompts.captions=captioner`), so its prompt table
     exists only once that stage has run: inside the trial, never at planning time."""

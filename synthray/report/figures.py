@@ -177,8 +177,10 @@ def per_class_heatmap(table: pd.DataFrame, generator: str | None = None, arch: s
 
 
 def _first_synthetic(data: pd.DataFrame) -> str:
+    from synthray.graph.synthetic import control_generators
+
     names = sorted(data["generator"].unique())
-    real = [n for n in names if n in ("real-holdout", "collapsed") or n.startswith("vae-reencode:")]
+    real = control_generators(names)
     return ([n for n in names if n not in real] or names)[0]
 
 

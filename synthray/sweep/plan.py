@@ -95,7 +95,7 @@ def _check_real_source(cfg: Any, dry: bool) -> None:
 def _check(cfg: Any, dry: bool = False) -> None:
     from synthray.data.real import load_classes
     from synthray.devices import check_device_name
-    from synthray.generation.kinds import sampling_params
+    from synthray.generation.kinds import kind_of, sampling_params
     from synthray.graph.synthetic import generator_entry
     from synthray.generation.prompts import PROMPT_STYLES
     from synthray.graph.synthetic import check_captions
@@ -135,9 +135,10 @@ def _check(cfg: Any, dry: bool = False) -> None:
     for name in axes["generator"]:
         entry = generator_entry(cfg, name)
         sampling_params(entry, cfg.generation.protocol, cfg.generation)
-        if entry["kind"] in ("diffusers", "vae-reencode"):  # vae-reencode loads its source generator's pipeline folder
+        kind = kind_of(entry)
+        if kind.loads_model:  # vae-reencode loads its source generator's pipeline folder
             check_model(models, str(entry["model"]), "pipeline", f"generators.{entry.get('source', name)}.model")
-        if entry["kind"] != "diffusers" and not float(cfg.data.control_fraction) > 0:
+        if kind.draws_real and not float(cfg.data.control_fraction) > 0:
             raise SynthrayError(f"generator {name} draws held-out real images, but data.control_fraction="
                                 f"{cfg.data.control_fraction} holds none out; set data.control_fraction=0.4")
     check_encoders(cfg)
