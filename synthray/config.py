@@ -211,7 +211,7 @@ def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 def _absolute_paths(cfg: DictConfig) -> None:
     """Resolve user paths against the directory the command ran in: Ray Tune runs each trial in its own folder."""
-    from synthray.data.real import shipped_class_lists
+    from synthray.data.real import RENAMED_LISTS, shipped_class_lists
 
     from synthray.storage import normalize
 
@@ -226,6 +226,7 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.prompts.captions = str(Path(cfg.prompts.captions).expanduser().resolve())
     if cfg.metrics.geneval:
         cfg.metrics.geneval = str(Path(cfg.metrics.geneval).expanduser().resolve())
+    cfg.data.classes = RENAMED_LISTS.get(cfg.data.classes, cfg.data.classes)  # an earlier name of a shipped list
     if cfg.data.classes not in shipped_class_lists():
         cfg.data.classes = str(Path(cfg.data.classes).expanduser().resolve())
 

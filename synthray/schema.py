@@ -178,7 +178,7 @@ class Generation:
 @schema
 class FrequencyProbe:
     cutoff: Number
-    mask: Literal["centred", "study"]
+    mask: Literal["centred", "paper", "study"]  # study: the earlier spelling of paper
     clip: bool
     size: Optional[int]
     recipe: Optional[Dict[str, Any]]  # merged over the recipe of the probe's models
@@ -276,7 +276,7 @@ class Recipe:  # conf/recipes/<name>.yaml; a key a recipe leaves out stays out (
     warmup_epochs: int
     warmup_start_lr: Number
     min_lr: Number
-    lr_schedule: Literal["study", "synthray"]
+    lr_schedule: Literal["paper", "study", "synthray"]  # study: the earlier spelling of paper
     grad_clip: Optional[Number]
     cutmix: CutMix
     selection: Selection

@@ -328,4 +328,4 @@ def test_caption_dataset_keys_hold_the_class_names(tmp_path):
         cfg = tiny_cfg(tmp_path, "experiment=paper", f"storage={tmp_path}", f"data.classes={classes}")
         return synthetic_artifact(cfg, "sd15", "caption", None).key
 
-    assert key("tiny-imagenet-200") != key("tiny-imagenet-200-study")  # "grasshopper" and "grasshoppe"
+    assert key("tiny-imagenet-200") != key("tiny-imagenet-200-paper")  # "grasshopper" and "grasshoppe"

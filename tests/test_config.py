@@ -107,7 +107,7 @@ def test_an_experiment_extends_another_and_keeps_its_recipe(tmp_path, monkeypatc
     monkeypatch.setenv("SYNTHRAY_EXPERIMENTS", str(tmp_path))
     cfg = compose(["experiment=short-paper"])
     assert (cfg.recipe.name, cfg.recipe.epochs, cfg.recipe.lr, cfg.recipe.batch_size) == ("paper", 5, 1e-3, 1024)
-    assert list(cfg.grid.probe) == ["rgb"] and cfg.data.classes == "tiny-imagenet-200-study"
+    assert list(cfg.grid.probe) == ["rgb"] and cfg.data.classes == "tiny-imagenet-200-paper"
     with pytest.raises(SynthrayError, match="its defaults include itself"):
         compose(["experiment=loop-a"])
 
@@ -133,7 +133,7 @@ def test_an_experiment_file_anywhere(tmp_path, monkeypatch):
     for given in ("exps/mine.yaml", str(tmp_path / "exps" / "mine.yaml")):
         cfg = compose([f"experiment={given}", "recipe.lr=0.5"])
         assert (cfg.experiment, cfg.name, cfg.recipe.name, cfg.recipe.epochs, cfg.recipe.lr) == ("mine", "mine", "paper", 5, 0.5)
-        assert list(cfg.grid.probe) == ["rgb"] and cfg.data.classes == "tiny-imagenet-200-study"
+        assert list(cfg.grid.probe) == ["rgb"] and cfg.data.classes == "tiny-imagenet-200-paper"
     assert compose(["experiment=exps/mine.yaml"]) == compose(["experiment=exps/mine.yaml", "experiment=exps/mine.yaml"])
 
 

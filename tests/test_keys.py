@@ -40,3 +40,19 @@ def test_paper_keys_equal_the_stored_ones_under_their_legacy_keys(tmp_path):
     moved = {s.kind for s in graph.specs.values() if s.key != s.legacy_key}
     kept = {s.kind for s in graph.specs.values() if s.key == s.legacy_key}
     assert "real" in moved and "synthetic" in kept  # diffusers datasets never read the real data: kept
+
+
+def test_paper_and_its_earlier_spelling_study_give_the_same_keys(tmp_path):
+    """`paper` names the study's settings everywhere; `study`, the earlier spelling of the same values, is still
+    read, and keys record it, so models and views built with it keep their keys."""
+    from synthray.graph.probes import probe_setup
+    from synthray.graph.identity import training_spec
+
+    def cfg(word):
+        return compose(["experiment=smoke", f"storage={tmp_path}", "recipe=paper", f"recipe.lr_schedule={word}",
+                        f"probes.lowpass.mask={word}", "probes.lowpass.cutoff=0.1", "data.classes=tiny-imagenet-200-" + word])
+
+    paper, study = cfg("paper"), cfg("study")
+    assert training_spec(paper) == training_spec(study) and training_spec(paper)["recipe"]["lr_schedule"] == "study"
+    assert probe_setup(paper, "lowpass").identity == probe_setup(study, "lowpass").identity
+    assert plan(paper).artifacts() == plan(study).artifacts()

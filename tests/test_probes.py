@@ -181,7 +181,7 @@ def test_frequency_options_reach_the_key_only_when_they_change_it(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("probes.lowpass.mask=circle", "unknown probes.lowpass.mask 'circle'; choices: centred, study"),
+    ("probes.lowpass.mask=circle", "unknown probes.lowpass.mask 'circle'; choices: centred, paper, study"),
     ("probes.lowpass.cutoff=0", r"probes.lowpass.cutoff must be a number in \(0, 1\] with mask=centred"),
     ("probes.highpass.cutoff=1.5", r"probes.highpass.cutoff must be a number in \(0, 1\]"),
     ("probes.lowpass.clip=maybe", "probes.lowpass.clip takes true or false"),

@@ -17,7 +17,7 @@ def test_paper_recipe_numbers_come_from_its_config_file():
     assert (r.optimizer, r.lr, r.weight_decay, r.batch_size, r.epochs) == ("adam", 1e-3, 0.0, 1024, 80)
     # The study's --start_lr 1e-5 and --minimum_lr 1e-8 are factors on the learning rate.
     assert (r.warmup_epochs, r.warmup_start_lr, r.min_lr, r.grad_clip, r.cutmix.prob) == (5, 1e-8, 1e-11, 1.0, 1.0)
-    assert r.lr_schedule == "study"
+    assert r.lr_schedule == "paper"
     assert r.train_transform.random_resized_crop.size == 224 and r.train_transform.color_jitter == [0.3, 0.3, 0.3]
     assert list(r.train_transform.one_of) == ["grayscale", "solarize", "gaussian_blur"]
     assert (r.test_transform.resize, r.test_transform.crop) == (224, 224)

@@ -31,12 +31,16 @@ SPLITS = ("train", "control", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
+RENAMED_LISTS = {"tiny-imagenet-200-study": "tiny-imagenet-200-paper"}  # earlier names, still read
+
+
 def shipped_class_lists() -> list[str]:
     return sorted(p.stem for p in CLASS_DIR.glob("*.csv"))
 
 
 def load_classes(spec: str) -> pd.DataFrame:
     """A class list by shipped name or CSV path -> DataFrame with columns id, name (row order = label)."""
+    spec = RENAMED_LISTS.get(spec, spec)
     path = CLASS_DIR / f"{spec}.csv" if spec in shipped_class_lists() else Path(spec).expanduser()
     if not path.is_file():
         raise SynthrayError(f"class list '{spec}' is neither a shipped list ({', '.join(shipped_class_lists())}) nor a CSV file")

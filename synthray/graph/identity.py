@@ -43,6 +43,8 @@ def training_spec(cfg: Any) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     recipe = without_legacy(OmegaConf.to_container(cfg.recipe, resolve=True), LEGACY_RECIPE)
+    if recipe.get("lr_schedule") == "paper":  # keyed by its earlier name, as models trained with it were
+        recipe["lr_schedule"] = "study"
     return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), LEGACY_NUMERICS)}
 
 

@@ -20,6 +20,8 @@ def probe_setup(cfg: Any, name: str) -> ProbeSetup:
     section = OmegaConf.to_container(cfg.probes.get(name) or OmegaConf.create({}), resolve=True)
     params = {k: v for k, v in section.items() if k not in EXECUTION_KEYS}
     identity = without_legacy(params, probe.legacy)
+    if identity.get("mask") == "paper":  # keyed by its earlier name, as the views made with it were
+        identity["mask"] = "study"
     pool = Pool("cpu", actors=2)
     if probe.worker is not None:  # a model: its identity (hub revision, tiny version) and the numerics of its device
         identity["model"] = model_identity(str(params["model"]))

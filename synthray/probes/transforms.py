@@ -91,7 +91,7 @@ def _depth_worker(params: dict[str, Any], models: Any) -> Callable[[dict], dict]
 _register(Probe("depth", depth, worker=_depth_worker, check=check_depth, legacy=DEPTH_DEFAULTS))
 
 
-FREQUENCY_MASKS = ("centred", "study")
+FREQUENCY_MASKS = ("centred", "paper", "study")  # "study": the earlier spelling of "paper", still read
 # The frequency probes' behaviour before `mask`, `clip` and `size` existed.
 FREQUENCY_DEFAULTS = {"mask": "centred", "clip": False, "size": None}
 
@@ -145,7 +145,7 @@ def frequency_filter(image: np.ndarray, cutoff: float, lowpass: bool, mask: str 
         # The study's `image.resize((s, s))`: PIL's default filter for RGB, bicubic, named so Pillow cannot move it.
         image = np.asarray(Image.fromarray(image).resize((int(size), int(size)), Image.BICUBIC))
     height, width = image.shape[:2]
-    if mask == "study":
+    if mask in ("paper", "study"):
         keep = study_mask(height, width, cutoff, lowpass)
     elif mask == "centred":
         keep = box_mask(height, width, cutoff)
@@ -177,8 +177,8 @@ def check_frequency(name: str, params: dict[str, Any]) -> None:
     cutoff = params.get("cutoff")
     number = isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool)
     # The study accepts 0 (an empty box); the centred box needs a positive fraction of Nyquist.
-    if not number or not (0.0 <= cutoff <= 1.0 if mask == "study" else 0.0 < cutoff <= 1.0):
-        bounds = "[0, 1]" if mask == "study" else "(0, 1]"
+    if not number or not (0.0 <= cutoff <= 1.0 if mask in ("paper", "study") else 0.0 < cutoff <= 1.0):
+        bounds = "[0, 1]" if mask in ("paper", "study") else "(0, 1]"
         raise SynthrayError(f"probes.{name}.cutoff must be a number in {bounds} with mask={mask}, got {cutoff!r}")
     check_flag(name, params, "clip")
     check_size(name, params, "size", "the images as stored")

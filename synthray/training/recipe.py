@@ -19,6 +19,8 @@ SELECTION_METRICS = ("accuracy", "loss")
 SELECTION_SETS = ("train", "real-test")
 # Where a training set's JPEGs are decoded: Ray Data's CPU tasks (Pillow) or the training worker's GPU (nvjpeg).
 JPEG_DECODES = ("cpu", "gpu")
+# "paper" names the study's settings; "study" is the earlier spelling, still read, and what keys record (graph/identity.py).
+PAPER_NAMES = ("paper", "study")
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: dict[str, Any]) -> torch.optim.Optimizer:
@@ -29,18 +31,18 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], recipe: dict[str, Any])
 def lr_at(step: int, steps_per_epoch: int, recipe: dict[str, Any], rows: int | None = None) -> float:
     """Learning rate before optimiser step `step` (0-based): linear warm-up, then cosine down to `min_lr`.
 
-    `recipe.lr_schedule: study` is classifier/train.py's `cosine_annealing_with_linear_warmup` to the letter: its
+    `recipe.lr_schedule: paper` is classifier/train.py's `cosine_annealing_with_linear_warmup` to the letter: its
     step counts are (rows // batch_size) x epochs, one short of the real count per epoch when the last batch is
     partial, and its progress is not clamped, so the last steps of a run climb back up from the floor; the floor
     is a max(), not an offset. `rows` (the training set's size) is needed for it.
     """
     base, start, floor = float(recipe["lr"]), float(recipe["warmup_start_lr"]), float(recipe["min_lr"])
-    if recipe.get("lr_schedule", "synthray") == "study":
+    if recipe.get("lr_schedule", "synthray") in PAPER_NAMES:
         if rows is None:
-            raise ValueError("lr_schedule=study needs the training set's size")
+            raise ValueError("lr_schedule=paper needs the training set's size")
         per_epoch = rows // int(recipe["batch_size"])
         if per_epoch < 1:  # the study's count would be 0: the rate would flip between lr and the floor every step
-            raise SynthrayError(f"recipe.lr_schedule=study counts training rows // recipe.batch_size steps per epoch, "
+            raise SynthrayError(f"recipe.lr_schedule=paper counts training rows // recipe.batch_size steps per epoch, "
                                 f"which is 0 for {rows} rows and batch {recipe['batch_size']}; use recipe.lr_schedule=synthray")
         total, warm = per_epoch * int(recipe["epochs"]), per_epoch * int(recipe["warmup_epochs"])
         if step < warm:
@@ -96,8 +98,8 @@ def check_recipe(r: Any, t: Any) -> None:
     for key in ("epochs", "batch_size", "load_size"):
         if not isinstance(r[key], int) or r[key] < 1:
             raise SynthrayError(f"recipe.{key} must be a whole number >= 1, got {r[key]}")
-    if r.get("lr_schedule", "synthray") not in ("synthray", "study"):
-        raise unknown_name("recipe.lr_schedule", str(r.lr_schedule), ["synthray", "study"])
+    if r.get("lr_schedule", "synthray") not in ("synthray", *PAPER_NAMES):
+        raise unknown_name("recipe.lr_schedule", str(r.lr_schedule), ["synthray", "paper"])
     if r.optimizer not in OPTIMIZERS:
         raise SynthrayError(f"recipe.optimizer '{r.optimizer}' is not one of {', '.join(OPTIMIZERS)}")
     if not 0 <= float(r.selection_fraction) < 1:
