@@ -308,7 +308,7 @@ def main() -> None:
     p.add_argument("--cold-cache", action="store_true", help="a fresh scratch folder: compile from nothing (default: "
                    "<workdir>/scratch, so a second run loads the compiled code)")
     p.add_argument("--fuse-qkv", action="store_true", help="(b) with fused QKV projections")
-    p.add_argument("--channels-last", choices=["auto", "true", "false"], default="auto", help="(b) generation.channels_last")
+    p.add_argument("--channels-last", choices=["by-pipeline", "true", "false"], default="by-pipeline", help="(b) generation.channels_last")
     p.add_argument("--no-overlap", action="store_true", help="(b) generation.overlap=false: encode after each batch")
     p.add_argument("--profile", nargs="?", type=int, const=3, default=None, metavar="SHARDS",
                    help="then profile SHARDS steady shards (default 3) of the actor's loop in this process: GPU idle share")

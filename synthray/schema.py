@@ -161,7 +161,7 @@ class Generation:
     cpus_per_actor: Number
     cpu_offload: bool
     vae_tiling: bool
-    channels_last: Any  # true | false | auto
+    channels_last: Any  # true | false | by-pipeline (auto: its earlier spelling)
     compile: Any  # false | true | a torch.compile mode
     compile_vae: bool
     compile_cpu: bool
@@ -296,7 +296,7 @@ class Training:
     gpus_per_worker: Number
     precision: Literal["auto", "bf16", "fp32"]
     sync_bn: bool
-    channels_last: Any  # true | false | auto
+    channels_last: Any  # true | false (auto: the earlier spelling of true)
     compile: Any
     max_failures: int
     cache_decoded_gb: Number

@@ -60,7 +60,7 @@ def test_dataset_key_records_the_speed_settings_that_change_bits():
 
 @pytest.mark.parametrize("override, message", [
     ("generation.compile=fast", "generation.compile must be false, true, default, max-autotune or reduce-overhead; got 'fast'"),
-    ("generation.channels_last=maybe", "generation.channels_last must be auto, true or false; got 'maybe'"),
+    ("generation.channels_last=maybe", "generation.channels_last must be by-pipeline, true or false; got 'maybe'"),
     ("generation.compile_cache=s3", "unknown generation.compile_cache 's3'"),
     ("generation.fuse_qkv=yes", "generation.fuse_qkv takes true or false, got 'yes'"),
 ])

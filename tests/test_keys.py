@@ -56,3 +56,13 @@ def test_paper_and_its_earlier_spelling_study_give_the_same_keys(tmp_path):
     assert training_spec(paper) == training_spec(study) and training_spec(paper)["recipe"]["lr_schedule"] == "study"
     assert probe_setup(paper, "lowpass").identity == probe_setup(study, "lowpass").identity
     assert plan(paper).artifacts() == plan(study).artifacts()
+
+
+def test_channels_last_takes_explicit_values_and_its_earlier_auto_keeps_keys(tmp_path):
+    """Generation's `by-pipeline` and training's `true` were both spelled `auto`, with two meanings; `auto` is still
+    read as what it meant in each section, with the same keys."""
+    def keys(*overrides):
+        return plan(compose(["experiment=smoke", f"storage={tmp_path}", *overrides])).artifacts()
+
+    assert keys("generation.channels_last=auto", "training.channels_last=auto") == keys() == GOLDEN["artifacts"]["smoke"]
+    assert keys("training.channels_last=false") != keys()

@@ -38,8 +38,9 @@ INDUCTOR_OPTIONS = {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True, "
 # What torch.compile's modes set (torch._inductor.list_mode_options), passed as options because torch.compile
 # takes a mode or options, not both. max-autotune without CUDA graphs: it is the older, separately keyed mode.
 MODE_OPTIONS = {"default": {}, "max-autotune": {"max_autotune": True}, "reduce-overhead": {"triton.cudagraphs": True}}
-CHANNELS_LAST_CHOICES = ("auto", True, False)
-# channels_last=auto: NHWC everywhere (the behaviour before `auto`) except the UNets of these pipelines, where it
+BY_PIPELINE = "by-pipeline"
+CHANNELS_LAST_CHOICES = (BY_PIPELINE, "auto", True, False)  # "auto": the earlier spelling of by-pipeline, still read
+# channels_last=by-pipeline: NHWC everywhere (the behaviour before the setting) except the UNets of these pipelines, where it
 # was measured slower (BASELINES.md, H200, SD1.5 architecture batch 32 bf16: 5.54 img/s NHWC against 6.18 NCHW).
 CHANNELS_LAST_SLOWER = ("StableDiffusionPipeline",)
 # Pipelines where diffusers' fused QKV changes the computation: the pipeline's own method (SD, SDXL: UNet and VAE),
@@ -65,8 +66,8 @@ def compile_mode(value: Any) -> str | None:
 
 def channels_last_for(setting: Any, pipeline: str) -> bool:
     if setting not in CHANNELS_LAST_CHOICES or isinstance(setting, int) and not isinstance(setting, bool):
-        raise SynthrayError(f"generation.channels_last must be auto, true or false; got {setting!r}")
-    return pipeline not in CHANNELS_LAST_SLOWER if setting == "auto" else bool(setting)
+        raise SynthrayError(f"generation.channels_last must be {BY_PIPELINE}, true or false; got {setting!r}")
+    return pipeline not in CHANNELS_LAST_SLOWER if setting in (BY_PIPELINE, "auto") else bool(setting)
 
 
 def fuses_qkv(pipeline: str) -> bool:

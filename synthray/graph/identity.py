@@ -30,6 +30,7 @@ def numerics_of(t: Any) -> dict[str, Any]:
     return {"precision": ("bf16" if gpu else "fp32") if t.precision == "auto" else str(t.precision),
             # auto: NHWC on both devices; measured faster on CPU too (oneDNN: tiny-cnn 1.1-1.2x in the loop, BagNet-9
             # 1.2-2x per step at 32 px, bench/RESULTS.md), so it changed the keys of CPU-trained models once.
+            # "auto", an earlier setting, meant NHWC on both devices: true.
             "channels_last": True if t.channels_last == "auto" else bool(t.channels_last),
             "compile": bool(t.compile), "device": str(t.device),
             # Only more than one worker makes SyncBatchNorm differ from BatchNorm.

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import torch
 
 from synthray.registry import SynthrayError, unknown_name
+from synthray.shards import INLINE_ROWS
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 AUGMENTATIONS = ("grayscale", "solarize", "gaussian_blur")
@@ -124,12 +125,13 @@ def check_recipe(r: Any, t: Any) -> None:
         if not isinstance(t[key], int) or t[key] < 1:
             raise SynthrayError(f"training.{key} must be a whole number >= 1, got {t[key]}")
     batch_geometry(int(r.batch_size), int(t.num_workers), int(t.accumulate))
-    for key, choices in (("precision", ("auto", "bf16", "fp32")), ("channels_last", ("auto", True, False))):
-        if t[key] not in choices:
-            raise SynthrayError(f"training.{key}={t[key]} is not one of {', '.join(map(str, choices))}")
+    for key, choices in (("precision", ("auto", "bf16", "fp32")), ("channels_last", (True, False, "auto"))):
+        if t[key] not in choices:  # channels_last=auto: the earlier spelling of true, still read
+            shown = choices[:2] if key == "channels_last" else choices
+            raise SynthrayError(f"training.{key}={t[key]} is not one of {', '.join(map(str, shown))}")
     jpeg_decode(t)
     decode_cpus(t)
-    inline = t.get("inline_rows", 0)
+    inline = t.get("inline_rows", INLINE_ROWS)
     if not isinstance(inline, int) or isinstance(inline, bool) or inline < 0:
         raise SynthrayError(f"training.inline_rows must be a whole number >= 0 (0: always Ray Train), got {inline}")
     if not isinstance(t.sync_bn, bool):
