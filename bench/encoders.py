@@ -29,7 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthray.metrics.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipEncoder, build_tiny_encoder  # noqa: E402
+from synthray.metrics.encoders import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipEncoder  # noqa: E402
+from synthray.tiny.encoders import build_tiny_encoder  # noqa: E402
 
 
 def save_vit_l14(folder: Path) -> Path:

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from synthray.generation.throughput import AUTO_CAP, AUTO_FALLBACK, batch_size_setting
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 # SD1.5 cost per image (BASELINES.md): UNet 1.607 TFLOP per CFG step (both halves) + VAE decode 2.5 TFLOP.
 UNET_TFLOP_PER_STEP, VAE_TFLOP = 1.607, 2.5
@@ -52,7 +52,7 @@ def build_sd15_architecture(path: Path) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from synthray.generation.tiny import write_clip_tokenizer
+    from synthray.tiny.tokenizers import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tok_dir:
         vocab = write_clip_tokenizer(Path(tok_dir))
@@ -93,7 +93,7 @@ def _clip_text(vocab: int, hidden: int, layers: int, heads: int, act: str, proje
 def _tokenizer() -> tuple:
     from transformers import CLIPTokenizer
 
-    from synthray.generation.tiny import write_clip_tokenizer
+    from synthray.tiny.tokenizers import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tok_dir:
         vocab = write_clip_tokenizer(Path(tok_dir))
@@ -138,7 +138,7 @@ def build_flux_architecture(path: Path) -> Path:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
-    from synthray.generation.tiny_tokenizers import t5_tokenizer
+    from synthray.tiny.tokenizers import t5_tokenizer
 
     tokenizer, vocab = _tokenizer()
     torch.manual_seed(0)
@@ -250,9 +250,9 @@ def profile_steady(cfg: Any, art: Any, real: Any, shards: int, workdir: Path) ->
 
     from synthray.generation.stage import shard_tasks, worker_factory
     from synthray.graph.synthetic import build_prompt_table, planned_dataset
-    from synthray.models import Models
+    from synthray.core.models import Models
     from synthray.generation.throughput import idle_share, kernel_intervals
-    from synthray.images import write_table
+    from synthray.core.images import write_table
 
     ray.shutdown()  # the stage's actor leaves the GPU to this process
     release_gpu_memory(wait_s=60)
@@ -331,7 +331,7 @@ def main() -> None:
     resolution = 32 if args.tiny else family["resolution"]
     if not (model / "model_index.json").exists():
         if args.tiny:
-            from synthray.generation.tiny import TINY_BUILDERS
+            from synthray.tiny.pipelines import TINY_BUILDERS
 
             TINY_BUILDERS[family["tiny"]](model)
         else:

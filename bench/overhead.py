@@ -160,7 +160,7 @@ def measure_epochs(data_root: Path, model_root: Path, epochs: int, ray_train: bo
 
     from synthray.config import compose
     from synthray.graph.synthetic import generate_dataset
-    from synthray.logs import setup_logging
+    from synthray.core.logs import setup_logging
     from synthray.sweep.runner import start_local_ray
     from synthray.sweep.trial import plan_trials
     from synthray.graph.planner import train

@@ -35,8 +35,8 @@ def write_jpeg_dataset(root: Path, images: int, size: int, classes: int, shard: 
     decode worst case), as parquet shards; returns its `DatasetRef`."""
     from PIL import Image
 
-    from synthray.artifacts import Artifact, DatasetRef, Store
-    from synthray.images import encode, write_table
+    from synthray.core.artifacts import Artifact, DatasetRef, Store
+    from synthray.core.images import encode, write_table
 
     def make(out):
         rng = np.random.default_rng(0)
@@ -145,7 +145,7 @@ def main() -> None:
     if args.jpeg_decode == "gpu" and not torch.cuda.is_available():
         parser.error("--jpeg-decode gpu decodes on the training GPU (nvjpeg), and torch sees no CUDA device here")
 
-    from synthray.logs import setup_logging
+    from synthray.core.logs import setup_logging
     from synthray.sweep.runner import start_local_ray
 
     start_local_ray()

@@ -10,7 +10,7 @@ nothing. Exported from `synthray` itself: `synthray.compose(...)`, `synthray.run
 
 Unlike `synthray run`, a sweep run from here leaves `sys.stdout` and `sys.stderr` alone (a notebook's streams stay
 its own): only logging handlers go to the sweep's log (`<storage>/sweeps/<sweep>/logs/sweep.log`) while it runs.
-Errors are raised as `synthray.registry.SynthrayError`, with the one-line message the command line prints.
+Errors are raised as `synthray.core.registry.SynthrayError`, with the one-line message the command line prints.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def load_results(sweep: str | None = None, storage: str | None = None) -> "pd.Da
         >>> synthray.load_results("/tmp/runs/sweeps/smoke-20261126-013015")
         >>> synthray.load_results("s3://bucket/runs/sweeps/smoke-20261126-013015/results.parquet")
     """
-    from synthray import storage as store
-    from synthray.registry import SynthrayError
+    from synthray.core import storage as store
+    from synthray.core.registry import SynthrayError
     from synthray.sweep.runner import find_sweep, read_results
 
     if sweep is not None and sweep.endswith(".parquet"):
@@ -210,7 +210,7 @@ def _captured(quiet: bool) -> Iterator[Any]:
 
 
 def _with_attrs(table: "pd.DataFrame", uri: str) -> "pd.DataFrame":
-    from synthray import storage as store
+    from synthray.core import storage as store
 
     table.attrs["results"] = uri
     if store.name(uri) == "results.parquet":  # a sweep's own: <storage>/sweeps/<sweep>/results.parquet

@@ -8,7 +8,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 log = logging.getLogger("synthray")
 
@@ -186,8 +186,8 @@ def _stage_weights(words: Sequence[str]) -> list[str]:
     """Stage each named model's hub snapshot to hub.cache; returns one line per model. The names are resolved
     by `_weight_names` (explicit forms only); words with '=' are config overrides."""
     from synthray.config import compose
-    from synthray.models import Models, stage_weights
-    from synthray.storage import check_storage
+    from synthray.core.models import Models, stage_weights
+    from synthray.core.storage import check_storage
 
     names = [w for w in words if "=" not in w]
     cfg = compose([w for w in words if "=" in w])
@@ -393,7 +393,7 @@ def _sweep_done(table: Any, path: str) -> int:
     print(f"results: {path}")
     missing = int((table["status"] != "done").sum())
     if missing:
-        from synthray import storage
+        from synthray.core import storage
 
         sweep_dir = storage.parent(path)
         root = storage.parent(storage.parent(sweep_dir))
@@ -403,7 +403,7 @@ def _sweep_done(table: Any, path: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from synthray.logs import setup_logging
+    from synthray.core.logs import setup_logging
 
     setup_logging()
     args = _parser().parse_args(argv)

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from synthray.registry import SynthrayError, unknown_name
+from synthray.core.registry import SynthrayError, unknown_name
 from synthray.schema import Config, choices, keys
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -213,7 +213,7 @@ def _absolute_paths(cfg: DictConfig) -> None:
     """Resolve user paths against the directory the command ran in: Ray Tune runs each trial in its own folder."""
     from synthray.data.real import RENAMED_LISTS, shipped_class_lists
 
-    from synthray.storage import normalize
+    from synthray.core.storage import normalize
 
     cfg.storage = normalize(cfg.storage)  # URIs stay URIs; an unknown scheme is a one-line error
     if cfg.hub.cache:

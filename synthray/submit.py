@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 SECRETS = ("HF_TOKEN", "OPENAI_API_KEY")  # OPENAI_API_KEY: the openai captioner's (captioner.openai.api_key_env)
 CLOUD_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",

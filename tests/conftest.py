@@ -29,7 +29,7 @@ def ray_cluster():
     """One Ray for every test that needs it: 8 logical CPUs so Tune, Train and Data run side by side."""
     import ray
 
-    from synthray.logs import setup_logging
+    from synthray.core.logs import setup_logging
     from synthray.sweep.runner import start_local_ray
 
     setup_logging()

@@ -66,7 +66,7 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
             if time.time() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}")
             time.sleep(0.2)
-    from synthray.storage import _filesystem
+    from synthray.core.storage import _filesystem
 
     saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
     os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
@@ -107,7 +107,7 @@ def three_nodes(s3_server, tmp_path_factory) -> Iterator[dict]:
 
 
 def storage_module_cache_clear() -> None:
-    from synthray.storage import _filesystem
+    from synthray.core.storage import _filesystem
 
     _filesystem.cache_clear()
 

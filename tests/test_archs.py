@@ -9,7 +9,7 @@ import torch
 import torchvision.models
 
 from synthray.config import compose
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import validate
 from synthray.training.archs import check_arch, count_parameters, create_model
 from synthray.training.loop import autocast_for, build_model
@@ -94,7 +94,7 @@ def test_sync_bn_on_cpu_workers_is_one_line_and_enters_the_key_only_when_it_acts
     assert "\n" not in str(err.value)
     validate(compose([f"storage={tmp_path}", "training.sync_bn=true"]))  # one worker: nothing to synchronise
 
-    from synthray.artifacts import Artifact, DatasetRef, Store
+    from synthray.core.artifacts import Artifact, DatasetRef, Store
     from synthray.graph.planner import model_artifact
 
     data = DatasetRef(Artifact(Store(str(tmp_path)), "real", {"d": 1}), "train")

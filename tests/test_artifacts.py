@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from synthray import storage
-from synthray.artifacts import MANIFEST, Artifact, Store, seed_hash, spec_key
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST, Artifact, Store, seed_hash, spec_key
 
 
 def test_keys_ignore_dict_order_and_seeds_are_stable():
@@ -27,7 +27,7 @@ def test_concurrent_builders_build_once(ray_cluster, tmp_path):
     other waits for the manifest and reuses the artifact."""
     import ray
 
-    from synthray.leases import lease_table
+    from synthray.core.leases import lease_table
 
     # Defined here so that Ray ships it by value: workers cannot import test modules.
     def _build_in_ray_task(root: str, log: str, ready: str, me: int) -> bool:

@@ -16,13 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from synthray.artifacts import DatasetRef
-from synthray.captioning.backends import CAPTIONERS, Secret, prepare_image
-from synthray.captioning.stage import select_images
+from synthray.core.artifacts import DatasetRef
+from synthray.prompts.backends import CAPTIONERS, Secret, prepare_image
+from synthray.prompts.captions import select_images
 from synthray.graph.captions import caption, captioner_section, captions_artifact, read_captions
 from synthray.graph.real import real_artifact, real_data
-from synthray.images import read_images
-from synthray.registry import SynthrayError
+from synthray.core.images import read_images
+from synthray.core.registry import SynthrayError
 from tests.conftest import tiny_cfg
 
 INSTRUCTION = ("You are an expert image captioning model. You will write a detailed 5-6 sentence caption that describes "

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from synthray import storage
-from synthray.artifacts import MANIFEST
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST
 from tests.conftest import TINY
 from tests.outage import TcpRelay, small_disk
 from tests.rig import BUCKET, bucket_keys, bucket_objects, run_cli
@@ -95,12 +95,12 @@ def checkpoints(endpoint: str, prefix: str) -> set[str]:
 
 GENERATE = """
 import json, sys, ray
-from synthray.logs import setup_logging
+from synthray.core.logs import setup_logging
 setup_logging()
 ray.init(address=sys.argv[1])
 from synthray.config import compose
 from synthray.graph.synthetic import build_prompt_table, generate_dataset
-from synthray.images import dataset_digest, read_images
+from synthray.core.images import dataset_digest, read_images
 cfg = compose(sys.argv[2:])
 table = build_prompt_table(cfg, "tiny-sd", "classname")
 data = generate_dataset(cfg, "tiny-sd", "classname", table)
@@ -138,13 +138,13 @@ def test_1_a_node_dies_mid_generation(nodes, s3_server):
 
 TRAIN = """
 import json, sys, hashlib, ray, torch, io
-from synthray.logs import setup_logging
+from synthray.core.logs import setup_logging
 setup_logging()
 ray.init(address=sys.argv[1])
-from synthray.artifacts import DatasetRef
+from synthray.core.artifacts import DatasetRef
 from synthray.config import compose
 from synthray.graph.real import real_data
-from synthray.storage import read_bytes
+from synthray.core.storage import read_bytes
 from synthray.graph.planner import train
 cfg = compose(sys.argv[2:])
 art = train(cfg, "tiny-cnn", DatasetRef(real_data(cfg), "train"), 10, label="chaos")

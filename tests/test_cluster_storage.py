@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from synthray import storage
-from synthray.artifacts import MANIFEST
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST
 from tests.conftest import TINY
 from tests.rig import BUCKET, bucket_objects, run_cli
 
@@ -165,8 +165,8 @@ workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get
 
 @ray.remote(num_cpus=1)
 def build(root, spec, die):
-    from synthray.artifacts import Artifact, Store
-    from synthray import storage
+    from synthray.core.artifacts import Artifact, Store
+    from synthray.core import storage
     made = []
     def make(out):
         made.append(ray.get_runtime_context().get_node_id())

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from synthray.config import compose, list_experiments
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import trials, validate
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from rich.console import Console
 
-from synthray import progress
-from synthray.progress import ProgressBoard
+from synthray.core import progress
+from synthray.core.progress import ProgressBoard
 from synthray.sweep.console import SweepConsole, progress_text, rate_and_eta
 
 LABELS = ["real-holdout/classname/tiny-cnn/rgb", "tiny-sd/classname/tiny-cnn/rgb", "sd15/caption/tv:resnet50/highpass/guidance=1.5"]

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from synthray.artifacts import Artifact, DatasetRef
+from synthray.core.artifacts import Artifact, DatasetRef
 from synthray.graph.real import real_data
 from synthray.generation.kinds import RealHoldoutGenerator, build_generator
 from synthray.graph.synthetic import build_prompt_table, generate_dataset, synthetic_artifact
-from synthray.images import dataset_digest, decode, read_images, shard_files, to_uint8
-from synthray.models import Models, check_model
-from synthray.registry import SynthrayError
+from synthray.core.images import dataset_digest, decode, read_images, shard_files, to_uint8
+from synthray.core.models import Models, check_model
+from synthray.core.registry import SynthrayError
 from tests.conftest import tiny_cfg
 
 
@@ -249,7 +249,7 @@ def test_the_study_call_no_size_passed_and_a_swapped_scheduler(shared_storage):
     import diffusers
 
     from synthray.generation.kinds import build_generator
-    from synthray.models import Models
+    from synthray.core.models import Models
 
     cfg = tiny_cfg(shared_storage)
     folder = Models.from_cfg(cfg).locate("tiny:sd", "pipeline", resolution=32)

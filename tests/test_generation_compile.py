@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthray import storage
+from synthray.core import storage
 from synthray.generation.compiled import kernels_identity
 from synthray.generation.kinds import build_generator, sampling_params
 from synthray.graph.synthetic import generator_entry
 from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
-from synthray.images import read_images
-from synthray.models import Models
-from synthray.registry import SynthrayError
+from synthray.core.images import read_images
+from synthray.core.models import Models
+from synthray.core.registry import SynthrayError
 from tests.conftest import tiny_cfg
 
 ROWS = pd.DataFrame({"prompt": ["a digit one", "a digit two", "a digit three"], "seed": [1, 2, 3]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from synthray.config import compose
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 MINE = "{kind:diffusers,pipeline:StableDiffusionPipeline,model:'tiny:sd',dtype:float32,steps:2,guidance:2.0,resolution:32,released:null}"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from synthray import storage
-from synthray.artifacts import MANIFEST, Artifact, CorruptArtifact, Store, corruption
-from synthray.images import read_images, shard_files, write_table
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST, Artifact, CorruptArtifact, Store, corruption
+from synthray.core.images import read_images, shard_files, write_table
 
 SHARDS = 3
 
@@ -113,7 +113,7 @@ def one_mib_disk(tmp_path):
 def test_a_full_scratch_folder_is_one_line_that_names_it(tmp_path, one_mib_disk):
     """Chaos case 7 at its core: a build whose local files do not fit in scratch fails with one line naming the
     folder, commits nothing and leaves no half-written build folder behind."""
-    from synthray.registry import SynthrayError
+    from synthray.core.registry import SynthrayError
 
     art = Artifact(Store(storage.normalize(tmp_path / "runs"), scratch=str(one_mib_disk)), "things", {"big": True})
     with pytest.raises(SynthrayError) as err:
@@ -126,7 +126,7 @@ def test_a_full_scratch_folder_is_one_line_that_names_it(tmp_path, one_mib_disk)
 
 def test_storage_down_past_the_retry_budget_is_one_line(monkeypatch):
     """An endpoint that stays unreachable: retried with backoff for SYNTHRAY_STORAGE_RETRY_S, then one line."""
-    from synthray.retry import StorageUnavailable
+    from synthray.core.retry import StorageUnavailable
     from tests.rig import S3_ENV, free_port
 
     monkeypatch.setenv("SYNTHRAY_STORAGE_RETRY_S", "2")

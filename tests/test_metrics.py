@@ -24,7 +24,7 @@ def test_geneval_scores_join_by_generator(tmp_path):
     import pandas as pd
 
     from synthray.config import compose
-    from synthray.registry import SynthrayError
+    from synthray.core.registry import SynthrayError
     from synthray.sweep.geneval import join_geneval
 
     csv = tmp_path / "geneval.csv"
@@ -85,7 +85,7 @@ def test_metric_settings_reach_the_key_only_when_they_change_it(tmp_path):
 ])
 def test_bad_metric_settings_are_one_line(tmp_path, override, message):
     from synthray.graph.metrics import check_encoders
-    from synthray.registry import SynthrayError
+    from synthray.core.registry import SynthrayError
     from tests.conftest import tiny_cfg
 
     with pytest.raises(SynthrayError, match=message) as err:
@@ -95,7 +95,7 @@ def test_bad_metric_settings_are_one_line(tmp_path, override, message):
 
 
 def test_max_samples_null_is_every_row(tmp_path):
-    from synthray.images import write_table
+    from synthray.core.images import write_table
     from synthray.graph.metrics import sample_limit
     from synthray.metrics.features import sample_ids
     from tests.conftest import tiny_cfg
@@ -113,9 +113,9 @@ def test_max_samples_null_is_every_row(tmp_path):
 def test_study_settings_end_to_end(ray_cluster, shared_storage):
     """Cosine PRDC of every row, both sides cut to one count, through the features stage: the real train split
     against the real test split (fewer rows), pixel features."""
-    from synthray.artifacts import DatasetRef
+    from synthray.core.artifacts import DatasetRef
     from synthray.graph.real import real_data
-    from synthray.images import read_images
+    from synthray.core.images import read_images
     from synthray.metrics.distribution import distribution_metrics, equal_subsets
     from synthray.graph.metrics import features_of
     from tests.conftest import tiny_cfg

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from synthray.artifacts import Store
-from synthray.models import Models, check_model, model_identity, staged_uri
-from synthray.registry import SynthrayError
+from synthray.core.artifacts import Store
+from synthray.core.models import Models, check_model, model_identity, staged_uri
+from synthray.core.registry import SynthrayError
 from tests.rig import BUCKET, bucket_objects
 
 REPO = "synthray-tests/tiny-sd"
@@ -41,7 +41,7 @@ def hub_cache_with_tiny_sd(tmp_path, monkeypatch):
     """A local Hugging Face cache holding a tiny SD pipeline as `synthray-tests/tiny-sd` (the hub's layout)."""
     import huggingface_hub.constants
 
-    from synthray.generation.tiny import build_tiny_sd
+    from synthray.tiny.pipelines import build_tiny_sd
 
     cache = tmp_path / "hf"
     commit = "1" * 40

@@ -61,8 +61,8 @@ def test_plan_smoke_on_cpu_counts_trials_and_no_gpus(offline, tmp_path, capsys):
 
 
 def test_plan_reads_reuse_from_storage(offline, tmp_path, capsys):
-    from synthray import storage
-    from synthray.artifacts import MANIFEST
+    from synthray.core import storage
+    from synthray.core.artifacts import MANIFEST
     from synthray.sweep.trial import plan_trials
 
     store = tmp_path / "store"

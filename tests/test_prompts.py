@@ -2,8 +2,8 @@ import pandas as pd
 import pytest
 
 from synthray.data.real import load_classes
-from synthray.generation.prompts import load_captions, prompt_table
-from synthray.registry import SynthrayError
+from synthray.prompts.table import load_captions, prompt_table
+from synthray.core.registry import SynthrayError
 
 CLASSES = load_classes("digits")
 

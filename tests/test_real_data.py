@@ -5,8 +5,8 @@ from PIL import Image
 
 from synthray.data.real import load_classes
 from synthray.graph.real import real_artifact, real_data
-from synthray.images import decode, read_images
-from synthray.registry import SynthrayError
+from synthray.core.images import decode, read_images
+from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import validate
 from tests.conftest import tiny_cfg
 
@@ -119,7 +119,7 @@ def test_parquet_source_reads_a_hugging_face_datasets_export(tmp_path):
 def test_real_splits_are_written_in_bounded_shards(tmp_path, monkeypatch):
     """Native ImageNet JPEGs make a split tens of GB: it is written (and read) shard by shard, with the same rows."""
     import synthray.data.real as real_module
-    from synthray.artifacts import DatasetRef
+    from synthray.core.artifacts import DatasetRef
 
     whole = read_images(DatasetRef(real_data(tiny_cfg(tmp_path / "a")), "train").uri).sort_values("id").reset_index(drop=True)
     monkeypatch.setattr(real_module, "SHARD_ROWS", 100)
@@ -136,8 +136,8 @@ def test_a_moved_data_folder_keeps_its_key_and_old_keys_are_still_read(tmp_path)
     key synthray gave it before (with the absolute path) is read in place, and aliased under the new key."""
     import shutil
 
-    from synthray import storage
-    from synthray.artifacts import MANIFEST
+    from synthray.core import storage
+    from synthray.core.artifacts import MANIFEST
     from synthray.graph.real import real_spec
 
     root = tmp_path / "imagenet"

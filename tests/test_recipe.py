@@ -6,7 +6,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from synthray.config import compose
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import validate
 from synthray.training import augment
 from synthray.training.recipe import batch_geometry, lr_at, steps_per_epoch
@@ -25,7 +25,7 @@ def test_paper_recipe_numbers_come_from_its_config_file():
 
 
 def test_changing_a_recipe_value_changes_the_model_key(tmp_path):
-    from synthray.artifacts import Artifact, DatasetRef, Store
+    from synthray.core.artifacts import Artifact, DatasetRef, Store
     from synthray.graph.planner import model_artifact
 
     real = Artifact(Store(str(tmp_path)), "real", {"d": 1})

@@ -7,15 +7,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthray.artifacts import DatasetRef
+from synthray.core.artifacts import DatasetRef
 from synthray.graph.real import real_artifact, real_data
 from synthray.generation.kinds import RealHoldoutGenerator, build_generator
 from synthray.graph.synthetic import generator_entry
 from synthray.generation.kinds import tiny_params as _tiny_params
 from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
-from synthray.images import to_uint8
-from synthray.models import Models, model_identity
-from synthray.registry import SynthrayError
+from synthray.core.images import to_uint8
+from synthray.core.models import Models, model_identity
+from synthray.core.registry import SynthrayError
 from tests.conftest import tiny_cfg
 
 FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2", "qwenimage"]

@@ -66,7 +66,7 @@ def test_a_missing_column_skips_its_figure_with_a_note(tmp_path):
 
 def test_report_reads_sweeps_from_storage_uris(tmp_path, s3_server):
     """A results file in a bucket is an input like a local one."""
-    from synthray import storage
+    from synthray.core import storage
 
     uri = "s3://synthray-test/report/sweeps/main-20260101-000000/results.parquet"
     buf = _results().to_parquet()

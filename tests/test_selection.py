@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from synthray import storage
-from synthray.artifacts import Artifact, DatasetRef, Store
+from synthray.core import storage
+from synthray.core.artifacts import Artifact, DatasetRef, Store
 from synthray.config import compose
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import validate
 from synthray.training.loop import improves
 from synthray.graph.planner import model_artifact
@@ -58,7 +58,7 @@ def test_a_model_selected_on_the_real_test_split_depends_on_it(tmp_path):
 def _shifted_labels(real, root):
     """The real test split with every label moved to the next class: a selection set whose loss rises as the
     model learns, so the lowest-loss epoch is an early one and never simply the last."""
-    from synthray.images import read_images, write_table
+    from synthray.core.images import read_images, write_table
 
     rows = read_images(real.file("test"))
     rows["label"] = (rows["label"] + 1) % 10

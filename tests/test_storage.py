@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from synthray import storage
-from synthray.artifacts import MANIFEST, Artifact, Store
-from synthray.leases import LeaseTable
-from synthray.registry import SynthrayError
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST, Artifact, Store
+from synthray.core.leases import LeaseTable
+from synthray.core.registry import SynthrayError
 from tests.rig import BUCKET, bucket_objects, free_port
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from synthray.artifacts import MANIFEST
+from synthray.core.artifacts import MANIFEST
 
 from tests.conftest import TINY
 from tests.rig import run_cli

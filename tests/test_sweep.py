@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from synthray import storage
-from synthray.artifacts import MANIFEST
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST
 from synthray.sweep.runner import find_sweep, read_results, run_sweep
 from synthray.sweep.trial import RESULT_COLUMNS
 from synthray.report.page import write_report
@@ -139,7 +139,7 @@ def test_killed_driver_then_resume_redoes_nothing_and_rebuilds_a_corrupt_shard(r
     under way; a byte of a stored shard of the real data is flipped; `synthray resume` from another process
     finishes the sweep. The finished trial and its artifacts are not redone, and the flipped shard is found by its
     checksum, removed and rebuilt (the trial retries once), so the table is complete and every artifact verifies."""
-    from synthray.artifacts import Artifact, Store
+    from synthray.core.artifacts import Artifact, Store
 
     env = dict(os.environ, RAY_ADDRESS=ray_cluster)
     # lease_s: the claims of the killed trial lapse after 5 s instead of 2 minutes, so resume need not wait.
@@ -193,7 +193,7 @@ def test_every_probe_and_encoder_runs_through_the_sweep(ray_cluster, tmp_path):
     on random patches), with pixels, CLIP, DINOv2 and Inception features and CLIPScore. rgb and highpass go
     through the sweep in the end-to-end test above; lowpass shares their view stage."""
     from synthray.config import compose
-    from synthray.images import decode_array, read_images
+    from synthray.core.images import decode_array, read_images
 
     (tmp_path / "geneval.csv").write_text("generator,geneval\nreal-holdout,0.5\n")
     cfg = compose(["experiment=probes", f"storage={tmp_path}", *TINY, "grid.generator=[real-holdout]",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from synthray.config import compose
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import validate
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from synthray import storage
-from synthray.artifacts import MANIFEST, Artifact, DatasetRef, Store
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST, Artifact, DatasetRef, Store
 from synthray.graph.real import real_data
 from synthray.metrics.accuracy import accuracy, load_model
 from synthray.training.archs import check_arch, count_parameters, create_model
@@ -61,10 +61,10 @@ import sys
 
 import ray
 
-from synthray.artifacts import DatasetRef
+from synthray.core.artifacts import DatasetRef
 from synthray.config import compose
 from synthray.graph.real import real_artifact
-from synthray.logs import setup_logging
+from synthray.core.logs import setup_logging
 from synthray.graph.planner import train
 
 setup_logging()
@@ -138,7 +138,7 @@ def test_study_architecture_takes_one_optimiser_step(arch):
 @pytest.mark.parametrize("arch", STUDY_ARCHS[-1:])
 def test_study_architecture_trains_one_step_through_ray_train(ray_cluster, shared_storage, tmp_path, arch):
     """BagNet-9 (ours, not timm's) takes one real optimiser step at 224 px inside a TorchTrainer on CPU."""
-    from synthray.images import read_images, write_table
+    from synthray.core.images import read_images, write_table
 
     real = real_data(tiny_cfg(shared_storage))
     rows = read_images(real.file("test")).groupby("label").head(1)  # one image per class, upscaled to 224

@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from synthray import storage
-from synthray.artifacts import Artifact, DatasetRef, Store
+from synthray.core import storage
+from synthray.core.artifacts import Artifact, DatasetRef, Store
 from synthray.config import compose
-from synthray.images import decode_array, encode, shard_files, write_table
-from synthray.registry import SynthrayError
+from synthray.core.images import decode_array, encode, shard_files, write_table
+from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import validate
 from synthray.training.device_decode import decode_on_device, shard_batches, to_device
 from synthray.graph.planner import model_artifact

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from synthray.artifacts import Artifact, BuildDir, Store, seed_hash
-from synthray.images import encode, square
-from synthray.registry import SynthrayError
+from synthray.core.artifacts import Artifact, BuildDir, Store, seed_hash
+from synthray.core.images import encode, square
+from synthray.core.registry import SynthrayError
 
 log = logging.getLogger("synthray")
 SOURCES = ("digits", "imagefolder", "parquet")
@@ -104,7 +104,7 @@ SHARD_ROWS = 2000  # rows per real-data shard: native ImageNet JPEGs are ~110 kB
 def build(spec: dict[str, Any], out: BuildDir) -> dict[str, Any]:
     """Write `<split>/part-NNNNN.parquet` shards of `SHARD_ROWS` rows for each split into the artifact, as the rows
     stream in (memory holds one shard per split, not the dataset); returns per-split counts (and skipped images)."""
-    from synthray.images import write_table
+    from synthray.core.images import write_table
 
     skipped: list[str] = []
     pending: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}

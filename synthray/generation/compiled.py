@@ -25,9 +25,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from synthray import storage
-from synthray.artifacts import without_legacy
-from synthray.registry import SynthrayError, unknown_name
+from synthray.core import storage
+from synthray.core.artifacts import without_legacy
+from synthray.core.registry import SynthrayError, unknown_name
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from synthray.artifacts import seed_hash
-from synthray.registry import SynthrayError
+from synthray.core.artifacts import seed_hash
+from synthray.core.registry import SynthrayError
 
 
 class RealHoldoutGenerator:
@@ -20,7 +20,7 @@ class RealHoldoutGenerator:
     repeats until a class's pool is used up."""
 
     def __init__(self, spec: dict[str, Any]):
-        from synthray.images import read_images
+        from synthray.core.images import read_images
 
         control = read_images(spec["control_uri"]).sort_values("id", kind="stable")
         self.pools: dict[str, list[bytes]] = {}
@@ -29,7 +29,7 @@ class RealHoldoutGenerator:
             self.pools[cid] = [group["image"].iloc[i] for i in order]
 
     def __call__(self, rows: pd.DataFrame) -> list[Image.Image]:
-        from synthray.images import decode
+        from synthray.core.images import decode
 
         out = []
         for cid, k in zip(rows["class_id"], rows["index_in_class"]):
@@ -47,7 +47,7 @@ class CollapsedGenerator(RealHoldoutGenerator):
     it transfers worse than one trained on real-holdout."""
 
     def __init__(self, spec: dict[str, Any]):
-        from synthray.images import decode_array
+        from synthray.core.images import decode_array
 
         super().__init__(spec)
         control = spec.get("control") or {}

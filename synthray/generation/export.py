@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from synthray import storage
-from synthray.images import read_images, shard_files
-from synthray.registry import SynthrayError
+from synthray.core import storage
+from synthray.core.images import read_images, shard_files
+from synthray.core.registry import SynthrayError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

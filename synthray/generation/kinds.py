@@ -18,8 +18,8 @@ from synthray.generation.compiled import check_speed_settings, kernels_identity
 from synthray.generation.controls import CollapsedGenerator, RealHoldoutGenerator
 from synthray.generation.generators import DiffusersGenerator
 from synthray.generation.reencode import PREFIX as REENCODE_PREFIX, VaeReencodeGenerator, reencode_entry
-from synthray.models import model_identity
-from synthray.registry import Registry, SynthrayError, unknown_name
+from synthray.core.models import model_identity
+from synthray.core.registry import Registry, SynthrayError, unknown_name
 
 Entry = dict[str, Any]
 PROTOCOLS = ("model-default", "paper")

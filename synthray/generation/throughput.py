@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 AUTO = "auto"
 AUTO_FALLBACK = 8  # `auto` without CUDA (CPU runs, tests): config.yaml's default batch

@@ -7,10 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from synthray.artifacts import Artifact, Store
-from synthray.captioning.backends import CAPTIONERS
+from synthray.core.artifacts import Artifact, Store
+from synthray.prompts.backends import CAPTIONERS
 from synthray.graph.specs import CaptionsSpec, RealSpec
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 
 def captioner_section(cfg: Any) -> dict[str, Any]:
@@ -50,10 +50,10 @@ def captions_artifact(cfg: Any, real: Any = None) -> Artifact:
 
 def caption(cfg: Any, real: Artifact | None = None) -> Artifact:
     """Build (or reuse) the captions artifact of the real train images (`real`: the built real data, or built here)."""
-    from synthray.captioning.stage import build_captions
+    from synthray.prompts.captions import build_captions
     from synthray.data.real import build_real
     from synthray.graph.real import real_spec
-    from synthray.models import Models
+    from synthray.core.models import Models
 
     check_captioner(cfg)
     models = Models.from_cfg(cfg)
@@ -69,8 +69,8 @@ def _whole(value: Any) -> bool:
 def check_captioner(cfg: Any) -> None:
     """Before launch: one line for a bad `captioner` setting. The API key is needed only when the captions are
     not already in storage (a complete artifact is reused without a single request)."""
-    from synthray.devices import check_device_name
-    from synthray.models import Models
+    from synthray.core.devices import check_device_name
+    from synthray.core.models import Models
 
     c = captioner_section(cfg)
     backend = CAPTIONERS.get(str(c["backend"]))
@@ -92,8 +92,8 @@ def check_captioner(cfg: Any) -> None:
 
 def read_captions(cfg: Any) -> pd.DataFrame:
     """The captions table (columns `CAPTION_COLUMNS`) of the complete captions artifact `cfg` names."""
-    from synthray.captioning.stage import CAPTION_COLUMNS
-    from synthray.images import read_images
+    from synthray.prompts.captions import CAPTION_COLUMNS
+    from synthray.core.images import read_images
 
     art = captions_artifact(cfg)
     if not art.is_complete():

@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from synthray.registry import SynthrayError, unknown_name
+from synthray.core.registry import SynthrayError, unknown_name
 
 AXES = ("generator", "prompt_style", "arch", "probe")
 # Keys that say where and under what name a sweep runs, not what a trial computes: never an axis. `device` is

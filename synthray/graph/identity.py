@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from synthray.artifacts import without_legacy
+from synthray.core.artifacts import without_legacy
 
 # Recipe settings added later, at the values that compute what recipes computed before they existed.
 LEGACY_RECIPE = {"selection": {"metric": "accuracy", "set": "train"}, "lr_schedule": "synthray"}
@@ -69,7 +69,7 @@ def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str |
         return None
     from synthray.data import real as r
 
-    from synthray.registry import SynthrayError
+    from synthray.core.registry import SynthrayError
 
     base = Path(root)
     try:

@@ -20,7 +20,7 @@ def encoder_model(cfg: Any, name: str) -> str | None:
     if name == PIXELS:
         return None
     from synthray.metrics.encoders import FEATURE_MODELS
-    from synthray.registry import unknown_name
+    from synthray.core.registry import unknown_name
 
     if name not in FEATURE_MODELS.names():
         raise unknown_name("feature encoder", name, [PIXELS, *FEATURE_MODELS.names()])
@@ -34,7 +34,7 @@ def sample_limit(cfg: Any) -> int | None:
 
 
 def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str | None], source: Split, rows: int) -> SampledSpec:
-    from synthray.models import model_identity
+    from synthray.core.models import model_identity
 
     m = cfg.metrics
     settings = dict(settings, max_samples=sample_limit(cfg), seed=int(cfg.seed))
@@ -66,9 +66,9 @@ def clipscore_spec(cfg: Any, source: Split, rows: int) -> ClipscoreSpec | None:
 def check_encoders(cfg: Any) -> None:
     """Unknown encoder names and hub weights missing from the cache (encoders, CLIPScore's CLIP) fail in one line
     before anything runs. Tiny twins are built later, by the stage that needs them."""
-    from synthray.devices import check_device_name
+    from synthray.core.devices import check_device_name
     from synthray.metrics.features import check_metric_settings
-    from synthray.models import Models, check_model
+    from synthray.core.models import Models, check_model
 
     check_device_name("metrics.device", cfg.metrics.device)
     check_metric_settings(cfg.metrics)
@@ -84,6 +84,6 @@ def check_encoders(cfg: Any) -> None:
 def features_of(cfg: Any, dataset: Any) -> dict[str, Any]:
     """The feature sets of a built split (`features` on the spec the config gives), as the trial computes them."""
     from synthray.metrics.features import features
-    from synthray.models import Models
+    from synthray.core.models import Models
 
     return features(features_spec(cfg, dataset, 0), dataset, Models.from_cfg(cfg))

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from synthray.artifacts import without_legacy
+from synthray.core.artifacts import without_legacy
 from synthray.graph.identity import metrics_identity, selects_on_real_test, training_spec
 from synthray.graph.metrics import clipscore_spec, features_spec
 from synthray.graph.real import real_spec
@@ -32,7 +32,7 @@ def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int) -> d
 def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, selection: Split | None, rows: int) -> ModelSpec:
     from omegaconf import OmegaConf
 
-    from synthray.registry import SynthrayError
+    from synthray.core.registry import SynthrayError
     from synthray.training.archs import arch_identity
 
     spec = training_spec(cfg)
@@ -50,7 +50,7 @@ def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, se
 def model_artifact(cfg: Any, arch: str, data: Any, num_classes: int, label: str, selection: Any = None) -> Any:
     """The model of `arch` trained on `data` (a `DatasetRef` or a planned `Split`), not built. `selection` is the
     real test split a `selection.set: real-test` recipe picks its best epoch on."""
-    from synthray.artifacts import Store
+    from synthray.core.artifacts import Store
 
     return model_spec(cfg, arch, data, num_classes, label, selection, 0).artifact(Store.from_cfg(cfg))
 
@@ -58,7 +58,7 @@ def model_artifact(cfg: Any, arch: str, data: Any, num_classes: int, label: str,
 def train(cfg: Any, arch: str, data: Any, num_classes: int, label: str, report_to_tune: bool = False, selection: Any = None) -> Any:
     """Train `arch` on the built split `data` (a `DatasetRef`), or reuse a trained copy: the training stage on the
     spec the config gives."""
-    from synthray.artifacts import Store
+    from synthray.core.artifacts import Store
     from synthray.training.trainer import train_model
 
     spec = model_spec(cfg, arch, data, num_classes, label, selection, 0)
@@ -127,7 +127,7 @@ class Graph:
 
 def tiny_models(node: Any) -> set[str]:
     """`tiny-models/<key>` of every tiny twin an identity names (a model identity with `tiny` and `version`)."""
-    from synthray.artifacts import spec_key
+    from synthray.core.artifacts import spec_key
 
     out: set[str] = set()
     if isinstance(node, dict):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from synthray.artifacts import without_legacy
-from synthray.models import Models, check_model, model_identity
+from synthray.core.artifacts import without_legacy
+from synthray.core.models import Models, check_model, model_identity
 from synthray.probes.stage import EXECUTION_KEYS, ProbeSetup
 from synthray.probes.transforms import PROBES
-from synthray.registry import SynthrayError
-from synthray.shards import Pool
+from synthray.core.registry import SynthrayError
+from synthray.core.shards import Pool
 
 
 def probe_setup(cfg: Any, name: str) -> ProbeSetup:
@@ -43,7 +43,7 @@ def probe_cfg(cfg: Any, setup: ProbeSetup) -> Any:
 
 def check_probe(cfg: Any, name: str, archs: list[str]) -> None:
     """Before launch: the probe's name, the architectures it admits, and a model-based probe's weights."""
-    from synthray.devices import check_device_name
+    from synthray.core.devices import check_device_name
 
     setup = probe_setup(cfg, name)
     if setup.probe.check is not None:

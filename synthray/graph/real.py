@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from synthray.artifacts import Artifact, Store
+from synthray.core.artifacts import Artifact, Store
 from synthray.graph.identity import real_fingerprint
 from synthray.graph.specs import RealSpec
 
@@ -39,7 +39,7 @@ def real_spec(cfg: Any) -> RealSpec:
 def check_source(cfg: Any) -> None:
     """Validate the real-data source without reading images: one line naming what is missing."""
     from synthray.data.real import SOURCES, load_classes, parquet_files, test_dir
-    from synthray.registry import SynthrayError
+    from synthray.core.registry import SynthrayError
 
     d = cfg.data
     if d.source not in SOURCES:

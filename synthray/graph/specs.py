@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from synthray.artifacts import Artifact, Store, spec_key
+from synthray.core.artifacts import Artifact, Store, spec_key
 
 Json = dict[str, Any]
 

@@ -7,14 +7,14 @@ from typing import Any
 
 import pandas as pd
 
-from synthray.artifacts import Artifact, DatasetRef, Store
+from synthray.core.artifacts import Artifact, DatasetRef, Store
 from synthray.data.real import load_classes
 from synthray.generation.kinds import KINDS, kind_of, sampling_params, zoo_entry
-from synthray.generation.prompts import load_captions, prompt_table
+from synthray.prompts.table import load_captions, prompt_table
 from synthray.generation.throughput import batch_size_setting, overlap_setting
 from synthray.graph.specs import RealSpec, Resources, SyntheticSpec
-from synthray.images import jpeg_subsampling, old_subsampling
-from synthray.registry import SynthrayError
+from synthray.core.images import jpeg_subsampling, old_subsampling
+from synthray.core.registry import SynthrayError
 
 
 def generator_entry(cfg: Any, name: str) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
     from omegaconf import OmegaConf
 
     from synthray.graph.captions import captions_spec
-    from synthray.shards import Pool
+    from synthray.core.shards import Pool
 
     settings = synthetic_settings(cfg, generator)
     captions = None
@@ -158,7 +158,7 @@ def generate_dataset(cfg: Any, generator: str, style: str = "classname", table: 
     table (or `table`), and the generation stage. `synthray.api.generate` calls this."""
     from synthray.data.real import build_real
     from synthray.generation.stage import generate
-    from synthray.models import Models
+    from synthray.core.models import Models
 
     table = table if table is not None else build_prompt_table(cfg, generator, style)
     spec = planned_dataset(cfg, generator, style, table)

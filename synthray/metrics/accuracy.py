@@ -7,8 +7,8 @@ import io
 import numpy as np
 import torch
 
-from synthray.artifacts import Artifact, DatasetRef, read_checked
-from synthray.images import read_images
+from synthray.core.artifacts import Artifact, DatasetRef, read_checked
+from synthray.core.images import read_images
 from synthray.training.archs import create_model
 from synthray.training.augment import test_batch
 
@@ -26,7 +26,7 @@ def predict(model: Artifact, images: DatasetRef, weights: str = "model.pt", batc
 
     Images go through the model's own recipe test transform (resize, centre crop, normalise).
     """
-    from synthray.images import decode_array
+    from synthray.core.images import decode_array
 
     recipe = model.spec["recipe"]
     size = int(recipe["test_transform"]["resize"])

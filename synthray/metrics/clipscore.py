@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from synthray.metrics.encoders import ClipEncoder
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 
 class ClipScorer:

@@ -16,10 +16,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-FeatureSets = Mapping[str, tuple[np.ndarray, np.ndarray]]
-
 from synthray.metrics.fd import fd
 from synthray.metrics.prdc import METRICS, prdc, prdc_per_class
+
+FeatureSets = Mapping[str, tuple[np.ndarray, np.ndarray]]  # encoder -> (features (N, D), labels (N,))
 
 def equal_subsets(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (sorted) that cut both sides to min(n_real, n_fake): all rows of the smaller side, a seeded

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from synthray.artifacts import BuildDir, DatasetRef
-from synthray.images import decode_array, read_images, read_shard, shard_files
-from synthray.models import Models
+from synthray.core.artifacts import BuildDir, DatasetRef
+from synthray.core.images import decode_array, read_images, read_shard, shard_files
+from synthray.core.models import Models
 
 PIXELS = "pixels"  # 16 px thumbnails as features: the encoder without a model
 
@@ -25,7 +25,7 @@ PIXELS = "pixels"  # 16 px thumbnails as features: the encoder without a model
 def check_metric_settings(m: Any) -> None:
     """`metrics.prdc_k`, `max_samples`, `distance` and `equal_counts`, each named in one line when wrong."""
     from synthray.metrics.prdc import DISTANCES
-    from synthray.registry import SynthrayError
+    from synthray.core.registry import SynthrayError
 
     def positive_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -112,7 +112,7 @@ def _sampled_stage(planned: Any, dataset: DatasetRef, names: dict[str, str | Non
     its rows."""
     import pandas as pd
 
-    from synthray.shards import Pool, map_shards, record_shards
+    from synthray.core.shards import Pool, map_shards, record_shards
 
     art = planned.artifact(models.store)
     spec, label = planned.settings, art.label

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 
 def check_flag(name: str, params: dict, key: str) -> None:

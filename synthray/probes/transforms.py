@@ -27,7 +27,7 @@ import numpy as np
 
 from synthray.probes.checks import check_flag, check_size
 from synthray.probes.depth import DEPTH_DEFAULTS, check_depth, depth_options
-from synthray.registry import Registry, SynthrayError
+from synthray.core.registry import Registry, SynthrayError
 
 
 @dataclass(frozen=True)

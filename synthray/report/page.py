@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from synthray import storage
-from synthray.registry import SynthrayError
+from synthray.core import storage
+from synthray.core.registry import SynthrayError
 from synthray.report.figures import FIGURES, Skip
 from synthray.sweep.columns import shown_columns
 

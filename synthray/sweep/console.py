@@ -8,7 +8,7 @@ lines, which Ray forwards to the driver) goes to the log instead. The terminal g
   progress line at most every `PLAIN_EVERY_S` per trial, and the trial's end;
 - with `verbose`, every log line as well.
 Warnings and errors of synthray's own logger on the driver always reach the terminal. The stages report to a small
-actor (`synthray.progress`); Tune's trial states come through `ConsoleCallback`.
+actor (`synthray.core.progress`); Tune's trial states come through `ConsoleCallback`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from synthray import storage
-from synthray.registry import SynthrayError
+from synthray.core import storage
+from synthray.core.registry import SynthrayError
 from synthray.sweep.capture import LogStream, forward_worker_logs, own_width, replaces_sys_streams, stream_handlers
 from synthray.graph.grid import trial_label
 
@@ -123,7 +123,7 @@ class SweepConsole:
         global _active
         import ray  # noqa: F401 - first: Ray makes its log handlers at import, and they are re-pointed below
 
-        from synthray.logs import setup_logging
+        from synthray.core.logs import setup_logging
 
         setup_logging()  # synthray's handler exists before the streams move, so that it is moved back after
 
@@ -159,7 +159,7 @@ class SweepConsole:
     def start(self, board: bool = True) -> None:
         """The sweep has started (Ray is up): write the log where it belongs, and start the board the stages
         report to (`board=False`: nothing will run, and Ray is not up)."""
-        from synthray.progress import start_board
+        from synthray.core.progress import start_board
 
         if storage.is_local(self.log_uri):
             self.log_path = Path(self.log_uri)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Collection, Sequence
 
 from omegaconf import OmegaConf
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 THROUGHPUTS = Path(__file__).resolve().parent.parent / "conf" / "throughputs.yaml"
 SECTIONS = ("generators", "archs", "probes", "encoders")
@@ -307,12 +307,12 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) ->
 
     The config is checked by `validate(cfg, dry=True)`: every check `synthray run` makes but whether storage, the
     real data folder and hub weights are reachable from here (`sweep.plan.DRY_SKIPS`)."""
-    from synthray.artifacts import Store
+    from synthray.core.artifacts import Store
     from synthray.config import compose
     from synthray.data.real import load_classes
     from synthray.graph.planner import plan
     from synthray.graph.real import real_spec
-    from synthray.storage import check_storage
+    from synthray.core.storage import check_storage
     from synthray.sweep.plan import grid_axes, validate
 
     cfg = compose(list(overrides))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 
 def load_geneval(cfg: Any) -> dict[str, float]:

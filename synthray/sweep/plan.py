@@ -8,7 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from synthray.registry import SynthrayError, unknown_name
+from synthray.core.registry import SynthrayError, unknown_name
 from synthray.graph.grid import (AXES, NOT_SWEEPABLE, extra_axes, grid_axes, point_cfg, point_label,  # noqa: F401 - the grid's
                                  trial_label, trials)  # names, read from here by the runner and tests
 
@@ -39,7 +39,7 @@ def validate(cfg: Any, dry: bool = False) -> list[dict[str, str]]:
     dry: the checks of `synthray plan`: every one of `synthray run`'s but those `DRY_SKIPS` lists, so that the
       two refuse the same inputs, except what only the cluster can see.
     """
-    from synthray import storage
+    from synthray.core import storage
 
     points = trials(cfg)
     if dry:
@@ -94,15 +94,15 @@ def _check_real_source(cfg: Any, dry: bool) -> None:
 
 def _check(cfg: Any, dry: bool = False) -> None:
     from synthray.data.real import load_classes
-    from synthray.devices import check_device_name
+    from synthray.core.devices import check_device_name
     from synthray.generation.kinds import kind_of, sampling_params
     from synthray.graph.synthetic import generator_entry
-    from synthray.generation.prompts import PROMPT_STYLES
+    from synthray.prompts.table import PROMPT_STYLES
     from synthray.graph.synthetic import check_captions
     from synthray.generation.throughput import batch_size_setting, overlap_setting
-    from synthray.images import jpeg_subsampling
+    from synthray.core.images import jpeg_subsampling
     from synthray.graph.metrics import check_encoders
-    from synthray.models import Models, check_model
+    from synthray.core.models import Models, check_model
     from synthray.graph.probes import check_probe, probe_cfg, probe_setup
     from synthray.sweep.geneval import load_geneval
     from synthray.training.archs import check_arch

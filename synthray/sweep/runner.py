@@ -18,8 +18,8 @@ from typing import Any, Iterator
 import pandas as pd
 from omegaconf import OmegaConf
 
-from synthray import storage
-from synthray.registry import SynthrayError, error_line
+from synthray.core import storage
+from synthray.core.registry import SynthrayError, error_line
 from synthray.sweep.plan import extra_axes, grid_axes, trial_label, validate
 from synthray.sweep.tracking import tracking_callbacks, tracking_names
 from synthray.sweep.geneval import join_geneval
@@ -79,7 +79,7 @@ def init_ray(cfg: Any) -> None:
             ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env and not in_job else None)
         else:
             start_local_ray(cfg.ray.num_cpus)
-    from synthray.logs import setup_logging
+    from synthray.core.logs import setup_logging
 
     setup_logging()
 
@@ -290,7 +290,7 @@ def caption_command(overrides: list[str]) -> str:
     from synthray.config import compose
     from synthray.graph.captions import caption, check_captioner
     from synthray.graph.real import check_source
-    from synthray.storage import check_storage
+    from synthray.core.storage import check_storage
 
     cfg = compose(overrides)
     check_storage(cfg.storage)

@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 TRACKERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}  # tracking= value: its package
 
@@ -16,7 +16,7 @@ def tracking_names(cfg: Any) -> list[str]:
     """`tracking` as a checked list: one line for an unknown name or a package that is not installed."""
     import importlib.util
 
-    from synthray.registry import unknown_name
+    from synthray.core.registry import unknown_name
 
     given = OmegaConf.select(cfg, "tracking", default=None)
     names = [] if given in (None, "") else [str(given)] if isinstance(given, str) else [str(n) for n in given]

@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 
-from synthray.artifacts import Artifact, Store
+from synthray.core.artifacts import Artifact, Store
 from synthray.graph.planner import TrialPlan, plan, plan_point
 from synthray.sweep.columns import RESULT_COLUMNS  # noqa: F401 - defined in sweep/columns.py; re-exported
 
@@ -46,7 +46,7 @@ def plan_trials(cfg: Any) -> list[Trial]:
 
 def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> dict[str, Any]:
     """Generate, probe, train and evaluate one grid point; returns its results row."""
-    from synthray.artifacts import corruption
+    from synthray.core.artifacts import corruption
 
     trial = plan_trial(cfg, point)
 
@@ -69,14 +69,14 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
 def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from synthray.artifacts import DatasetRef
+    from synthray.core.artifacts import DatasetRef
     from synthray.data.real import build_real
     from synthray.graph.synthetic import generator_entry
     from synthray.generation.stage import generate
     from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
     from synthray.metrics.features import clip_score, features
-    from synthray.models import Models
+    from synthray.core.models import Models
     from synthray.probes.stage import view
     from synthray.training.trainer import train_model
 
@@ -122,14 +122,14 @@ def tune_trial(config: dict[str, Any], cfg_yaml: str) -> None:
     from omegaconf import OmegaConf
     from ray import tune
 
-    from synthray.logs import setup_logging
+    from synthray.core.logs import setup_logging
 
     setup_logging()
     from synthray.sweep.plan import AXES, extra_axes
 
     cfg = OmegaConf.create(cfg_yaml)
     point = {axis: config[axis] for axis in (*AXES, *extra_axes(cfg))}
-    from synthray import progress
+    from synthray.core import progress
     from synthray.sweep.plan import point_label
 
     progress.bind_trial(point_label(point))

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from synthray.registry import Registry, SynthrayError, unknown_name
+from synthray.core.registry import Registry, SynthrayError, unknown_name
 from synthray.training import bagnet
 
 ARCHS = Registry("architecture")

@@ -48,7 +48,7 @@ def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | st
     failure would make the pixels depend on the run, not on the spec."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from synthray.images import decode_array
+    from synthray.core.images import decode_array
 
     out: list[torch.Tensor | None] = [None] * len(data)
     jpegs = [i for i, b in enumerate(data) if bytes(b[:3]) == JPEG_MAGIC]

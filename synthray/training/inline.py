@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from synthray import storage
-from synthray.artifacts import MANIFEST, committed_files, read_checked, write_folder
-from synthray.shards import INLINE_ROWS, Pool
+from synthray.core import storage
+from synthray.core.artifacts import MANIFEST, committed_files, read_checked, write_folder
+from synthray.core.shards import INLINE_ROWS, Pool
 from synthray.training.loop import rng_state, set_rng_state
 
 PREFIX = "checkpoint_epoch-"

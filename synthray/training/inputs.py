@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from synthray.artifacts import seed_hash
-from synthray.images import decode_array
+from synthray.core.artifacts import seed_hash
+from synthray.core.images import decode_array
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -26,7 +26,7 @@ def read_shards(batch: pa.Table, columns: list[str]) -> pa.Table:
     """Ray Data batch UDF: a batch of shard URIs (column `uri`) -> their rows, each shard checked against its manifest."""
     import pyarrow as pa
 
-    from synthray.images import read_shard
+    from synthray.core.images import read_shard
 
     return pa.concat_tables([read_shard(uri, columns) for uri in batch.column("uri").to_pylist()])
 

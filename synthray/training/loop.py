@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthray import progress
+from synthray.core import progress
 from synthray.training.archs import create_model
 from synthray.training.augment import cutmix, test_batch, train_batch
 from synthray.training.device_decode import shard_batches, to_device
@@ -187,7 +187,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
     decoded here; absent: cpu). Reports epoch, train_loss, selection_acc, selection_loss, lr and images_per_s each
     epoch; the checkpoint's history also keeps the seconds in CLOCKS. `session`: where the run is (rank, device,
     shards, checkpoints, reports); None: a Ray Train worker's (`RayTrainSession`)."""
-    from synthray.devices import check_device
+    from synthray.core.devices import check_device
 
     check_device(config["device"])  # a GPU worker whose torch sees no CUDA fails in one line, not in fp32 on CPU
     session = session or RayTrainSession()

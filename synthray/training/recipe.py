@@ -10,8 +10,8 @@ from typing import Any, Iterable
 
 import torch
 
-from synthray.registry import SynthrayError, unknown_name
-from synthray.shards import INLINE_ROWS
+from synthray.core.registry import SynthrayError, unknown_name
+from synthray.core.shards import INLINE_ROWS
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 AUGMENTATIONS = ("grayscale", "solarize", "gaussian_blur")

@@ -14,8 +14,8 @@ import logging
 import os
 from typing import Any
 
-from synthray import progress, storage
-from synthray.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy  # noqa: F401 - tests read without_legacy here
+from synthray.core import progress, storage
+from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy  # noqa: F401 - tests read without_legacy here
 from synthray.graph.identity import numerics_of
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
@@ -23,7 +23,7 @@ log = logging.getLogger("synthray")
 
 def split_counts(images: str, fraction: float, seed: int) -> tuple[int, int]:
     """(training rows, selection rows) of a dataset folder, from its id and quality columns alone."""
-    from synthray.images import read_shard, shard_files, shard_schema
+    from synthray.core.images import read_shard, shard_files, shard_schema
     from synthray.training.inputs import in_selection
 
     train = held = 0
@@ -42,7 +42,7 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
     every row of the `selection` folder): read, shuffle once, decode."""
     import ray.data
 
-    from synthray.images import shard_files, usable_filter
+    from synthray.core.images import shard_files, usable_filter
     from synthray.training.inputs import decode_images, encoded_images, read_shards
     from synthray.training.recipe import decode_cpus, jpeg_decode
 
@@ -90,7 +90,7 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
 
 def _encoded_bytes(folder: str, files: list[str]) -> float:
     """The stored size of a dataset folder's shards, from its manifest (inf when it has none: never cached)."""
-    from synthray.artifacts import committed_files
+    from synthray.core.artifacts import committed_files
 
     holder = committed_files(folder)
     entries = holder[1] if holder else {}

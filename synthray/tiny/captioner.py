@@ -36,7 +36,7 @@ def build_tiny_captioner(path: Path, seed: int = 0) -> Path:
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
                               Qwen2VLVideoProcessor)
 
-    from synthray.generation.tiny_tokenizers import QWEN_SPECIALS, check_vocab, qwen2_tokenizer
+    from synthray.tiny.tokenizers import QWEN_SPECIALS, check_vocab, qwen2_tokenizer
 
     tokenizer = qwen2_tokenizer()
     ids = {s: tokenizer.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}

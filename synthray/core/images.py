@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from synthray import storage
+from synthray.core import storage
 
 IMAGE_COLUMNS = ("id", "image", "label", "class_id")
 
@@ -32,7 +32,7 @@ def old_subsampling(quality: int) -> str:
 
 def jpeg_subsampling(generation: Any) -> str:
     """`generation.jpeg_subsampling`, checked: a one-line error names the choices."""
-    from synthray.registry import unknown_name
+    from synthray.core.registry import unknown_name
 
     value = str(generation.get("jpeg_subsampling") or DEFAULT_SUBSAMPLING)
     if value not in SUBSAMPLINGS:
@@ -89,7 +89,7 @@ def shard_files(folder: str) -> list[str]:
     """The URIs of a dataset folder's parquet shards, in name order: those its artifact's manifest lists when the
     artifact is committed (so a shard lost from storage is an error on read, never silently fewer rows), else
     those in storage."""
-    from synthray.artifacts import committed_files
+    from synthray.core.artifacts import committed_files
 
     holder = committed_files(folder)
     names = sorted(holder[1]) if holder else [rel for rel in storage.list_files(folder) if "/" not in rel]
@@ -98,7 +98,7 @@ def shard_files(folder: str) -> list[str]:
 
 def read_shard(uri: str, columns: list[str] | None = None, filters=None) -> pa.Table:
     """One shard, its bytes checked against the artifact's manifest (`CorruptArtifact` if they differ)."""
-    from synthray.artifacts import read_checked
+    from synthray.core.artifacts import read_checked
 
     return pq.read_table(pa.BufferReader(read_checked(uri)), columns=columns, filters=filters)
 

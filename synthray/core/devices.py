@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 DEVICES = ("cpu", "gpu")
 # Tests on Ray's fake autoscaler schedule "GPU" actors on nodes whose GPUs are only resource labels.

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from synthray import storage
-from synthray.artifacts import Artifact, Store, write_folder
-from synthray.registry import SynthrayError, unknown_name
+from synthray.core import storage
+from synthray.core.artifacts import Artifact, Store, write_folder
+from synthray.core.registry import SynthrayError, unknown_name
 
 TINY_VERSION = 1  # bump when a tiny twin's definition changes, so stale twins are not reused
 
@@ -53,18 +53,10 @@ USES: dict[str, tuple[str, Callable[[Path], None]]] = {
 
 
 def tiny_builders() -> dict[str, Callable[..., Any]]:
-    """family -> builder(folder, seed=0, **params): every offline twin, in one name space."""
-    from synthray.captioning.tiny import build_tiny_captioner
-    from synthray.generation.tiny import TINY_BUILDERS
-    from synthray.metrics.encoders import build_tiny_encoder
-    from synthray.probes.depth import build_tiny_depth
+    """family -> builder(folder, seed=0, **params): every offline twin (`synthray/tiny/`), in one name space."""
+    from synthray.tiny import builders
 
-    out: dict[str, Callable[..., Any]] = dict(TINY_BUILDERS)
-    out["depth"] = lambda folder, seed=0: build_tiny_depth(folder, seed=seed)
-    out["captioner"] = lambda folder, seed=0: build_tiny_captioner(folder, seed=seed)
-    for kind in ("clip", "dinov2", "inception"):
-        out[kind] = lambda folder, seed=0, kind=kind: build_tiny_encoder(kind, folder, seed=seed)
-    return out
+    return builders()
 
 
 def split_revision(name: str) -> tuple[str, str]:
@@ -103,7 +95,7 @@ def staged_uri(hub_cache: str, name: str) -> str:
 
 
 def _is_committed(uri: str) -> bool:
-    from synthray.artifacts import MANIFEST
+    from synthray.core.artifacts import MANIFEST
 
     return storage.exists(storage.join(uri, MANIFEST))
 

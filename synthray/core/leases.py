@@ -3,7 +3,7 @@
 A lease is held while its owner renews it (a heartbeat thread, every `ttl / 4`). An owner that dies stops renewing,
 and the lease lapses `ttl` seconds later, so a crashed builder never blocks the key for good. The actor keeps no
 durable state: if it is lost (the head restarts), builders re-acquire on their next heartbeat, and the manifest
-protocol in `synthray.artifacts` still keeps readers from ever seeing a half-built artifact.
+protocol in `synthray.core.artifacts` still keeps readers from ever seeing a half-built artifact.
 
 Without Ray (plain Python calling a stage), there is no one to race with across nodes, and every lease is granted.
 """

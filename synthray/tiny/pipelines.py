@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from synthray.generation.tiny_families import (build_tiny_flux, build_tiny_lumina2, build_tiny_pixart, build_tiny_qwenimage,
+from synthray.tiny.families import (build_tiny_flux, build_tiny_lumina2, build_tiny_pixart, build_tiny_qwenimage,
                                                build_tiny_sana, build_tiny_sd3, build_tiny_sdxl)
-# write_clip_tokenizer lives below the builders; metrics.encoders and tests still import it from here.
-from synthray.generation.tiny_tokenizers import write_clip_tokenizer
+from synthray.tiny.tokenizers import write_clip_tokenizer
 
 
 def build_tiny_sd(path: Path, seed: int = 0, resolution: int = 32) -> Path:

@@ -1,5 +1,5 @@
 """Captioner backends (a registry, timm style): `local`, a transformers vision-language model on the actor's device,
-and `openai`, an OpenAI-compatible HTTP endpoint (`synthray.captioning.remote`).
+and `openai`, an OpenAI-compatible HTTP endpoint (`synthray.prompts.remote`).
 
 A backend is a class with
 - `identity(c) -> dict`: what the captions key records of it (model identity and generation parameters; never an
@@ -20,8 +20,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from synthray.captioning.remote import OpenAICaptioner, Secret
-from synthray.registry import Registry, SynthrayError
+from synthray.prompts.remote import OpenAICaptioner, Secret
+from synthray.core.registry import Registry, SynthrayError
 
 CAPTIONERS = Registry("captioner backend")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -80,7 +80,7 @@ class LocalCaptioner:
 
     @staticmethod
     def identity(c: dict[str, Any]) -> dict[str, Any]:
-        from synthray.models import model_identity
+        from synthray.core.models import model_identity
 
         return {"model": model_identity(str(c["local"]["model"])),
                 "params": {"decoding": "greedy", "max_tokens": local_max_tokens(c), "dtype": local_dtype(c),
@@ -88,7 +88,7 @@ class LocalCaptioner:
 
     @staticmethod
     def check(c: dict[str, Any], models: Any, need_key: bool) -> None:
-        from synthray.models import check_model
+        from synthray.core.models import check_model
 
         if c.get("temperature") not in (None, 0, 0.0):
             raise SynthrayError(f"captioner.temperature={c['temperature']}: the local backend decodes greedily; "
@@ -114,7 +114,7 @@ class LocalCaptioner:
     def __call__(self, images: list[bytes]) -> list[str | Exception]:
         import torch
 
-        from synthray.images import decode
+        from synthray.core.images import decode
 
         pictures = [decode(data) for data in images]
         inputs = self.processor(text=[self.prompt] * len(pictures), images=pictures, padding=True, return_tensors="pt")

@@ -26,7 +26,7 @@ def _clip_tokenizer() -> tuple[Any, int]:
     """An offline CLIP tokenizer (byte-level, no merges) and its vocab size."""
     from transformers import CLIPTokenizer
 
-    from synthray.generation.tiny_tokenizers import write_clip_tokenizer
+    from synthray.tiny.tokenizers import write_clip_tokenizer
 
     with tempfile.TemporaryDirectory() as tok_dir:
         vocab_size = write_clip_tokenizer(Path(tok_dir))
@@ -119,7 +119,7 @@ def build_tiny_sd3(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
-    from synthray.generation.tiny_tokenizers import check_vocab, t5_tokenizer
+    from synthray.tiny.tokenizers import check_vocab, t5_tokenizer
 
     tokenizer, vocab_size = _clip_tokenizer()
     tokenizer_2, _ = _clip_tokenizer()
@@ -149,7 +149,7 @@ def build_tiny_flux(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    from synthray.generation.tiny_tokenizers import check_vocab, t5_tokenizer
+    from synthray.tiny.tokenizers import check_vocab, t5_tokenizer
 
     tokenizer, vocab_size = _clip_tokenizer()
     tokenizer_2 = t5_tokenizer()
@@ -181,7 +181,7 @@ def build_tiny_pixart(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     """
     from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
 
-    from synthray.generation.tiny_tokenizers import check_vocab, t5_tokenizer
+    from synthray.tiny.tokenizers import check_vocab, t5_tokenizer
 
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
@@ -208,7 +208,7 @@ def build_tiny_sana(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     """
     from diffusers import AutoencoderDC, FlowMatchEulerDiscreteScheduler, SanaPipeline, SanaTransformer2DModel
 
-    from synthray.generation.tiny_tokenizers import check_vocab, gemma_tokenizer
+    from synthray.tiny.tokenizers import check_vocab, gemma_tokenizer
 
     tokenizer = gemma_tokenizer()
     torch.manual_seed(seed)
@@ -239,7 +239,7 @@ def build_tiny_lumina2(path: Path, seed: int = 0, resolution: int = 32) -> Path:
     """Random-weight `Lumina2Pipeline` (Gemma2 + NextDiT); the pipeline fixes VAE /8 and patch 2: resolution % 16 == 0."""
     from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline, Lumina2Transformer2DModel
 
-    from synthray.generation.tiny_tokenizers import check_vocab, gemma_tokenizer
+    from synthray.tiny.tokenizers import check_vocab, gemma_tokenizer
 
     tokenizer = gemma_tokenizer()
     torch.manual_seed(seed)
@@ -264,7 +264,7 @@ def build_tiny_qwenimage(path: Path, seed: int = 0, resolution: int = 32) -> Pat
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from synthray.generation.tiny_tokenizers import QWEN_SPECIALS, check_vocab, qwen2_tokenizer
+    from synthray.tiny.tokenizers import QWEN_SPECIALS, check_vocab, qwen2_tokenizer
 
     tokenizer = qwen2_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}

@@ -33,7 +33,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 DETAILS = (None, "low", "high", "auto")
 MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is a server asking us to give up, not to wait

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthray.artifacts import seed_hash
-from synthray.registry import SynthrayError, unknown_name
+from synthray.core.artifacts import seed_hash
+from synthray.core.registry import SynthrayError, unknown_name
 
 PROMPT_STYLES = ("classname", "caption")
 PROMPT_COLUMNS = ["id", "label", "class_id", "class_name", "prompt", "prompt_id", "replicate", "index_in_class", "seed"]

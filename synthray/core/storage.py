@@ -3,7 +3,7 @@
 Every artifact, Tune's experiment state, Ray Train's checkpoints and `results.parquet` live under one storage
 root, so a node that did not make a file can still read it. Nothing here renames: object stores have no atomic
 rename, so a file is one whole write (an object PUT; on local disks a temporary name renamed into place), and an
-artifact is complete only once its manifest exists (`synthray.artifacts`).
+artifact is complete only once its manifest exists (`synthray.core.artifacts`).
 
 Credentials come from the environment, as the cloud SDKs read them:
 - S3: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, web identity, or an instance role;
@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 SCHEMES = ("file", "s3", "gs")
 
@@ -103,11 +103,11 @@ def _bucket_region(bucket: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _filesystem(scheme: str, bucket: str, retry: bool = True) -> Any:
-    """The filesystem of a scheme; a remote one retries transient errors with backoff (`synthray.retry`) unless
+    """The filesystem of a scheme; a remote one retries transient errors with backoff (`synthray.core.retry`) unless
     `retry=False` (the up-front storage check, which must answer at once)."""
     import pyarrow.fs as pafs
 
-    from synthray.retry import retrying
+    from synthray.core.retry import retrying
 
     if scheme == "file":
         return pafs.LocalFileSystem()

@@ -26,11 +26,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from synthray import storage
-from synthray.artifacts import Artifact, BuildDir, DatasetRef
-from synthray.captioning.backends import CAPTIONERS, Secret, prepare_image
-from synthray.registry import SynthrayError, error_line
-from synthray.shards import Pool, map_shards, record_shards
+from synthray.core import storage
+from synthray.core.artifacts import Artifact, BuildDir, DatasetRef
+from synthray.prompts.backends import CAPTIONERS, Secret, prepare_image
+from synthray.core.registry import SynthrayError, error_line
+from synthray.core.shards import Pool, map_shards, record_shards
 
 log = logging.getLogger("synthray")
 CAPTION_COLUMNS = ["id", "class_id", "label", "caption"]
@@ -58,8 +58,8 @@ def _caption_worker(c: dict[str, Any], train_uri: str, selected: list[str], prog
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from synthray.devices import check_device
-    from synthray.images import read_shard, shard_files
+    from synthray.core.devices import check_device
+    from synthray.core.images import read_shard, shard_files
 
     backend = CAPTIONERS.get(c["backend"])(c, str(c["instruction"]), models, check_device(device), secret, pool_size)
     index: dict[str, int] = {}
@@ -107,7 +107,7 @@ def build_captions(spec: Any, real: Artifact, models: Any) -> Artifact:
     """The captioner stage: build (or reuse) the captions `spec` (a `CaptionsSpec`) of `real`'s train images."""
     import os
 
-    from synthray.images import read_images
+    from synthray.core.images import read_images
 
     art = spec.artifact(models.store)
     c = spec.section

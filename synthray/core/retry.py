@@ -22,7 +22,7 @@ from typing import Any, Callable, TypeVar
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from synthray.registry import SynthrayError
+from synthray.core.registry import SynthrayError
 
 log = logging.getLogger("synthray")
 T = TypeVar("T")

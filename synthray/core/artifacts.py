@@ -8,7 +8,7 @@ Commit protocol (no rename, no shared lock file; see docs/DESIGN.md):
 - it writes `_MANIFEST.json` last, listing every file with its size and sha256. Only then is the artifact complete;
 - files without a manifest are an unfinished build: never read as complete, and resumed by the next builder
   (a stage skips its shards that are already there; their content depends on the spec alone);
-- one builder per key at a time holds a lease from a named Ray actor (`synthray.leases`); the others wait for the
+- one builder per key at a time holds a lease from a named Ray actor (`synthray.core.leases`); the others wait for the
   manifest. A builder that dies stops renewing its lease, and after `lease_s` another one takes over.
 """
 
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from synthray import progress, storage
-from synthray.registry import SynthrayError, error_line
+from synthray.core import progress, storage
+from synthray.core.registry import SynthrayError, error_line
 
 log = logging.getLogger("synthray")
 
@@ -175,7 +175,7 @@ class Artifact:
         `make` may find files of an interrupted earlier attempt under `build_dir.uri`, and returns metadata that is
         stored in `meta.json`. Concurrent callers anywhere on the cluster build it once (see the module docstring).
         """
-        from synthray.leases import Lease
+        from synthray.core.leases import Lease
 
         if self.is_complete():
             self._alias_legacy()

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from synthray import progress, storage
-from synthray.images import write_table
+from synthray.core import progress, storage
+from synthray.core.images import write_table
 
 log = logging.getLogger("synthray")
 
@@ -30,7 +30,7 @@ class _ShardWorker:
     """Ray Data callable class: builds the stage's worker once per actor (model loading), then maps shards."""
 
     def __init__(self, factory: Callable[[], Callable[[dict], dict]], out_dir: str, device: str):
-        from synthray.devices import check_device
+        from synthray.core.devices import check_device
 
         check_device(device)
         self.work = factory()
