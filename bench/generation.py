@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from synthray.generation.throughput import AUTO_CAP, AUTO_FALLBACK, batch_size_setting
 from synthray.core.registry import SynthrayError
+from synthray.generation.throughput import AUTO_CAP, AUTO_FALLBACK, batch_size_setting
 
 # SD1.5 cost per image (BASELINES.md): UNet 1.607 TFLOP per CFG step (both halves) + VAE decode 2.5 TFLOP.
 UNET_TFLOP_PER_STEP, VAE_TFLOP = 1.607, 2.5
@@ -248,11 +248,11 @@ def profile_steady(cfg: Any, art: Any, real: Any, shards: int, workdir: Path) ->
     records to slow the launching thread). Idle share = 1 - union of kernel intervals / span from the first kernel to the last."""
     import ray
 
-    from synthray.generation.stage import shard_tasks, worker_factory
-    from synthray.graph.synthetic import build_prompt_table, planned_dataset
-    from synthray.core.models import Models
-    from synthray.generation.throughput import idle_share, kernel_intervals
     from synthray.core.images import write_table
+    from synthray.core.models import Models
+    from synthray.generation.stage import shard_tasks, worker_factory
+    from synthray.generation.throughput import idle_share, kernel_intervals
+    from synthray.graph.synthetic import build_prompt_table, planned_dataset
 
     ray.shutdown()  # the stage's actor leaves the GPU to this process
     release_gpu_memory(wait_s=60)

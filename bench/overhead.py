@@ -159,11 +159,11 @@ def measure_epochs(data_root: Path, model_root: Path, epochs: int, ray_train: bo
     from omegaconf import OmegaConf
 
     from synthray.config import compose
-    from synthray.graph.synthetic import generate_dataset
     from synthray.core.logs import setup_logging
+    from synthray.graph.planner import train
+    from synthray.graph.synthetic import generate_dataset
     from synthray.sweep.runner import start_local_ray
     from synthray.sweep.trial import plan_trials
-    from synthray.graph.planner import train
 
     start_local_ray()
     setup_logging()
@@ -189,10 +189,10 @@ def probes_floor(root: Path, cores: int) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from synthray.config import compose
+    from synthray.graph.identity import numerics
     from synthray.graph.real import real_data
     from synthray.sweep.trial import plan_trials
     from synthray.training.trainer import split_counts
-    from synthray.graph.identity import numerics
 
     cfg = compose([f"storage={root}", "experiment=probes"])
     trials = plan_trials(cfg)
@@ -203,7 +203,7 @@ def probes_floor(root: Path, cores: int) -> dict[str, Any]:
         models[(t.point["probe"], "real")] = t
     measured: dict[str, float] = {}
     total, rows_of = 0.0, {}
-    for (probe, source), t in sorted(models.items()):
+    for (_probe, source), t in sorted(models.items()):
         recipe = OmegaConf.to_container(t.cfg.recipe, resolve=True)
         fraction, seed = float(recipe["selection_fraction"]), int(recipe["seed"])
         if source not in rows_of:  # the synthetic controls hold prompts.n_per_class images per class

@@ -20,8 +20,9 @@ def _version() -> str:
     try:
         return version("synthray")
     except PackageNotFoundError:
-        import tomllib
         from pathlib import Path
+
+        import tomllib
 
         pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
         try:

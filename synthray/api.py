@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["compose", "plan", "run", "resume", "load_results", "report"]
 
 
-def compose(*overrides: str, experiment: str | None = None) -> "DictConfig":
+def compose(*overrides: str, experiment: str | None = None) -> DictConfig:
     """The resolved run config, as `synthray run` composes it from its overrides.
 
     Args:
@@ -53,7 +54,7 @@ def compose(*overrides: str, experiment: str | None = None) -> "DictConfig":
     return _compose(given)
 
 
-def plan(cfg: "DictConfig") -> list[Any]:
+def plan(cfg: DictConfig) -> list[Any]:
     """The trials a sweep of `cfg` would run, checked (names, paths, storage) but nothing built or started.
 
     Args:
@@ -76,7 +77,7 @@ def plan(cfg: "DictConfig") -> list[Any]:
     return plan_trials(cfg)
 
 
-def run(cfg: "DictConfig", *, name: str | None = None, quiet: bool = True) -> "pd.DataFrame":
+def run(cfg: DictConfig, *, name: str | None = None, quiet: bool = True) -> pd.DataFrame:
     """Run the sweep of `cfg` (what `synthray run` does, without its printing); returns its results table.
 
     Starts a local Ray (or connects to `ray.address` / $RAY_ADDRESS) unless this process is already connected;
@@ -108,7 +109,7 @@ def run(cfg: "DictConfig", *, name: str | None = None, quiet: bool = True) -> "p
     return _with_attrs(table, path)
 
 
-def resume(sweep: str | None = None, storage: str | None = None, *, quiet: bool = True) -> "pd.DataFrame":
+def resume(sweep: str | None = None, storage: str | None = None, *, quiet: bool = True) -> pd.DataFrame:
     """Continue a stopped sweep with the config it was started with; returns its results table.
 
     Args:
@@ -130,7 +131,7 @@ def resume(sweep: str | None = None, storage: str | None = None, *, quiet: bool 
     return _with_attrs(table, path)
 
 
-def load_results(sweep: str | None = None, storage: str | None = None) -> "pd.DataFrame":
+def load_results(sweep: str | None = None, storage: str | None = None) -> pd.DataFrame:
     """A sweep's stored results table, read back (from local storage or an object-store URI).
 
     Args:
@@ -209,7 +210,7 @@ def _captured(quiet: bool) -> Iterator[Any]:
             yield null
 
 
-def _with_attrs(table: "pd.DataFrame", uri: str) -> "pd.DataFrame":
+def _with_attrs(table: pd.DataFrame, uri: str) -> pd.DataFrame:
     from synthray.core import storage as store
 
     table.attrs["results"] = uri

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from synthray.core.registry import SynthrayError
 
@@ -256,7 +257,8 @@ def _list(what: str) -> list[str]:
         how = f"{entry.pipeline} {entry.steps} steps cfg {entry.guidance} {entry.resolution}px" if kind_of(entry).sampled \
             else f"control: {entry.kind} (held-out real images)"
         rows.append(f"{name:<17} released {entry.get('released') or '-':<11} protocols model-default,paper  {how:<52} {model}")
-    rows.append("vae-reencode:<generator>  control: held-out real images encoded and decoded by that diffusers generator's VAE, e.g. vae-reencode:sd15")
+    rows.append("vae-reencode:<generator>  control: held-out real images encoded and decoded by that diffusers generator's VAE, "
+                "e.g. vae-reencode:sd15")
     return rows
 
 
@@ -397,7 +399,8 @@ def _sweep_done(table: Any, path: str) -> int:
 
         sweep_dir = storage.parent(path)
         root = storage.parent(storage.parent(sweep_dir))
-        print(f"synthray: {missing} trial(s) did not finish; continue with: synthray resume {storage.name(sweep_dir)} storage={root}", file=sys.stderr)
+        print(f"synthray: {missing} trial(s) did not finish; continue with: synthray resume {storage.name(sweep_dir)} storage={root}",
+              file=sys.stderr)
         return 1
     return 0
 

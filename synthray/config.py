@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -211,9 +212,8 @@ def _missing(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 def _absolute_paths(cfg: DictConfig) -> None:
     """Resolve user paths against the directory the command ran in: Ray Tune runs each trial in its own folder."""
-    from synthray.data.real import RENAMED_LISTS, shipped_class_lists
-
     from synthray.core.storage import normalize
+    from synthray.data.real import RENAMED_LISTS, shipped_class_lists
 
     cfg.storage = normalize(cfg.storage)  # URIs stay URIs; an unknown scheme is a one-line error
     if cfg.hub.cache:

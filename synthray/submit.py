@@ -20,8 +20,9 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from synthray.core.registry import SynthrayError
 

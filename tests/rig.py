@@ -12,8 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -64,7 +64,7 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
             break
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}") from None
             time.sleep(0.2)
     from synthray.core.storage import _filesystem
 
@@ -152,7 +152,7 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
         except OSError:
             if time.time() > deadline or proc.poll() is not None:
                 os.killpg(proc.pid, signal.SIGKILL)
-                raise RuntimeError(f"token-auth head did not start: {log.read_text()[-2000:]}")
+                raise RuntimeError(f"token-auth head did not start: {log.read_text()[-2000:]}") from None
             time.sleep(1)
     try:
         yield {"url": url, "token": token}

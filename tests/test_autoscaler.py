@@ -31,7 +31,8 @@ def test_gpu_stage_demand_launches_a_gpu_node_that_is_released_when_idle(tmp_pat
     try:
         assert _gpu_nodes(cluster) == []  # a CPU-only head; GPU workers start at zero
         done = run_cli("run", f"storage={tmp_path / 'runs'}", f"ray.address={cluster.address}", *TINY,
-                       "grid.generator=[tiny-sd]", "generation.device=gpu", "generation.gpus_per_actor=1", cwd=tmp_path, env=cluster.client_env)
+                       "grid.generator=[tiny-sd]", "generation.device=gpu", "generation.gpus_per_actor=1",
+                       cwd=tmp_path, env=cluster.client_env)
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         assert "tiny-sd" in done.stdout and "did not finish" not in done.stderr
         launched = _gpu_nodes(cluster)

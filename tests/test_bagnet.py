@@ -48,8 +48,8 @@ def test_built_as_the_studys_bag_net_py():
 
 def test_the_changed_bagnet_never_reuses_models_of_the_old_one(tmp_path):
     """BagNet became the study's (stem momentum, init): its version is in model and result keys, tiny-cnn's keys stay."""
-    from synthray.core.artifacts import Artifact, DatasetRef, Store
     from synthray.config import compose
+    from synthray.core.artifacts import Artifact, DatasetRef, Store
     from synthray.graph.planner import model_artifact
 
     cfg = compose([f"storage={tmp_path}"])

@@ -17,12 +17,12 @@ import pytest
 from PIL import Image
 
 from synthray.core.artifacts import DatasetRef
-from synthray.prompts.backends import CAPTIONERS, Secret, prepare_image
-from synthray.prompts.captions import select_images
-from synthray.graph.captions import caption, captioner_section, captions_artifact, read_captions
-from synthray.graph.real import real_artifact, real_data
 from synthray.core.images import read_images
 from synthray.core.registry import SynthrayError
+from synthray.graph.captions import caption, captioner_section, captions_artifact, read_captions
+from synthray.graph.real import real_artifact, real_data
+from synthray.prompts.backends import CAPTIONERS, Secret, prepare_image
+from synthray.prompts.captions import select_images
 from tests.conftest import tiny_cfg
 
 INSTRUCTION = ("You are an expert image captioning model. You will write a detailed 5-6 sentence caption that describes "
@@ -255,8 +255,7 @@ def test_local_twin_captions_every_chosen_image_on_ray_data(ray_cluster, shared_
 @pytest.mark.slow
 def test_caption_prompts_come_from_the_captioner(ray_cluster, shared_storage):
     """Planning names the captions artifact and captions nothing; the trial builds the table from the captions."""
-    from synthray.graph.synthetic import build_prompt_table
-    from synthray.graph.synthetic import captioned_prompt_table
+    from synthray.graph.synthetic import build_prompt_table, captioned_prompt_table
     from synthray.sweep.trial import plan_trials
 
     cfg = tiny_cfg(shared_storage, *LOCAL, "prompts.captions=captioner", "prompts.n_per_class=2",

@@ -263,7 +263,8 @@ def test_7_scratch_full_is_one_line(full_scratch, tmp_path):
     done = run_cli("run", f"storage={tmp_path / 'runs'}", f"scratch={full_scratch}", *TINY, "grid.generator=[real-holdout]",
                    cwd=tmp_path, env={"RAY_ADDRESS": ""})
     assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() + done.stdout.splitlines() if f"failed: scratch folder {full_scratch} is full" in line]
+    lines = [line for line in done.stderr.splitlines() + done.stdout.splitlines()
+             if f"failed: scratch folder {full_scratch} is full" in line]
     assert lines, (done.stdout + done.stderr)[-3000:]
     # The model whose weights did not fit is not committed, and no half-written build folder is left in scratch.
     assert not list((tmp_path / "runs").glob(f"models/*/{MANIFEST}")) and not list((tmp_path / "runs").glob(f"results/*/{MANIFEST}"))

@@ -30,7 +30,8 @@ def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("what, expected", [("generators", "tiny-sd"), ("archs", "tiny-cnn"), ("probes", "highpass"), ("experiments", "paper")])
+@pytest.mark.parametrize("what, expected",
+                         [("generators", "tiny-sd"), ("archs", "tiny-cnn"), ("probes", "highpass"), ("experiments", "paper")])
 def test_list(what, expected):
     out = synthray("list", what)
     assert out.returncode == 0 and expected in out.stdout
@@ -38,7 +39,7 @@ def test_list(what, expected):
 
 def test_list_generators_shows_release_dates():
     out = synthray("list", "generators")
-    line = next(l for l in out.stdout.splitlines() if l.startswith("sd15 "))
+    line = next(row for row in out.stdout.splitlines() if row.startswith("sd15 "))
     assert "2022-10-20" in line and "model-default,paper" in line
 
 

@@ -13,12 +13,12 @@ import json
 import re
 import shlex
 import socket
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import ray
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from rich.console import Console
 
 from synthray.core import progress
@@ -113,8 +112,8 @@ def test_the_console_sends_every_printed_line_to_the_log_and_warnings_to_the_ter
     shown = terminal.getvalue().splitlines()
     assert shown == ["[synthray] trial x failed: why", "[synthray] plan: 3 trials", f"[synthray] {LABELS[0]}: running"]
     log = (sweep / "logs" / "sweep.log").read_text()
-    for line in ("Started a local Ray instance.", "a Tune status table", "(tune_trial pid=1) [synthray] building synthetic", "driver detail",
-                 "trial x failed: why", "plan: 3 trials", f"{LABELS[0]}: running"):
+    for line in ("Started a local Ray instance.", "a Tune status table", "(tune_trial pid=1) [synthray] building synthetic",
+                 "driver detail", "trial x failed: why", "plan: 3 trials", f"{LABELS[0]}: running"):
         assert line in log, line
     # -v: every log line on the terminal as well.
     terminal = io.StringIO()

@@ -16,9 +16,9 @@ from synthray.core import storage
 from synthray.core.artifacts import Store
 from synthray.core.images import encode, write_table
 from synthray.core.models import Models, check_model
+from synthray.core.registry import SynthrayError
 from synthray.probes.depth import DEFAULT_DEPTH_MODEL, DepthEstimator, depth_worker
 from synthray.tiny.depth import build_tiny_depth
-from synthray.core.registry import SynthrayError
 
 
 def random_images(seed: int, *sizes: tuple[int, int]) -> list[np.ndarray]:

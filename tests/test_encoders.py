@@ -12,12 +12,12 @@ import torch
 
 from synthray.core import storage
 from synthray.core.artifacts import Store
-from synthray.tiny.tokenizers import write_clip_tokenizer
+from synthray.core.models import Models, check_model
+from synthray.core.registry import SynthrayError
 from synthray.metrics.clipscore import ClipScorer
 from synthray.metrics.encoders import DEFAULT_MODELS, FEATURE_MODELS
 from synthray.tiny.encoders import build_tiny_encoder
-from synthray.core.models import Models, check_model
-from synthray.core.registry import SynthrayError
+from synthray.tiny.tokenizers import write_clip_tokenizer
 
 KINDS = ["clip", "dinov2", "inception"]
 # Sizes that exercise landscape, portrait, up- and down-scaling before the center crop.

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from synthray.core.artifacts import Artifact, DatasetRef
-from synthray.graph.real import real_data
-from synthray.generation.kinds import RealHoldoutGenerator, build_generator
-from synthray.graph.synthetic import build_prompt_table, generate_dataset, synthetic_artifact
 from synthray.core.images import dataset_digest, decode, read_images, shard_files, to_uint8
 from synthray.core.models import Models, check_model
 from synthray.core.registry import SynthrayError
+from synthray.generation.kinds import RealHoldoutGenerator, build_generator
+from synthray.graph.real import real_data
+from synthray.graph.synthetic import build_prompt_table, generate_dataset, synthetic_artifact
 from tests.conftest import tiny_cfg
 
 
@@ -248,8 +248,8 @@ def test_the_study_call_no_size_passed_and_a_swapped_scheduler(shared_storage):
     """SDXL-Turbo in the study gets no width/height (the pipeline's own size); SD2.x get another sampler."""
     import diffusers
 
-    from synthray.generation.kinds import build_generator
     from synthray.core.models import Models
+    from synthray.generation.kinds import build_generator
 
     cfg = tiny_cfg(shared_storage)
     folder = Models.from_cfg(cfg).locate("tiny:sd", "pipeline", resolution=32)

@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 
 from synthray.core import storage
-from synthray.generation.compiled import kernels_identity
-from synthray.generation.kinds import build_generator, sampling_params
-from synthray.graph.synthetic import generator_entry
-from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
 from synthray.core.images import read_images
 from synthray.core.models import Models
 from synthray.core.registry import SynthrayError
+from synthray.generation.compiled import kernels_identity
+from synthray.generation.kinds import build_generator, sampling_params
+from synthray.graph.synthetic import build_prompt_table, generator_entry, synthetic_artifact
 from tests.conftest import tiny_cfg
 
 ROWS = pd.DataFrame({"prompt": ["a digit one", "a digit two", "a digit three"], "seed": [1, 2, 3]})

@@ -7,14 +7,22 @@ import shutil
 
 import pytest
 
-from synthray.graph.real import real_artifact
-from synthray.generation.stage import shard_tasks, worker_factory
-from synthray.graph.synthetic import build_prompt_table, generate_dataset, planned_dataset, synthetic_artifact
-from synthray.core.models import Models
-from synthray.generation.throughput import (AUTO_FALLBACK, available_gpu_bytes, batch_ladder, batch_size_setting, busy_time,
-                                            choose_batch, idle_share, kernel_intervals)
 from synthray.core.images import read_images
+from synthray.core.models import Models
 from synthray.core.registry import SynthrayError
+from synthray.generation.stage import shard_tasks, worker_factory
+from synthray.generation.throughput import (
+    AUTO_FALLBACK,
+    available_gpu_bytes,
+    batch_ladder,
+    batch_size_setting,
+    busy_time,
+    choose_batch,
+    idle_share,
+    kernel_intervals,
+)
+from synthray.graph.real import real_artifact
+from synthray.graph.synthetic import build_prompt_table, generate_dataset, planned_dataset, synthetic_artifact
 from tests.conftest import tiny_cfg
 from tests.test_generation_compile import ROWS, generator, psnr
 

@@ -6,7 +6,6 @@ functions, since a deferred import only hides a cycle from the interpreter.
 import ast
 from pathlib import Path
 
-
 PACKAGE = "synthray"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 

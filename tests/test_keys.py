@@ -45,8 +45,8 @@ def test_paper_keys_equal_the_stored_ones_under_their_legacy_keys(tmp_path):
 def test_paper_and_its_earlier_spelling_study_give_the_same_keys(tmp_path):
     """`paper` names the study's settings everywhere; `study`, the earlier spelling of the same values, is still
     read, and keys record it, so models and views built with it keep their keys."""
-    from synthray.graph.probes import probe_setup
     from synthray.graph.identity import training_spec
+    from synthray.graph.probes import probe_setup
 
     def cfg(word):
         return compose(["experiment=smoke", f"storage={tmp_path}", "recipe=paper", f"recipe.lr_schedule={word}",

@@ -84,8 +84,8 @@ def test_metric_settings_reach_the_key_only_when_they_change_it(tmp_path):
     ("metrics.prdc_k=0", "metrics.prdc_k must be a positive int"),
 ])
 def test_bad_metric_settings_are_one_line(tmp_path, override, message):
-    from synthray.graph.metrics import check_encoders
     from synthray.core.registry import SynthrayError
+    from synthray.graph.metrics import check_encoders
     from tests.conftest import tiny_cfg
 
     with pytest.raises(SynthrayError, match=message) as err:
@@ -114,10 +114,10 @@ def test_study_settings_end_to_end(ray_cluster, shared_storage):
     """Cosine PRDC of every row, both sides cut to one count, through the features stage: the real train split
     against the real test split (fewer rows), pixel features."""
     from synthray.core.artifacts import DatasetRef
-    from synthray.graph.real import real_data
     from synthray.core.images import read_images
-    from synthray.metrics.distribution import distribution_metrics, equal_subsets
     from synthray.graph.metrics import features_of
+    from synthray.graph.real import real_data
+    from synthray.metrics.distribution import distribution_metrics, equal_subsets
     from tests.conftest import tiny_cfg
 
     cfg = tiny_cfg(shared_storage, "metrics.max_samples=null", "metrics.distance=cosine", "metrics.equal_counts=true",

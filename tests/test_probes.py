@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 
 from synthray.core.artifacts import DatasetRef, Store
-from synthray.graph.real import real_data
 from synthray.core.images import decode_array, read_images
 from synthray.core.models import Models
-from synthray.probes.stage import view
 from synthray.graph.probes import probe_setup
+from synthray.graph.real import real_data
+from synthray.probes.stage import view
 from synthray.probes.transforms import PROBES, box_mask, fft_filter, rescale
 from tests.conftest import tiny_cfg
 
@@ -189,8 +189,8 @@ def test_frequency_options_reach_the_key_only_when_they_change_it(tmp_path):
     ("+probes.lowpass.radius=3", "probes.lowpass has no key radius"),
 ])
 def test_bad_frequency_options_are_one_line(tmp_path, override, message):
-    from synthray.graph.probes import check_probe
     from synthray.core.registry import SynthrayError
+    from synthray.graph.probes import check_probe
 
     name = override.split(".")[1]
     with pytest.raises(SynthrayError, match=message) as err:  # at compose (the schema) or at the check

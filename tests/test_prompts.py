@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
+from synthray.core.registry import SynthrayError
 from synthray.data.real import load_classes
 from synthray.prompts.table import load_captions, prompt_table
-from synthray.core.registry import SynthrayError
 
 CLASSES = load_classes("digits")
 

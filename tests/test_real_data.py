@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from synthray.data.real import load_classes
-from synthray.graph.real import real_artifact, real_data
 from synthray.core.images import decode, read_images
 from synthray.core.registry import SynthrayError
+from synthray.data.real import load_classes
+from synthray.graph.real import real_artifact, real_data
 from synthray.sweep.plan import validate
 from tests.conftest import tiny_cfg
 

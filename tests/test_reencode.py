@@ -8,14 +8,13 @@ import pandas as pd
 import pytest
 
 from synthray.core.artifacts import DatasetRef
-from synthray.graph.real import real_artifact, real_data
-from synthray.generation.kinds import RealHoldoutGenerator, build_generator
-from synthray.graph.synthetic import generator_entry
-from synthray.generation.kinds import tiny_params as _tiny_params
-from synthray.graph.synthetic import build_prompt_table, synthetic_artifact
 from synthray.core.images import to_uint8
 from synthray.core.models import Models, model_identity
 from synthray.core.registry import SynthrayError
+from synthray.generation.kinds import RealHoldoutGenerator, build_generator
+from synthray.generation.kinds import tiny_params as _tiny_params
+from synthray.graph.real import real_artifact, real_data
+from synthray.graph.synthetic import build_prompt_table, generator_entry, synthetic_artifact
 from tests.conftest import tiny_cfg
 
 FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart", "sana", "lumina2", "qwenimage"]

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from synthray.config import compose
 from synthray.core import storage
 from synthray.core.artifacts import Artifact, DatasetRef, Store
-from synthray.config import compose
 from synthray.core.registry import SynthrayError
+from synthray.graph.planner import model_artifact
 from synthray.sweep.plan import validate
 from synthray.training.loop import improves
-from synthray.graph.planner import model_artifact
 from tests.conftest import tiny_cfg
 
 
@@ -73,10 +73,10 @@ def _shifted_labels(real, root):
 
 @pytest.mark.slow
 def test_selection_on_the_real_test_split_keeps_the_lowest_loss_epoch_and_trains_on_every_row(ray_cluster, shared_storage, tmp_path):
+    from synthray.graph.planner import train
     from synthray.graph.real import real_data
     from synthray.metrics.accuracy import predict
     from synthray.training.trainer import split_counts
-    from synthray.graph.planner import train
 
     real = real_data(tiny_cfg(shared_storage))
     selection, n_selection = _shifted_labels(real, tmp_path / "data")
@@ -103,9 +103,9 @@ def test_selection_on_the_real_test_split_keeps_the_lowest_loss_epoch_and_trains
 @pytest.mark.slow
 def test_torchvision_model_trains_through_ray_train_in_channels_last(ray_cluster, shared_storage, tmp_path):
     """A `tv:` model takes the loop every other nn.Module takes (DDP wrapper, channels_last, the recipe's size)."""
+    from synthray.graph.planner import train
     from synthray.graph.real import real_data
     from synthray.metrics.accuracy import load_model
-    from synthray.graph.planner import train
 
     real = real_data(tiny_cfg(shared_storage))
     cfg = tiny_cfg(tmp_path, "recipe.epochs=1", "training.channels_last=true")

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from synthray.core.images import encode, read_shard, shard_rows, write_table
+from synthray.core.shards import Pool, map_shards
 from synthray.probes.stage import _transform_worker
 from synthray.probes.transforms import PROBES
-from synthray.core.shards import Pool, map_shards
 
 
 def _source(folder, shards: int = 3, rows: int = 5) -> list[str]:

@@ -11,7 +11,6 @@ import psutil
 import pytest
 
 from synthray.core.artifacts import MANIFEST
-
 from tests.conftest import TINY
 from tests.rig import run_cli
 

@@ -3,13 +3,12 @@
 import contextlib
 import io
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
-
 from pathlib import Path
 
 import pandas as pd
@@ -17,9 +16,9 @@ import pytest
 
 from synthray.core import storage
 from synthray.core.artifacts import MANIFEST
+from synthray.report.page import write_report
 from synthray.sweep.runner import find_sweep, read_results, run_sweep
 from synthray.sweep.trial import RESULT_COLUMNS
-from synthray.report.page import write_report
 from tests.browser import assert_renders
 from tests.conftest import TINY, tiny_cfg
 from tests.rig import free_port, run_cli
@@ -67,7 +66,8 @@ def test_sweep_end_to_end_then_warm_rerun(ray_cluster, tmp_path):
     labels = ["real-holdout/classname/tiny-cnn/rgb", "tiny-sd/classname/tiny-cnn/rgb"]
     for label in labels:
         assert f"[synthray] {label}: running" in shown and any(line.startswith(f"[synthray] {label}: done: synth→real") for line in shown)
-    assert any(re.fullmatch(r"\[synthray\] tiny-sd/classname/tiny-cnn/rgb: generate tiny-sd, classname, \d+ images", line) for line in shown)
+    assert any(re.fullmatch(r"\[synthray\] tiny-sd/classname/tiny-cnn/rgb: generate tiny-sd, classname, \d+ images", line)
+               for line in shown)
     assert any(": train tiny-cnn on tiny-sd/classname/rgb" in line for line in shown)
     assert len(shown) < 40 and not any("Trial status" in line or "pid=" in line for line in shown), shown
     log = (Path(path).parent / "logs" / "sweep.log").read_text()

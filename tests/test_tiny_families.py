@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthray.tiny.pipelines import TINY_BUILDERS
 from synthray.tiny.families import TINY_RESOLUTIONS
+from synthray.tiny.pipelines import TINY_BUILDERS
 
 PIPELINES = {
     "sdxl": "StableDiffusionXLPipeline",

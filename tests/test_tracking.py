@@ -13,7 +13,6 @@ from synthray.config import compose
 from synthray.core.registry import SynthrayError
 from synthray.sweep.plan import validate
 
-
 TRACKED = ["tracking=[mlflow,wandb]", "tracking_project=tracked"]  # with tracking_uri=<file: URI> and the env below
 
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import time
-
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,10 @@ import torch
 
 from synthray.core import storage
 from synthray.core.artifacts import MANIFEST, Artifact, DatasetRef, Store
+from synthray.graph.planner import train
 from synthray.graph.real import real_data
 from synthray.metrics.accuracy import accuracy, load_model
 from synthray.training.archs import check_arch, count_parameters, create_model
-from synthray.graph.planner import train
 from tests.conftest import TINY, tiny_cfg
 
 

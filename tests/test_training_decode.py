@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
+from synthray.config import compose
 from synthray.core import storage
 from synthray.core.artifacts import Artifact, DatasetRef, Store
-from synthray.config import compose
 from synthray.core.images import decode_array, encode, shard_files, write_table
 from synthray.core.registry import SynthrayError
+from synthray.graph.identity import training_spec
+from synthray.graph.planner import model_artifact
 from synthray.sweep.plan import validate
 from synthray.training.device_decode import decode_on_device, shard_batches, to_device
-from synthray.graph.planner import model_artifact
-from synthray.graph.identity import training_spec
 from tests.conftest import tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,8 +179,8 @@ def test_training_with_worker_decode_records_where_the_time_went(ray_cluster, tm
     """The Ray Train loop with jpeg_decode=gpu end to end, on a CPU device: the device check (nvjpeg needs
     training.device=gpu) is lifted so that the worker decodes with libjpeg-turbo instead. Both decoders' runs
     record the time split in every epoch's history, and the worker-decoded model is the same cached or streamed."""
-    from synthray.training import recipe
     from synthray.graph.planner import train
+    from synthray.training import recipe
 
     data = jpeg_dataset(tmp_path / "data")
     args = ["recipe.epochs=2", "recipe.batch_size=16", "training.cache_decoded_gb=0", "recipe.selection_fraction=0.2"]

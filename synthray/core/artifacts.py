@@ -20,9 +20,10 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from synthray.core import progress, storage
 from synthray.core.registry import SynthrayError, error_line
@@ -67,7 +68,7 @@ class Store:
     lease_s: float = 120.0
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "Store":
+    def from_cfg(cls, cfg: Any) -> Store:
         return cls(storage.normalize(cfg.storage), cfg.get("scratch"), float(cfg.get("lease_s", 120.0)))
 
     def uri(self, *parts: str) -> str:
@@ -169,7 +170,7 @@ class Artifact:
         whose files were checked against the manifest."""
         return storage.local_copy(self.file(*parts), self.store.scratch_dir(), read=read_checked)
 
-    def build(self, make: Callable[[BuildDir], Mapping[str, Any] | None]) -> "Artifact":
+    def build(self, make: Callable[[BuildDir], Mapping[str, Any] | None]) -> Artifact:
         """Return the complete artifact, calling `make(build_dir)` only if nobody has built it yet.
 
         `make` may find files of an interrupted earlier attempt under `build_dir.uri`, and returns metadata that is
@@ -209,7 +210,8 @@ class Artifact:
                 meta = dict(make(out) or {})
             out.entries.update(storage.upload_dir(local, self.uri))
             out.entries["spec.json"] = storage.write_bytes(self.file("spec.json"), json.dumps(self.spec, indent=1, sort_keys=True).encode())
-            out.entries["meta.json"] = storage.write_bytes(self.file("meta.json"), json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
+            out.entries["meta.json"] = storage.write_bytes(self.file("meta.json"),
+                                                           json.dumps(meta, indent=1, sort_keys=True, default=str).encode())
             commit(self.uri, out.entries, {"kind": self.kind, "key": self.key})
         finally:
             shutil.rmtree(local, ignore_errors=True)

@@ -8,7 +8,8 @@ read them.
 from __future__ import annotations
 
 import io
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -135,7 +136,7 @@ def read_images(folder: str, columns: list[str] | None = None, usable_only: bool
     return pd.concat([read_shard(f, columns, keep).to_pandas() for f in files], ignore_index=True)
 
 
-def to_uint8(image: "np.ndarray | Image.Image") -> tuple[np.ndarray, str]:
+def to_uint8(image: np.ndarray | Image.Image) -> tuple[np.ndarray, str]:
     """A generator's output as uint8 (H, W, 3) plus its quality: ok, nan (fp16 overflow) or black (a safety filter).
 
     Floats in [0, 1] are rounded exactly as diffusers' `numpy_to_pil` does, so bytes match its PIL output.

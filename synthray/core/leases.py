@@ -77,7 +77,7 @@ class Lease:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         import ray
 
         self._table = lease_table()

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from synthray.core import storage
 from synthray.core.artifacts import Artifact, Store, write_folder
@@ -109,7 +110,7 @@ class Models:
     allow_download: bool = False
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> "Models":
+    def from_cfg(cls, cfg: Any) -> Models:
         return cls(Store.from_cfg(cfg), cfg.hub.get("cache"), bool(cfg.hub.allow_download))
 
     def tiny_artifact(self, name: str, **params: Any) -> Artifact:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def map_shards(
     out_dir: str,
     *,
     what: str,
-    pool: "Pool",
+    pool: Pool,
 ) -> list[dict[str, Any]]:
     """Write every missing shard of `tasks` to the folder URI `out_dir`, logging rows done, rows/s and ETA.
 
@@ -90,7 +91,7 @@ def map_shards(
 
 
 def _map_inline(todo: list[dict[str, Any]], factory: Callable[[], Callable[[dict], dict]], out_dir: str, what: str,
-                pool: "Pool", total_rows: int) -> list[dict[str, Any]]:
+                pool: Pool, total_rows: int) -> list[dict[str, Any]]:
     """The same worker, shard by shard, in this process: a small CPU stage that an actor would mostly spend
     starting (a new process importing torch, then the model load: seconds, for under a second of work)."""
 
@@ -140,7 +141,7 @@ class Pool:
         return self.device == "cpu" and 0 < rows <= self.inline_rows
 
     @classmethod
-    def from_cfg(cls, section: Any) -> "Pool":
+    def from_cfg(cls, section: Any) -> Pool:
         """From a config section or dict with `device`, `gpus_per_actor`, `cpus_per_actor`, `num_actors` and
         `max_actors` (each optional: cpu, 1 GPU, 1 CPU, 1 actor, no growth)."""
         return cls(str(section.get("device", "cpu")), float(section.get("gpus_per_actor", 1)),

@@ -11,10 +11,10 @@ An unreadable image is named with its path; `data.on_corrupt=skip` drops it (and
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Any, Iterator
-
 import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -179,8 +179,10 @@ def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: li
     cap = spec["max_per_class"]
     for label, cid in enumerate(spec["classes"]):
         train = items["train"].get(cid, [])
-        hold, keep = _split_indices(len(train), [spec["control_fraction"], 1 - spec["control_fraction"]], seed_hash(spec["seed"], "real", cid))
-        chosen = {"control": [train[i] for i in sorted(hold)], "train": [train[i] for i in sorted(keep)], "test": items["test"].get(cid, [])}
+        hold, keep = _split_indices(len(train), [spec["control_fraction"], 1 - spec["control_fraction"]],
+                                    seed_hash(spec["seed"], "real", cid))
+        chosen = {"control": [train[i] for i in sorted(hold)], "train": [train[i] for i in sorted(keep)],
+                  "test": items["test"].get(cid, [])}
         for split, entries in chosen.items():
             for row_id, source in entries[:cap] if cap else entries:
                 data = _real_image(source, row_id, spec, skipped)
@@ -191,7 +193,8 @@ def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: li
 def _imagefolder(spec: dict[str, Any], skipped: list[str]) -> Iterator[dict[str, Any]]:
     root = Path(spec["root"])
     dirs = {"train": root / "train", "test": test_dir(root)}
-    items = {split: {cid: [(str(p.relative_to(root)), p) for p in list_images(d / cid)] for cid in spec["classes"]} for split, d in dirs.items()}
+    items = {split: {cid: [(str(p.relative_to(root)), p) for p in list_images(d / cid)] for cid in spec["classes"]}
+             for split, d in dirs.items()}
     return _assign(spec, items, skipped)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from synthray.generation.compiled import speed_up
+
 
 class DiffusersGenerator:
     """A diffusers pipeline on the actor's device. Seeds are CPU generators, so noise is device-independent.

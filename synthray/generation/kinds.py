@@ -11,15 +11,17 @@ whether it draws held-out real images (a control), and builds its generator. The
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from synthray.core.models import model_identity
+from synthray.core.registry import Registry, SynthrayError, unknown_name
 from synthray.generation.compiled import check_speed_settings, kernels_identity
 from synthray.generation.controls import CollapsedGenerator, RealHoldoutGenerator
 from synthray.generation.generators import DiffusersGenerator
-from synthray.generation.reencode import PREFIX as REENCODE_PREFIX, VaeReencodeGenerator, reencode_entry
-from synthray.core.models import model_identity
-from synthray.core.registry import Registry, SynthrayError, unknown_name
+from synthray.generation.reencode import PREFIX as REENCODE_PREFIX
+from synthray.generation.reencode import VaeReencodeGenerator, reencode_entry
 
 Entry = dict[str, Any]
 PROTOCOLS = ("model-default", "paper")
@@ -133,7 +135,8 @@ def sampling_params(entry: dict[str, Any], protocol: str, overrides: Any = None)
         params = {"steps": 4 if few else 50, "guidance": 0.0 if few else 2.0, "resolution": 512}
         exceptions = dict(entry.get("paper") or {})
         if set(exceptions) - set(params):
-            raise SynthrayError(f"generator paper exceptions may set {', '.join(params)}; got {', '.join(sorted(set(exceptions) - set(params)))}")
+            raise SynthrayError(f"generator paper exceptions may set {', '.join(params)}; "
+                                f"got {', '.join(sorted(set(exceptions) - set(params)))}")
         params.update(exceptions)
     if entry.get("scheduler"):
         params["scheduler"] = str(entry["scheduler"])

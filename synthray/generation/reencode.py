@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from synthray.generation.controls import RealHoldoutGenerator
 from synthray.core.registry import SynthrayError, unknown_name
+from synthray.generation.controls import RealHoldoutGenerator
 
 PREFIX = "vae-reencode:"
 # The study keeps the SDXL VAE in float32 (float16 overflows to NaN in it) and runs every other VAE in float16.

@@ -9,20 +9,20 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
+from omegaconf import OmegaConf
 from PIL import Image
 
-from omegaconf import OmegaConf
-
 from synthray.core.artifacts import Artifact, BuildDir, DatasetRef
-from synthray.generation.kinds import KINDS, build_generator
-from synthray.generation.throughput import AUTO, AUTO_FALLBACK, batch_size_setting, overlap_setting
 from synthray.core.images import dataset_digest, encode, old_subsampling, read_images, square, to_uint8
 from synthray.core.models import Models
 from synthray.core.registry import SynthrayError
 from synthray.core.shards import Pool, map_shards, record_shards
+from synthray.generation.kinds import KINDS, build_generator
+from synthray.generation.throughput import AUTO, AUTO_FALLBACK, batch_size_setting, overlap_setting
 
 IN_FLIGHT = 2  # batches whose host-side tail may still be running when the next one is launched
 

@@ -7,7 +7,8 @@ happens where a GPU is.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from synthray.core.registry import SynthrayError
 

@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 
 from synthray.core.artifacts import Artifact, Store
-from synthray.prompts.backends import CAPTIONERS
-from synthray.graph.specs import CaptionsSpec, RealSpec
 from synthray.core.registry import SynthrayError
+from synthray.graph.specs import CaptionsSpec, RealSpec
+from synthray.prompts.backends import CAPTIONERS
 
 
 def captioner_section(cfg: Any) -> dict[str, Any]:
@@ -50,10 +50,10 @@ def captions_artifact(cfg: Any, real: Any = None) -> Artifact:
 
 def caption(cfg: Any, real: Artifact | None = None) -> Artifact:
     """Build (or reuse) the captions artifact of the real train images (`real`: the built real data, or built here)."""
-    from synthray.prompts.captions import build_captions
+    from synthray.core.models import Models
     from synthray.data.real import build_real
     from synthray.graph.real import real_spec
-    from synthray.core.models import Models
+    from synthray.prompts.captions import build_captions
 
     check_captioner(cfg)
     models = Models.from_cfg(cfg)
@@ -92,8 +92,8 @@ def check_captioner(cfg: Any) -> None:
 
 def read_captions(cfg: Any) -> pd.DataFrame:
     """The captions table (columns `CAPTION_COLUMNS`) of the complete captions artifact `cfg` names."""
-    from synthray.prompts.captions import CAPTION_COLUMNS
     from synthray.core.images import read_images
+    from synthray.prompts.captions import CAPTION_COLUMNS
 
     art = captions_artifact(cfg)
     if not art.is_complete():

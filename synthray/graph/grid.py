@@ -51,7 +51,8 @@ def extra_axes(cfg: Any) -> dict[str, list[Any]]:
     if given is None:
         return {}
     if not isinstance(given, DictConfig):
-        raise SynthrayError(f"grid.axes must map config keys to lists of values, e.g. grid.axes.generation.guidance=[1.5,2,4]; got '{given}'")
+        raise SynthrayError("grid.axes must map config keys to lists of values, e.g. grid.axes.generation.guidance=[1.5,2,4]; "
+                            f"got '{given}'")
     out: dict[str, list[Any]] = {}
     for key, values in _leaves(given).items():
         if key.split(".")[0] in NOT_SWEEPABLE or key in AXES:

@@ -67,9 +67,8 @@ def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str |
     A folder not readable here (a dry `plan` on a laptop) gets `unread <root>`: never equal to a real key."""
     if source == "digits" or not root:
         return None
-    from synthray.data import real as r
-
     from synthray.core.registry import SynthrayError
+    from synthray.data import real as r
 
     base = Path(root)
     try:

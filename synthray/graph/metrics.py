@@ -8,7 +8,6 @@ from synthray.graph.specs import ClipscoreSpec, Resources, SampledSpec, Split
 from synthray.metrics.features import PIXELS
 
 
-
 def encoder_names(cfg: Any) -> list[str]:
     """The configured encoders, first one first (its metrics are also the unprefixed result columns)."""
     names = cfg.metrics.features
@@ -19,8 +18,8 @@ def encoder_model(cfg: Any, name: str) -> str | None:
     """The model an encoder name loads (`metrics.encoders.<name>.model`); None for `pixels`."""
     if name == PIXELS:
         return None
-    from synthray.metrics.encoders import FEATURE_MODELS
     from synthray.core.registry import unknown_name
+    from synthray.metrics.encoders import FEATURE_MODELS
 
     if name not in FEATURE_MODELS.names():
         raise unknown_name("feature encoder", name, [PIXELS, *FEATURE_MODELS.names()])
@@ -67,8 +66,8 @@ def check_encoders(cfg: Any) -> None:
     """Unknown encoder names and hub weights missing from the cache (encoders, CLIPScore's CLIP) fail in one line
     before anything runs. Tiny twins are built later, by the stage that needs them."""
     from synthray.core.devices import check_device_name
-    from synthray.metrics.features import check_metric_settings
     from synthray.core.models import Models, check_model
+    from synthray.metrics.features import check_metric_settings
 
     check_device_name("metrics.device", cfg.metrics.device)
     check_metric_settings(cfg.metrics)
@@ -83,7 +82,7 @@ def check_encoders(cfg: Any) -> None:
 
 def features_of(cfg: Any, dataset: Any) -> dict[str, Any]:
     """The feature sets of a built split (`features` on the spec the config gives), as the trial computes them."""
-    from synthray.metrics.features import features
     from synthray.core.models import Models
+    from synthray.metrics.features import features
 
     return features(features_spec(cfg, dataset, 0), dataset, Models.from_cfg(cfg))

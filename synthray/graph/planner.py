@@ -6,8 +6,9 @@ Tune trials, `synthray plan`, `resume`, validation and the results schema read t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -15,8 +16,20 @@ from synthray.core.artifacts import without_legacy
 from synthray.graph.identity import metrics_identity, selects_on_real_test, training_spec
 from synthray.graph.metrics import clipscore_spec, features_spec
 from synthray.graph.real import real_spec
-from synthray.graph.specs import (CaptionsSpec, ClipscoreSpec, ModelSpec, RealSpec, Resources, ResultSpec, SampledSpec,
-                                  Spec, Split, SyntheticSpec, ViewSpec)
+from synthray.graph.specs import (
+    CaptionsSpec,
+    ClipscoreSpec,
+    ModelSpec,
+    RealSpec,
+    Resources,
+    ResultSpec,
+    SampledSpec,
+    Spec,
+    Split,
+    SyntheticSpec,
+    ViewSpec,
+)
+
 
 def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int) -> dict[str, Split]:
     """{split: Split} of `source` seen through the probe `setup`; identity probes (rgb, texture) are the source."""
@@ -147,9 +160,9 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
     """Plan one grid point. `real`, `table` and `synthetic` may be shared by trials that have them in common (a
     dataset spec hashes its whole prompt table once); `counts`: real images per split, for the work estimates;
     `memo`: what trials of one plan share (a probe's setup and recipe-merged config per setting of the axes)."""
-    from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
-    from synthray.graph.probes import probe_cfg, probe_setup
     from synthray.graph.grid import AXES, point_cfg, point_label
+    from synthray.graph.probes import probe_cfg, probe_setup
+    from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
     from synthray.training.archs import arch_identity
 
     cfg = point_cfg(cfg, point)

@@ -7,10 +7,10 @@ from typing import Any
 
 from synthray.core.artifacts import without_legacy
 from synthray.core.models import Models, check_model, model_identity
-from synthray.probes.stage import EXECUTION_KEYS, ProbeSetup
-from synthray.probes.transforms import PROBES
 from synthray.core.registry import SynthrayError
 from synthray.core.shards import Pool
+from synthray.probes.stage import EXECUTION_KEYS, ProbeSetup
+from synthray.probes.transforms import PROBES
 
 
 def probe_setup(cfg: Any, name: str) -> ProbeSetup:

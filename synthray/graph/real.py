@@ -38,8 +38,8 @@ def real_spec(cfg: Any) -> RealSpec:
 
 def check_source(cfg: Any) -> None:
     """Validate the real-data source without reading images: one line naming what is missing."""
-    from synthray.data.real import SOURCES, load_classes, parquet_files, test_dir
     from synthray.core.registry import SynthrayError
+    from synthray.data.real import SOURCES, load_classes, parquet_files, test_dir
 
     d = cfg.data
     if d.source not in SOURCES:

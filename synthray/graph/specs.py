@@ -79,7 +79,7 @@ class Spec:
     def label(self) -> str:
         return self.kind
 
-    def inputs(self) -> tuple["Spec", ...]:
+    def inputs(self) -> tuple[Spec, ...]:
         return tuple(getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Spec))  # type: ignore[arg-type]
 
     def work(self) -> Work | None:

@@ -8,13 +8,13 @@ from typing import Any
 import pandas as pd
 
 from synthray.core.artifacts import Artifact, DatasetRef, Store
-from synthray.data.real import load_classes
-from synthray.generation.kinds import KINDS, kind_of, sampling_params, zoo_entry
-from synthray.prompts.table import load_captions, prompt_table
-from synthray.generation.throughput import batch_size_setting, overlap_setting
-from synthray.graph.specs import RealSpec, Resources, SyntheticSpec
 from synthray.core.images import jpeg_subsampling, old_subsampling
 from synthray.core.registry import SynthrayError
+from synthray.data.real import load_classes
+from synthray.generation.kinds import KINDS, kind_of, sampling_params, zoo_entry
+from synthray.generation.throughput import batch_size_setting, overlap_setting
+from synthray.graph.specs import RealSpec, Resources, SyntheticSpec
+from synthray.prompts.table import load_captions, prompt_table
 
 
 def generator_entry(cfg: Any, name: str) -> dict[str, Any]:
@@ -114,8 +114,8 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
     """The dataset's spec: everything that changes its bytes (`synthetic_settings`)."""
     from omegaconf import OmegaConf
 
-    from synthray.graph.captions import captions_spec
     from synthray.core.shards import Pool
+    from synthray.graph.captions import captions_spec
 
     settings = synthetic_settings(cfg, generator)
     captions = None
@@ -156,9 +156,9 @@ def planned_dataset(cfg: Any, generator: str, style: str, table: pd.DataFrame | 
 def generate_dataset(cfg: Any, generator: str, style: str = "classname", table: pd.DataFrame | None = None) -> DatasetRef:
     """One synthetic dataset, from the config alone: its real data when the generator draws from it, its prompt
     table (or `table`), and the generation stage. `synthray.api.generate` calls this."""
+    from synthray.core.models import Models
     from synthray.data.real import build_real
     from synthray.generation.stage import generate
-    from synthray.core.models import Models
 
     table = table if table is not None else build_prompt_table(cfg, generator, style)
     spec = planned_dataset(cfg, generator, style, table)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from synthray.metrics.encoders import ClipEncoder
 from synthray.core.registry import SynthrayError
+from synthray.metrics.encoders import ClipEncoder
 
 
 class ClipScorer:

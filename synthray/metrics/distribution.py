@@ -12,7 +12,8 @@ both file lists to `min_len` (image_dist/calc.py); distances are `distance` (euc
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

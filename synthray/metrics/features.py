@@ -10,7 +10,8 @@ Artifact layout: `<storage>/features/<key>/data/part-*.parquet` with columns id,
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +25,8 @@ PIXELS = "pixels"  # 16 px thumbnails as features: the encoder without a model
 
 def check_metric_settings(m: Any) -> None:
     """`metrics.prdc_k`, `max_samples`, `distance` and `equal_counts`, each named in one line when wrong."""
-    from synthray.metrics.prdc import DISTANCES
     from synthray.core.registry import SynthrayError
+    from synthray.metrics.prdc import DISTANCES
 
     def positive_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1

@@ -17,12 +17,13 @@ A map that is flat to float noise becomes 0 either way (the study would divide b
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from synthray.probes.checks import check_flag, check_size
 from synthray.core.registry import SynthrayError
+from synthray.probes.checks import check_flag, check_size
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Large-hf"
 

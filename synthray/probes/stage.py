@@ -9,14 +9,15 @@ config (`probes.<name>.device`, `gpus_per_actor`, `num_actors`), any other maps 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store
 from synthray.core.images import decode_array, encode, read_shard, shard_files, shard_rows
 from synthray.core.models import Models
-from synthray.probes.transforms import Probe
 from synthray.core.shards import Pool, map_shards, record_shards
+from synthray.probes.transforms import Probe
 
 # Keys of `probes.<name>` that say how or where a probe runs, not what it computes.
 EXECUTION_KEYS = ("recipe", "device", "gpus_per_actor", "cpus_per_actor", "num_actors", "max_actors")

@@ -20,14 +20,15 @@ study's float (the 1e-8 is left out: it moves no value by 1/255 unless a channel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from synthray.core.registry import Registry, SynthrayError
 from synthray.probes.checks import check_flag, check_size
 from synthray.probes.depth import DEPTH_DEFAULTS, check_depth, depth_options
-from synthray.core.registry import Registry, SynthrayError
 
 
 @dataclass(frozen=True)

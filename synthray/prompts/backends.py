@@ -20,8 +20,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from synthray.prompts.remote import OpenAICaptioner, Secret
 from synthray.core.registry import Registry, SynthrayError
+from synthray.prompts.remote import OpenAICaptioner, Secret
 
 CAPTIONERS = Registry("captioner backend")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

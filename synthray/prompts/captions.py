@@ -22,15 +22,16 @@ import functools
 import json
 import logging
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
 from synthray.core import storage
 from synthray.core.artifacts import Artifact, BuildDir, DatasetRef
-from synthray.prompts.backends import CAPTIONERS, Secret, prepare_image
 from synthray.core.registry import SynthrayError, error_line
 from synthray.core.shards import Pool, map_shards, record_shards
+from synthray.prompts.backends import CAPTIONERS, Secret, prepare_image
 
 log = logging.getLogger("synthray")
 CAPTION_COLUMNS = ["id", "class_id", "label", "caption"]
@@ -81,7 +82,8 @@ def _caption_worker(c: dict[str, Any], train_uri: str, selected: list[str], prog
             done.update(json.loads(storage.read_bytes(storage.join(folder, rel))))
         todo = [i for i in task["ids"] if i not in done]
         if done:
-            log.info("caption %s: %d of %d captions stored by an interrupted run", task["name"], len(task["ids"]) - len(todo), len(task["ids"]))
+            log.info("caption %s: %d of %d captions stored by an interrupted run", task["name"], len(task["ids"]) - len(todo),
+                     len(task["ids"]))
         size = int(c["batch_size"])
         for start in range(0, len(todo), size):
             ids = todo[start:start + size]

@@ -107,7 +107,8 @@ def check_openai(c: dict[str, Any], need_key: bool) -> None:
     for key in ("concurrency", "max_attempts", "timeout_s", "backoff_s", "max_backoff_s"):
         value = o.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < (0 if "backoff" in key else 1e-9):
-            raise SynthrayError(f"captioner.openai.{key} must be a {'non-negative' if 'backoff' in key else 'positive'} number, got {value!r}")
+            raise SynthrayError(f"captioner.openai.{key} must be a {'non-negative' if 'backoff' in key else 'positive'} "
+                                f"number, got {value!r}")
     rpm = o.get("requests_per_minute")
     if rpm is not None and (not isinstance(rpm, (int, float)) or rpm <= 0):
         raise SynthrayError(f"captioner.openai.requests_per_minute must be > 0 or null (no limit), got {rpm!r}")

@@ -6,7 +6,8 @@ reader sees on the page (a missing column, a single point): a report never fails
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -14,9 +14,10 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 # None: the command line's capture (sys.stdout/sys.stderr replaced); else whether workers' lines are forwarded.
 _LEAVE_SYS: ContextVar[bool | None] = ContextVar("synthray_leave_sys", default=None)

@@ -7,9 +7,11 @@ four named axes.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from synthray.graph.grid import AXES  # noqa: E402,F401 - the grid axes lead every table
+
 # Every trial's figures, in order, after the axes.
 FIGURES = ("synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc", "synth_to_real_acc_last", "best_epoch",
            "density", "coverage", "precision", "recall", "fd", "clipscore", "geneval", "n_synthetic", "released")

@@ -24,14 +24,14 @@ from typing import Any, TextIO
 
 from synthray.core import storage
 from synthray.core.registry import SynthrayError
-from synthray.sweep.capture import LogStream, forward_worker_logs, own_width, replaces_sys_streams, stream_handlers
 from synthray.graph.grid import trial_label
+from synthray.sweep.capture import LogStream, forward_worker_logs, own_width, replaces_sys_streams, stream_handlers
 
 PLAIN_EVERY_S = 30.0   # a progress line per trial at most this often on a non-interactive terminal
 SHOWN_TRIALS = 12      # rows of the live view; the rest are counted
 UPLOAD_EVERY_S = 60.0  # how often a log on object storage is rewritten while the sweep runs
 
-_active: "SweepConsole | None" = None
+_active: SweepConsole | None = None
 
 
 def _clock(seconds: float | None) -> str:
@@ -119,7 +119,7 @@ class SweepConsole:
                 self.stream.write(line + "\n")
 
     # --- entering and leaving -----------------------------------------------------------------------------------
-    def __enter__(self) -> "SweepConsole":
+    def __enter__(self) -> SweepConsole:
         global _active
         import ray  # noqa: F401 - first: Ray makes its log handlers at import, and they are re-pointed below
 
@@ -147,8 +147,8 @@ class SweepConsole:
             from rich.console import Console
             from rich.live import Live
 
-            self.live = Live(console=Console(file=self.stream, width=own_width(self.stream)), get_renderable=self.render, refresh_per_second=4,
-                             redirect_stdout=False, redirect_stderr=False)
+            self.live = Live(console=Console(file=self.stream, width=own_width(self.stream)), get_renderable=self.render,
+                             refresh_per_second=4, redirect_stdout=False, redirect_stderr=False)
             self.live.start()
         _active = self
         self._forwarding = forward_worker_logs(True)

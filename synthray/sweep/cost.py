@@ -13,9 +13,10 @@ cost is GPU-hours = images / rate / 3600, counted only for stages configured to 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -307,12 +308,12 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) ->
 
     The config is checked by `validate(cfg, dry=True)`: every check `synthray run` makes but whether storage, the
     real data folder and hub weights are reachable from here (`sweep.plan.DRY_SKIPS`)."""
-    from synthray.core.artifacts import Store
     from synthray.config import compose
+    from synthray.core.artifacts import Store
+    from synthray.core.storage import check_storage
     from synthray.data.real import load_classes
     from synthray.graph.planner import plan
     from synthray.graph.real import real_spec
-    from synthray.core.storage import check_storage
     from synthray.sweep.plan import grid_axes, validate
 
     cfg = compose(list(overrides))

@@ -9,8 +9,17 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from synthray.core.registry import SynthrayError, unknown_name
-from synthray.graph.grid import (AXES, NOT_SWEEPABLE, extra_axes, grid_axes, point_cfg, point_label,  # noqa: F401 - the grid's
-                                 trial_label, trials)  # names, read from here by the runner and tests
+from synthray.graph.grid import (  # noqa: F401 - the grid's names, read from here by the runner and tests
+    AXES,
+    NOT_SWEEPABLE,
+    extra_axes,
+    grid_axes,
+    point_cfg,
+    point_label,
+    trial_label,
+    trials,
+)
+
 
 def _positive(cfg: Any, *keys: str) -> None:
     for key in keys:
@@ -93,17 +102,16 @@ def _check_real_source(cfg: Any, dry: bool) -> None:
 
 
 def _check(cfg: Any, dry: bool = False) -> None:
-    from synthray.data.real import load_classes
     from synthray.core.devices import check_device_name
-    from synthray.generation.kinds import kind_of, sampling_params
-    from synthray.graph.synthetic import generator_entry
-    from synthray.prompts.table import PROMPT_STYLES
-    from synthray.graph.synthetic import check_captions
-    from synthray.generation.throughput import batch_size_setting, overlap_setting
     from synthray.core.images import jpeg_subsampling
-    from synthray.graph.metrics import check_encoders
     from synthray.core.models import Models, check_model
+    from synthray.data.real import load_classes
+    from synthray.generation.kinds import kind_of, sampling_params
+    from synthray.generation.throughput import batch_size_setting, overlap_setting
+    from synthray.graph.metrics import check_encoders
     from synthray.graph.probes import check_probe, probe_cfg, probe_setup
+    from synthray.graph.synthetic import check_captions, generator_entry
+    from synthray.prompts.table import PROMPT_STYLES
     from synthray.sweep.geneval import load_geneval
     from synthray.training.archs import check_arch
     from synthray.training.recipe import check_recipe

@@ -13,17 +13,18 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
 
 from synthray.core import storage
 from synthray.core.registry import SynthrayError, error_line
+from synthray.sweep.columns import leading_columns, shown_columns
+from synthray.sweep.geneval import join_geneval
 from synthray.sweep.plan import extra_axes, grid_axes, trial_label, validate
 from synthray.sweep.tracking import tracking_callbacks, tracking_names
-from synthray.sweep.geneval import join_geneval
-from synthray.sweep.columns import leading_columns, shown_columns
 from synthray.sweep.trial import plan_trials, tune_trial
 
 # Secrets and endpoints that workers on a remote cluster need, taken from the submitting environment. They travel
@@ -288,9 +289,9 @@ def format_table(table: pd.DataFrame) -> str:
 def caption_command(overrides: list[str]) -> str:
     """`synthray caption [overrides]`: build or reuse the captions; one line with their URI and row count."""
     from synthray.config import compose
+    from synthray.core.storage import check_storage
     from synthray.graph.captions import caption, check_captioner
     from synthray.graph.real import check_source
-    from synthray.core.storage import check_storage
 
     cfg = compose(overrides)
     check_storage(cfg.storage)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
 from synthray.core.artifacts import Artifact, Store
 from synthray.graph.planner import TrialPlan, plan, plan_point
 from synthray.sweep.columns import RESULT_COLUMNS  # noqa: F401 - defined in sweep/columns.py; re-exported
@@ -70,13 +69,13 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from synthray.core.artifacts import DatasetRef
+    from synthray.core.models import Models
     from synthray.data.real import build_real
-    from synthray.graph.synthetic import generator_entry
     from synthray.generation.stage import generate
+    from synthray.graph.synthetic import generator_entry
     from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
     from synthray.metrics.features import clip_score, features
-    from synthray.core.models import Models
     from synthray.probes.stage import view
     from synthray.training.trainer import train_model
 

@@ -2,7 +2,8 @@
 and the captioner. Real classes and small configs, saved with `save_pretrained` and loaded back like a hub
 checkpoint, so every code path runs offline."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def builders() -> dict[str, Callable[..., Any]]:

@@ -33,8 +33,7 @@ def build_tiny_captioner(path: Path, seed: int = 0) -> Path:
     The image processor keeps Qwen2-VL's defaults (14 px patches, 2x2 merge), so a 256 px image becomes 81 image
     tokens as it would for the real model.
     """
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
-                              Qwen2VLVideoProcessor)
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     from synthray.tiny.tokenizers import QWEN_SPECIALS, check_vocab, qwen2_tokenizer
 

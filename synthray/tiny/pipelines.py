@@ -11,8 +11,15 @@ from pathlib import Path
 
 import torch
 
-from synthray.tiny.families import (build_tiny_flux, build_tiny_lumina2, build_tiny_pixart, build_tiny_qwenimage,
-                                               build_tiny_sana, build_tiny_sd3, build_tiny_sdxl)
+from synthray.tiny.families import (
+    build_tiny_flux,
+    build_tiny_lumina2,
+    build_tiny_pixart,
+    build_tiny_qwenimage,
+    build_tiny_sana,
+    build_tiny_sd3,
+    build_tiny_sdxl,
+)
 from synthray.tiny.tokenizers import write_clip_tokenizer
 
 
@@ -63,7 +70,8 @@ def build_tiny_sd(path: Path, seed: int = 0, resolution: int = 32) -> Path:
             vocab_size=vocab_size,
         )
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,

@@ -8,8 +8,9 @@ or `convnext_tiny` is a different implementation (init, stochastic depth, layer 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -8,13 +8,15 @@ With `gpu`, Ray Data ships the encoded bytes (`inputs.encoded_images`) and the w
 resizes on the device as Pillow would.
 
 nvjpeg's IDCT and chroma upsampling are its own, so its pixels may differ slightly from libjpeg-turbo's, and the
-resize below is within one level of Pillow's: `jpeg_decode: gpu` is part of a model's key (`trainer.numerics`). The same function runs on a CPU
-device too (libjpeg-turbo inside torchvision), which is how the path is tested without a GPU.
+resize below is within one level of Pillow's: `jpeg_decode: gpu` is part of a model's key (`trainer.numerics`).
+The same function runs on a CPU device too (libjpeg-turbo inside torchvision), which is how the path is tested
+without a GPU.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

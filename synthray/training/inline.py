@@ -52,7 +52,7 @@ class InlineSession:
         self.metrics: dict[str, Any] = {}  # the last epoch's report
         self._kept: list[str] | None = None  # the complete checkpoints in storage, oldest first; None: not listed yet
 
-    def __enter__(self) -> "InlineSession":
+    def __enter__(self) -> InlineSession:
         self._threads, self._rng = torch.get_num_threads(), rng_state()
         torch.set_num_threads(1)
         return self

@@ -182,11 +182,12 @@ class RayTrainSession:
 
 def train_loop(config: dict[str, Any], session: Any = None) -> None:
     """`config`: arch, num_classes, recipe (dict), rows (training rows), has_selection, selection_bytes (their decoded
-    size, all workers), selection_metric ("accuracy" | "loss"), precision ("bf16" | "fp32"), channels_last, compile, sync_bn, accumulate and progress_trial (the sweep
-    trial shown on the console, or None), jpeg_decode ("cpu": the shards hold decoded arrays | "gpu": encoded bytes,
-    decoded here; absent: cpu). Reports epoch, train_loss, selection_acc, selection_loss, lr and images_per_s each
-    epoch; the checkpoint's history also keeps the seconds in CLOCKS. `session`: where the run is (rank, device,
-    shards, checkpoints, reports); None: a Ray Train worker's (`RayTrainSession`)."""
+    size, all workers), selection_metric ("accuracy" | "loss"), precision ("bf16" | "fp32"), channels_last, compile,
+    sync_bn, accumulate and progress_trial (the sweep trial shown on the console, or None), jpeg_decode ("cpu": the
+    shards hold decoded arrays | "gpu": encoded bytes, decoded here; absent: cpu). Reports epoch, train_loss,
+    selection_acc, selection_loss, lr and images_per_s each epoch; the checkpoint's history also keeps the seconds in
+    CLOCKS. `session`: where the run is (rank, device, shards, checkpoints, reports); None: a Ray Train worker's
+    (`RayTrainSession`)."""
     from synthray.core.devices import check_device
 
     check_device(config["device"])  # a GPU worker whose torch sees no CUDA fails in one line, not in fp32 on CPU

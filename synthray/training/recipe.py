@@ -6,7 +6,8 @@ A recipe is a config file (`synthray/conf/recipes/*.yaml`); nothing here holds a
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
