@@ -14,14 +14,14 @@ nvidia-smi -L | tee "$OUT/device.txt"
 python3 -c "import torch, ray, diffusers, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'ray', ray.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/device.txt"
 # The host has no dashboard packages: a head without it, which synthray joins (ray.address=auto).
 python3 -m ray.scripts.scripts start --head --include-dashboard=false --num-cpus=16 --disable-usage-stats > "$OUT/ray-start.log" 2>&1 || { cat "$OUT/ray-start.log"; exit 1; }
-ARGS=(device=gpu ray.address=auto "storage=/tmp/gpu-runs" "grid.probe=[rgb,depth]" "metrics.features=[pixels,clip]"
+ARGS=(device=gpu ray.address=auto "storage=/tmp/gpu-runs" "grid.probe=[rgb,depth]" tune.max_concurrent_trials=4 "metrics.features=[pixels,clip]"
       metrics.encoders.clip.model=tiny:clip metrics.clipscore.model=tiny:clip)
 start=$(date +%s)
-python3 -m synthray.cli run "${ARGS[@]}" 2>&1 | tee "$OUT/cold.log"
+python3 -m synthray run "${ARGS[@]}" 2>&1 | tee "$OUT/cold.log"
 cold=$?
 echo "cold run: exit $cold, $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 start=$(date +%s)
-python3 -m synthray.cli run "${ARGS[@]}" 2>&1 | tee "$OUT/warm.log"
+python3 -m synthray run "${ARGS[@]}" 2>&1 | tee "$OUT/warm.log"
 echo "warm run: exit $?, $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt"
 grep -c "building" /tmp/gpu-runs/sweeps/*/logs/sweep.log 2>/dev/null | tail -2 | tee -a "$OUT/summary.txt"
 # Where each stage ran: the artifacts' meta say (generation timing per shard, training device and speed).
