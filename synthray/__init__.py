@@ -1,6 +1,6 @@
 """synthray: Ray sweeps that measure which text-to-image generator makes the best synthetic training data.
 
-The Python API (`synthray.compose`, `plan`, `run`, `resume`, `load_results`, `report`; see `synthray.api`) is
+The Python API (`synthray.compose`, `plan`, `generate`, `run`, `resume`, `load_results`, `report`; see `synthray.api`) is
 imported on first use, so `import synthray` stays fast.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["__version__", "compose", "plan", "run", "resume", "load_results", "report"]
+__all__ = ["__version__", "compose", "plan", "generate", "run", "resume", "load_results", "report"]
 
 _API = frozenset(__all__) - {"__version__"}
 

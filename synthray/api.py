@@ -54,27 +54,53 @@ def compose(*overrides: str, experiment: str | None = None) -> DictConfig:
     return _compose(given)
 
 
-def plan(cfg: DictConfig) -> list[Any]:
-    """The trials a sweep of `cfg` would run, checked (names, paths, storage) but nothing built or started.
+def plan(cfg: DictConfig) -> Any:
+    """The stage graph of a sweep of `cfg`, checked (names, paths, storage) but nothing built or started.
 
     Args:
         cfg (DictConfig): a config from `compose`.
 
     Returns:
-        list: one planned trial per grid point, each with `.label` (`generator/prompt_style/arch/probe`),
-        `.point` (the grid point) and its artifacts (`.synthetic`, `.result`: `.key`, `.is_complete()`).
+        synthray.graph.planner.Graph: iterates over its trials, one per grid point, each with `.label`
+        (`generator/prompt_style/arch/probe`), `.point` and its frozen specs (`.real`, `.synthetic`, `.synth_model`,
+        `.real_model`, `.features`, `.result`, ...: each with `.key`, `.ref`, `.work()` and `.resources()`);
+        `.specs` holds every distinct spec by `<kind>/<key>`, shared across trials.
 
     Example:
-        >>> trials = synthray.plan(synthray.compose("storage=/tmp/runs"))
-        >>> [t.label for t in trials]
+        >>> graph = synthray.plan(synthray.compose("storage=/tmp/runs"))
+        >>> [t.label for t in graph]
         ['real-holdout/classname/tiny-cnn/rgb', 'tiny-sd/classname/tiny-cnn/rgb']
+        >>> sorted({ref.split("/")[0] for ref in graph.specs})
+        ['features', 'models', 'real', 'results', 'synthetic']
     """
-    # The one place the planner is called from the API: rewire it here when the stage-graph planner lands.
+    from synthray.graph.planner import plan as plan_graph
     from synthray.sweep.plan import validate
-    from synthray.sweep.trial import plan_trials
 
     validate(cfg)
-    return plan_trials(cfg)
+    return plan_graph(cfg)
+
+
+def generate(cfg: DictConfig, generator: str, style: str = "classname") -> Any:
+    """One synthetic dataset from a config, in one call: the real data when the generator draws from it, the
+    prompt table, and the generation stage (reused when stored).
+
+    Args:
+        cfg (DictConfig): a config from `compose` (generation settings, storage, the zoo).
+        generator (str): a generator name of the zoo, e.g. "tiny-sd" or "sd15".
+        style (str): the prompt style, "classname" or "caption".
+
+    Returns:
+        synthray.core.artifacts.DatasetRef: the dataset's `data` split; `.uri` is its folder of parquet shards
+        (columns id, image, label, class_id, prompt, seed, ...), `.artifact.key` its key.
+
+    Example:
+        >>> data = synthray.generate(synthray.compose("storage=/tmp/runs"), "tiny-sd")
+        >>> data.artifact.meta()["rows"]
+        300
+    """
+    from synthray.graph.synthetic import generate_dataset
+
+    return generate_dataset(cfg, generator, style)
 
 
 def run(cfg: DictConfig, *, name: str | None = None, quiet: bool = True) -> pd.DataFrame:

@@ -14,7 +14,7 @@ SMALL = ["prompts.n_per_class=6", "generation.shard_size=16", "generation.batch_
 
 def test_version_and_lazy_names():
     assert isinstance(synthray.__version__, str) and synthray.__version__[0].isdigit()
-    for name in ("compose", "plan", "run", "resume", "load_results", "report"):
+    for name in ("compose", "plan", "generate", "run", "resume", "load_results", "report"):
         assert callable(getattr(synthray, name)) and getattr(synthray, name).__doc__
     with pytest.raises(AttributeError):
         synthray.no_such_name  # noqa: B018
@@ -23,9 +23,21 @@ def test_version_and_lazy_names():
 def test_compose_and_plan(tmp_path):
     cfg = synthray.compose(f"storage={tmp_path}", "recipe.epochs=3", experiment="smoke")
     assert cfg.recipe.epochs == 3 and cfg.storage == str(tmp_path)
-    trials = synthray.plan(cfg)
-    assert [t.label for t in trials] == ["real-holdout/classname/tiny-cnn/rgb", "tiny-sd/classname/tiny-cnn/rgb"]
+    graph = synthray.plan(cfg)
+    assert [t.label for t in graph] == ["real-holdout/classname/tiny-cnn/rgb", "tiny-sd/classname/tiny-cnn/rgb"]
+    # One real-data spec and one real model shared by both trials; every spec says what it costs and needs.
+    kinds = [ref.split("/")[0] for ref in graph.specs]
+    assert kinds.count("real") == 1 and kinds.count("synthetic") == 2 and kinds.count("results") == 2
+    assert all(spec.work() is None or spec.work().images > 0 for spec in graph.specs.values())
+    assert {spec.resources().device for spec in graph.specs.values()} == {"cpu"}
     assert not list(tmp_path.iterdir()), "plan writes nothing"
+
+
+def test_generate_one_dataset_in_one_call(tmp_path):
+    cfg = synthray.compose(f"storage={tmp_path}", "prompts.n_per_class=2", experiment="smoke")
+    data = synthray.generate(cfg, "real-holdout")
+    assert data.artifact.meta()["rows"] == 20 and data.artifact.is_complete()
+    assert synthray.generate(cfg, "real-holdout").artifact.key == data.artifact.key  # reused
 
 
 @pytest.mark.slow  # about 45 s on 2 cores: two trials, each generated, trained and evaluated

@@ -7,7 +7,7 @@ Tune trials, `synthray plan`, `resume`, validation and the results schema read t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -130,6 +130,12 @@ class Graph:
     trials: list[TrialPlan]
     specs: dict[str, Spec] = field(default_factory=dict)
 
+    def __iter__(self) -> Iterator[TrialPlan]:
+        return iter(self.trials)
+
+    def __len__(self) -> int:
+        return len(self.trials)
+
     def artifacts(self) -> list[str]:
         """Every `<kind>/<key>` the sweep may build, tiny model twins included, sorted."""
         refs = set(self.specs)
@@ -211,7 +217,7 @@ def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:
         own = point_cfg(cfg, point)
         extras = tuple(repr(v) for k, v in point.items() if k not in AXES)
         if extras not in reals:  # the real data depends on the grid's extra axes at most
-            reals[extras] = real_spec(own)
+            reals[extras] = replace(real_spec(own), counts=dict(counts)) if counts else real_spec(own)
         real = reals[extras]
         pair = (point["generator"], point["prompt_style"], OmegaConf.to_yaml(own.prompts) + str(own.data.classes))
         if pair not in tables:

@@ -147,8 +147,9 @@ class RealSpec(Spec):
     def label(self) -> str:
         return f"{self.source} {len(self.classes)} classes"
 
-    def work(self) -> Work:
-        return Work("real", self.source, sum((self.counts or {}).values()))
+    def work(self) -> Work | None:
+        """The images copied into storage; None while the folder has not been counted (a plan's `counts`)."""
+        return Work("real", self.source, sum(self.counts.values())) if self.counts else None
 
 
 @dataclass(frozen=True)
