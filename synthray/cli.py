@@ -183,49 +183,6 @@ def _results(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_weights(words: Sequence[str]) -> list[str]:
-    """Stage each named model's hub snapshot to hub.cache; returns one line per model. The names are resolved
-    by `_weight_names` (explicit forms only); words with '=' are config overrides."""
-    from synthray.config import compose
-    from synthray.core.models import Models, stage_weights
-    from synthray.core.storage import check_storage
-
-    names = [w for w in words if "=" not in w]
-    cfg = compose([w for w in words if "=" in w])
-    known = _weight_names(cfg)
-    targets = []
-    for name in names:  # every name is checked before anything is copied
-        if name in known:
-            targets.append(known[name])
-        elif "/" in name:  # a hub id, org/name[@revision]: staged as it is
-            targets.append((name, None))
-        else:
-            raise SynthrayError(f"stage-weights: unknown name '{name}'; names: {', '.join(known)}; "
-                                "or a hub id org/name[@revision]")
-    if cfg.hub.cache:
-        check_storage(cfg.hub.cache)
-    models, lines = Models.from_cfg(cfg), []
-    for model, use in targets:
-        uri, count = stage_weights(models, model, use)
-        lines.append(f"staged {model} ({count} files) at {uri}")
-    return lines
-
-
-def _weight_names(cfg: Any) -> dict[str, tuple[str, str]]:
-    """The names stage-weights knows -> (hub id, what it is used as): the zoo's diffusers generators, depth,
-    captioner and the feature encoders."""
-    from synthray.generation.kinds import kind_of
-
-    # Generators that load weights of their own (vae-reencode reuses its source generator's).
-    names = {name: (str(entry.model), "pipeline") for name, entry in cfg.generators.items()
-             if kind_of(entry).loads_model and "model" in entry}
-    names["depth"] = (str(cfg.probes.depth.model), "depth")
-    names["captioner"] = (str(cfg.captioner.local.model), "captioner")
-    for name, entry in cfg.metrics.encoders.items():
-        names.setdefault(name, (str(entry.model), "encoder"))
-    return names
-
-
 def _list(what: str) -> list[str]:
     from synthray.config import compose, list_experiments
 
@@ -329,7 +286,9 @@ def _list_command(args: argparse.Namespace) -> int:
 
 
 def _stage_weights_command(args: argparse.Namespace) -> int:
-    print("\n".join(_stage_weights(args.names)))
+    from synthray.sweep.weights import stage_named_weights
+
+    print("\n".join(stage_named_weights(args.names)))
     return 0
 
 
