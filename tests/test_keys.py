@@ -66,3 +66,34 @@ def test_channels_last_takes_explicit_values_and_its_earlier_auto_keeps_keys(tmp
 
     assert keys("generation.channels_last=auto", "training.channels_last=auto") == keys() == GOLDEN["artifacts"]["smoke"]
     assert keys("training.channels_last=false") != keys()
+
+
+def test_results_stored_under_a_geneval_path_are_read_and_survive_moving_the_csv(tmp_path):
+    """Results keyed by an earlier synthray with `metrics.geneval`'s path in their key are found under that legacy
+    key, recorded under their key by the run that reuses them, and still found once the CSV moves."""
+    from synthray.core.artifacts import Artifact
+    from synthray.sweep.trial import plan_trials
+
+    csv = tmp_path / "a.csv"
+    csv.write_text("generator,geneval\ntiny-sd,0.5\n")
+
+    def trials(path):
+        return plan_trials(compose(["experiment=smoke", f"storage={tmp_path / 'runs'}", f"metrics.geneval={path}"]))
+
+    def results(path):
+        return [t.result for t in trials(path)]
+
+    for trial in trials(csv):  # what the earlier synthray stored: the same result, under the legacy key only
+        legacy = trial.plan.result.identity(legacy=True)
+        assert legacy["metrics"]["geneval"] == str(csv) and trial.result.legacy[0] != trial.result.key
+        Artifact(trial.store, "results", legacy).build(lambda out: {"synth_to_real_acc": 0.5})
+        assert not (tmp_path / "runs" / "results" / trial.result.key).exists()
+    reused = results(csv)
+    assert all(a.is_complete() and a.meta()["synth_to_real_acc"] == 0.5 for a in reused)
+    for a in reused:
+        a.adopt()  # what the run that reuses it does
+    moved = tmp_path / "elsewhere.csv"
+    csv.rename(moved)
+    after = results(moved)
+    assert [a.key for a in after] == [a.key for a in reused] and all(a.is_complete() for a in after)
+    assert all(a.meta()["synth_to_real_acc"] == 0.5 for a in after)

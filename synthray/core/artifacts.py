@@ -136,9 +136,12 @@ class Artifact:
                 return True
         return False
 
-    def _alias_legacy(self) -> None:
+    def adopt(self) -> None:
         """Record at this key that the artifact lives under a legacy key, so that it is found here from now on,
-        even once the legacy key can no longer be computed (the data folder moved, say)."""
+        even once the legacy key can no longer be computed (the data folder moved, say). Nothing to do for an
+        artifact stored under its key, or not stored."""
+        if not getattr(self, "_unaliased", False) and self.legacy:
+            self.is_complete()  # finds where it is stored, if nobody asked yet
         if getattr(self, "_unaliased", False):
             self._unaliased = False
             home = self.store.uri(self.kind, self.key)
@@ -179,7 +182,7 @@ class Artifact:
         from synthray.core.leases import Lease
 
         if self.is_complete():
-            self._alias_legacy()
+            self.adopt()
             log.info("reused %s %s (%s)", self.kind, self.key, self.label)
             return self
         waited = False

@@ -141,6 +141,8 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
     fs, sweeps_path = storage.resolve(sweeps)
     planned = plan_trials(cfg)
     if all_reused(cfg, planned):
+        for t in planned:  # a result found under its legacy key is recorded under its key too (found after a move)
+            t.result.adopt()
         rows = [t.result.meta() for t in planned]  # read once: the console's end lines and the table share them
         with _console(cfg, sweep_dir, verbose, stream, planned, needs_ray=False) as console:
             storage.write_bytes(storage.join(sweep_dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
