@@ -97,3 +97,24 @@ def test_results_stored_under_a_geneval_path_are_read_and_survive_moving_the_csv
     after = results(moved)
     assert [a.key for a in after] == [a.key for a in reused] and all(a.is_complete() for a in after)
     assert all(a.meta()["synth_to_real_acc"] == 0.5 for a in after)
+
+
+def test_specs_check_themselves_in_one_line(tmp_path):
+    """`Spec.check()`: what would stop a spec's stage, found before anything launches (`validate` runs it on
+    every distinct spec of the graph)."""
+    from dataclasses import replace
+
+    from synthray.core.registry import SynthrayError
+    from synthray.graph.specs import ModelSpec, RealSpec
+
+    graph = plan(compose(["experiment=smoke", f"storage={tmp_path}", "data.source=imagefolder",
+                          f"data.root={tmp_path / 'nowhere'}", "data.control_fraction=0.4"]))
+    real = next(s for s in graph.specs.values() if isinstance(s, RealSpec))
+    assert real.files == f"unread {tmp_path / 'nowhere'}"  # never a real key: nothing is reused for it
+    with pytest.raises(SynthrayError, match="real data folder not found: data.root=") as err:
+        real.check()
+    model = next(s for s in graph.specs.values() if isinstance(s, ModelSpec))
+    model.check()
+    with pytest.raises(SynthrayError, match="unknown architecture 'resnet5o'") as err:
+        replace(model, arch={"arch": "resnet5o"}).check()
+    assert "\n" not in str(err.value)

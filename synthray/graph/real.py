@@ -39,28 +39,11 @@ def real_spec(cfg: Any) -> RealSpec:
 def check_source(cfg: Any) -> None:
     """Validate the real-data source without reading images: one line naming what is missing."""
     from synthray.core.registry import SynthrayError
-    from synthray.data.real import SOURCES, load_classes, parquet_files, test_dir
+    from synthray.data.real import SOURCES
 
     d = cfg.data
     if d.source not in SOURCES:
         raise SynthrayError(f"unknown data.source '{d.source}'; choices: {', '.join(SOURCES)}")
     if d.on_corrupt not in ("fail", "skip"):
         raise SynthrayError(f"data.on_corrupt={d.on_corrupt} is not one of fail, skip")
-    if d.source == "digits":
-        return
-    if not d.root:
-        what = "train/ and val/ class folders" if d.source == "imagefolder" else "train and test parquet files"
-        raise SynthrayError(f"data.source={d.source} needs data.root=<folder with {what}>")
-    root = Path(d.root).expanduser()
-    if not root.is_dir():
-        raise SynthrayError(f"real data folder not found: data.root={root}")
-    if d.source == "parquet":
-        for split in ("train", "test"):
-            parquet_files(root, split)
-        return
-    test_dir = test_dir(root)
-    ids = load_classes(d.classes)["id"].tolist()
-    for split_dir in (root / "train", test_dir):
-        missing = [c for c in ids if not (split_dir / c).is_dir()]
-        if missing:
-            raise SynthrayError(f"{split_dir}: {len(missing)} of {len(ids)} class folders missing, e.g. {', '.join(missing[:3])}")
+    real_spec(cfg).check()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 from synthray.core.artifacts import Artifact, Store, spec_key
@@ -88,6 +89,14 @@ class Spec:
     def resources(self) -> Resources:
         return Resources()
 
+    def check(self) -> None:
+        """One line for what would stop this spec's stage, found before anything launches. A spec whose fields
+        were checked as they were read from the config (its kind record's, its backend's) has nothing more."""
+
+    def check_key(self) -> str:
+        """Specs with equal check keys pass or fail `check()` together: a sweep checks each key once."""
+        return self.ref
+
     def artifact(self, store: Store) -> Artifact:
         """This spec's artifact in `store` (not built): found under its key, or under its legacy key."""
         legacy = (self.legacy_key,) if self.legacy_key != self.key else ()
@@ -139,6 +148,30 @@ class RealSpec(Spec):
         elif self.files is not None:
             out["files"] = self.files
         return out
+
+    def check(self) -> None:
+        """The folder holds what the real-data stage reads: class folders under train/ and val/ (or test/), or
+        train and test parquet files. Reads names only, never an image."""
+        from synthray.core.registry import SynthrayError
+        from synthray.data.real import parquet_files, test_dir
+
+        if self.source == "digits":
+            return
+        if not self.root:
+            what = "train/ and val/ class folders" if self.source == "imagefolder" else "train and test parquet files"
+            raise SynthrayError(f"data.source={self.source} needs data.root=<folder with {what}>")
+        root = Path(self.root)
+        if not root.is_dir():
+            raise SynthrayError(f"real data folder not found: data.root={root}")
+        if self.source == "parquet":
+            for split in ("train", "test"):
+                parquet_files(root, split)
+            return
+        for split_dir in (root / "train", test_dir(root)):
+            missing = [c for c in self.classes if not (split_dir / c).is_dir()]
+            if missing:
+                raise SynthrayError(f"{split_dir}: {len(missing)} of {len(self.classes)} class folders missing, "
+                                    f"e.g. {', '.join(missing[:3])}")
 
     def build_spec(self) -> Json:
         """What the real-data stage reads: the identity plus where the files are."""
@@ -258,6 +291,21 @@ class ModelSpec(Spec):
 
     def label(self) -> str:
         return self.name or str(self.arch["arch"])
+
+    def check_key(self) -> str:
+        from synthray.core.artifacts import canonical_json
+
+        return canonical_json(["models", self.arch, self.run_recipe, self.training])
+
+    def check(self) -> None:
+        """The architecture exists, and the recipe and the training section it runs with are valid."""
+        from omegaconf import OmegaConf
+
+        from synthray.training.archs import check_arch
+        from synthray.training.recipe import check_recipe
+
+        check_arch(str(self.arch["arch"]))
+        check_recipe(OmegaConf.create(self.run_recipe), OmegaConf.create(self.training))
 
     def work(self) -> Work:
         return Work("train", str(self.arch["arch"]), self.rows * self.epochs)

@@ -67,7 +67,22 @@ def validate(cfg: Any, dry: bool = False) -> list[dict[str, str]]:
             _check(point_cfg(checked, combo), dry)
         except SynthrayError as err:
             raise SynthrayError(f"{err} (at {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else str(err)) from None
+    _check_specs(cfg, dry)
     return points
+
+
+def _check_specs(cfg: Any, dry: bool) -> None:
+    """Each distinct spec of the stage graph checks itself (`Spec.check`). A dry plan leaves out the real data's
+    folder, which may be readable only on the cluster."""
+    from synthray.graph.planner import plan
+    from synthray.graph.specs import RealSpec
+
+    seen: set[str] = set()
+    for spec in plan(cfg).specs.values():
+        if (dry and isinstance(spec, RealSpec)) or spec.check_key() in seen:
+            continue
+        seen.add(spec.check_key())
+        spec.check()
 
 
 def _dry_cfg(cfg: Any) -> Any:
