@@ -162,3 +162,22 @@ def test_a_moved_data_folder_keeps_its_key_and_old_keys_are_still_read(tmp_path)
     # Other contents, another key.
     (moved / "train" / "n01" / "0.JPEG").write_bytes(b"x" * 10)
     assert real_spec(cfg2).key != spec.key
+
+
+def test_a_trial_keys_its_real_data_with_the_plans_fingerprint(tmp_path, monkeypatch):
+    """Tune trials get the fingerprints the driver's plan computed (`_trainable`), so a trial does not list a folder
+    of hundreds of thousands of images again, and keys its real data as the plan did."""
+    from synthray.graph import identity
+    from synthray.graph.real import real_spec
+
+    monkeypatch.setattr(identity, "_PLANNED", {})
+    root = tmp_path / "imagenet"
+    _imagefolder(root, ["n01"], per_split=1)
+    (tmp_path / "classes.csv").write_text("id,name\nn01,cat\n")
+    cfg = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root={root}", f"data.classes={tmp_path / 'classes.csv'}")
+    planned = real_spec(cfg)
+    identity.planned_fingerprints([(planned.source, planned.root, planned.classes, planned.files)])
+    (root / "train" / "n01" / "0.JPEG").write_bytes(b"changed after planning")
+    assert real_spec(cfg).key == planned.key  # as the plan keyed it, without listing the folder
+    monkeypatch.setattr(identity, "_PLANNED", {})
+    assert real_spec(cfg).key != planned.key  # listed afresh: the contents changed

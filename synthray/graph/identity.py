@@ -60,6 +60,16 @@ LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of":
 METRICS_NOT_KEYED = ("gpus_per_actor", "num_actors")
 
 
+# Fingerprints the sweep's driver computed, given to its trials (`planned_fingerprints`): a trial keys its real data
+# as the plan did, without listing a folder of hundreds of thousands of images again.
+_PLANNED: dict[tuple[str, str, tuple[str, ...]], str] = {}
+
+
+def planned_fingerprints(found: list[tuple[str, str, tuple[str, ...], str]]) -> None:
+    """Record (source, root, classes, fingerprint) as the driver's plan computed them, for this process."""
+    _PLANNED.update({(source, root, tuple(classes)): files for source, root, classes, files in found})
+
+
 def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str | None:
     """sha256 (16 hex) of the image files the real-data stage reads under `root`: their names relative to it and
     their sizes, so a folder moved elsewhere keeps its key; None for the digits, which have no folder.
@@ -67,6 +77,8 @@ def real_fingerprint(source: str, root: str | None, classes: list[str]) -> str |
     A folder not readable here (a dry `plan` on a laptop) gets `unread <root>`: never equal to a real key."""
     if source == "digits" or not root:
         return None
+    if (source, root, tuple(classes)) in _PLANNED:
+        return _PLANNED[(source, root, tuple(classes))]
     from synthray.core.registry import SynthrayError
     from synthray.data import real as r
 

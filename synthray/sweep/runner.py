@@ -120,10 +120,13 @@ def plan_summary(cfg: Any, planned: list[Any] | None = None) -> list[str]:
     return [head] + lines
 
 
-def _trainable(cfg: Any) -> Any:
+def _trainable(cfg: Any, planned: list[Any] | None = None) -> Any:
+    """The Tune trainable: `tune_trial` with the config, and the real data's fingerprints as this plan found them."""
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(tune_trial, cfg_yaml=OmegaConf.to_yaml(cfg)), {"cpu": 1})
+    reals = {t.plan.real.ref: t.plan.real for t in (plan_trials(cfg) if planned is None else planned)}
+    found = [(s.source, s.root, s.classes, s.files) for s in reals.values() if s.files is not None]
+    return tune.with_resources(tune.with_parameters(tune_trial, cfg_yaml=OmegaConf.to_yaml(cfg), fingerprints=found), {"cpu": 1})
 
 
 def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.DataFrame, str]:
@@ -156,7 +159,7 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
             failure_config=tune.FailureConfig(max_failures=int(cfg.tune.max_failures)), verbose=1,
         )
         space = {axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()}
-        tuner = tune.Tuner(_trainable(cfg), param_space=space, run_config=run_config,
+        tuner = tune.Tuner(_trainable(cfg, planned), param_space=space, run_config=run_config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)))
         report_failures(tuner.fit())
     return collect(cfg, sweep_dir)

@@ -116,14 +116,17 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     return row
 
 
-def tune_trial(config: dict[str, Any], cfg_yaml: str) -> None:
-    """Ray Tune function trainable: `config` holds one value per grid axis."""
+def tune_trial(config: dict[str, Any], cfg_yaml: str, fingerprints: list[Any] = ()) -> None:
+    """Ray Tune function trainable: `config` holds one value per grid axis; `fingerprints`: the real data's, as the
+    sweep's plan computed them (`graph.identity.planned_fingerprints`)."""
     from omegaconf import OmegaConf
     from ray import tune
 
     from synthray.core.logs import setup_logging
+    from synthray.graph.identity import planned_fingerprints
 
     setup_logging()
+    planned_fingerprints(list(fingerprints))
     from synthray.sweep.plan import AXES, extra_axes
 
     cfg = OmegaConf.create(cfg_yaml)
