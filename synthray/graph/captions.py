@@ -1,5 +1,5 @@
 """The captions' spec, read from the config (`captioner`), with the checks and the config-level entry points of
-the captioner stage (`captioning/stage.py::build_captions`, which reads only its spec)."""
+the captioner stage (`prompts/captions.py::build_captions`, which reads only its spec)."""
 
 from __future__ import annotations
 
