@@ -74,10 +74,12 @@ def plan(cfg: DictConfig) -> Any:
         ['features', 'models', 'real', 'results', 'synthetic']
     """
     from synthray.graph.planner import plan as plan_graph
-    from synthray.sweep.plan import validate
+    from synthray.sweep.plan import check_specs, validate
 
     validate(cfg)
-    return plan_graph(cfg)
+    graph = plan_graph(cfg)
+    check_specs(graph.specs.values())
+    return graph
 
 
 def generate(cfg: DictConfig, generator: str, style: str = "classname") -> Any:

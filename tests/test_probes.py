@@ -48,13 +48,21 @@ def test_lowpass_and_highpass_views_are_rescaled_images():
     assert rescale(np.ones((4, 4, 3))).max() == 0  # a flat channel stays flat
 
 
+def planned_view(cfg, probe, real, splits=("test",)):
+    """The view stage on the splits the planner gives `probe` for the config's real data (`real`, built)."""
+    from synthray.graph.planner import view_spec
+    from synthray.graph.real import real_spec
+
+    setup = probe_setup(cfg, probe)
+    return view(Store.from_cfg(cfg), Models.from_cfg(cfg), setup, real, view_spec(setup, real_spec(cfg), splits, 0))
+
+
 def test_probe_view_stage(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage)
-    store, models = Store.from_cfg(cfg), Models.from_cfg(cfg)
     real = real_data(cfg)
-    rgb = view(store, models, probe_setup(cfg, "rgb"), real, ("test",))
+    rgb = planned_view(cfg, "rgb", real)
     assert rgb == {"test": DatasetRef(real, "test")}  # identity reuses its source
-    low = view(store, models, probe_setup(cfg, "lowpass"), real, ("test",))["test"]
+    low = planned_view(cfg, "lowpass", real)["test"]
     assert low.artifact.kind == "views" and low.artifact.is_complete() and low.uri == low.artifact.file("test")
     assert low.artifact.spec["source"] == real.ref and low.artifact.spec["params"] == {"cutoff": 0.2}
     source, filtered = read_images(real.file("test")), read_images(low.uri)
@@ -62,7 +70,7 @@ def test_probe_view_stage(ray_cluster, shared_storage):
     expected = PROBES.get("lowpass")(decode_array(source["image"][0]), cutoff=0.2)
     assert np.array_equal(decode_array(filtered["image"][0]), expected)
     manifest = low.artifact.manifest()
-    again = view(store, models, probe_setup(cfg, "lowpass"), real, ("test",))["test"]
+    again = planned_view(cfg, "lowpass", real)["test"]
     assert again.uri == low.uri and again.artifact.manifest() == manifest  # built once, reused
 
 
@@ -203,11 +211,10 @@ def test_bad_frequency_options_are_one_line(tmp_path, override, message):
 def test_study_view_is_its_own_artifact(ray_cluster, shared_storage):
     study = ("probes.highpass.cutoff=0.1", "probes.highpass.mask=study", "probes.highpass.clip=true")
     cfg = tiny_cfg(shared_storage, *study)
-    store, models = Store.from_cfg(cfg), Models.from_cfg(cfg)
     real = real_data(cfg)
-    high = view(store, models, probe_setup(cfg, "highpass"), real, ("test",))["test"]
+    high = planned_view(cfg, "highpass", real)["test"]
     base = tiny_cfg(shared_storage, "probes.highpass.cutoff=0.1")
-    assert high.artifact.key != view(store, models, probe_setup(base, "highpass"), real, ("test",))["test"].artifact.key
+    assert high.artifact.key != planned_view(base, "highpass", real)["test"].artifact.key
     assert high.artifact.spec["params"] == {"cutoff": 0.1, "mask": "study", "clip": True}
     source, filtered = read_images(real.file("test")), read_images(high.uri)
     expected = PROBES.get("highpass")(decode_array(source["image"][0]), cutoff=0.1, mask="study", clip=True, size=None)

@@ -107,6 +107,7 @@ class Artifact:
         self.uri = store.uri(kind, self.key)
         # Keys an earlier synthray gave this artifact: one stored under them is read where it is (see `is_complete`).
         self.legacy = tuple(k for k in legacy if k != self.key)
+        self._legacy_found = False  # found under a legacy key, and not yet aliased under its key (`adopt`)
 
     @property
     def ref(self) -> str:
@@ -132,18 +133,16 @@ class Artifact:
         for key in self.legacy:
             uri = self.store.uri(self.kind, key)
             if storage.exists(storage.join(uri, MANIFEST)):
-                self.uri, self._unaliased = uri, True
+                self.uri, self._legacy_found = uri, True
                 return True
         return False
 
     def adopt(self) -> None:
         """Record at this key that the artifact lives under a legacy key, so that it is found here from now on,
         even once the legacy key can no longer be computed (the data folder moved, say). Nothing to do for an
-        artifact stored under its key, or not stored."""
-        if not getattr(self, "_unaliased", False) and self.legacy:
-            self.is_complete()  # finds where it is stored, if nobody asked yet
-        if getattr(self, "_unaliased", False):
-            self._unaliased = False
+        artifact stored under its key, or not stored. Call it after `is_complete` found the artifact."""
+        if self._legacy_found:
+            self._legacy_found = False
             home = self.store.uri(self.kind, self.key)
             alias = f"{self.kind}/{storage.name(self.uri)}"
             storage.write_bytes(storage.join(home, MANIFEST), json.dumps(

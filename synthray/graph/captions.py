@@ -66,9 +66,10 @@ def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def check_captioner(cfg: Any) -> None:
+def check_captioner(cfg: Any, dry: bool = False) -> None:
     """Before launch: one line for a bad `captioner` setting. The API key is needed only when the captions are
-    not already in storage (a complete artifact is reused without a single request)."""
+    not already in storage (a complete artifact is reused without a single request); a `dry` plan needs none:
+    the key is read where the captioner runs."""
     from synthray.core.devices import check_device_name
     from synthray.core.models import Models
 
@@ -86,7 +87,7 @@ def check_captioner(cfg: Any) -> None:
     if c.get("max_tokens") is not None and not _whole(c["max_tokens"]):
         raise SynthrayError(f"captioner.max_tokens must be a whole number >= 1 or null, got {c['max_tokens']!r}")
     check_device_name("captioner.device", c.get("device"))
-    need_key = not captions_artifact(cfg).is_complete()
+    need_key = not dry and not captions_artifact(cfg).is_complete()
     backend.check(c, Models.from_cfg(cfg), need_key)
 
 

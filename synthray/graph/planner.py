@@ -111,9 +111,6 @@ class TrialPlan:
         def walk(spec: Spec) -> Iterator[Spec]:
             for child in spec.inputs():
                 yield from walk(child)
-            for s in (getattr(spec, "data", None), getattr(spec, "selection", None), getattr(spec, "source", None)):
-                if isinstance(s, Split):
-                    yield from walk(s.spec)
             if id(spec) not in seen:
                 seen.add(id(spec))
                 yield spec

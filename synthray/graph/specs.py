@@ -12,6 +12,7 @@ run (`resources()`: device, units that can run at once, GPUs per unit). Executio
 
 from __future__ import annotations
 
+import abc
 import functools
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -53,13 +54,14 @@ class Resources:
         return f"{self.units} {self.what}{'s' if self.units != 1 else ''} x {self.gpus:g} GPU"
 
 
-class Spec:
+class Spec(abc.ABC):
     """Base of every spec: the key from `identity()`, the legacy key, the artifact in a store."""
 
     kind: ClassVar[str]
 
+    @abc.abstractmethod
     def identity(self, legacy: bool = False) -> Json:
-        raise NotImplementedError
+        """The JSON the key hashes: this spec's fields and its inputs' keys (`legacy`: their legacy keys)."""
 
     @functools.cached_property
     def key(self) -> str:
@@ -81,17 +83,21 @@ class Spec:
         return self.kind
 
     def inputs(self) -> tuple[Spec, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), Spec))  # type: ignore[arg-type]
+        """The specs this one reads: its spec fields, and the specs of its `Split` fields."""
+        values = [getattr(self, f.name) for f in fields(self)]  # type: ignore[arg-type]
+        return tuple(v.spec if isinstance(v, Split) else v for v in values if isinstance(v, (Spec, Split)))
 
     def work(self) -> Work | None:
         return None
 
     def resources(self) -> Resources:
-        return Resources()
+        """What one unit of its stage asks Ray for: the planner's `resources_`, or one CPU actor."""
+        return getattr(self, "resources_", Resources())
 
     def check(self) -> None:
         """One line for what would stop this spec's stage, found before anything launches. A spec whose fields
         were checked as they were read from the config (its kind record's, its backend's) has nothing more."""
+        return None
 
     def check_key(self) -> str:
         """Specs with equal check keys pass or fail `check()` together: a sweep checks each key once."""
@@ -214,7 +220,6 @@ class SyntheticSpec(Spec):
     rows: int
     real: RealSpec | None = None          # controls and VAE re-encoding read real images
     captions: CaptionsSpec | None = None  # prompts made from the captioner stage's captions
-    device: str = run_field("cpu")
     resources_: Resources = run_field(Resources())
     entry: Json = run_field(None)   # the zoo entry: what the kind's workers load (model name, variant)
     run: Json = run_field(None)     # the generation section: actors, batch size, offload, encoding
@@ -233,9 +238,6 @@ class SyntheticSpec(Spec):
 
     def work(self) -> Work:
         return Work("generate", self.generator, self.rows)
-
-    def resources(self) -> Resources:
-        return self.resources_
 
 
 @dataclass(frozen=True)
@@ -259,9 +261,6 @@ class ViewSpec(Spec):
 
     def work(self) -> Work:
         return Work("view", self.probe, self.rows)
-
-    def resources(self) -> Resources:
-        return self.resources_
 
 
 @dataclass(frozen=True)
@@ -310,9 +309,6 @@ class ModelSpec(Spec):
     def work(self) -> Work:
         return Work("train", str(self.arch["arch"]), self.rows * self.epochs)
 
-    def resources(self) -> Resources:
-        return self.resources_
-
 
 @dataclass(frozen=True)
 class SampledSpec(Spec):
@@ -333,9 +329,6 @@ class SampledSpec(Spec):
 
     def work(self) -> Work:
         return Work("features", "+".join(self.settings.get("encoders", {})), self.rows)
-
-    def resources(self) -> Resources:
-        return self.resources_
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from synthray.core.artifacts import Artifact, DatasetRef, Store
 from synthray.core.images import jpeg_subsampling, old_subsampling
 from synthray.core.registry import SynthrayError
 from synthray.data.real import load_classes
-from synthray.generation.kinds import KINDS, kind_of, sampling_params, zoo_entry
+from synthray.generation.kinds import kind_of, sampling_params, zoo_entry
 from synthray.generation.throughput import batch_size_setting, overlap_setting
 from synthray.graph.specs import RealSpec, Resources, SyntheticSpec
 from synthray.prompts.table import load_captions, prompt_table
@@ -63,12 +63,13 @@ def style_captions(cfg: Any, style: str, class_ids: list[str]) -> pd.DataFrame |
     return load_captions(cfg.prompts.captions, class_ids)
 
 
-def check_captions(cfg: Any, style: str, class_ids: list[str]) -> None:
-    """Before launch: the captions file is valid, or (captioner) the captioner's settings are; it runs later."""
+def check_captions(cfg: Any, style: str, class_ids: list[str], dry: bool = False) -> None:
+    """Before launch: the captions file is valid, or (captioner) the captioner's settings are; it runs later.
+    `dry`: a plan, which neither reads storage nor needs the captioner's API key here."""
     if uses_captioner(cfg, style):
         from synthray.graph.captions import check_captioner
 
-        check_captioner(cfg)
+        check_captioner(cfg, dry)
     else:
         style_captions(cfg, style, class_ids)
 
@@ -82,7 +83,7 @@ def build_prompt_table(cfg: Any, generator: str, style: str) -> pd.DataFrame:
     )
 
 
-def synthetic_settings(cfg: Any, generator: str) -> dict[str, Any]:
+def synthetic_settings(cfg: Any, entry: dict[str, Any]) -> dict[str, Any]:
     """What a dataset's key records besides its generator, prompts and real data: everything that changes its
     bytes, and nothing that does not (actors, resumes, the device, the storage root).
 
@@ -91,7 +92,6 @@ def synthetic_settings(cfg: Any, generator: str) -> dict[str, Any]:
     keyed as `auto`: its batch is chosen per actor from free GPU memory, so, like the GPU model, it may move low
     bits. Overlapping the encoding with the next batch (`generation.overlap`) changes no bit and stays out.
     """
-    entry = generator_entry(cfg, generator)
     g = cfg.generation
     kind = kind_of(entry)
     spec: dict[str, Any] = {
@@ -117,7 +117,8 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
     from synthray.core.shards import Pool
     from synthray.graph.captions import captions_spec
 
-    settings = synthetic_settings(cfg, generator)
+    entry = generator_entry(cfg, generator)
+    settings = synthetic_settings(cfg, entry)
     captions = None
     if uses_captioner(cfg, style):
         captions = captions_spec(cfg, real)
@@ -129,13 +130,13 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
         prompts = {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
         rows = len(table)
     g = cfg.generation
-    kind = KINDS.get(settings["kind"])
+    kind = kind_of(entry)
     pool = Pool.from_cfg(g) if kind.loads_model else Pool("cpu")
     shards = max(1, -(-rows // int(g.shard_size)))
     units = max(1, min(max(int(g.num_actors), int(g.get("max_actors") or 0)), shards))
     return SyntheticSpec(generator=generator, style=style, settings=settings, prompts=prompts, rows=rows,
-                         real=real if kind.draws_real else None, captions=captions, device=pool.device,
-                         resources_=Resources(pool.device, units, pool.gpus), entry=generator_entry(cfg, generator),
+                         real=real if kind.draws_real else None, captions=captions,
+                         resources_=Resources(pool.device, units, pool.gpus), entry=entry,
                          run=OmegaConf.to_container(g, resolve=True))
 
 

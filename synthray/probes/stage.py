@@ -50,17 +50,13 @@ def _transform_worker(probe: Probe, params: dict[str, Any]) -> Callable[[dict], 
     return work
 
 
-def view(store: Store, models: Models, setup: ProbeSetup, source: Artifact, splits: Any) -> dict[str, DatasetRef]:
-    """`splits` of `source` seen through the probe, {split: DatasetRef}, building the view artifact if needed.
-    `splits`: the planned {split: Split} (`graph.planner.view_spec`), or split names to plan here."""
+def view(store: Store, models: Models, setup: ProbeSetup, source: Artifact, splits: dict[str, Any]) -> dict[str, DatasetRef]:
+    """The view stage: `splits` of the built `source` seen through the probe, {split: DatasetRef}, building the
+    view artifact if needed. `splits`: the planned {split: Split} (`graph.planner.view_spec`); an identity probe's
+    are its source's own splits, reused without copying."""
     if setup.probe.identity:
         return {split: DatasetRef(source, split) for split in splits}
-    if not isinstance(splits, dict):
-        splits = {split: DatasetRef(source, split) for split in splits}
-        spec = {"probe": setup.name, "params": setup.identity, "source": source.ref, "subdirs": list(splits)}
-        art = Artifact(store, "views", spec, label=f"{setup.name} view of {source.label}")
-    else:
-        art = next(iter(splits.values())).spec.artifact(store)
+    art = next(iter(splits.values())).spec.artifact(store)
 
     def make(out: BuildDir) -> dict[str, Any]:
         if setup.probe.worker is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -67,40 +68,28 @@ def validate(cfg: Any, dry: bool = False) -> list[dict[str, str]]:
             _check(point_cfg(checked, combo), dry)
         except SynthrayError as err:
             raise SynthrayError(f"{err} (at {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else str(err)) from None
-    if not dry:
-        # A dry plan leaves this out: it would skip the real data's folder (readable perhaps only on the cluster),
-        # and a model's checks are the ones `_check` already ran per architecture and per probe's recipe, so the
-        # same inputs are refused; and it would plan the graph twice (14 s for experiment=paper).
-        _check_specs(cfg)
     return points
 
 
-def _check_specs(cfg: Any) -> None:
-    """Each distinct spec of the stage graph checks itself (`Spec.check`), once per check key."""
-    from synthray.graph.planner import plan
-
+def check_specs(specs: Iterable[Any]) -> None:
+    """Each distinct spec of a planned stage graph checks itself (`Spec.check`), once per check key: run where
+    the sweep plans its graph anyway (run, resume, the API), so checking costs no second plan. A dry `synthray
+    plan` leaves it out: the real data's folder may be readable only on the cluster, and a model's checks are the
+    ones `validate` already ran per architecture and per probe's recipe, so both refuse the same inputs."""
     seen: set[str] = set()
-    for spec in plan(cfg).specs.values():
-        if spec.check_key() in seen:
-            continue
-        seen.add(spec.check_key())
-        spec.check()
+    for spec in specs:
+        if spec.check_key() not in seen:
+            seen.add(spec.check_key())
+            spec.check()
 
 
 def _dry_cfg(cfg: Any) -> Any:
-    """The config `_check` sees for a dry plan: reads no storage (an empty store that is never created), takes hub
-    ids as downloadable (no hub.cache lookup), and finds the captioner's API key set. Names are unchanged."""
-    import os
-
+    """The config `_check` sees for a dry plan: reads no storage (an empty store that is never created) and takes
+    hub ids as downloadable (no hub.cache lookup). Names are unchanged; the captioner's key is left to `dry`."""
     out = copy.deepcopy(cfg)
     OmegaConf.update(out, "storage", DRY_STORAGE, merge=False)
     OmegaConf.update(out, "hub.cache", None, merge=False)
     OmegaConf.update(out, "hub.allow_download", True, merge=False)
-    key_env = OmegaConf.select(out, "captioner.openai.api_key_env", default=None)
-    if key_env is not None and not os.environ.get(str(key_env)):
-        found = next((name for name, value in os.environ.items() if value), None)  # a variable that is set
-        if found is not None:
-            OmegaConf.update(out, "captioner.openai.api_key_env", found, merge=False)
     return out
 
 
@@ -149,7 +138,7 @@ def _check(cfg: Any, dry: bool = False) -> None:
     for style in axes["prompt_style"]:
         if style not in PROMPT_STYLES:
             raise unknown_name("prompt style", style, PROMPT_STYLES)
-        check_captions(cfg, style, classes["id"].tolist())
+        check_captions(cfg, style, classes["id"].tolist(), dry)
     for arch in axes["arch"]:
         check_arch(arch)
     for probe in axes["probe"]:

@@ -23,7 +23,7 @@ from synthray.core import storage
 from synthray.core.registry import SynthrayError, error_line
 from synthray.sweep.columns import leading_columns, shown_columns
 from synthray.sweep.geneval import join_geneval
-from synthray.sweep.plan import extra_axes, grid_axes, trial_label, validate
+from synthray.sweep.plan import check_specs, extra_axes, grid_axes, trial_label, validate
 from synthray.sweep.tracking import tracking_callbacks, tracking_names
 from synthray.sweep.trial import plan_trials, tune_trial
 
@@ -120,11 +120,11 @@ def plan_summary(cfg: Any, planned: list[Any] | None = None) -> list[str]:
     return [head] + lines
 
 
-def _trainable(cfg: Any, planned: list[Any] | None = None) -> Any:
+def _trainable(cfg: Any, planned: list[Any]) -> Any:
     """The Tune trainable: `tune_trial` with the config, and the real data's fingerprints as this plan found them."""
     from ray import tune
 
-    reals = {t.plan.real.ref: t.plan.real for t in (plan_trials(cfg) if planned is None else planned)}
+    reals = {t.plan.real.ref: t.plan.real for t in planned}
     found = [(s.source, s.root, s.classes, s.files) for s in reals.values() if s.files is not None]
     return tune.with_resources(tune.with_parameters(tune_trial, cfg_yaml=OmegaConf.to_yaml(cfg), fingerprints=found), {"cpu": 1})
 
@@ -143,6 +143,7 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
     sweep_dir = storage.join(sweeps, sweep)
     fs, sweeps_path = storage.resolve(sweeps)
     planned = plan_trials(cfg)
+    check_specs(spec for t in planned for spec in t.plan.specs())
     if all_reused(cfg, planned):
         for t in planned:  # a result found under its legacy key is recorded under its key too (found after a move)
             t.result.adopt()
@@ -162,7 +163,7 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
         tuner = tune.Tuner(_trainable(cfg, planned), param_space=space, run_config=run_config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)))
         report_failures(tuner.fit())
-    return collect(cfg, sweep_dir)
+    return collect(cfg, sweep_dir, planned)
 
 
 def all_reused(cfg: Any, planned: list[Any]) -> bool:
@@ -237,18 +238,19 @@ def resume_sweep(root: str, sweep: str | None = None, verbose: bool = False, str
     check_ray_target(cfg)
     fs, path = storage.resolve(sweep_dir)
     name = storage.name(sweep_dir)
+    planned = plan_trials(cfg)
+    check_specs(spec for t in planned for spec in t.plan.specs())
     if not tune.Tuner.can_restore(path, storage_filesystem=fs):
-        planned = plan_trials(cfg)
         if all_reused(cfg, planned):  # a sweep that never needed Tune: every result was reused
             return collect(cfg, sweep_dir, planned)
         raise SynthrayError(f"sweep {name} has no Tune state to restore (it stopped before starting); rerun it with synthray run")
-    with _console(cfg, sweep_dir, verbose, stream) as console:
+    with _console(cfg, sweep_dir, verbose, stream, planned) as console:
         console.say(f"[synthray] resuming sweep {name}")
         # The callbacks come back from Tune's saved state (the console's and the trackers'), as the run made them.
-        tuner = tune.Tuner.restore(path, trainable=_trainable(cfg), resume_unfinished=True, resume_errored=True,
+        tuner = tune.Tuner.restore(path, trainable=_trainable(cfg, planned), resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
         report_failures(tuner.fit())
-    return collect(cfg, sweep_dir)
+    return collect(cfg, sweep_dir, planned)
 
 
 def collect(cfg: Any, sweep_dir: str, planned: list[Any] | None = None,
