@@ -26,6 +26,7 @@ from synthray.sweep.geneval import join_geneval
 from synthray.sweep.plan import check_specs, extra_axes, grid_axes, trial_label, validate
 from synthray.sweep.tracking import tracking_callbacks, tracking_names
 from synthray.sweep.trial import plan_trials, tune_trial
+from synthray.sweep.waiting import watch as watch_waits
 
 # Secrets and endpoints that workers on a remote cluster need, taken from the submitting environment. They travel
 # in the job's runtime env only: never in a config, a key, a log line or a results file.
@@ -162,7 +163,8 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
         space = {axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()}
         tuner = tune.Tuner(_trainable(cfg, planned), param_space=space, run_config=run_config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)))
-        report_failures(tuner.fit())
+        with watch_waits(cfg):  # one line when a request waits on a node that never starts (sweep/waiting.py)
+            report_failures(tuner.fit())
     return collect(cfg, sweep_dir, planned)
 
 
@@ -249,7 +251,8 @@ def resume_sweep(root: str, sweep: str | None = None, verbose: bool = False, str
         # The callbacks come back from Tune's saved state (the console's and the trackers'), as the run made them.
         tuner = tune.Tuner.restore(path, trainable=_trainable(cfg, planned), resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
-        report_failures(tuner.fit())
+        with watch_waits(cfg):
+            report_failures(tuner.fit())
     return collect(cfg, sweep_dir, planned)
 
 
