@@ -62,3 +62,29 @@ def assert_tracked(tmp_path, table, sweep_dir, epochs: int) -> None:
 def test_bad_tracking_is_one_line(tmp_path, override, needle):
     with pytest.raises(SynthrayError, match=needle):
         validate(compose([f"storage={tmp_path}", override]))
+
+
+@pytest.mark.parametrize("in_job", [True, False])
+def test_tracking_whose_package_does_not_import_stops_the_sweep_in_one_line(tmp_path, in_job):
+    """`synthray submit tracking=wandb` passes on a laptop that has wandb; on a head without it the job's
+    `synthray run` must stop before any stage, in one line with exit code 2. A fresh process whose `wandb` cannot be
+    imported (a module on PYTHONPATH that raises ImportError, as a missing or broken install does) stands in for the
+    head; Ray's job variable marks it as a submitted job's driver, as on the head."""
+    import os
+
+    from tests.rig import run_cli
+
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "wandb.py").write_text("raise ImportError('No module named wandb')\n")
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(shadow), os.environ.get("PYTHONPATH")])), "RAY_ADDRESS": ""}
+    if in_job:
+        env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = "{}"
+    storage = tmp_path / "runs"
+    done = run_cli("run", f"storage={storage}", "tracking=wandb", cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-2000:]
+    line = done.stderr.strip()
+    assert line.count("\n") == 0, done.stderr
+    where = "the wandb package on the cluster's head: No module named wandb" if in_job else "the wandb package: pip install wandb"
+    assert f"tracking=wandb needs {where}" in line, line
+    assert not (storage / "sweeps").exists(), "nothing started"

@@ -13,9 +13,12 @@ TRACKERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}
 
 
 def tracking_names(cfg: Any) -> list[str]:
-    """`tracking` as a checked list: one line for an unknown name or a package that is not installed."""
-    import importlib.util
+    """`tracking` as a checked list: one line for an unknown name or a package that does not import.
 
+    The package is imported, not just found: on a cluster the sweep's driver runs on the head, whose packages are the
+    cluster's (the nodes' wheel), not the laptop's that `synthray submit` checked, and a package that is there but
+    broken fails the same way later. This runs in `validate`, at the start of `synthray run` and `resume`, so a
+    missing tracker stops the sweep before any stage starts."""
     from synthray.core.registry import unknown_name
 
     given = OmegaConf.select(cfg, "tracking", default=None)
@@ -23,10 +26,25 @@ def tracking_names(cfg: Any) -> list[str]:
     for name in names:
         if name not in TRACKERS:
             raise unknown_name("tracking", name, TRACKERS)
-        if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise SynthrayError(f"tracking={name} needs the {TRACKERS[name]} package: pip install "
-                                f"{'mlflow-skinny' if name == 'mlflow' else TRACKERS[name]}")
+        check_tracker_imports(name)
     return names
+
+
+def check_tracker_imports(name: str) -> None:
+    """Import the package of tracker `name`; one line when it does not import, naming the cluster's head when this
+    process is a Ray Job's driver (Ray sets RAY_JOB_CONFIG_JSON_ENV_VAR in a submitted job's entrypoint)."""
+    import importlib
+
+    package = TRACKERS[name]
+    try:
+        importlib.import_module(package)
+    except Exception as err:  # noqa: BLE001 - ImportError, or whatever a broken install raises at import
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        install = "mlflow-skinny" if name == "mlflow" else package
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+            raise SynthrayError(f"tracking={name} needs the {package} package on the cluster's head: {why}; the nodes "
+                                f"install it from the wheel's tracking extra (scripts/build-wheel.sh, then `ray up`)") from None
+        raise SynthrayError(f"tracking={name} needs the {package} package: pip install {install} ({why})") from None
 
 
 def tracking_callbacks(cfg: Any, sweep: str) -> list[Any]:
