@@ -3,7 +3,8 @@ against (constraints/cluster.txt).
 
 Offline and fast: no network, no cloud API. First Ray's own preparation and validation of each config, then the
 rules the configs promise: nothing listens on all interfaces, token auth everywhere, GPU workers from zero on spot
-with an on-demand fallback, a CPU head, the GPU image of our Ray, and every pip install pinned.
+with an on-demand fallback, a CPU head, the GPU image of our Ray, every pip install pinned, GPU tiers labelled for
+placement.by=labels, and nodes that install the wheel of scripts/build-wheel.sh, never the working folder.
 """
 
 from __future__ import annotations
@@ -126,6 +127,17 @@ def pins() -> dict[str, str]:
     return out
 
 
+def local_path(config: dict, remote: str) -> Path | None:
+    """The laptop path that file_mounts copies to `remote` on a node (a mounted file, or a path in a mounted folder)."""
+    for mount, local in config["file_mounts"].items():
+        mount = mount.rstrip("/")
+        if remote == mount:
+            return ROOT / Path(local).expanduser()
+        if remote.startswith(mount + "/"):
+            return ROOT / Path(local).expanduser() / Path(remote).relative_to(mount)
+    return None
+
+
 @pytest.fixture(params=CLUSTER_FILES)
 def name(request) -> str:
     return request.param
@@ -241,19 +253,17 @@ def test_every_pip_install_uses_the_constraints_file(name):
     config = prepared(name)
     installs = pip_installs(config)
     assert installs, "the project is installed on every node"
-    mounts = {remote.rstrip("/"): local for remote, local in config["file_mounts"].items()}
     for args in installs:
         files = constraint_files(args)
         assert files, f"pip install without -c: {shlex.join(args)}"
         for remote in files:
             # The node's path maps back, through file_mounts, to constraints/cluster.txt in this repository.
-            local = [ROOT / local / Path(remote).relative_to(mount)
-                     for mount, local in mounts.items() if remote.startswith(mount + "/")]
-            assert local and local[0].resolve() == CONSTRAINTS.resolve(), remote
+            local = local_path(config, remote)
+            assert local and local.resolve() == CONSTRAINTS.resolve(), remote
         packages = [a for a in args if not a.startswith("-") and a not in files and a not in ("pip", "pip3", "install")]
         assert not [p for p in packages if re.match(r"torch\b", p)], f"torch must come from the pin: {shlex.join(args)}"
     assert not re.search(r"pip3?\s+install[^\n;&|]*\btorch\b", _text(name)), "no bare `pip install torch`"
-    assert any("-e" in args for args in installs), "the submitted working dir is installed (pip install -e)"
+    assert not any("-e" in args or "--editable" in args for args in installs), "nodes install the wheel, not a folder"
 
 
 def test_nodes_use_only_the_network_rules_the_file_documents(name):
@@ -312,3 +322,81 @@ def test_constraints_pin_our_ray_and_every_direct_dependency():
         assert key in pinned, f"{requirement.name} is a dependency but not pinned in constraints/cluster.txt"
         assert requirement.specifier.contains(pinned[key], prereleases=True), (
             f"constraints/cluster.txt pins {key}=={pinned[key]}, outside pyproject.toml's {text!r}")
+
+
+# 4. GPU tiers: node labels that placement.by=labels selects on.
+
+LABEL = "synthray.io/gpu-memory-gb"  # the key and values the placement code matches on (a fixed contract)
+TIERS = {"24", "40", "48", "80", "141"}
+
+
+def test_every_gpu_type_carries_its_memory_tier_as_a_valid_ray_label(name):
+    from ray._private.label_utils import validate_label_key, validate_label_value, validate_node_labels
+
+    config = prepared(name)
+    head, workers = head_and_workers(config)
+    assert not head.get("labels", {}).get(LABEL), "the head has no GPU, so no tier"
+    for key, node_type in workers.items():
+        labels = node_type.get("labels", {})
+        assert labels.get(LABEL) in TIERS, f"{key}: {LABEL} must be one of {sorted(TIERS, key=int)}, got {labels}"
+        validate_node_labels(labels)  # raises on a key in Ray's reserved ray.io/ prefix
+        for label, value in labels.items():
+            assert validate_label_key(label) is None, validate_label_key(label)
+            assert validate_label_value(value) is None, validate_label_value(value)
+    tiers = {v["labels"][LABEL] for v in workers.values()}
+    assert {"24", "80", "141"} <= tiers and tiers & {"40", "48"}, f"{name}: 24, 40-48, 80 and H100/H200 tiers: {tiers}"
+
+
+def test_every_tier_has_a_spot_type_and_a_cheaper_to_skip_on_demand_twin(name):
+    config = prepared(name)
+    _, workers = head_and_workers(config)
+    by_tier: dict[str, dict[str, list[dict]]] = {}
+    for node_type in workers.values():
+        market = "spot" if is_spot(config, node_type) else "on-demand"
+        by_tier.setdefault(node_type["labels"][LABEL], {}).setdefault(market, []).append(node_type)
+    for tier, markets in by_tier.items():
+        assert set(markets) == {"spot", "on-demand"}, f"tier {tier}: {sorted(markets)}"
+        assert min(t.get("priority", 0) for t in markets["spot"]) > max(t.get("priority", 0) for t in markets["on-demand"])
+
+
+# 5. Nothing on a node comes from the working folder.
+
+
+def test_no_node_gets_the_working_folder_or_an_environment(name):
+    """A folder mount is hashed file by file at every `ray up`; the working folder (with .venv and synthray-runs) would
+    change that hash with every local run and restart Ray on the head."""
+    config = raw(name)
+    for remote, local in config["file_mounts"].items():
+        path = (ROOT / Path(local).expanduser()).resolve()
+        assert path != ROOT.resolve() and not ROOT.resolve().is_relative_to(path), f"{remote}: mounts {local}"
+        assert not path.is_relative_to(ROOT / ".venv") and ".venv" not in Path(local).parts, remote
+        if path.is_relative_to(ROOT) and path.is_dir():
+            assert not (path / ".venv").exists() and not (path / "synthray").is_dir(), f"{remote}: {local} holds a project"
+    project = [local for local in config["file_mounts"].values() if not local.startswith("~")]
+    assert sorted(project) == ["constraints/cluster.txt", "dist/cluster"], project  # a pin file; build-wheel.sh's wheel
+    assert "rsync_exclude" not in config and "rsync_filter" not in config, "nothing left to filter"
+
+
+def test_nodes_install_the_built_wheel_with_the_tracking_extra(name):
+    config = prepared(name)  # setup_commands run on the head and on every worker (prepare_config merges them in)
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert config[key][0] == raw(name)["setup_commands"][0], key
+    installs = [args for args in pip_installs(raw(name)) if any("synthray" in a and ".whl" in a for a in args)]
+    assert len(installs) == 1, installs
+    (wheel,) = [a for a in installs[0] if ".whl" in a]
+    assert wheel.endswith("[tracking]"), wheel
+    folder = wheel.split("$(echo ", 1)[1].rsplit("/", 1)[0]
+    assert local_path(config, folder) == ROOT / "dist" / "cluster", folder
+    script = (ROOT / "scripts" / "build-wheel.sh").read_text()
+    assert "dist/cluster" in script and "git archive" in script
+
+
+def test_the_tracking_extra_is_pinned_for_the_cluster():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tracking"]
+    names = {canonicalize_name(Requirement(r).name) for r in extras}
+    assert {"mlflow-skinny", "wandb"} <= names
+    pinned = pins()
+    for text in extras:
+        requirement = Requirement(text)
+        key = canonicalize_name(requirement.name)
+        assert key in pinned and requirement.specifier.contains(pinned[key], prereleases=True), text
