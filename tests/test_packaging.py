@@ -71,3 +71,40 @@ def test_wheel_install_runs_outside_the_source_tree(tmp_path):
     assert {"smoke", "probes", "paper"} <= set(listed)
     for path in listed.values():
         assert Path(path.strip()).resolve().is_relative_to(venv.resolve()), experiments
+
+
+@pytest.mark.slow  # about 5 s alone, 16 s beside a CI run on 2 cores
+def test_cluster_wheel_holds_the_tracked_files_of_head_only(tmp_path):
+    """scripts/build-wheel.sh, in a clone with an untracked module, an uncommitted edit and a .venv: the wheel has
+    exactly HEAD's tracked package files, its version names the commit, and a second build is byte-identical (so
+    Ray's hash of dist/cluster, and the head, stay as they are)."""
+    import hashlib
+
+    clone = tmp_path / "clone"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    _run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)], cwd=tmp_path, env=env)
+    (clone / "synthray" / "untracked_module.py").write_text("X = 1\n")
+    (clone / ".venv" / "lib").mkdir(parents=True)
+    (clone / ".venv" / "lib" / "big.py").write_text("# an environment\n")
+    with open(clone / "synthray" / "__init__.py", "a") as f:
+        f.write("\nUNCOMMITTED = True\n")
+    env["PYTHON"] = sys.executable
+    script = clone / "scripts" / "build-wheel.sh"
+    built = _run(["bash", str(script)], cwd=clone, env=env).strip()
+    wheel = clone / built
+    assert wheel.parent == clone / "dist" / "cluster" and len(list(wheel.parent.glob("*.whl"))) == 1, built
+    sha = _run(git + ["rev-parse", "--short=12", "HEAD"], cwd=clone, env=env).strip()
+    assert wheel.name == f"synthray-0.1.0+g{sha}-py3-none-any.whl", wheel.name
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tracked = set(_run(git + ["ls-files", "synthray"], cwd=clone, env=env).split())
+    modules = {n for n in names if n.startswith("synthray/") and not n.startswith("synthray/experiments/")}
+    assert modules <= tracked, modules - tracked
+    assert {t for t in tracked if t.endswith((".py", ".yaml", ".csv"))} <= modules
+    assert "synthray/untracked_module.py" not in names and not [n for n in names if ".venv" in n]
+    assert b"UNCOMMITTED" not in zipfile.ZipFile(wheel).read("synthray/__init__.py")
+    assert _run(git + ["status", "--porcelain", "dist"], cwd=clone, env=env) == "", "dist/cluster ignores itself"
+
+    first = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    again = clone / _run(["bash", str(script)], cwd=clone, env=env).strip()
+    assert again == wheel and hashlib.sha256(again.read_bytes()).hexdigest() == first
