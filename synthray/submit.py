@@ -29,8 +29,10 @@ from synthray.core.registry import SynthrayError
 SECRETS = ("HF_TOKEN", "OPENAI_API_KEY")  # OPENAI_API_KEY: the openai captioner's (captioner.openai.api_key_env)
 CLOUD_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                      "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
-# Never uploaded with the working dir: environments, run outputs, caches and version control.
-EXCLUDES = [".git", ".venv", "venv", ".whl", "synthray-runs", "__pycache__", "*.egg-info", ".pytest_cache", "build", "dist"]
+# Never uploaded with the working dir: environments, run outputs (local trackers' too), caches, version control and
+# built wheels (the nodes' own synthray comes from dist/cluster through the cluster file, not from the job).
+EXCLUDES = [".git", ".venv", "venv", ".whl", "*.whl", "synthray-runs", "mlruns", "wandb", "__pycache__", "*.pyc",
+            "*.egg-info", ".pytest_cache", ".ruff_cache", "build", "dist"]
 RESULTS_LINE = re.compile(r"^results: (\S+)$", re.M)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import urllib.request
 from pathlib import Path
@@ -74,3 +75,23 @@ def test_submit_with_the_token_survives_a_killed_driver_through_resume_submit(to
     assert results.stdout.count(" done") == 2 and "missing" not in results.stdout
     by_name = run_cli("results", "smoke", f"storage={storage}", cwd=tmp_path)
     assert by_name.returncode == 0 and "tiny-sd" in by_name.stdout
+
+
+def test_the_jobs_working_dir_carries_the_project_and_no_environment_or_output(tmp_path, monkeypatch):
+    """What `synthray submit` uploads: the project's sources and experiments, never .venv, run outputs or wheels."""
+    from synthray.submit import stage_working_dir
+
+    project = tmp_path / "project"
+    for path in ("synthray/__init__.py", "experiments/mine.yaml", "pyproject.toml", ".venv/lib/site.py",
+                 "synthray-runs/sweeps/x/config.yaml", "dist/cluster/synthray-0.1.0-py3-none-any.whl", ".whl/torch.whl",
+                 "mlruns/0/meta.yaml", "wandb/offline-run/run.wandb", "synthray/__pycache__/x.pyc", ".git/HEAD"):
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text("x")
+    monkeypatch.chdir(project)
+    staged, args = stage_working_dir(["tracking=wandb"])
+    try:
+        found = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
+    finally:
+        shutil.rmtree(staged.parent)
+    assert found == {"synthray/__init__.py", "experiments/mine.yaml", "pyproject.toml"}, found
+    assert args == ["tracking=wandb"]
