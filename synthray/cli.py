@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                                      "storage when it is reachable (else every trial counts as to run). Needs no weights.")
     pln.add_argument("overrides", nargs="*", help="key=value overrides, as for run")
     pln.add_argument("--throughputs", metavar="YAML", help="throughput figures (default: synthray/conf/throughputs.yaml)")
+    pln.add_argument("--cluster", metavar="YAML", help="a `ray up` cluster file: show the node type each GPU stage lands "
+                                                        "on, and refuse a stage no node type holds")
     pln.set_defaults(func=_plan)
     cfg = sub.add_parser("config", help="print the composed configuration that run would use (Hydra's --cfg job)",
                          description="Composes the base config, the experiment and the overrides, resolves every "
@@ -323,7 +325,7 @@ def _config(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from synthray.sweep.cost import plan_lines
 
-    print("\n".join(plan_lines(args.overrides, args.throughputs)))
+    print("\n".join(plan_lines(args.overrides, args.throughputs, args.cluster)))
     return 0
 
 

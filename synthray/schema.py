@@ -160,6 +160,7 @@ class Generation:
     gpus_per_actor: Number
     cpus_per_actor: Number
     cpu_offload: bool
+    gpu_memory_gb: Number
     vae_tiling: bool
     channels_last: Any  # true | false | by-pipeline (auto: its earlier spelling)
     compile: Any  # false | true | a torch.compile mode
@@ -196,6 +197,7 @@ class DepthProbe:
     recipe: Optional[Dict[str, Any]]
     device: Device
     gpus_per_actor: Number
+    gpu_memory_gb: Number
     num_actors: int
 
 
@@ -294,6 +296,7 @@ class Training:
     accumulate: int
     device: Device
     gpus_per_worker: Number
+    gpu_memory_gb: Number
     precision: Literal["auto", "bf16", "fp32"]
     sync_bn: bool
     channels_last: Any  # true | false (auto: the earlier spelling of true)
@@ -322,6 +325,7 @@ class Metrics:
     features: Any  # a list of encoder names
     device: Device
     gpus_per_actor: Number
+    gpu_memory_gb: Number
     num_actors: int
     encoders: Encoders
     prdc_k: int
@@ -335,6 +339,25 @@ class Metrics:
 
 
 @schema
+class Evaluation:
+    device: Device
+    gpus_per_actor: Number
+    gpu_memory_gb: Number
+    num_actors: int
+    max_actors: Optional[int]
+    batch_size: int
+    inline_rows: int
+
+
+@schema
+class Placement:
+    by: Literal["none", "labels", "accelerator-type"]
+    label: str
+    tiers: Any  # a list of GB
+    accelerators: Dict[str, Any]  # accelerator type -> GB
+
+
+@schema
 class Hub:
     allow_download: bool
     cache: Optional[str]
@@ -344,6 +367,7 @@ class Hub:
 class Tune:
     max_concurrent_trials: int
     max_failures: int
+    wait_warning_minutes: Number
 
 
 @schema
@@ -366,6 +390,8 @@ class Config:
     recipe: Recipe
     training: Training
     metrics: Metrics
+    evaluation: Evaluation
+    placement: Placement
     hub: Hub
     tracking: Any  # null, one name or a list of mlflow | wandb | tensorboard
     tracking_uri: Optional[str]

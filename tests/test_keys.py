@@ -15,6 +15,13 @@ from synthray.config import compose
 from synthray.graph.planner import plan, tiny_models
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "artifact_keys.json").read_text())
+# Kinds of artifact that stages added since 28018d9 made none of (evaluations: predictions, once made inside the
+# result's build): new artifacts, not re-keyed ones. Their own keys hash their inputs' keys, compared here.
+NEW_KINDS = ("evaluations",)
+
+
+def stored_kinds(refs):
+    return [r for r in refs if r.split("/", 1)[0] not in NEW_KINDS]
 
 
 def graph_of(name, tmp_path):
@@ -24,7 +31,8 @@ def graph_of(name, tmp_path):
 @pytest.mark.parametrize("name", ["smoke", "probes"])
 def test_planner_keys_equal_the_stored_ones(name, tmp_path):
     graph = graph_of(name, tmp_path)
-    assert graph.artifacts() == GOLDEN["artifacts"][name]
+    assert stored_kinds(graph.artifacts()) == GOLDEN["artifacts"][name]
+    assert any(r.startswith("evaluations/") for r in graph.artifacts())
     assert all(spec.legacy_key == spec.key for spec in graph.specs.values())  # nothing of theirs was a leak
 
 
@@ -36,7 +44,7 @@ def test_paper_keys_equal_the_stored_ones_under_their_legacy_keys(tmp_path):
     legacy = {f"{s.kind}/{s.legacy_key}" for s in graph.specs.values()}
     for spec in graph.specs.values():
         legacy |= tiny_models(spec.identity(legacy=True))
-    assert sorted(legacy) == GOLDEN["artifacts"]["paper"]
+    assert stored_kinds(sorted(legacy)) == GOLDEN["artifacts"]["paper"]
     moved = {s.kind for s in graph.specs.values() if s.key != s.legacy_key}
     kept = {s.kind for s in graph.specs.values() if s.key == s.legacy_key}
     assert "real" in moved and "synthetic" in kept  # diffusers datasets never read the real data: kept
@@ -62,7 +70,7 @@ def test_channels_last_takes_explicit_values_and_its_earlier_auto_keeps_keys(tmp
     """Generation's `by-pipeline` and training's `true` were both spelled `auto`, with two meanings; `auto` is still
     read as what it meant in each section, with the same keys."""
     def keys(*overrides):
-        return plan(compose(["experiment=smoke", f"storage={tmp_path}", *overrides])).artifacts()
+        return stored_kinds(plan(compose(["experiment=smoke", f"storage={tmp_path}", *overrides])).artifacts())
 
     assert keys("generation.channels_last=auto", "training.channels_last=auto") == keys() == GOLDEN["artifacts"]["smoke"]
     assert keys("training.channels_last=false") != keys()

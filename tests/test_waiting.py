@@ -52,8 +52,8 @@ def test_describe(shape, text):
     assert describe(shape) == text
 
 
-def test_threshold_comes_from_the_config_or_the_default():
-    from omegaconf import OmegaConf
+def test_threshold_comes_from_the_config(tmp_path):
+    from synthray.config import compose
 
-    assert warning_minutes(OmegaConf.create({"tune": {"max_failures": 0}})) == 10
-    assert warning_minutes(OmegaConf.create({"tune": {"wait_warning_minutes": 0.5}})) == 0.5
+    assert warning_minutes(compose([f"storage={tmp_path}"])) == 10
+    assert warning_minutes(compose([f"storage={tmp_path}", "tune.wait_warning_minutes=0.5"])) == 0.5

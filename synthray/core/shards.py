@@ -32,13 +32,15 @@ class _ShardWorker:
 
     def __init__(self, factory: Callable[[], Callable[[dict], dict]], out_dir: str, device: str):
         from synthray.core.devices import check_device
+        from synthray.core.placement import where_am_i
 
         check_device(device)
         self.work = factory()
         self.out_dir = out_dir
+        self.where = json.dumps(where_am_i(), sort_keys=True)  # the artifact's meta records where its shards ran
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out: dict[str, list] = {"name": [], "rows": [], "seconds": [], "size": [], "sha256": []}
+        out: dict[str, list] = {"name": [], "rows": [], "seconds": [], "size": [], "sha256": [], "where": []}
         for payload in batch["task"]:
             task = json.loads(payload)
             start = time.perf_counter()
@@ -47,6 +49,7 @@ class _ShardWorker:
                 out[key].append(written[key])
             out["name"].append(task["name"])
             out["seconds"].append(time.perf_counter() - start)
+            out["where"].append(self.where)
         return out
 
 
@@ -86,6 +89,7 @@ def map_shards(
         compute=ray.data.ActorPoolStrategy(min_size=least, max_size=most),
         num_gpus=pool.gpus or None,
         num_cpus=pool.cpus,
+        **({"label_selector": pool.selector} if pool.selector else {}),
     )
     return _collect(ds.iter_rows(), what, len(todo), total_rows)
 
@@ -111,7 +115,7 @@ def _collect(rows: Iterable[dict[str, Any]], what: str, shards: int, total_rows:
     for row in rows:
         elapsed = time.perf_counter() - start
         done.append({"name": row["name"], "rows": int(row["rows"]), "size": int(row["size"]), "sha256": str(row["sha256"]),
-                     "seconds": float(row["seconds"]), "done_at": elapsed})
+                     "seconds": float(row["seconds"]), "done_at": elapsed, "where": json.loads(str(row["where"]))})
         rows_done += int(row["rows"])
         rate = rows_done / elapsed if elapsed > 0 else 0.0
         eta = (total_rows - rows_done) / rate if rate > 0 and total_rows else 0.0
@@ -128,25 +132,37 @@ class Pool:
     instead: the same worker and bytes, without an actor's start. `inline_rows=0` always starts the pool."""
 
     def __init__(self, device: str = "cpu", gpus: float = 1.0, cpus: float = 1.0, actors: int = 1, max_actors: int | None = None,
-                 inline_rows: int = INLINE_ROWS):
+                 inline_rows: int = INLINE_ROWS, selector: dict[str, str] | None = None):
         self.device = device
+        self.selector = selector if device == "gpu" else None  # Ray's label_selector: which GPU nodes fit
         self.gpus = float(gpus) if device == "gpu" else 0.0
         self.cpus = float(cpus)
         self.actors = int(actors)
         self.max_actors = max_actors
         self.inline_rows = int(inline_rows)
 
+    def placed(self, selector: dict[str, str] | None) -> Pool:
+        """This pool, its GPU actors restricted to nodes whose labels satisfy `selector`."""
+        return Pool(self.device, self.gpus, self.cpus, self.actors, self.max_actors, self.inline_rows, selector)
+
     def runs_inline(self, rows: int) -> bool:
         """Whether a stage of `rows` rows runs in this process (a CPU stage whose tasks count their rows)."""
         return self.device == "cpu" and 0 < rows <= self.inline_rows
 
     @classmethod
-    def from_cfg(cls, section: Any) -> Pool:
+    def from_cfg(cls, section: Any, selector: dict[str, str] | None = None) -> Pool:
         """From a config section or dict with `device`, `gpus_per_actor`, `cpus_per_actor`, `num_actors` and
-        `max_actors` (each optional: cpu, 1 GPU, 1 CPU, 1 actor, no growth)."""
+        `max_actors` (each optional: cpu, 1 GPU, 1 CPU, 1 actor, no growth); `selector`: the stage spec's
+        `resources().label_selector`, where its GPU units may run."""
         return cls(str(section.get("device", "cpu")), float(section.get("gpus_per_actor", 1)),
                    float(section.get("cpus_per_actor", 1)), int(section.get("num_actors", 1)), section.get("max_actors"),
-                   int(section.get("inline_rows", INLINE_ROWS)))
+                   int(section.get("inline_rows", INLINE_ROWS)), selector)
+
+
+def placements(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct nodes (id, labels, GPU model) the shard records `done` ran on, for an artifact's meta."""
+    seen = {json.dumps(d.get("where"), sort_keys=True) for d in done if d.get("where")}
+    return [json.loads(w) for w in sorted(seen)]
 
 
 def record_shards(out: Any, folder: str, done: list[dict[str, Any]]) -> None:

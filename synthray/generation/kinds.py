@@ -25,8 +25,10 @@ from synthray.generation.reencode import VaeReencodeGenerator, reencode_entry
 
 Entry = dict[str, Any]
 PROTOCOLS = ("model-default", "paper")
-__all__ = ["KINDS", "PROTOCOLS", "GeneratorKind", "RealHoldoutGenerator", "build_generator", "check_scheduler", "zoo_entry",
-           "kind_of", "sampling_params", "tiny_params"]
+# What a model-loading entry may declare about where it runs, over the generation section's defaults; never keyed.
+PLACEMENT_FIELDS = ("gpu_memory_gb", "gpus_per_actor", "cpu_offload")
+__all__ = ["KINDS", "PLACEMENT_FIELDS", "PROTOCOLS", "GeneratorKind", "RealHoldoutGenerator", "build_generator", "check_scheduler",
+           "zoo_entry", "kind_of", "sampling_params", "tiny_params"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def _control_identity(entry: Entry, g: Any) -> dict[str, Any]:
 KINDS.register("diffusers")(GeneratorKind(
     "diffusers", DiffusersGenerator,
     ("kind", "pipeline", "model", "dtype", "variant", "steps", "guidance", "resolution", "released", "distilled",
-     "guidance_kwarg", "call", "scheduler", "paper"),
+     "guidance_kwarg", "call", "scheduler", "paper", *PLACEMENT_FIELDS),
     _diffusers_identity, _diffusers_worker, loads_model=True, free_form=("call", "paper"), sampled=True))
 KINDS.register("real-holdout")(GeneratorKind(
     "real-holdout", RealHoldoutGenerator, ("kind", "released"), _control_identity, lambda entry, g: {}, draws_real=True))
@@ -91,7 +93,7 @@ KINDS.register("collapsed")(GeneratorKind(
     "collapsed", CollapsedGenerator, ("kind", "released", "prototypes", "noise", "shift"), _control_identity,
     lambda entry, g: {}, draws_real=True))
 KINDS.register("vae-reencode")(GeneratorKind(  # `vae-reencode:<generator>` needs no entry
-    "vae-reencode", VaeReencodeGenerator, ("kind", "source", "dtype", "released"),
+    "vae-reencode", VaeReencodeGenerator, ("kind", "source", "dtype", "released", *PLACEMENT_FIELDS),
     lambda entry, g: {"pipeline": entry["pipeline"], "dtype": entry["dtype"],
                       "model": model_identity(str(entry["model"]), **tiny_params(entry))},
     lambda entry, g: _model(entry), loads_model=True, draws_real=True, complete=reencode_entry))

@@ -20,7 +20,7 @@ from synthray.core.artifacts import Artifact, BuildDir, DatasetRef
 from synthray.core.images import dataset_digest, encode, old_subsampling, read_images, square, to_uint8
 from synthray.core.models import Models
 from synthray.core.registry import SynthrayError
-from synthray.core.shards import Pool, map_shards, record_shards
+from synthray.core.shards import Pool, map_shards, placements, record_shards
 from synthray.generation.kinds import KINDS, build_generator
 from synthray.generation.throughput import AUTO, AUTO_FALLBACK, batch_size_setting, overlap_setting
 
@@ -135,7 +135,8 @@ def generate(spec: Any, table: pd.DataFrame, real: Artifact | None, models: Mode
         size = int(g["shard_size"])
         tasks = shard_tasks(table, size)
         # Controls that only copy real images run on CPU whatever the device setting; a VAE runs where pipelines do.
-        pool = Pool.from_cfg(g) if kind.loads_model else Pool("cpu", actors=int(g["num_actors"]), max_actors=g.get("max_actors"))
+        pool = (Pool.from_cfg(g, spec.resources().label_selector) if kind.loads_model
+                else Pool("cpu", actors=int(g["num_actors"]), max_actors=g.get("max_actors")))
         data = f"{out.uri}/data"
         shards = map_shards(tasks, worker_factory(spec, real, models), data, what=f"generate {art.label}", pool=pool)
         record_shards(out, "data", shards)
@@ -148,6 +149,6 @@ def generate(spec: Any, table: pd.DataFrame, real: Artifact | None, models: Mode
                 f"generation.max_bad_fraction={g['max_bad_fraction']}; try dtype=float32/bfloat16 for this generator"
             )
         return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(data),
-                "quality": counts, "bad": bad, "timing": shards}
+                "quality": counts, "bad": bad, "timing": shards, "placement": placements(shards)}
 
     return DatasetRef(art.build(make), "data")

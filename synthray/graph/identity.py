@@ -57,7 +57,7 @@ def selects_on_real_test(cfg: Any) -> bool:
 # Settings added after results were first keyed, at the values that compute what was computed before they existed.
 LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of": "view"}
 # Metric settings that say where encoders run, or that only join a column into the table afterwards: never in a key.
-METRICS_NOT_KEYED = ("gpus_per_actor", "num_actors")
+METRICS_NOT_KEYED = ("gpus_per_actor", "num_actors", "gpu_memory_gb")
 
 
 # Fingerprints the sweep's driver computed, given to its trials (`planned_fingerprints`): a trial keys its real data

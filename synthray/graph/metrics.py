@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synthray.graph.specs import ClipscoreSpec, Resources, SampledSpec, Split
+from synthray.graph.specs import ClipscoreSpec, SampledSpec, Split, placed
 from synthray.metrics.features import PIXELS
 
 
@@ -37,15 +37,16 @@ def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str
 
     m = cfg.metrics
     settings = dict(settings, max_samples=sample_limit(cfg), seed=int(cfg.seed))
-    gpus = 0.0
     if any(names.values()):  # the device changes a model's numerics (bf16 autocast on GPU), so it is in the key
         settings.update(device=str(m.device), models={n: model_identity(v) for n, v in names.items() if v})
-        gpus = float(m.gpus_per_actor) if m.device == "gpu" else 0.0
+    device = str(m.device) if any(names.values()) else "cpu"
+    resources = placed(cfg.placement, device, max(1, int(m.get("num_actors", 1))), float(m.gpus_per_actor),
+                       float(m.get("gpu_memory_gb", 0)), f"{cls.kind} ({', '.join(names)})")
     limit = sample_limit(cfg)
     from omegaconf import OmegaConf
 
     return cls(source=source, settings=settings, rows=rows if limit is None else min(rows, limit),
-               resources_=Resources(str(m.device) if any(names.values()) else "cpu", max(1, int(m.get("num_actors", 1))), gpus),
+               resources_=resources,
                pool=OmegaConf.to_container(m, resolve=True))
 
 

@@ -19,26 +19,28 @@ from synthray.graph.real import real_spec
 from synthray.graph.specs import (
     CaptionsSpec,
     ClipscoreSpec,
+    EvalSpec,
     ModelSpec,
     RealSpec,
-    Resources,
     ResultSpec,
     SampledSpec,
     Spec,
     Split,
     SyntheticSpec,
     ViewSpec,
+    placed,
 )
 
 
-def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int) -> dict[str, Split]:
+def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int, placement: Any = None) -> dict[str, Split]:
     """{split: Split} of `source` seen through the probe `setup`; identity probes (rgb, texture) are the source."""
     if setup.probe.identity:
         return {s: Split(source, s) for s in splits}
     pool = setup.pool
-    gpus = pool.gpus if pool.device == "gpu" and setup.probe.worker is not None else 0.0
+    device = pool.device if setup.probe.worker is not None else "cpu"
+    resources = placed(placement, device, pool.actors, pool.gpus, setup.memory_gb, f"probe {setup.name}")
     view = ViewSpec(probe=setup.name, params=setup.identity, source=source, subdirs=tuple(splits), rows=rows,
-                    resources_=Resources(pool.device if setup.probe.worker is not None else "cpu", pool.actors, gpus))
+                    resources_=resources)
     return {s: Split(view, s) for s in splits}
 
 
@@ -52,11 +54,12 @@ def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, se
     if selects_on_real_test(cfg) and selection is None:
         raise SynthrayError(f"recipe.selection.set=real-test, but no real test split was given to select {name or arch} on")
     t = cfg.training
-    gpus = float(t.gpus_per_worker) if t.device == "gpu" else 0.0
+    resources = placed(cfg.placement, str(t.device), int(t.num_workers), float(t.gpus_per_worker), float(t.gpu_memory_gb),
+                       f"train {arch}", "worker")
     return ModelSpec(arch=arch_identity(arch), num_classes=num_classes, data=data, recipe=spec["recipe"],
                      numerics=spec["numerics"], selection=selection if selects_on_real_test(cfg) else None, name=name,
                      rows=rows, epochs=int(cfg.recipe.epochs),
-                     resources_=Resources(str(t.device), int(t.num_workers), gpus, "worker"),
+                     resources_=resources,
                      run_recipe=OmegaConf.to_container(cfg.recipe, resolve=True), training=OmegaConf.to_container(t, resolve=True))
 
 
@@ -78,6 +81,16 @@ def train(cfg: Any, arch: str, data: Any, num_classes: int, label: str, report_t
     return train_model(spec, data, Store.from_cfg(cfg), report_to_tune, selection)
 
 
+def eval_spec(cfg: Any, model: ModelSpec, data: Split, rows: int) -> EvalSpec:
+    """`model` evaluated on `data` by the evaluation stage, placed by the `evaluation` section."""
+    from omegaconf import OmegaConf
+
+    e = cfg.evaluation
+    resources = placed(cfg.placement, str(e.device), int(e.num_actors), float(e.gpus_per_actor), float(e.gpu_memory_gb),
+                       f"evaluate {model.label()}")
+    return EvalSpec(model=model, data=data, rows=rows, resources_=resources, pool=OmegaConf.to_container(e, resolve=True))
+
+
 @dataclass
 class TrialPlan:
     """One grid point, planned: every stage's spec (nothing is built here)."""
@@ -93,6 +106,7 @@ class TrialPlan:
     synth_view: Split
     synth_model: ModelSpec
     real_model: ModelSpec
+    evaluations: dict[str, EvalSpec]   # synth_to_real, real_to_synth, real_to_real
     features: tuple[SampledSpec, SampledSpec]  # real, synthetic
     clipscore: ClipscoreSpec | None
     result: ResultSpec
@@ -115,7 +129,7 @@ class TrialPlan:
                 seen.add(id(spec))
                 yield spec
 
-        for top in (self.synth_model, self.real_model, *self.features, self.clipscore, self.result):
+        for top in (self.synth_model, self.real_model, *self.evaluations.values(), *self.features, self.clipscore, self.result):
             if top is not None:
                 yield from walk(top)
 
@@ -181,12 +195,15 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
         memo[shared] = probe, probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
     probe, run_cfg = memo[shared]
     n_train, n_test = counts.get("train", synth.rows), counts.get("test", synth.rows // 10)
-    real_view = view_spec(probe, real, ("train", "test"), n_train + n_test)
-    synth_view = view_spec(probe, synth, ("data",), synth.rows)["data"]
+    real_view = view_spec(probe, real, ("train", "test"), n_train + n_test, cfg.placement)
+    synth_view = view_spec(probe, synth, ("data",), synth.rows, cfg.placement)["data"]
     arch, num_classes = point["arch"], len(real.classes)
     where = f"{point['generator']}/{point['prompt_style']}/{probe.name}"
     synth_model = model_spec(run_cfg, arch, synth_view, num_classes, f"{arch} on {where}", real_view["test"], synth.rows)
     real_model = model_spec(run_cfg, arch, real_view["train"], num_classes, f"{arch} on real/{probe.name}", real_view["test"], n_train)
+    evaluations = {"synth_to_real": eval_spec(run_cfg, synth_model, real_view["test"], n_test),
+                   "real_to_synth": eval_spec(run_cfg, real_model, synth_view, synth.rows),
+                   "real_to_real": eval_spec(run_cfg, real_model, real_view["test"], n_test)}
     images = run_cfg.metrics.get("features_of", "view") == "images"
     feats = (features_spec(run_cfg, Split(real, "train") if images else real_view["train"], n_train),
              features_spec(run_cfg, Split(synth, "data") if images else synth_view, synth.rows))
@@ -194,7 +211,7 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
                         training=training_spec(run_cfg), probe=probe.identity, metrics=metrics_identity(cfg),
                         legacy_metrics=metrics_identity(cfg, legacy=True), name=point_label(point))
     return TrialPlan(point, run_cfg, probe, table, real, synth.captions, synth, real_view, synth_view, synth_model,
-                     real_model, feats, clipscore_spec(run_cfg, Split(synth, "data"), synth.rows), result, num_classes)
+                     real_model, evaluations, feats, clipscore_spec(run_cfg, Split(synth, "data"), synth.rows), result, num_classes)
 
 
 def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:

@@ -27,7 +27,7 @@ def probe_setup(cfg: Any, name: str) -> ProbeSetup:
         identity["model"] = model_identity(str(params["model"]))
         pool = Pool.from_cfg(section)
         identity["device"] = pool.device
-    return ProbeSetup(probe, params, identity, pool, section.get("recipe"))
+    return ProbeSetup(probe, params, identity, pool, section.get("recipe"), float(section.get("gpu_memory_gb") or 0))
 
 
 def probe_cfg(cfg: Any, setup: ProbeSetup) -> Any:

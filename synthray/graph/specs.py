@@ -39,19 +39,40 @@ class Work:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one unit of a stage asks Ray for: `device`, `units` workers or actors, `gpus` GPUs each."""
+    """What one unit of a stage asks Ray for: `device`, `units` workers or actors, `gpus` GPUs each, with
+    `memory_gb` GB of GPU memory, and the node labels that say so (`selector`, from `core.placement`)."""
 
     device: str = "cpu"
     units: int = 1
     gpus: float = 0.0
     what: str = "actor"
+    memory_gb: float = 0.0
+    selector: tuple[tuple[str, str], ...] = ()
 
     @property
     def total_gpus(self) -> float:
         return self.units * self.gpus
 
+    @property
+    def label_selector(self) -> dict[str, str] | None:
+        """Ray's `label_selector` for each unit; None: any node with the GPUs."""
+        return dict(self.selector) or None
+
     def words(self) -> str:
-        return f"{self.units} {self.what}{'s' if self.units != 1 else ''} x {self.gpus:g} GPU"
+        memory = f", {self.memory_gb:g} GB" if self.device == "gpu" and self.memory_gb else ""
+        return f"{self.units} {self.what}{'s' if self.units != 1 else ''} x {self.gpus:g} GPU{memory}"
+
+
+def placed(placement: Any, device: str, units: int, gpus: float, memory_gb: float, stage: str,
+           what: str = "actor") -> Resources:
+    """The resources of a stage's units, with the label selector `placement` (the config's section) gives a GPU
+    unit needing `memory_gb` GB; a CPU unit has none. `stage` names it in the line that refuses a need no tier
+    holds."""
+    from synthray.core.placement import label_selector
+
+    gpu = device == "gpu"
+    selector = label_selector(memory_gb, placement, stage) if gpu else ()
+    return Resources(device, units, gpus if gpu else 0.0, what, float(memory_gb or 0) if gpu else 0.0, selector)
 
 
 class Spec(abc.ABC):
@@ -157,15 +178,20 @@ class RealSpec(Spec):
 
     def check(self) -> None:
         """The folder holds what the real-data stage reads: class folders under train/ and val/ (or test/), or
-        train and test parquet files. Reads names only, never an image."""
+        train and test parquet files; or data.root is a copy `synthray stage-data` staged into storage, with these
+        classes. Reads names only, never an image."""
         from synthray.core.registry import SynthrayError
         from synthray.data.real import parquet_files, test_dir
+        from synthray.data.staged import check_staged, is_staged_root
 
         if self.source == "digits":
             return
         if not self.root:
             what = "train/ and val/ class folders" if self.source == "imagefolder" else "train and test parquet files"
             raise SynthrayError(f"data.source={self.source} needs data.root=<folder with {what}>")
+        if is_staged_root(self.root):  # a URI, or a staged copy in local storage: read through the storage layer
+            check_staged(self.root, self.source, self.classes)
+            return
         root = Path(self.root)
         if not root.is_dir():
             raise SynthrayError(f"real data folder not found: data.root={root}")
@@ -308,6 +334,28 @@ class ModelSpec(Spec):
 
     def work(self) -> Work:
         return Work("train", str(self.arch["arch"]), self.rows * self.epochs)
+
+
+@dataclass(frozen=True)
+class EvalSpec(Spec):
+    """A trained model's predictions on one split: the top-1, top-5 and per-class accuracy of its best and last
+    epochs (`metrics/evaluation.py`)."""
+
+    kind: ClassVar[str] = "evaluations"
+    model: ModelSpec
+    data: Split
+    rows: int = run_field(0)
+    resources_: Resources = run_field(Resources())
+    pool: Json = run_field(None)   # the evaluation section: device, actors, batch size
+
+    def identity(self, legacy: bool = False) -> Json:
+        return {"schema": 1, "model": self.model.key_for(legacy), "data": self.data.ref_for(legacy)}
+
+    def label(self) -> str:
+        return f"{self.model.label()} on {self.data.ref}"
+
+    def work(self) -> Work:
+        return Work("evaluate", str(self.model.arch["arch"]), 2 * self.rows)  # the best and the last epoch
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from synthray.core.artifacts import Artifact, DatasetRef, Store
 from synthray.core.images import jpeg_subsampling, old_subsampling
 from synthray.core.registry import SynthrayError
 from synthray.data.real import load_classes
-from synthray.generation.kinds import kind_of, sampling_params, zoo_entry
+from synthray.generation.kinds import PLACEMENT_FIELDS, kind_of, sampling_params, zoo_entry
 from synthray.generation.throughput import batch_size_setting, overlap_setting
-from synthray.graph.specs import RealSpec, Resources, SyntheticSpec
+from synthray.graph.specs import RealSpec, SyntheticSpec, placed
 from synthray.prompts.table import load_captions, prompt_table
 
 
@@ -129,15 +129,15 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
     else:
         prompts = {"ids": table["id"].tolist(), "prompts": table["prompt"].tolist(), "seeds": table["seed"].tolist()}
         rows = len(table)
-    g = cfg.generation
+    # The entry's own placement fields win over the generation section's defaults: FLUX asks for more memory.
+    run = {**OmegaConf.to_container(cfg.generation, resolve=True), **{k: entry[k] for k in PLACEMENT_FIELDS if k in entry}}
     kind = kind_of(entry)
-    pool = Pool.from_cfg(g) if kind.loads_model else Pool("cpu")
-    shards = max(1, -(-rows // int(g.shard_size)))
-    units = max(1, min(max(int(g.num_actors), int(g.get("max_actors") or 0)), shards))
+    pool = Pool.from_cfg(run) if kind.loads_model else Pool("cpu")
+    shards = max(1, -(-rows // int(run["shard_size"])))
+    units = max(1, min(max(int(run["num_actors"]), int(run.get("max_actors") or 0)), shards))
+    resources = placed(cfg.placement, pool.device, units, pool.gpus, float(run["gpu_memory_gb"]), f"generate {generator}")
     return SyntheticSpec(generator=generator, style=style, settings=settings, prompts=prompts, rows=rows,
-                         real=real if kind.draws_real else None, captions=captions,
-                         resources_=Resources(pool.device, units, pool.gpus), entry=entry,
-                         run=OmegaConf.to_container(g, resolve=True))
+                         real=real if kind.draws_real else None, captions=captions, resources_=resources, entry=entry, run=run)
 
 
 def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None = None) -> Artifact:

@@ -1,4 +1,5 @@
-"""Classification accuracy of a trained model on a dataset folder (Synth->Real, Real->Synth, Real->Real)."""
+"""Classification accuracy, as pure functions of labels and logits, and a trained model's predictions in this process
+(tests, benchmarks); the sweep evaluates with the evaluation stage (metrics/evaluation.py)."""
 
 from __future__ import annotations
 
@@ -48,11 +49,19 @@ def top1(labels: np.ndarray, logits: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
-def topk(labels: np.ndarray, logits: np.ndarray, k: int) -> float:
-    """Fraction of rows whose label is among the k largest logits (labels (N,), logits (N, C))."""
+TOP_K = 5  # the `_top5` columns
+
+
+def topk_hits(labels: np.ndarray, logits: np.ndarray, k: int) -> np.ndarray:
+    """(N,) bool: whether each row's label is among its k largest logits (labels (N,), logits (N, C))."""
     k = min(k, logits.shape[1])
     best = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return float((best == labels[:, None]).any(axis=1).mean())
+    return (best == labels[:, None]).any(axis=1)
+
+
+def topk(labels: np.ndarray, logits: np.ndarray, k: int) -> float:
+    """Fraction of rows whose label is among the k largest logits (labels (N,), logits (N, C))."""
+    return float(topk_hits(labels, logits, k).mean())
 
 
 def per_class(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> list[float | None]:
@@ -63,12 +72,3 @@ def per_class(labels: np.ndarray, logits: np.ndarray, num_classes: int) -> list[
 
 def accuracy(model: Artifact, images: DatasetRef, weights: str = "model.pt") -> float:
     return top1(*predict(model, images, weights))
-
-
-def accuracy_report(model: Artifact, images: DatasetRef, prefix: str) -> dict[str, object]:
-    """`<prefix>_acc`, `_top5` and `_per_class` (a list, label order) of the best-epoch model on one set, and
-    `<prefix>_acc_last` of the final epoch's."""
-    labels, logits = predict(model, images)
-    return {f"{prefix}_acc": top1(labels, logits), f"{prefix}_top5": topk(labels, logits, 5),
-            f"{prefix}_per_class": per_class(labels, logits, logits.shape[1]),
-            f"{prefix}_acc_last": accuracy(model, images, "last.pt")}

@@ -113,7 +113,7 @@ def _sampled_stage(planned: Any, dataset: DatasetRef, names: dict[str, str | Non
     its rows."""
     import pandas as pd
 
-    from synthray.core.shards import Pool, map_shards, record_shards
+    from synthray.core.shards import Pool, map_shards, placements, record_shards
 
     art = planned.artifact(models.store)
     spec, label = planned.settings, art.label
@@ -125,10 +125,10 @@ def _sampled_stage(planned: Any, dataset: DatasetRef, names: dict[str, str | Non
             shard_ids = [i for i in read_shard(f, columns=["id"]).column("id").to_pylist() if i in ids]
             if shard_ids:
                 tasks.append({"name": f.rsplit("/", 1)[1], "src": f, "rows": len(shard_ids), "ids": shard_ids})
-        pool = Pool.from_cfg(planned.pool) if any(names.values()) else Pool("cpu")
+        pool = Pool.from_cfg(planned.pool, planned.resources().label_selector) if any(names.values()) else Pool("cpu")
         done = map_shards(tasks, functools.partial(worker, names, models), out.uri + "/data", what=label, pool=pool)
         record_shards(out, "data", done)
-        return {"rows": len(ids)}
+        return {"rows": len(ids), "placement": placements(done)}
 
     art.build(make)
     return pd.concat([read_shard(f).to_pandas() for f in shard_files(art.file("data"))]).sort_values("id", kind="stable")

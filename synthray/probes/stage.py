@@ -16,11 +16,11 @@ from typing import Any
 from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store
 from synthray.core.images import decode_array, encode, read_shard, shard_files, shard_rows
 from synthray.core.models import Models
-from synthray.core.shards import Pool, map_shards, record_shards
+from synthray.core.shards import Pool, map_shards, placements, record_shards
 from synthray.probes.transforms import Probe
 
 # Keys of `probes.<name>` that say how or where a probe runs, not what it computes.
-EXECUTION_KEYS = ("recipe", "device", "gpus_per_actor", "cpus_per_actor", "num_actors", "max_actors")
+EXECUTION_KEYS = ("recipe", "device", "gpus_per_actor", "gpu_memory_gb", "cpus_per_actor", "num_actors", "max_actors")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ProbeSetup:
     identity: dict[str, Any]
     pool: Pool
     recipe: dict[str, Any] | None
+    memory_gb: float = 0.0   # GPU memory one actor of a model probe needs (placement)
 
     @property
     def name(self) -> str:
@@ -56,18 +57,22 @@ def view(store: Store, models: Models, setup: ProbeSetup, source: Artifact, spli
     are its source's own splits, reused without copying."""
     if setup.probe.identity:
         return {split: DatasetRef(source, split) for split in splits}
-    art = next(iter(splits.values())).spec.artifact(store)
+    planned = next(iter(splits.values())).spec
+    art = planned.artifact(store)
+    pool = setup.pool.placed(planned.resources().label_selector)
 
     def make(out: BuildDir) -> dict[str, Any]:
         if setup.probe.worker is not None:
             factory = functools.partial(setup.probe.worker, setup.params, models)
         else:
             factory = functools.partial(_transform_worker, setup.probe, setup.params)
+        nodes = []
         for split in splits:
             tasks = [{"name": f.rsplit("/", 1)[1], "src": f, "rows": shard_rows(f)} for f in shard_files(source.file(split))]
-            done = map_shards(tasks, factory, out.uri + "/" + split, what=f"probe {setup.name} {source.ref}/{split}", pool=setup.pool)
+            done = map_shards(tasks, factory, out.uri + "/" + split, what=f"probe {setup.name} {source.ref}/{split}", pool=pool)
             record_shards(out, split, done)
-        return {"source": source.ref}
+            nodes += placements(done)
+        return {"source": source.ref, "placement": nodes}
 
     art.build(make)
     return {split: DatasetRef(art, split) for split in splits}

@@ -195,32 +195,16 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
         elif stage == "features":
             work = f"{len(todo)} feature set(s), up to {max(s.rows for s in specs):,} images each"
             fig = figure(throughputs, "encoders", name, notes) if _gpu(specs[0]) else None
+        elif stage == "evaluate":  # a model's best and last epochs, forward only
+            work = f"{len(todo)} evaluation(s) x 2 epochs x up to {max(s.rows for s in specs):,} images"
+            if _gpu(specs[0]):
+                fig = figure(throughputs, "archs", name, notes)
+                fig = Figure(fig.img_s * FORWARD_SPEEDUP, fig.device, f"{FORWARD_SPEEDUP:g}x the training figure (forward only)")
         else:  # clipscore
             work = f"{len(todo)} dataset(s), up to {max(s.rows for s in specs):,} images each"
             fig = figure(throughputs, "encoders", "clip", notes) if _gpu(specs[0]) else None
         rows.append(Row(stage, name, work, images, fig, jobs if per else 0, per, words if per else ""))
-    rows += _evaluate_rows(graph, rows, real, done)
     return rows
-
-
-def _evaluate_rows(graph: Any, rows: Sequence[Row], real: dict[str, int] | None, done: Callable[[str], bool]) -> list[Row]:
-    """Evaluation has no spec of its own: each trial whose result is not reused runs its two models forward, the
-    real model on the synthetic images (the rows its synthetic twin trained on) and both on the real test split."""
-    trained = {r.name: r.figure for r in rows if r.stage == "train"}
-    users: dict[str, list[tuple[int, int]]] = {}  # arch -> (synthetic rows, real test rows) per trial to evaluate
-    for trial in graph.trials:
-        if done(trial.result.ref):
-            continue
-        n_test = (real or {}).get("test", trial.synthetic.rows // 10)  # as the planner counts the real test split
-        users.setdefault(trial.synth_model.work().name, []).append((trial.synth_model.rows, n_test))
-    out = []
-    for arch, counts in users.items():
-        fig = trained.get(arch)
-        fwd = Figure(fig.img_s * FORWARD_SPEEDUP, fig.device, f"{FORWARD_SPEEDUP:g}x the training figure (forward only)") if fig else None
-        work = (f"{len(counts)} trial(s) x ({_each([c[0] for c in counts])} synth + 2 x {_each([c[1] for c in counts])} "
-                "real test images)")
-        out.append(Row("evaluate", arch, work, sum(s + 2 * t for s, t in counts), fwd))
-    return out
 
 
 def peak_gpus(cfg: Any, rows: Sequence[Row]) -> dict[str, tuple[float, str]]:
@@ -303,8 +287,9 @@ def count_real(cfg: Any, real_meta: dict[str, Any] | None = None) -> tuple[dict[
     return None, f"data.root {d.root} not readable here" if d.root else f"data.source={d.source} not counted"
 
 
-def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) -> list[str]:
-    """Everything `synthray plan` prints: the grid, what is reused (when storage is reachable), cost and peak GPUs.
+def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None, cluster: str | None = None) -> list[str]:
+    """Everything `synthray plan` prints: the grid, what is reused (when storage is reachable), cost and peak GPUs;
+    with `cluster` (a `ray up` file), the node type each GPU stage lands on (`sweep.placing`).
 
     The config is checked by `validate(cfg, dry=True)`: every check `synthray run` makes but whether storage, the
     real data folder and hub weights are reachable from here (`sweep.plan.DRY_SKIPS`)."""
@@ -352,9 +337,13 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None) ->
     else:
         n = len(load_classes(cfg.data.classes)) * int(cfg.prompts.n_per_class)
         notes.append(f"real images: {how}; assumed train = classes x prompts.n_per_class = {n:,}, test = a tenth of that")
-    notes.append("reuse is known per artifact of the stage graph: each dataset, view, model, feature set and CLIPScore "
-                 "set is counted unless it is complete in storage; evaluation unless the trial's result is")
+    notes.append("reuse is known per artifact of the stage graph: each dataset, view, model, evaluation, feature set "
+                 "and CLIPScore set is counted unless it is complete in storage")
     notes.append("training: one epoch = one pass over a training set at the figure's step throughput (data on the GPU); "
                  "BASELINES.md measured synthray end to end at 0.76x of it (cached) and 0.37x (streaming) on an H200")
-    notes.append("evaluate runs in the trial process, which requests no GPU from Ray: in the GPU-hours, not in the peak")
-    return lines + [""] + format_plan(cfg, rows, notes, throughputs_path)
+    out = lines + [""] + format_plan(cfg, rows, notes, throughputs_path)
+    if cluster:
+        from synthray.sweep.placing import placement_lines
+
+        out += [""] + placement_lines(graph, cluster, cfg.placement)
+    return out

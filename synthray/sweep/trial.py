@@ -73,8 +73,8 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     from synthray.data.real import build_real
     from synthray.generation.stage import generate
     from synthray.graph.synthetic import generator_entry
-    from synthray.metrics.accuracy import accuracy_report
     from synthray.metrics.distribution import distribution_metrics
+    from synthray.metrics.evaluation import accuracy_report, evaluate
     from synthray.metrics.features import clip_score, features
     from synthray.probes.stage import view
     from synthray.training.trainer import train_model
@@ -95,10 +95,11 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     real_model = train_model(planned.real_model, real_view["train"], store, selection=real_view["test"])
     row: dict[str, Any] = dict(point)
     # The models are the best epochs by recipe.selection (held-out training rows, or the real test split as the
-    # study does); `_acc_last` columns give the final epochs.
-    row.update(accuracy_report(synth_model, real_view["test"], "synth_to_real"))
-    row.update(accuracy_report(real_model, synth_view, "real_to_synth"))
-    row.update(accuracy_report(real_model, real_view["test"], "real_to_real"))
+    # study does); `_acc_last` columns give the final epochs. Each evaluation is its own stage, on its own actors.
+    built = {"synth_to_real": (synth_model, real_view["test"]), "real_to_synth": (real_model, synth_view),
+             "real_to_real": (real_model, real_view["test"])}
+    for prefix, (model, data) in built.items():
+        row.update(accuracy_report(evaluate(planned.evaluations[prefix], model, data, store), prefix))
     row.update(best_epoch=synth_model.meta()["best_epoch"], selection_acc=synth_model.meta()["selection_acc_best"],
                selection_loss=synth_model.meta().get("selection_loss_best"))
     # The study measures density and coverage on the images; synthray by default on what the classifier saw.

@@ -21,7 +21,6 @@ from typing import Any
 
 log = logging.getLogger("synthray")
 
-WAIT_WARNING_MINUTES = 10.0  # the default of tune.wait_warning_minutes
 POLL_S = 30.0
 QUOTA_HINT = "README: Before your first `ray up`"
 ALIVE = ("RUNNING", "IDLE")  # autoscaler_pb2.NodeStatus names of nodes that can take work
@@ -74,7 +73,7 @@ class WaitWatcher:
     """Polls the GCS at `gcs_address`; `say` gets each warning line (default: the synthray logger, at WARNING, which
     the sweep's console shows and its log keeps)."""
 
-    def __init__(self, gcs_address: str, minutes: float = WAIT_WARNING_MINUTES, interval: float = POLL_S,
+    def __init__(self, gcs_address: str, minutes: float, interval: float = POLL_S,
                  say: Callable[[str], None] | None = None):
         self.gcs_address, self.minutes, self.interval = gcs_address, float(minutes), float(interval)
         self.say = say or log.warning
@@ -145,11 +144,8 @@ def likely_cause(shape: Shape, status: Any) -> str:
 
 
 def warning_minutes(cfg: Any) -> float:
-    """`tune.wait_warning_minutes` (0 turns the warning off), else WAIT_WARNING_MINUTES."""
-    from omegaconf import OmegaConf
-
-    value = OmegaConf.select(cfg, "tune.wait_warning_minutes", default=None)
-    return WAIT_WARNING_MINUTES if value is None else float(value)
+    """`tune.wait_warning_minutes` (its default in conf/config.yaml; 0 turns the warning off)."""
+    return float(cfg.tune.wait_warning_minutes)
 
 
 @contextlib.contextmanager

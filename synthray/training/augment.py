@@ -170,16 +170,20 @@ def train_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Gen
     return normalize(x, recipe["normalize"])
 
 
-def test_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Generator | None = None) -> torch.Tensor:
+def test_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Generator | None = None,
+               positions: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
     """The recipe's test transform on images already decoded at `test_transform.resize`: a crop, then normalise.
 
     The crop is centred, or at a random position when `crop_at: random` (the texture probe tests on random
-    patches; `rng` then fixes them, default seed: the recipe's).
+    patches; `rng` then fixes them, default seed: the recipe's; `positions`: (tops, lefts), one each per image,
+    drawn by the caller so that they do not depend on how the images are batched).
     """
     x = to_unit(images)
     spec = recipe["test_transform"]
     crop = int(spec["crop"])
-    if spec.get("crop_at", "center") == "random":
+    if spec.get("crop_at", "center") == "random" and positions is not None:
+        x = gather_crops(x, positions[0], positions[1], crop, crop)
+    elif spec.get("crop_at", "center") == "random":
         x = random_crop(x, crop, rng if rng is not None else np.random.default_rng(int(recipe["seed"])))
     else:
         top, left = (x.shape[2] - crop) // 2, (x.shape[3] - crop) // 2

@@ -32,8 +32,9 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # A worker keeps its share of the selection rows in memory when their decoded size is at most this: restarting a
 # Ray Data iterator for them every epoch cost ~0.04 s of a ~0.3 s epoch on 2 CPU cores (bench/overhead.py).
 KEEP_SELECTION_BYTES = 256 * 2**20
-# Timings kept in the history for the benchmarks, not reported as metrics (trackers and Tune see what they saw).
-CLOCKS = ("started_at", "data_wait_s", "decode_s", "step_s", "eval_s")
+# Timings kept in the history for the benchmarks, and the node the epoch ran on (the model's meta records it): not
+# reported as metrics (trackers and Tune see what they saw).
+CLOCKS = ("started_at", "data_wait_s", "decode_s", "step_s", "eval_s", "where")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -189,8 +190,10 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
     CLOCKS. `session`: where the run is (rank, device, shards, checkpoints, reports); None: a Ray Train worker's
     (`RayTrainSession`)."""
     from synthray.core.devices import check_device
+    from synthray.core.placement import where_am_i
 
     check_device(config["device"])  # a GPU worker whose torch sees no CUDA fails in one line, not in fp32 on CPU
+    where = where_am_i()
     session = session or RayTrainSession()
     recipe = config["recipe"]
     world, rank = session.world, session.rank
@@ -284,7 +287,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
                   "step": step, "compute_dtype": str(dtype).removeprefix("torch."), "started_at": epoch_started,
                   # This worker's seconds (rank 0's in the checkpoint); records written before these keys lack them.
                   "data_wait_s": waited, "decode_s": decoding, "step_s": seconds - waited - decoding,
-                  "eval_s": time.perf_counter() - evaluated}
+                  "eval_s": time.perf_counter() - evaluated, "where": where}
         history.append(record)
         score = selection_loss if metric == "loss" else selection_acc
         if score is None or improves(score, best["score"], metric):  # no selection rows: the last epoch

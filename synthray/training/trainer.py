@@ -16,6 +16,7 @@ from typing import Any
 
 from synthray.core import progress, storage
 from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy  # noqa: F401 - tests read without_legacy here
+from synthray.core.shards import placements
 from synthray.graph.identity import numerics_of
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
@@ -99,7 +100,7 @@ def _encoded_bytes(folder: str, files: list[str]) -> float:
 
 
 def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path: tuple[Any, str], name: str,
-         report_to_tune: bool) -> Any:
+         report_to_tune: bool, selector: dict[str, str] | None = None) -> Any:
     """Run the loop on a Ray Train worker group; its checkpoints under `run_path` (filesystem, path)/`name`."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -114,7 +115,8 @@ def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path
         train_loop,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=int(t.num_workers), use_gpu=gpu,
-                                               resources_per_worker={"GPU": float(t.gpus_per_worker)} if gpu else None),
+                                               resources_per_worker={"GPU": float(t.gpus_per_worker)} if gpu else None,
+                                               label_selector=selector if gpu else None),
         datasets=datasets,
         run_config=ray.train.RunConfig(
             name=name, storage_path=run_path[1], storage_filesystem=run_path[0],
@@ -162,7 +164,8 @@ def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool 
                 train_loop(loop_config, session)
             metrics, final = session.metrics, session.last_checkpoint()
         else:
-            result = _fit(t, loop_config, datasets, storage.resolve(run_dir), art.key, report_to_tune)
+            result = _fit(t, loop_config, datasets, storage.resolve(run_dir), art.key, report_to_tune,
+                          spec.resources().label_selector)
             metrics, final = result.metrics or {}, result.checkpoint.as_directory()
         with final as d:
             state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
@@ -181,7 +184,8 @@ def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool 
                 "images_per_s": sorted(speeds)[len(speeds) // 2],
                 # No report in this attempt: a killed run had stored its last epoch, and nothing was left to train.
                 "resumed_from_epoch": metrics.get("resumed_from_epoch", 0) if metrics else state["epoch"] + 1,
-                "history": history}
+                "history": history,
+                "placement": placements(history)}  # the nodes its epochs ran on (rank 0's)
         held = "no selection rows" if rows[1] == 0 else \
             (f"{r.selection.set} rows: {rows[1]}, acc {meta['selection_acc_best']:.3f}, loss {meta['selection_loss_best']:.3f}")
         log.info("%s: best epoch %s of %s (%s), %.0f img/s", label, best["epoch"], meta["epochs"], held, meta["images_per_s"])
