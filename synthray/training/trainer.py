@@ -103,7 +103,7 @@ def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path
          report_to_tune: bool, selector: dict[str, str] | None = None) -> Any:
     """Run the loop on a Ray Train worker group; its checkpoints under `run_path` (filesystem, path)/`name`."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     gpu = t.device == "gpu"
     callbacks = []
@@ -111,9 +111,13 @@ def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
+    # One worker has no peers to talk to: gloo, not Ray's NCCL default on GPU, whose process group refuses a node
+    # whose GPUs Ray only counts (SYNTHRAY_FAKE_GPUS) and buys nothing without peers.
+    backend = "gloo" if int(t.num_workers) == 1 else None
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
+        torch_config=TorchConfig(backend=backend) if backend else None,
         scaling_config=ray.train.ScalingConfig(num_workers=int(t.num_workers), use_gpu=gpu,
                                                resources_per_worker={"GPU": float(t.gpus_per_worker)} if gpu else None,
                                                label_selector=selector if gpu else None),
