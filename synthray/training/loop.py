@@ -156,12 +156,14 @@ class RayTrainSession:
 
         ctx = ray.train.get_context()
         self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
-        self.device = ray.train.torch.get_device()
+        # Ray Train names cuda:N on any worker given a GPU; on a node whose GPUs Ray only counts (SYNTHRAY_FAKE_GPUS,
+        # passed by check_device before this) torch has no CUDA, and the loop computes on CPU as every stage does.
+        self.device = ray.train.torch.get_device() if torch.cuda.is_available() else torch.device("cpu")
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)  # to the device; DDP when world > 1
+        return ray.train.torch.prepare_model(model, move_to_device=self.device)  # to the device; DDP when world > 1
 
     def dataset_shard(self, name: str) -> Any:
         import ray.train
