@@ -25,12 +25,14 @@ import torch.nn.functional as F
 JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker + the first marker's 0xff: every JPEG/JFIF/EXIF file starts so
 
 
-def shard_batches(shard: Any, batch_size: int, jpeg_decode: str, **iter_kwargs: Any) -> Iterable[dict[str, Any]]:
+def shard_batches(shard: Any, batch_size: int, jpeg_decode: str, device: torch.device | None = None,
+                  **iter_kwargs: Any) -> Iterable[dict[str, Any]]:
     """A Ray Data shard's batches as its iterator yields them: torch tensors already on the worker's device
     (`cpu`: Ray Data decoded them), or numpy arrays of encoded bytes and labels (`gpu`: `to_device` decodes).
     Both iterators take the same shuffle arguments and see the same rows, so they yield rows in the same order."""
     if jpeg_decode == "cpu":
-        return shard.iter_torch_batches(batch_size=batch_size, **iter_kwargs)
+        # The worker's own device, not Ray's "auto" (cuda on any GPU worker, even one whose GPUs Ray only counts).
+        return shard.iter_torch_batches(batch_size=batch_size, device=str(device) if device else "auto", **iter_kwargs)
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", **iter_kwargs)
 
 

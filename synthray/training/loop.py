@@ -99,7 +99,7 @@ class SelectionBatches:
         self.jpeg_decode, self.size, self.device = jpeg_decode, size, device
 
     def _read(self) -> Iterator[dict[str, torch.Tensor]]:
-        batches = shard_batches(self.shard, 256, self.jpeg_decode)
+        batches = shard_batches(self.shard, 256, self.jpeg_decode, self.device)
         if self.jpeg_decode == "cpu":
             return iter(batches)
         return ({"image": image, "label": label} for image, label in
@@ -243,7 +243,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
         total, count, started, dtype = torch.zeros((), device=device), 0, time.perf_counter(), None
         # prefetch_batches > 1 formats batches on a thread pool that can swap their order; one batch of
         # look-ahead keeps the order a function of the seed (measured: swapped first batches with 2).
-        batches = iter(shard_batches(train_shard, per_step, decode, local_shuffle_buffer_size=4 * per_step,
+        batches = iter(shard_batches(train_shard, per_step, decode, device, local_shuffle_buffer_size=4 * per_step,
                                      local_shuffle_seed=seed * 100_003 + epoch, prefetch_batches=1))
         # Where the epoch's time goes (bench/training.py prints it): blocked on Ray Data for the next batch (from
         # `started`, so starting the iterator counts), decoding on the worker (jpeg_decode=gpu: host time of the
