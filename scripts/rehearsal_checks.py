@@ -124,7 +124,8 @@ def check_all(s3: Any, cluster: Any, head: str, expected: dict[str, int], before
         failures.append("a trial held a GPU or more than one CPU")
     if figures["rebuilt after the resume"]:
         failures.append("artifacts rebuilt after the resume")
-    if figures["report"]["not drawn"]:
+    # Without the probe sweep (the cut-down) the probes figure has nothing to draw; every other figure must be there.
+    if figures["report"]["not drawn"] > (0 if "rehearsal-probes" in expected else 1):
         failures.append("a figure was not drawn")
     figures["failures"] = failures
     figures["ok"] = not failures
