@@ -220,15 +220,36 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.hub.cache = normalize(cfg.hub.cache)
     if cfg.scratch:
         cfg.scratch = str(Path(cfg.scratch).expanduser().resolve())
-    if cfg.data.root:
-        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    if cfg.data.root:  # a URI names a copy `synthray stage-data` made (RealSpec.check refuses any other)
+        cfg.data.root = _path_or_uri("data.root", cfg.data.root)
     if cfg.prompts.captions and cfg.prompts.captions != "captioner":  # `captioner`: made by the captioner stage
+        if _is_uri(cfg.prompts.captions):  # prompts/table.py reads a local file; never a folder named `s3:`
+            raise SynthrayError(f"prompts.captions={cfg.prompts.captions}: a captions table is read from a local "
+                                "file (CSV, JSONL or parquet); copy it here, or caption in the sweep with "
+                                "prompts.captions=captioner")
         cfg.prompts.captions = str(Path(cfg.prompts.captions).expanduser().resolve())
-    if cfg.metrics.geneval:
-        cfg.metrics.geneval = str(Path(cfg.metrics.geneval).expanduser().resolve())
+    if cfg.metrics.geneval:  # read through the storage layer (sweep/geneval.py)
+        cfg.metrics.geneval = _path_or_uri("metrics.geneval", cfg.metrics.geneval)
     cfg.data.classes = RENAMED_LISTS.get(cfg.data.classes, cfg.data.classes)  # an earlier name of a shipped list
     if cfg.data.classes not in shipped_class_lists():
         cfg.data.classes = str(Path(cfg.data.classes).expanduser().resolve())
+
+
+def _is_uri(value: Any) -> bool:
+    return "://" in str(value) or str(value).startswith(("s3:/", "gs:/"))
+
+
+def _path_or_uri(key: str, value: Any) -> str:
+    """A storage URI as a canonical URI, a local path as an absolute path; an unknown scheme (or `s3:/x`, what a
+    path made of `s3://x`) is one line naming `key`, never a local folder named after it."""
+    from synthray.core.storage import normalize
+
+    if not _is_uri(value):
+        return str(Path(str(value)).expanduser().resolve())
+    try:
+        return normalize(str(value))
+    except SynthrayError as err:
+        raise SynthrayError(re.sub(r"^storage '[^']*'", f"{key}={str(value).strip()}", str(err))) from None
 
 
 def _one_line(err: Exception) -> str:

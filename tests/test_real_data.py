@@ -181,3 +181,30 @@ def test_a_trial_keys_its_real_data_with_the_plans_fingerprint(tmp_path, monkeyp
     assert real_spec(cfg).key == planned.key  # as the plan keyed it, without listing the folder
     monkeypatch.setattr(identity, "_PLANNED", {})
     assert real_spec(cfg).key != planned.key  # listed afresh: the contents changed
+
+
+def test_a_copy_staged_in_local_storage_is_read_as_its_folder(tmp_path):
+    """`data.root` may name a staged copy in local storage too (one machine is a cluster's smallest case): the
+    same key and rows as the folder; its test split comes from test/ when the tree has no val/."""
+    import shutil
+
+    from synthray.core.artifacts import Store
+    from synthray.data.staging import stage_data
+    from synthray.graph.real import real_spec
+
+    root = tmp_path / "imagenet"
+    _imagefolder(root, ["n01", "n02"], per_split=2)
+    shutil.move(root / "val", root / "test")
+    (tmp_path / "classes.csv").write_text("id,name\nn01,cat\nn02,dog\n")
+    staged, copied = stage_data(str(root), Store(str(tmp_path / "store")))
+    assert copied and staged.meta()["test_dir"] == "test"
+    args = ["data.source=imagefolder", f"data.classes={tmp_path / 'classes.csv'}", "data.control_fraction=0.5"]
+    folder = tiny_cfg(tmp_path / "runs", *args, f"data.root={root}")
+    copy = tiny_cfg(tmp_path / "other-runs", *args, f"data.root={staged.uri}")
+    validate(copy)
+    assert real_spec(copy).key == real_spec(folder).key
+    a, b = real_data(folder), real_data(copy)
+    for split in ("train", "control", "test"):
+        pd.testing.assert_frame_equal(read_images(a.file(split)), read_images(b.file(split)))
+    with pytest.raises(SynthrayError, match="is not a staged artifact"):  # an artifact of another kind
+        validate(tiny_cfg(tmp_path / "runs", *args, f"data.root={a.uri}"))

@@ -5,6 +5,8 @@ collapsed, never trained on by the real model) and `test` (every evaluation on r
 Sources: scikit-learn's bundled handwritten digits (offline, the embedded default), an ImageFolder tree laid
 out like ImageNet (`train/<wnid>/*.JPEG`, `val/<wnid>/*.JPEG`), or parquet files such as a Hugging Face
 `datasets` export (`train*.parquet`, `test*.parquet`/`validation*.parquet`, or `train/` and `test/` folders of them).
+An ImageFolder tree staged into storage by `synthray stage-data` is read with `data.source=imagefolder` and
+`data.root=<its URI>` (`data/staged.py`): the same rows as from the folder, and the same key.
 An unreadable image is named with its path; `data.on_corrupt=skip` drops it (and lists it in meta.json) instead.
 """
 
@@ -155,12 +157,13 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _real_image(source: Any, where: str, spec: dict[str, Any], skipped: list[str]) -> bytes | None:
-    """A path or encoded bytes -> square JPEG bytes at the real image size, or (image_size None) the source's own
+    """A path (or a staged file) or encoded bytes -> square JPEG bytes at the real image size, or (image_size None) the source's own
     bytes once they decode; None when unreadable and skipping."""
     import io
 
     try:
-        data = source.read_bytes() if isinstance(source, Path) else bytes(source)
+        # A Path or a staged file (`data.staged.StagedImage`) is read here, one at a time; bytes are as they are.
+        data = source.read_bytes() if hasattr(source, "read_bytes") else bytes(source)
         img = Image.open(io.BytesIO(data))
         if spec["image_size"] is None:
             img.load()  # the whole file decodes: a truncated JPEG fails here, not in training
@@ -191,6 +194,10 @@ def _assign(spec: dict[str, Any], items: dict[str, dict[str, list]], skipped: li
 
 
 def _imagefolder(spec: dict[str, Any], skipped: list[str]) -> Iterator[dict[str, Any]]:
+    from synthray.data.staged import is_staged_root, staged_items
+
+    if is_staged_root(spec["root"]):  # a copy in storage: its index lists the same files under the same ids
+        return _assign(spec, staged_items(spec["root"], spec["classes"]), skipped)
     root = Path(spec["root"])
     dirs = {"train": root / "train", "test": test_dir(root)}
     items = {split: {cid: [(str(p.relative_to(root)), p) for p in list_images(d / cid)] for cid in spec["classes"]}

@@ -28,12 +28,32 @@ def real_spec(cfg: Any) -> RealSpec:
 
     d = cfg.data
     classes = load_classes(d.classes)["id"].tolist()
-    root = str(Path(d.root).expanduser().resolve()) if d.root else None
+    root = _root(d.root)
     return RealSpec(source=str(d.source), classes=tuple(classes), image_size=None if d.image_size is None else int(d.image_size),
                     test_fraction=float(d.test_fraction), control_fraction=float(d.control_fraction),
                     max_per_class=d.max_per_class, seed=int(cfg.seed), on_corrupt=str(d.on_corrupt),
                     image_column=str(d.image_column), label_column=str(d.label_column),
-                    files=real_fingerprint(str(d.source), root, classes), root=root)
+                    files=_fingerprint(str(d.source), root, classes), root=root)
+
+
+def _root(root: Any) -> str | None:
+    """data.root as the stage reads it: a storage URI (a staged copy) as it is, a folder as an absolute path."""
+    from synthray.core import storage
+
+    if not root:
+        return None
+    return storage.normalize(str(root)) if "://" in str(root) else str(Path(str(root)).expanduser().resolve())
+
+
+def _fingerprint(source: str, root: str | None, classes: list[str]) -> str | None:
+    """The fingerprint of the files the real-data stage reads: a folder's (`real_fingerprint`), or, for a copy
+    staged into storage, the one its folder had, from the copy's index; so both give the real data one key."""
+    from synthray.data.staged import is_staged_root, staged_fingerprint
+
+    files = real_fingerprint(source, root, classes)  # first: a trial takes the plan's, without reading storage
+    if source != "digits" and is_staged_root(root) and (files is None or files.startswith("unread ")):
+        return staged_fingerprint(root, classes)  # type: ignore[arg-type]
+    return files
 
 
 def check_source(cfg: Any) -> None:

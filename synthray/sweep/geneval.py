@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Any
 
 import pandas as pd
 
+from synthray.core import storage
 from synthray.core.registry import SynthrayError
 
 
 def load_geneval(cfg: Any) -> dict[str, float]:
-    """generator -> GenEval overall score from `metrics.geneval` (CSV: generator,geneval); {} when unset."""
+    """generator -> GenEval overall score from `metrics.geneval` (CSV: generator,geneval; a local file or a storage
+    URI, read through the storage layer so that the head of a cluster reads it too); {} when unset."""
     path = cfg.metrics.geneval
     if not path:
         return {}
-    path = Path(str(path)).expanduser()
-    if not path.is_file():
-        raise SynthrayError(f"metrics.geneval: no such file {path} (a CSV with columns generator,geneval)")
-    table = pd.read_csv(path, dtype={"generator": str})
+    path = storage.normalize(str(path))
+    try:
+        data = storage.read_bytes(path)
+    except FileNotFoundError:
+        raise SynthrayError(f"metrics.geneval: no such file {path} (a CSV with columns generator,geneval)") from None
+    except OSError as err:  # a folder, or storage that cannot be reached
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SynthrayError(f"metrics.geneval: cannot read {path} ({why})") from None
+    table = pd.read_csv(io.BytesIO(data), dtype={"generator": str})
     if not {"generator", "geneval"} <= set(table.columns):
         raise SynthrayError(f"metrics.geneval: {path} needs columns generator,geneval; found {','.join(table.columns)}")
     scores = pd.to_numeric(table["geneval"], errors="coerce")
