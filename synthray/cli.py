@@ -103,6 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("names", nargs="+", metavar="NAME|key=value",
                        help="model names or hub ids, and key=value overrides (hub.cache=s3://bucket/hub)")
     stage.set_defaults(func=_stage_weights_command)
+    sdata = sub.add_parser("stage-data", help="copy an ImageFolder tree (ImageNet's train/ and val/) into storage once, "
+                           "for every node to read", description="Copies the tree's image files, as they are, into "
+                           "parquet shards under <storage>/staged/<key> (the key: the files' names, sizes and sha256), "
+                           "once; prints the data.root a sweep reads it with. Words with '=' are config overrides: "
+                           "storage=<URI>, and data.classes=<list> to stage only those classes.")
+    sdata.add_argument("words", nargs="+", metavar="FOLDER|URI|key=value",
+                       help="the tree (a local folder or a bucket prefix, s3://bucket/imagenet), and storage=<URI>")
+    sdata.set_defaults(func=_stage_data_command)
     cap = sub.add_parser("caption", help="caption the real training images (captioner.*): builds or reuses the table",
                          description="The table prompts.captions=captioner reads; prints its URI and row count.")
     cap.add_argument("overrides", nargs="*", help="key=value overrides, as for run (captioner.backend=local ...)")
@@ -291,6 +299,13 @@ def _stage_weights_command(args: argparse.Namespace) -> int:
     from synthray.sweep.weights import stage_named_weights
 
     print("\n".join(stage_named_weights(args.names)))
+    return 0
+
+
+def _stage_data_command(args: argparse.Namespace) -> int:
+    from synthray.data.staging import stage_data_command
+
+    print("\n".join(stage_data_command(args.words)))
     return 0
 
 
