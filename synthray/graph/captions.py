@@ -51,15 +51,16 @@ def captions_artifact(cfg: Any, real: Any = None) -> Artifact:
 def caption(cfg: Any, real: Artifact | None = None) -> Artifact:
     """Build (or reuse) the captions artifact of the real train images (`real`: the built real data, or built here)."""
     from synthray.core.models import Models
-    from synthray.data.real import build_real
+    from synthray.graph.build import Context, build
     from synthray.graph.real import real_spec
-    from synthray.prompts.captions import build_captions
 
     check_captioner(cfg)
     models = Models.from_cfg(cfg)
-    spec = real_spec(cfg)
-    real = real if real is not None else build_real(spec, models.store)
-    return build_captions(captions_spec(cfg, spec), real, models)
+    ctx = Context(models.store, models)
+    spec = captions_spec(cfg, real_spec(cfg))
+    if real is not None:  # already built by the caller
+        ctx.built[spec.real.ref] = real
+    return build(spec, ctx)
 
 
 def _whole(value: Any) -> bool:

@@ -40,7 +40,7 @@ def view_spec(setup: Any, source: Spec, splits: tuple[str, ...], rows: int, plac
     device = pool.device if setup.probe.worker is not None else "cpu"
     resources = placed(placement, device, pool.actors, pool.gpus, setup.memory_gb, f"probe {setup.name}")
     view = ViewSpec(probe=setup.name, params=setup.identity, source=source, subdirs=tuple(splits), rows=rows,
-                    resources_=resources)
+                    resources_=resources, setup=setup)
     return {s: Split(view, s) for s in splits}
 
 

@@ -247,6 +247,7 @@ class SyntheticSpec(Spec):
     real: RealSpec | None = None          # controls and VAE re-encoding read real images
     captions: CaptionsSpec | None = None  # prompts made from the captioner stage's captions
     resources_: Resources = run_field(Resources())
+    table: Any = run_field(None)    # the prompt rows (a DataFrame); None: made from the captioner stage's captions
     entry: Json = run_field(None)   # the zoo entry: what the kind's workers load (model name, variant)
     run: Json = run_field(None)     # the generation section: actors, batch size, offload, encoding
 
@@ -277,6 +278,7 @@ class ViewSpec(Spec):
     subdirs: tuple[str, ...]
     rows: int = run_field(0)
     resources_: Resources = run_field(Resources())
+    setup: Any = run_field(None)   # the probe's `ProbeSetup`: its record, transform parameters and actor pool
 
     def identity(self, legacy: bool = False) -> Json:
         return {"probe": self.probe, "params": self.params, "source": f"{self.source.kind}/{self.source.key_for(legacy)}",

@@ -137,7 +137,8 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
     units = max(1, min(max(int(run["num_actors"]), int(run.get("max_actors") or 0)), shards))
     resources = placed(cfg.placement, pool.device, units, pool.gpus, float(run["gpu_memory_gb"]), f"generate {generator}")
     return SyntheticSpec(generator=generator, style=style, settings=settings, prompts=prompts, rows=rows,
-                         real=real if kind.draws_real else None, captions=captions, resources_=resources, entry=entry, run=run)
+                         real=real if kind.draws_real else None, captions=captions, resources_=resources,
+                         table=table if captions is None else None, entry=entry, run=run)
 
 
 def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None = None) -> Artifact:
@@ -158,14 +159,11 @@ def generate_dataset(cfg: Any, generator: str, style: str = "classname", table: 
     """One synthetic dataset, from the config alone: its real data when the generator draws from it, its prompt
     table (or `table`), and the generation stage. `synthray.api.generate` calls this."""
     from synthray.core.models import Models
-    from synthray.data.real import build_real
-    from synthray.generation.stage import generate
+    from synthray.graph.build import Context, build
 
     table = table if table is not None else build_prompt_table(cfg, generator, style)
-    spec = planned_dataset(cfg, generator, style, table)
     models = Models.from_cfg(cfg)
-    real = build_real(spec.real, models.store) if spec.real is not None else None
-    return generate(spec, table, real, models)
+    return DatasetRef(build(planned_dataset(cfg, generator, style, table), Context(models.store, models)), "data")
 
 
 def captioned_prompt_table(cfg: Any, generator: str, style: str, real: Artifact) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from synthray.core.artifacts import BuildDir, DatasetRef
+from synthray.core.artifacts import Artifact, BuildDir, DatasetRef
 from synthray.core.images import decode_array, read_images, read_shard, shard_files
 from synthray.core.models import Models
 
@@ -107,12 +107,9 @@ def _clipscore_worker(names: dict[str, str], models: Models) -> Callable[[dict],
 
 
 def _sampled_stage(planned: Any, dataset: DatasetRef, names: dict[str, str | None], worker: Callable[..., Callable],
-                   models: Models) -> Any:
+                   models: Models) -> Artifact:
     """Build (once) the artifact of `planned` (a `SampledSpec`) holding `worker(names, models)` applied to the
-    sampled rows of `dataset`, on an actor pool (placed by `metrics.device` when a model is involved); returns
-    its rows."""
-    import pandas as pd
-
+    sampled rows of `dataset`, on an actor pool (placed by `metrics.device` when a model is involved)."""
     from synthray.core.shards import Pool, map_shards, placements, record_shards
 
     art = planned.artifact(models.store)
@@ -130,23 +127,39 @@ def _sampled_stage(planned: Any, dataset: DatasetRef, names: dict[str, str | Non
         record_shards(out, "data", done)
         return {"rows": len(ids), "placement": placements(done)}
 
-    art.build(make)
+    return art.build(make)
+
+
+def build_features(spec: Any, dataset: DatasetRef, models: Models) -> Artifact:
+    """The features stage: build (or reuse) the feature sets of `spec` (a `SampledSpec`) on the split `dataset`."""
+    return _sampled_stage(spec, dataset, spec.settings["encoders"], _feature_worker, models)
+
+
+def build_clipscores(spec: Any, dataset: DatasetRef, models: Models) -> Artifact:
+    """The CLIPScore stage: build (or reuse) the per-image CLIPScores of `spec` (a `ClipscoreSpec`) on `dataset`."""
+    return _sampled_stage(spec, dataset, {"clip": spec.settings["clipscore"]}, _clipscore_worker, models)
+
+
+def _rows(art: Artifact) -> Any:
+    import pandas as pd
+
     return pd.concat([read_shard(f).to_pandas() for f in shard_files(art.file("data"))]).sort_values("id", kind="stable")
+
+
+def feature_sets(art: Artifact) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """encoder name -> (features (N, D) float32, labels (N,)) of a built features artifact, rows by id."""
+    table = _rows(art)
+    labels = table["label"].to_numpy()
+    return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels)
+            for name in art.spec["encoders"]}
+
+
+def mean_clipscore(art: Artifact) -> float:
+    """Mean CLIPScore (0..100) of a built CLIPScore artifact's images against their own prompts."""
+    return float(_rows(art)["clipscore"].mean())
 
 
 def features(spec: Any, dataset: DatasetRef, models: Models) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """encoder name -> (features (N, D) float32, labels (N,)) of the sampled rows of `dataset`, for every encoder
     of `spec` (a `SampledSpec`), built once per dataset."""
-    names = spec.settings["encoders"]
-    table = _sampled_stage(spec, dataset, names, _feature_worker, models)
-    labels = table["label"].to_numpy()
-    return {name: (np.stack(table[f"feature_{name}"].to_numpy()).astype(np.float32), labels) for name in names}
-
-
-def clip_score(spec: Any, dataset: DatasetRef, models: Models) -> float | None:
-    """Mean CLIPScore (0..100) of the sampled images of a synthetic set against their own prompts (`spec`, a
-    `ClipscoreSpec`); None when the sweep has none."""
-    if spec is None:
-        return None
-    table = _sampled_stage(spec, dataset, {"clip": spec.settings["clipscore"]}, _clipscore_worker, models)
-    return float(table["clipscore"].mean())
+    return feature_sets(build_features(spec, dataset, models))

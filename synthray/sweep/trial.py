@@ -66,51 +66,37 @@ def run_point(cfg: Any, point: dict[str, str], report_to_tune: bool = False) -> 
 
 
 def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
+    """The result stage: build every spec the trial's row needs (`graph.build`: inputs first, each once, complete
+    ones reused), then read the row off the built artifacts."""
     from omegaconf import OmegaConf
 
-    from synthray.core.artifacts import DatasetRef
     from synthray.core.models import Models
-    from synthray.data.real import build_real
-    from synthray.generation.stage import generate
+    from synthray.graph.build import Context, build
     from synthray.graph.synthetic import generator_entry
     from synthray.metrics.distribution import distribution_metrics
-    from synthray.metrics.evaluation import accuracy_report, evaluate
-    from synthray.metrics.features import clip_score, features
-    from synthray.probes.stage import view
-    from synthray.training.trainer import train_model
+    from synthray.metrics.evaluation import accuracy_report
+    from synthray.metrics.features import feature_sets, mean_clipscore
 
-    cfg, point, probe, planned = trial.cfg, trial.point, trial.probe, trial.plan
-    store, models = trial.store, Models.from_cfg(cfg)
-    real = build_real(planned.real, store)
-    table = trial.table
-    if table is None:  # captions from the captioner stage: caption the real images (or reuse them), then the table
-        from synthray.graph.synthetic import captioned_prompt_table
-
-        table = captioned_prompt_table(cfg, point["generator"], point["prompt_style"], real)
-    synth = generate(planned.synthetic, table, real, models)
-    real_view = view(store, models, probe, real, planned.real_view)
-    synth_view = view(store, models, probe, synth.artifact, {"data": planned.synth_view})["data"]
-    # selection: used only by recipes that pick the best epoch on the real test split (recipe.selection.set).
-    synth_model = train_model(planned.synth_model, synth_view, store, report_to_tune=report_to_tune, selection=real_view["test"])
-    real_model = train_model(planned.real_model, real_view["train"], store, selection=real_view["test"])
+    cfg, point, planned = trial.cfg, trial.point, trial.plan
+    # Only the synthetic model's epochs go to Tune: they are the trial's learning curve.
+    ctx = Context(trial.store, Models.from_cfg(cfg), report=planned.synth_model.ref if report_to_tune else None)
     row: dict[str, Any] = dict(point)
     # The models are the best epochs by recipe.selection (held-out training rows, or the real test split as the
     # study does); `_acc_last` columns give the final epochs. Each evaluation is its own stage, on its own actors.
-    built = {"synth_to_real": (synth_model, real_view["test"]), "real_to_synth": (real_model, synth_view),
-             "real_to_real": (real_model, real_view["test"])}
-    for prefix, (model, data) in built.items():
-        row.update(accuracy_report(evaluate(planned.evaluations[prefix], model, data, store), prefix))
-    row.update(best_epoch=synth_model.meta()["best_epoch"], selection_acc=synth_model.meta()["selection_acc_best"],
-               selection_loss=synth_model.meta().get("selection_loss_best"))
+    for prefix, spec in planned.evaluations.items():
+        row.update(accuracy_report(build(spec, ctx), prefix))
+    synth_model = build(planned.synth_model, ctx).meta()
+    row.update(best_epoch=synth_model["best_epoch"], selection_acc=synth_model["selection_acc_best"],
+               selection_loss=synth_model.get("selection_loss_best"))
     # The study measures density and coverage on the images; synthray by default on what the classifier saw.
-    images = cfg.metrics.get("features_of", "view") == "images"
-    sets = [features(spec, ref, models) for spec, ref in zip(planned.features, (
-        DatasetRef(real, "train") if images else real_view["train"], synth if images else synth_view))]
-    row.update(distribution_metrics(OmegaConf.to_container(cfg.metrics, resolve=True), int(cfg.seed), *sets))
-    row["clipscore"] = clip_score(planned.clipscore, synth, models)  # the generated images, not a probe view
-    row["n_synthetic"] = trial.synthetic.meta()["rows"]
+    real_set, synth_set = (feature_sets(build(spec, ctx)) for spec in planned.features)
+    row.update(distribution_metrics(OmegaConf.to_container(cfg.metrics, resolve=True), int(cfg.seed), real_set, synth_set))
+    # CLIPScore of the generated images, not a probe view
+    row["clipscore"] = mean_clipscore(build(planned.clipscore, ctx)) if planned.clipscore is not None else None
+    synthetic = build(planned.synthetic, ctx)
+    row["n_synthetic"] = synthetic.meta()["rows"]
     row["released"] = generator_entry(cfg, point["generator"]).get("released")
-    row.update(dataset=trial.synthetic.key, synth_model=synth_model.key, real_model=real_model.key)
+    row.update(dataset=synthetic.key, synth_model=planned.synth_model.key, real_model=planned.real_model.key)
     log.info("trial %s: synth->real %.3f, real->synth %.3f, real->real %.3f, density %.3f, coverage %.3f",
              trial.label, row["synth_to_real_acc"], row["real_to_synth_acc"], row["real_to_real_acc"],
              row["density"], row["coverage"])
