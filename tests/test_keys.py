@@ -126,3 +126,16 @@ def test_specs_check_themselves_in_one_line(tmp_path):
     with pytest.raises(SynthrayError, match="unknown architecture 'resnet5o'") as err:
         replace(model, arch={"arch": "resnet5o"}).check()
     assert "\n" not in str(err.value)
+
+
+def test_a_control_without_held_out_images_is_refused_by_its_spec_in_plan_and_run_alike(tmp_path):
+    """SyntheticSpec.check: a control generator (real-holdout) with data.control_fraction=0 has nothing to draw;
+    `synthray plan` (a dry check) and `run` refuse it with the same line."""
+    from synthray.cli import main
+
+    args = ["experiment=smoke", f"storage={tmp_path}", "data.control_fraction=0", "grid.generator=[real-holdout]"]
+    control = next(s for s in plan(compose(args)).specs.values() if s.kind == "synthetic")
+    with pytest.raises(Exception, match="draws held-out real images, but data.control_fraction=0.0 holds none out"):
+        control.check()
+    for command in ("plan", "run"):
+        assert main([command, *args]) == 2

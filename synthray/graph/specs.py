@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from synthray.core.artifacts import Artifact, Store, spec_key
+from synthray.graph.resources import Resources, Work, placed  # noqa: F401 - placed: the planner's readers take it from here
 
 Json = dict[str, Any]
 
@@ -26,53 +27,6 @@ Json = dict[str, Any]
 def run_field(default: Any = None) -> Any:
     """A field a stage reads that is not part of the key: where or how fast it runs, never what it computes."""
     return field(default=default, compare=False, metadata={"key": False})
-
-
-@dataclass(frozen=True)
-class Work:
-    """What a spec costs: `images` image passes of `stage` for `name` (a generator, probe, arch or encoder)."""
-
-    stage: str
-    name: str
-    images: int
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one unit of a stage asks Ray for: `device`, `units` workers or actors, `gpus` GPUs each, with
-    `memory_gb` GB of GPU memory, and the node labels that say so (`selector`, from `core.placement`)."""
-
-    device: str = "cpu"
-    units: int = 1
-    gpus: float = 0.0
-    what: str = "actor"
-    memory_gb: float = 0.0
-    selector: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def total_gpus(self) -> float:
-        return self.units * self.gpus
-
-    @property
-    def label_selector(self) -> dict[str, str] | None:
-        """Ray's `label_selector` for each unit; None: any node with the GPUs."""
-        return dict(self.selector) or None
-
-    def words(self) -> str:
-        memory = f", {self.memory_gb:g} GB" if self.device == "gpu" and self.memory_gb else ""
-        return f"{self.units} {self.what}{'s' if self.units != 1 else ''} x {self.gpus:g} GPU{memory}"
-
-
-def placed(placement: Any, device: str, units: int, gpus: float, memory_gb: float, stage: str,
-           what: str = "actor") -> Resources:
-    """The resources of a stage's units, with the label selector `placement` (the config's section) gives a GPU
-    unit needing `memory_gb` GB; a CPU unit has none. `stage` names it in the line that refuses a need no tier
-    holds."""
-    from synthray.core.placement import label_selector
-
-    gpu = device == "gpu"
-    selector = label_selector(memory_gb, placement, stage) if gpu else ()
-    return Resources(device, units, gpus if gpu else 0.0, what, float(memory_gb or 0) if gpu else 0.0, selector)
 
 
 class Spec(abc.ABC):
@@ -262,6 +216,17 @@ class SyntheticSpec(Spec):
 
     def label(self) -> str:
         return f"{self.generator}, {self.style}, {self.rows} images"
+
+    def check(self) -> None:
+        """A control has held-out real images to draw. (Its sampling settings resolved when it was planned.)"""
+        from synthray.core.registry import SynthrayError
+        from synthray.generation.kinds import KINDS
+
+        kind = KINDS.get(str(self.settings["kind"]))
+        if kind.draws_real and not (self.real is not None and float(self.real.control_fraction) > 0):
+            fraction = self.real.control_fraction if self.real is not None else None
+            raise SynthrayError(f"generator {self.generator} draws held-out real images, but data.control_fraction="
+                                f"{fraction} holds none out; set data.control_fraction=0.4")
 
     def work(self) -> Work:
         return Work("generate", self.generator, self.rows)

@@ -299,7 +299,7 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None, cl
     from synthray.data.real import load_classes
     from synthray.graph.planner import plan
     from synthray.graph.real import real_spec
-    from synthray.sweep.plan import grid_axes, validate
+    from synthray.sweep.plan import check_specs, grid_axes, validate
 
     cfg = compose(list(overrides))
     throughputs = load_throughputs(throughputs_path)
@@ -323,6 +323,7 @@ def plan_lines(overrides: Sequence[str], throughputs_path: str | None = None, cl
             real_meta = real_art.meta()
     real, how = count_real(cfg, real_meta)
     graph = plan(cfg, real)
+    check_specs(s for s in graph.specs.values() if s.kind != "real")  # its folder may be readable only on the cluster
     complete: set[str] = set()
     if store is not None:
         from synthray.sweep.runner import plan_summary

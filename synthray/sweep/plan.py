@@ -74,8 +74,7 @@ def validate(cfg: Any, dry: bool = False) -> list[dict[str, str]]:
 def check_specs(specs: Iterable[Any]) -> None:
     """Each distinct spec of a planned stage graph checks itself (`Spec.check`), once per check key: run where
     the sweep plans its graph anyway (run, resume, the API), so checking costs no second plan. A dry `synthray
-    plan` leaves it out: the real data's folder may be readable only on the cluster, and a model's checks are the
-    ones `validate` already ran per architecture and per probe's recipe, so both refuse the same inputs."""
+    plan` checks every spec but the real data's, whose folder may be readable only on the cluster."""
     seen: set[str] = set()
     for spec in specs:
         if spec.check_key() not in seen:
@@ -146,15 +145,11 @@ def _check(cfg: Any, dry: bool = False) -> None:
         run_cfg = probe_cfg(cfg, probe_setup(cfg, probe))
         check_recipe(run_cfg.recipe, run_cfg.training)
     models = Models.from_cfg(cfg)
-    for name in axes["generator"]:
+    for name in axes["generator"]:  # a control's real images: SyntheticSpec.check
         entry = generator_entry(cfg, name)
-        sampling_params(entry, cfg.generation.protocol, cfg.generation)
-        kind = kind_of(entry)
-        if kind.loads_model:  # vae-reencode loads its source generator's pipeline folder
+        sampling_params(entry, cfg.generation.protocol, cfg.generation)  # per point: an axis may set guidance
+        if kind_of(entry).loads_model:  # vae-reencode loads its source generator's pipeline folder
             check_model(models, str(entry["model"]), "pipeline", f"generators.{entry.get('source', name)}.model")
-        if kind.draws_real and not float(cfg.data.control_fraction) > 0:
-            raise SynthrayError(f"generator {name} draws held-out real images, but data.control_fraction="
-                                f"{cfg.data.control_fraction} holds none out; set data.control_fraction=0.4")
     check_encoders(cfg)
     from synthray.sweep.tracking import tracking_names
 
