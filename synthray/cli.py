@@ -303,7 +303,7 @@ def _stage_weights_command(args: argparse.Namespace) -> int:
 
 
 def _stage_data_command(args: argparse.Namespace) -> int:
-    from synthray.data.staging import stage_data_command
+    from synthray.graph.real import stage_data_command
 
     print("\n".join(stage_data_command(args.words)))
     return 0

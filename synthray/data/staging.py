@@ -40,34 +40,6 @@ SCHEMA = 1
 Entry = tuple[str, str, str, int, int]  # path (relative, posix), split (train | test), class, size, mtime_ns
 
 
-def stage_data_command(words: Sequence[str]) -> list[str]:
-    """The CLI: `<folder or URI> [storage=<URI>] [data.classes=<list>] [key=value ...]` -> the lines to print."""
-    from synthray.config import compose
-    from synthray.data.real import load_classes
-
-    overrides = [w for w in words if _is_override(w)]
-    sources = [w for w in words if not _is_override(w)]
-    if len(sources) != 1:
-        raise SynthrayError(f"stage-data takes one folder or URI (the tree to stage), got {len(sources)}: "
-                            f"{' '.join(sources) or 'none'}")
-    cfg = compose(overrides)
-    classes = load_classes(cfg.data.classes)["id"].tolist() if any(w.startswith("data.classes=") for w in overrides) else None
-    store = Store(storage.check_storage(cfg.storage), cfg.get("scratch"))
-    art, copied = stage_data(sources[0], store, classes)
-    meta = art.meta()
-    counts = ", ".join(f"{n:,} {split}" for split, n in meta["counts"].items())
-    what = (f"staged {meta['files']:,} images ({counts}; {meta['bytes'] / 1e6:,.1f} MB) in {meta['shards']} shards"
-            if copied else "already staged (complete; nothing copied)")
-    return [f"{what} at {art.uri}",
-            f"read it in a sweep with: data.source=imagefolder data.root={art.uri}"]
-
-
-def _is_override(word: str) -> bool:
-    """`key=value` (a dotted key), not a path or URI that happens to hold '='."""
-    key = word.split("=", 1)[0]
-    return "=" in word and "/" not in key and ":" not in key and bool(key)
-
-
 def stage_data(source: str, store: Store, classes: Sequence[str] | None = None, shard_files: int = SHARD_FILES,
                shard_bytes: int = SHARD_BYTES, threads: int = THREADS) -> tuple[Artifact, bool]:
     """Stage the tree at `source` (all its classes, or `classes`) into `store`; returns the complete artifact, and

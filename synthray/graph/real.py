@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,34 @@ def check_source(cfg: Any) -> None:
     if d.on_corrupt not in ("fail", "skip"):
         raise SynthrayError(f"data.on_corrupt={d.on_corrupt} is not one of fail, skip")
     real_spec(cfg).check()
+
+
+def stage_data_command(words: Sequence[str]) -> list[str]:
+    """The CLI: `<folder or URI> [storage=<URI>] [data.classes=<list>] [key=value ...]` -> the lines to print."""
+    from synthray.config import compose
+    from synthray.core import storage
+    from synthray.core.registry import SynthrayError
+    from synthray.data.real import load_classes
+    from synthray.data.staging import stage_data
+
+    overrides = [w for w in words if _is_override(w)]
+    sources = [w for w in words if not _is_override(w)]
+    if len(sources) != 1:
+        raise SynthrayError(f"stage-data takes one folder or URI (the tree to stage), got {len(sources)}: "
+                            f"{' '.join(sources) or 'none'}")
+    cfg = compose(overrides)
+    classes = load_classes(cfg.data.classes)["id"].tolist() if any(w.startswith("data.classes=") for w in overrides) else None
+    store = Store(storage.check_storage(cfg.storage), cfg.get("scratch"))
+    art, copied = stage_data(sources[0], store, classes)
+    meta = art.meta()
+    counts = ", ".join(f"{n:,} {split}" for split, n in meta["counts"].items())
+    what = (f"staged {meta['files']:,} images ({counts}; {meta['bytes'] / 1e6:,.1f} MB) in {meta['shards']} shards"
+            if copied else "already staged (complete; nothing copied)")
+    return [f"{what} at {art.uri}",
+            f"read it in a sweep with: data.source=imagefolder data.root={art.uri}"]
+
+
+def _is_override(word: str) -> bool:
+    """`key=value` (a dotted key), not a path or URI that happens to hold '='."""
+    key = word.split("=", 1)[0]
+    return "=" in word and "/" not in key and ":" not in key and bool(key)
