@@ -223,11 +223,7 @@ def _absolute_paths(cfg: DictConfig) -> None:
     if cfg.data.root:  # a URI names a copy `synthray stage-data` made (RealSpec.check refuses any other)
         cfg.data.root = _path_or_uri("data.root", cfg.data.root)
     if cfg.prompts.captions and cfg.prompts.captions != "captioner":  # `captioner`: made by the captioner stage
-        if _is_uri(cfg.prompts.captions):  # prompts/table.py reads a local file; never a folder named `s3:`
-            raise SynthrayError(f"prompts.captions={cfg.prompts.captions}: a captions table is read from a local "
-                                "file (CSV, JSONL or parquet); copy it here, or caption in the sweep with "
-                                "prompts.captions=captioner")
-        cfg.prompts.captions = str(Path(cfg.prompts.captions).expanduser().resolve())
+        cfg.prompts.captions = _path_or_uri("prompts.captions", cfg.prompts.captions)  # read through storage
     if cfg.metrics.geneval:  # read through the storage layer (sweep/geneval.py)
         cfg.metrics.geneval = _path_or_uri("metrics.geneval", cfg.metrics.geneval)
     cfg.data.classes = RENAMED_LISTS.get(cfg.data.classes, cfg.data.classes)  # an earlier name of a shipped list

@@ -227,6 +227,12 @@ def test_storage_uris_in_the_config_are_read_or_refused_in_one_line(tmp_path, s3
     assert cfg.metrics.geneval == f"s3://{BUCKET}/tables/geneval.csv" and load_geneval(cfg) == {"tiny-sd": 0.25}
     with pytest.raises(SynthrayError, match="metrics.geneval: no such file s3://"):
         load_geneval(tiny_cfg(tmp_path / "runs", f"metrics.geneval=s3://{BUCKET}/tables/nope.csv"))
+    from synthray.prompts.table import load_captions
+
+    s3_client(s3_server).put_object(Bucket=BUCKET, Key="tables/captions.csv", Body=b"class_id,caption\n0,a zero\n1,a one\n")
+    cfg = tiny_cfg(tmp_path / "runs", f"prompts.captions=s3://{BUCKET}/tables/captions.csv")
+    assert cfg.prompts.captions == f"s3://{BUCKET}/tables/captions.csv"  # never mangled into a local path
+    assert load_captions(cfg.prompts.captions, ["0", "1"])["caption"].tolist() == ["a zero", "a one"]
     not_staged = tiny_cfg(tmp_path / "runs", "data.source=imagefolder", f"data.root=s3://{BUCKET}/sources/imagenet")
     with pytest.raises(SynthrayError, match="is not a staged artifact .*synthray stage-data"):
         validate(not_staged)
@@ -236,7 +242,7 @@ def test_storage_uris_in_the_config_are_read_or_refused_in_one_line(tmp_path, s3
         (["data.source=imagefolder", f"data.root=s3://{BUCKET}/no/such/thing"], "is not a staged artifact"),
         (["data.source=imagefolder", "data.root=gopher://host/imagenet"], "data.root=gopher://host/imagenet: unknown URI scheme"),
         (["data.source=imagefolder", "data.root=s3:/bucket/imagenet"], "write the URI with two slashes"),
-        ([f"prompts.captions=s3://{BUCKET}/captions.csv", "grid.prompt_style=[caption]"], "prompts.captions=s3://"),
+        ([f"prompts.captions=s3://{BUCKET}/captions.csv", "grid.prompt_style=[caption]"], "captions table not found: s3://"),
         (["metrics.geneval=s3://x/g.csv"], "bucket name 'x' is too short"),
     ]
     assert cases[0][1] in _one_line(run_cli("run", f"storage={runs}", *cases[0][0], cwd=tmp_path))

@@ -22,15 +22,21 @@ def load_captions(path: str | Path, class_ids: list[str]) -> pd.DataFrame:
 
     Unknown class ids, empty captions and duplicate ids are reported with their 1-based row numbers.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
+    import io
+
+    from synthray.core import storage
+
+    local = storage.is_local(str(path))  # a storage URI (s3://, gs://) is read through the storage layer
+    path = Path(path).expanduser() if local else str(path)
+    suffix = Path(str(path)).suffix
+    if not (Path(path).is_file() if local else storage.exists(str(path))):
         raise SynthrayError(f"captions table not found: {path}")
     readers = {".csv": lambda p: pd.read_csv(p, dtype=str, keep_default_na=False),
                ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=str),
                ".parquet": pd.read_parquet}
-    if path.suffix not in readers:
+    if suffix not in readers:
         raise SynthrayError(f"captions table {path}: unsupported format; use .csv, .jsonl or .parquet")
-    table = readers[path.suffix](path)
+    table = readers[suffix](path if local else io.BytesIO(storage.read_bytes(str(path))))
     missing = {"class_id", "caption"} - set(table.columns)
     if missing:
         raise SynthrayError(f"captions table {path}: missing columns {sorted(missing)}")
