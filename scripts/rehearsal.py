@@ -97,7 +97,7 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
     """Run the rehearsal in `workdir`; returns the figures (rehearsal_checks.check_all's) with wall times."""
     t0 = time.time()
     s3 = S3Server(workdir, BUCKET)
-    cluster = None
+    cluster, saved = None, {k: os.environ.get(k) for k in s3.env}
     try:
         os.environ.update(s3.env)  # this process reads the bucket too (checks), as every node does
         cluster = LabelledCluster(workdir, s3.env)
@@ -149,6 +149,11 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
         if cluster is not None:
             cluster.shutdown()
         s3.stop()
+        for key, value in saved.items():  # the caller (a test session) goes on with its own S3 server
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def placeholder_geneval() -> str:

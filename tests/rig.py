@@ -66,11 +66,11 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
             if time.time() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"moto server did not start: {log.read_text()[-2000:]}") from None
             time.sleep(0.2)
-    from synthray.core.storage import _filesystem
+    from synthray.core.storage import _cached_filesystem
 
     saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
     os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
-    _filesystem.cache_clear()  # filesystems read the endpoint when made
+    _cached_filesystem.cache_clear()  # filesystems read the endpoint when made
     s3_client(endpoint).create_bucket(Bucket=BUCKET)
     try:
         yield endpoint
@@ -82,7 +82,7 @@ def s3_server(tmp_path_factory) -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        _filesystem.cache_clear()
+        _cached_filesystem.cache_clear()
 
 
 @pytest.fixture(scope="module")  # torn down after its module: idle nodes would slow every later test
@@ -107,9 +107,9 @@ def three_nodes(s3_server, tmp_path_factory) -> Iterator[dict]:
 
 
 def storage_module_cache_clear() -> None:
-    from synthray.core.storage import _filesystem
+    from synthray.core.storage import _cached_filesystem
 
-    _filesystem.cache_clear()
+    _cached_filesystem.cache_clear()
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

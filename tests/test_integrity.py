@@ -132,12 +132,12 @@ def test_storage_down_past_the_retry_budget_is_one_line(monkeypatch):
     monkeypatch.setenv("SYNTHRAY_STORAGE_RETRY_S", "2")
     for k, v in dict(S3_ENV, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}").items():
         monkeypatch.setenv(k, v)
-    storage._filesystem.cache_clear()
+    storage._cached_filesystem.cache_clear()
     try:
         with pytest.raises(StorageUnavailable) as err:
             storage.read_bytes("s3://synthray-test/runs/x.json")
     finally:
-        storage._filesystem.cache_clear()
+        storage._cached_filesystem.cache_clear()
     line = str(err.value)
     assert "\n" not in line and line.startswith("storage unreachable for") and "SYNTHRAY_STORAGE_RETRY_S" in line
 

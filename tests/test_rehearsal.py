@@ -30,7 +30,9 @@ def _check(figures: dict) -> None:
 
 @pytest.mark.timeout(1800)
 def test_cut_down_rehearsal_places_every_stage_and_resumes_after_a_node_dies(tmp_path):
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
     figures = rehearsal.rehearse(tmp_path, rehearsal.CUT_DOWN, ["classname"], {}, kill=True, train=10, test=5)
+    assert os.environ.get("AWS_ENDPOINT_URL") == endpoint  # the session's own S3 server stays the one tests reach
     assert figures["trials done"] == {"rehearsal": f"{len(rehearsal.CUT_DOWN)}/{len(rehearsal.CUT_DOWN)}"}
     _check(figures)
 

@@ -110,7 +110,7 @@ def test_unreachable_endpoint_and_missing_credentials_fail_before_ray(tmp_path, 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    storage._filesystem.cache_clear()
+    storage._cached_filesystem.cache_clear()
     was_up = ray.is_initialized()
     code, err = _run_main(["run", "storage=s3://some-bucket/runs"], capsys)
     assert code == 2 and len(err) == 1 and "cannot reach" in err[0], err
@@ -120,7 +120,7 @@ def test_unreachable_endpoint_and_missing_credentials_fail_before_ray(tmp_path, 
     code, err = _run_main(["run", "storage=s3://some-bucket/runs"], capsys)
     assert code == 2 and len(err) == 1 and "no S3 credentials" in err[0], err
     assert list(tmp_path.iterdir()) == [] and ray.is_initialized() == was_up
-    storage._filesystem.cache_clear()
+    storage._cached_filesystem.cache_clear()
 
 
 def test_threaded_copy_into_retrying_s3_does_not_deadlock(s3_server, tmp_path):

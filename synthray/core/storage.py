@@ -79,10 +79,14 @@ def relative(uri: str, root: str) -> str:
     return uri[len(root):]
 
 
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 def _s3(bucket: str) -> Any:
     import pyarrow.fs as pafs
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = _s3_endpoint()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         # Real AWS serves each bucket from its own region; an S3-compatible endpoint does not care.
@@ -102,10 +106,16 @@ def _bucket_region(bucket: str) -> str:
         return "us-east-1"  # the bucket check that follows names the real problem
 
 
-@functools.lru_cache(maxsize=16)
 def _filesystem(scheme: str, bucket: str, retry: bool = True) -> Any:
     """The filesystem of a scheme; a remote one retries transient errors with backoff (`synthray.core.retry`) unless
     `retry=False` (the up-front storage check, which must answer at once)."""
+    return _cached_filesystem(scheme, bucket, retry, _s3_endpoint() if scheme == "s3" else None)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_filesystem(scheme: str, bucket: str, retry: bool, endpoint: str | None) -> Any:
+    # `endpoint` is in the cache key so that a process whose AWS_ENDPOINT_URL changes never reuses a client that
+    # points at the old server.
     import pyarrow.fs as pafs
 
     from synthray.core.retry import retrying
