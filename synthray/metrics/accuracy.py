@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 
 from synthray.core.artifacts import Artifact, DatasetRef, read_checked
 from synthray.core.images import read_images
+from synthray.core.safe_load import load_tensors
 from synthray.training.archs import create_model
 from synthray.training.augment import test_batch
 
@@ -17,7 +16,7 @@ from synthray.training.augment import test_batch
 def load_model(model: Artifact, weights: str = "model.pt") -> torch.nn.Module:
     """The trained network: `model.pt` is the best epoch on the selection split, `last.pt` the final epoch."""
     net = create_model(model.spec["arch"], model.spec["num_classes"])
-    state = torch.load(io.BytesIO(read_checked(model.file(weights))), map_location="cpu", weights_only=True)
+    state = load_tensors(read_checked(model.file(weights)), model.file(weights))
     net.load_state_dict(state)
     return net.eval()
 

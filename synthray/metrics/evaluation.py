@@ -16,7 +16,6 @@ acc_last and per_class (top-1 accuracy of the best epoch per class, None where t
 from __future__ import annotations
 
 import functools
-import io
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -25,18 +24,18 @@ import numpy as np
 
 from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store, read_checked
 from synthray.core.images import decode_array, read_shard, shard_files, shard_rows, usable_filter
+from synthray.core.safe_load import load_tensors
 from synthray.metrics.accuracy import TOP_K, topk_hits
 
 WEIGHTS = {"best": "model.pt", "last": "last.pt"}
 
 
 def _load(uri: str, arch: str, num_classes: int, device: str) -> Any:
-    import torch
 
     from synthray.training.archs import create_model
 
     net = create_model(arch, num_classes)
-    net.load_state_dict(torch.load(io.BytesIO(read_checked(uri)), map_location="cpu", weights_only=True))
+    net.load_state_dict(load_tensors(read_checked(uri), uri))
     return net.eval().to(device)
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from synthray.core import progress
+from synthray.core.safe_load import load_checkpoint_file
 from synthray.training.archs import create_model
 from synthray.training.augment import cutmix, test_batch, train_batch
 from synthray.training.device_decode import shard_batches, to_device
@@ -44,7 +45,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors and plain values: it loads with weights_only (no pickle of numpy objects)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -52,7 +56,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]  # keys: a tensor; an ndarray in checkpoints written before rng_state's change
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -219,9 +224,9 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
     state = None
     with session.last_checkpoint() as d:
         if d is not None:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+            state = load_checkpoint_file(os.path.join(d, CHECKPOINT_FILE), f"training checkpoint {CHECKPOINT_FILE}")
             rng_file = os.path.join(d, f"rng-{rank}.pt")
-            rng = torch.load(rng_file, weights_only=False) if os.path.exists(rng_file) else None
+            rng = load_checkpoint_file(rng_file) if os.path.exists(rng_file) else None
     if state is not None:
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

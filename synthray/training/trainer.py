@@ -16,6 +16,7 @@ from typing import Any
 
 from synthray.core import progress, storage
 from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store, without_legacy  # noqa: F401 - tests read without_legacy here
+from synthray.core.safe_load import load_checkpoint_file
 from synthray.core.shards import placements
 from synthray.graph.identity import numerics_of
 from synthray.training.loop import CHECKPOINT_FILE, train_loop
@@ -172,7 +173,7 @@ def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool 
                           spec.resources().label_selector)
             metrics, final = result.metrics or {}, result.checkpoint.as_directory()
         with final as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=False)
+            state = load_checkpoint_file(os.path.join(d, CHECKPOINT_FILE), f"{CHECKPOINT_FILE} of {label}")
         best, history = state["best"], state["history"]
         torch.save(state["model"], out.local / "last.pt")
         torch.save(best["model"] if best["model"] is not None else state["model"], out.local / "model.pt")
