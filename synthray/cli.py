@@ -48,13 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--submit", action="store_true", help="resume it as a Ray Job on the cluster at --address")
     res.add_argument("-v", "--verbose", action="store_true", help="every log line on the console too (always in <sweep>/logs/)")
     res.add_argument("--follow", action="store_true", help="with --submit: print the job's log until it ends")
-    _cluster_args(res)
+    _cluster_args(res, sends=True)
     res.set_defaults(func=_resume)
     sbm = sub.add_parser("submit", help="run a sweep as a Ray Job on a remote cluster (from a laptop)",
                          description="Packages this working dir and experiments/, then runs `synthray run` on the head.")
     sbm.add_argument("overrides", nargs="*", help="key=value overrides, as for run; storage must be a URI the cluster reaches")
     sbm.add_argument("--follow", action="store_true", help="print the job's log until it ends, then its results")
-    _cluster_args(sbm)
+    _cluster_args(sbm, sends=True)
     sbm.set_defaults(func=_submit)
     jobs = sub.add_parser("jobs", help="list the cluster's jobs")
     _cluster_args(jobs)
@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=_list_command)
     exp = sub.add_parser("export", help="write a synthetic dataset as an ImageFolder tree")
     exp.add_argument("dataset", help="dataset folder: <storage>/synthetic/<key>")
-    exp.add_argument("out", help="output folder (class folders are created inside)")
+    exp.add_argument("out", help="output folder or storage URI (class folders are created inside)")
     exp.set_defaults(func=_export)
     stage = sub.add_parser("stage-weights", help="copy hub weights to hub.cache, so autoscaled nodes never need the hub",
                            description="Each NAME is one of: a diffusers generator of the zoo (sd15 ...: its pipeline); "
@@ -118,36 +118,49 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _cluster_args(parser: argparse.ArgumentParser) -> None:
+def _cluster_args(parser: argparse.ArgumentParser, sends: bool = False) -> None:
     parser.add_argument("--address", help="the cluster's job API, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
-    parser.add_argument("--with-credentials", action="store_true",
-                        help="also pass this machine's cloud credentials (AWS_*, GOOGLE_APPLICATION_CREDENTIALS) to the job")
+    parser.add_argument("--insecure", action="store_true",
+                        help="send the cluster token over plain http to a public address (default: https, or a loopback "
+                             "or private address only)")
+    if sends:
+        parser.add_argument("--send-secrets", nargs="+", default=[], metavar="NAME",
+                            help="put these environment variables into the job (Ray then stores them in plain text in "
+                                 "its job table and logs; the cluster's secret store is the safe way, README \"Secrets\")")
+        # Gone: it forwarded expiring AWS session tokens and stored long-lived keys in Ray's job table.
+        parser.add_argument("--with-credentials", action="store_true", help=argparse.SUPPRESS)
 
 
 def _submit(args: argparse.Namespace) -> int:
     """submit (and resume --submit): run the sweep as a Ray Job, then optionally follow it."""
     from synthray import submit
 
+    if args.with_credentials:
+        raise SynthrayError("--with-credentials is gone: the nodes read the bucket with their own role (cluster.yaml's "
+                            "instance profile, cluster-gcp.yaml's service account); --send-secrets NAME sends one variable")
     what = ("run", list(args.overrides)) if args.command == "submit" else ("resume", args.resume_words)
-    job = submit.submit(args.address, what[0], what[1], args.with_credentials)
+    if args.send_secrets:
+        submit.secrets_to_send(args.send_secrets)  # a name not set here is one line before the warning
+        print(submit.send_warning(args.send_secrets), file=sys.stderr, flush=True)
+    job = submit.submit(args.address, what[0], what[1], args.send_secrets, args.insecure)
     print(f"submitted {job}; follow it with: synthray logs {job} --follow", flush=True)
     if not args.follow:
         return 0
     args.job = job
-    return _print_logs(args, submit.client(args.address), end_status=True)
+    return _print_logs(args, submit.client(args.address, args.insecure), end_status=True)
 
 
 def _jobs(args: argparse.Namespace) -> int:
     from synthray import submit
 
-    print("\n".join(submit.list_jobs(submit.client(args.address))))
+    print("\n".join(submit.list_jobs(submit.client(args.address, args.insecure))))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     from synthray import submit
 
-    jobs = submit.client(args.address)
+    jobs = submit.client(args.address, args.insecure)
     submit.job_info(jobs, args.job)
     jobs.stop_job(args.job)
     print(f"stopping {args.job}")
@@ -157,7 +170,7 @@ def _stop(args: argparse.Namespace) -> int:
 def _logs(args: argparse.Namespace) -> int:
     from synthray import submit
 
-    return _print_logs(args, submit.client(args.address), end_status=args.follow)
+    return _print_logs(args, submit.client(args.address, args.insecure), end_status=args.follow)
 
 
 def _print_logs(args: argparse.Namespace, jobs: Any, end_status: bool) -> int:
@@ -166,8 +179,16 @@ def _print_logs(args: argparse.Namespace, jobs: Any, end_status: bool) -> int:
     from synthray import submit
 
     if args.follow:
-        for chunk in submit.follow_logs(jobs, args.job):
-            print(chunk, end="", flush=True)
+        try:
+            for chunk in submit.follow_logs(jobs, args.job):
+                print(chunk, end="", flush=True)
+        except KeyboardInterrupt:
+            # Only the following stops: the job goes on, and a resume now would start a second driver on its sweep.
+            where = f" --address {args.address}" if args.address else ""
+            print(f"\nsynthray: stopped following; job {args.job} keeps running on the cluster. Stop it with: "
+                  f"synthray stop {args.job}{where}; follow it again with: synthray logs {args.job} --follow{where}",
+                  file=sys.stderr)
+            return 130
     else:
         submit.job_info(jobs, args.job)
         print(jobs.get_job_logs(args.job), end="")
@@ -180,12 +201,16 @@ def _print_logs(args: argparse.Namespace, jobs: Any, end_status: bool) -> int:
 
 def _results(args: argparse.Namespace) -> int:
     """A sweep's results table: by job id (from the cluster), or by sweep name/folder (from storage)."""
+    from synthray.core import storage
+
+    if "://" in args.target:
+        storage.check_storage(args.target)  # before the sweep modules (and Ray) are imported: a missing bucket is fast
     from synthray.sweep.runner import find_sweep, format_table, read_results
 
     if args.target.startswith("raysubmit_"):
         from synthray import submit
 
-        uri = submit.results_uri(submit.client(args.address), args.target)
+        uri = submit.results_uri(submit.client(args.address, args.insecure), args.target)
     else:
         uri = f"{find_sweep(_storage_override(args.overrides, 'results'), args.target)}/results.parquet"
     print(format_table(read_results(uri)))
@@ -318,11 +343,9 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from synthray.generation.export import export_imagefolder
 
-    count = export_imagefolder(args.dataset, Path(args.out))
+    count = export_imagefolder(args.dataset, args.out)
     print(f"exported {count} images to {args.out}")
     return 0
 
@@ -392,5 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"synthray: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("synthray: interrupted; continue with: synthray resume", file=sys.stderr)
+        # A sweep run here stopped with this process; anything else has nothing to continue.
+        resumable = args.command in ("run", "resume") and not getattr(args, "submit", False)
+        print("synthray: interrupted" + ("; continue with: synthray resume" if resumable else ""), file=sys.stderr)
         return 130

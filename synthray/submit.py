@@ -1,14 +1,15 @@
 """Sweeps from a laptop: submit, list, follow, stop and fetch results of Ray Jobs on a remote cluster.
 
 The laptop needs no GPU and no Ray cluster of its own: it talks to the head's job API (`--address`, else
-`$RAY_ADDRESS`; through `ray dashboard cluster.yaml`, a port-forward to the head's 127.0.0.1:8265). Token auth:
-the token comes from `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or Ray's token file `~/.ray/auth_token`.
+`$RAY_ADDRESS`; through `ray dashboard cluster.yaml`, a port-forward to the head's 127.0.0.1:8265). Token auth
+is Ray's own (RAY_AUTH_MODE=token): the token comes from `$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or Ray's token
+file `~/.ray/auth_token`, and is sent only over https or to a loopback or private address, unless `--insecure`.
 
 A job packages the project's working dir (where `synthray submit` runs) with `experiments/` and any experiment file
-named on the command line, and runs `python -m synthray run ...` on the head. Secrets travel in the job's runtime
-env, taken from the laptop's environment: `HF_TOKEN` and `OPENAI_API_KEY` always (when set), cloud credentials only
-with `--with-credentials`.
-They never go into a file, a log line or a key.
+named on the command line, and runs `python -m synthray run ...` on the head. It carries no secret: Ray keeps a
+job's environment in plain text in its job table and in every node's runtime_env_agent.log, so the nodes read
+secrets from the cloud's secret store instead (`synthray.core.secrets`). `--send-secrets NAME...` sends named ones
+anyway, with a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -26,9 +28,8 @@ from typing import Any
 
 from synthray.core.registry import SynthrayError
 
-SECRETS = ("HF_TOKEN", "OPENAI_API_KEY")  # OPENAI_API_KEY: the openai captioner's (captioner.openai.api_key_env)
-CLOUD_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                     "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
+# Credentials that expire within hours: a sweep runs for days, so the nodes' own roles read the bucket instead.
+EXPIRING = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 # Never uploaded with the working dir: environments, run outputs (local trackers' too), caches, version control and
 # built wheels (the nodes' own synthray comes from dist/cluster through the cluster file, not from the job).
 EXCLUDES = [".git", ".venv", "venv", ".whl", "*.whl", "synthray-runs", "mlruns", "wandb", "__pycache__", "*.pyc",
@@ -45,10 +46,9 @@ def auth_token() -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def client(address: str | None) -> Any:
-    """A `JobSubmissionClient` for `address` (or $RAY_ADDRESS) with the token; one line when unreachable or refused."""
-    from ray.job_submission import JobSubmissionClient
-
+def client(address: str | None, insecure: bool = False) -> Any:
+    """A `JobSubmissionClient` for `address` (or $RAY_ADDRESS) with the token; one line when unreachable or refused,
+    or when the token would go over plain http to a public address (unless `insecure`)."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise SynthrayError("no cluster address: pass --address http://127.0.0.1:8265 (after `ray dashboard cluster.yaml`) "
@@ -56,7 +56,23 @@ def client(address: str | None) -> Any:
     if "://" not in address:
         address = f"http://{address}"
     token = auth_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else None
+    headers = None
+    if token:
+        from synthray.core.secrets import safe_to_send_secrets
+
+        if not insecure and not safe_to_send_secrets(address):
+            raise SynthrayError(f"refusing to send the cluster token over plain http to {address}: use https://, a "
+                                "port-forward to 127.0.0.1 (`ray dashboard cluster.yaml`), or --insecure")
+        # Ray's own token mechanism: its client adds the header when RAY_AUTH_MODE=token, read once, when Ray loads.
+        if "ray._raylet" not in sys.modules:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
+            os.environ.setdefault("RAY_AUTH_TOKEN", token)
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+        if not is_token_auth_enabled():  # Ray was loaded earlier in this process without it (a notebook, tests)
+            headers = {"Authorization": f"Bearer {token}"}
+    from ray.job_submission import JobSubmissionClient
+
     try:
         jobs = JobSubmissionClient(address, headers=headers)
         jobs.list_jobs()  # proves both the address and the token
@@ -104,24 +120,43 @@ def stage_working_dir(overrides: Sequence[str]) -> tuple[Path, list[str]]:
     return staging / "project", out
 
 
-def submit(address: str | None, command: str, args: Sequence[str], with_credentials: bool = False) -> str:
-    """Submit `synthray <command> <args>` as a Ray Job; returns its submission id."""
+def secrets_to_send(names: Sequence[str]) -> dict[str, str]:
+    """The values of `--send-secrets` names, from this environment; one line for a name not set here or one that
+    expires."""
+    for name in names:
+        if name in EXPIRING:
+            raise SynthrayError(f"--send-secrets {name}: it expires within hours and a sweep runs for days; the nodes "
+                                "read the bucket with their own role (cluster.yaml's instance profile) instead")
+        if not os.environ.get(name):
+            raise SynthrayError(f"--send-secrets {name}: it is not set here")
+    return {name: os.environ[name] for name in names}
+
+
+def send_warning(names: Sequence[str]) -> str:
+    return (f"synthray: warning: sending {', '.join(names)} with the job: Ray keeps a job's environment in plain text in "
+            "its job table (ray job list, the job API) and in runtime_env_agent.log on every node; the cluster's secret "
+            "store keeps them out of both (README, \"Secrets\")")
+
+
+def submit(address: str | None, command: str, args: Sequence[str], send: Sequence[str] = (),
+           insecure: bool = False) -> str:
+    """Submit `synthray <command> <args>` as a Ray Job; returns its submission id. `send`: names of secrets to put
+    in the job's environment (`secrets_to_send`); none by default."""
     from synthray.config import compose
 
+    env = secrets_to_send(send)
     if command == "run":
         compose(list(args))  # a bad override fails here, on the laptop, in one line
         _check_storage_for_cluster(args)
-    jobs = client(address)
+    jobs = client(address, insecure)
     folder, args = stage_working_dir(args) if command == "run" else (stage_working_dir([])[0], list(args))
-    names = SECRETS + (CLOUD_CREDENTIALS if with_credentials else ())
-    env = {k: os.environ[k] for k in names if os.environ.get(k)}
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
                 return jobs.submit_job(
                     entrypoint=shlex.join(["python", "-m", "synthray", command, *args]),
-                    runtime_env={"working_dir": str(folder), "env_vars": env, "excludes": EXCLUDES},
+                    runtime_env={"working_dir": str(folder), "excludes": EXCLUDES, **({"env_vars": env} if env else {})},
                     metadata={"synthray": command},
                 )
             except RuntimeError as err:

@@ -277,13 +277,14 @@ def test_caption_prompts_come_from_the_captioner(ray_cluster, shared_storage):
 
 @pytest.mark.parametrize("args, needle", [
     (["captioner.backend=nope"], "unknown captioner.backend 'nope'"),
-    (["captioner.backend=openai"], "reads its API key from $OPENAI_API_KEY, which is not set"),
-    (["captioner.backend=openai", "captioner.openai.api_key_env=MY_KEY"], "reads its API key from $MY_KEY"),
+    (["captioner.backend=openai"], "captioner.backend=openai needs $OPENAI_API_KEY, which is not set on this machine"),
+    (["captioner.backend=openai", "captioner.openai.api_key_env=MY_KEY"], "captioner.backend=openai needs $MY_KEY"),
     (["captioner.backend=local", "captioner.temperature=0.7"], "the local backend decodes greedily"),
     (["captioner.backend=local", "captioner.local.model=/no/such/folder"], "captioner.local.model=/no/such/folder: not a"),
     (["captioner.per_class=0"], "captioner.per_class must be a whole number >= 1 or null"),
     (["captioner.device=tpu"], "unknown captioner.device 'tpu'"),
     (["captioner.openai.base_url=ftp://x"], "is not an http(s) URL"),
+    (["captioner.openai.base_url=http://api.example.com/v1"], "is plain http to a public host"),
     (["captioner.openai.detail=ultra"], "unknown captioner.openai.detail 'ultra'"),
     (["prompts.captions=null"], "prompt_style=caption needs prompts.captions="),
 ])
@@ -304,9 +305,11 @@ def test_caption_command_without_key_is_one_line(tmp_path):
 
     done = run_cli("caption", f"storage={tmp_path / 'runs'}", env={"OPENAI_API_KEY": ""}, cwd=tmp_path, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.strip() == ("synthray: error: captioner.backend=openai reads its API key from $OPENAI_API_KEY, "
-                                   "which is not set; export it (captioner.openai.api_key_env names another variable), "
-                                   "or use captioner.backend=local")
+    assert done.stderr.strip() == (
+        "synthray: error: captioner.backend=openai needs $OPENAI_API_KEY, which is not set on this machine; export it "
+        "here, or on a cluster put it in the cluster's secret store (AWS: SSM parameter /synthray/OPENAI_API_KEY; GCP: "
+        "secret synthray-openai-api-key; README, \"Secrets\"), which every node reads when it starts; "
+        "captioner.openai.api_key_env names another variable, or use captioner.backend=local")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -208,6 +208,32 @@ def test_token_auth_on_head_and_workers(name):
     assert not re.search(r"RAY_AUTH_TOKEN\s*[=:]", _text(name))
 
 
+def test_every_node_reads_the_secrets_from_its_clouds_store_before_ray_starts(name):
+    """Secrets reach Ray's processes from the cloud's secret store, through the node's role: never from the file,
+    a job's runtime env or a key file. GCP: both node kinds run as a narrowed account of their own (Ray's default
+    head account has project-wide compute.admin, storage.objectAdmin and serviceAccountUser)."""
+    config = prepared(name)
+    cloud = "aws" if is_aws(config) else "gcp"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = the_ray_start(config[key])
+        fetch = f'eval "$(python -m synthray.core.node_secrets {cloud} '
+        assert fetch in start and start.index(fetch) < start.index("ray start"), key
+        for secret in ("HF_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY"):
+            assert secret in start.split(fetch, 1)[1].split(")", 1)[0], (key, secret)
+    assert not re.search(r"(HF_TOKEN|OPENAI_API_KEY|WANDB_API_KEY|AWS_SECRET_ACCESS_KEY)\s*[=:]\s*\S", _text(name))
+    if cloud == "gcp":
+        head, workers = head_and_workers(config)
+        emails = {k: [a["email"] for a in t["node_config"].get("serviceAccounts", [])]
+                  for k, t in config["available_node_types"].items()}
+        assert emails[config["head_node_type"]] == ["synthray-head@REPLACE_ME-project-id.iam.gserviceaccount.com"]
+        assert all(emails[k] == ["synthray-worker@REPLACE_ME-project-id.iam.gserviceaccount.com"] for k in workers)
+        for role in ("roles/compute.instanceAdmin.v1", "roles/iam.serviceAccountUser", "roles/storage.objectAdmin",
+                     "roles/secretmanager.secretAccessor"):
+            assert role in _text(name), role
+    else:
+        assert "ssm:GetParameters" in _text(name) and "parameter/synthray/*" in _text(name)
+
+
 def test_gpu_workers_start_from_zero_on_spot_with_an_on_demand_fallback(name):
     config = prepared(name)
     _, workers = head_and_workers(config)

@@ -89,7 +89,7 @@ def test_paper_experiment_fails_clearly_without_data_or_weights(tmp_path, monkey
     paper = ["experiment=paper", f"storage={tmp_path}/runs", "hub.cache=null", f"data.root={root}", "grid.generator=[sd15]"]
     # The caption style's captioner is the study's gpt-4.1-nano: its key comes from the environment.
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(SynthrayError, match=r"captioner.backend=openai reads its API key from \$OPENAI_API_KEY, which is not set"):
+    with pytest.raises(SynthrayError, match=r"captioner.backend=openai needs \$OPENAI_API_KEY, which is not set"):
         validate(compose(paper))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-real-key")
     with pytest.raises(SynthrayError, match="not in the local Hugging Face cache; stage them .synthray stage-weights") as err:

@@ -92,3 +92,103 @@ def test_a_planted_model_file_with_a_matching_manifest_is_refused_on_rerun(ray_c
     log = "".join(p.read_text() for p in tmp_path.glob("sweeps/*/logs/sweep.log"))
     refused = [line for line in log.splitlines() if "failed:" in line and "refused to load" in line]
     assert refused and all("last.pt" in line and "it would call" in line for line in refused), log[-3000:]
+
+
+def _one_line(done) -> str:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, (done.returncode, done.stdout[-1500:], done.stderr[-1500:])
+    return lines[0]
+
+
+def test_a_missing_bucket_is_one_line_within_seconds_for_every_command(s3_server, tmp_path):
+    """Six commands, each given a bucket the (local) S3 server does not have: one line, exit 2, under 10 s each,
+    naming the bucket, and no retrying as if the store were down."""
+    import time
+
+    from tests.rig import run_cli
+
+    gone = "s3://no-such-bucket-4711"
+    commands = {
+        "run": ["run", f"storage={gone}/runs"],
+        "resume": ["resume", f"storage={gone}/runs"],
+        "results": ["results", f"{gone}/runs/sweeps/smoke-20260101-000000"],
+        "export": ["export", f"{gone}/runs/synthetic/0123abcd", str(tmp_path / "out")],
+        "report": ["report", "--storage", f"{gone}/runs", "--out", str(tmp_path / "report")],
+        "stage-weights": ["stage-weights", "sd15", f"hub.cache={gone}/hub"],
+    }
+    for name, args in commands.items():
+        started = time.perf_counter()
+        line = _one_line(run_cli(*args, cwd=tmp_path, timeout=120))
+        seconds = time.perf_counter() - started
+        assert "bucket 'no-such-bucket-4711' does not exist" in line, (name, line)
+        assert seconds < 10, (name, seconds)
+        print(f"[figure] {name}: {seconds:.1f} s: {line}")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report").exists()
+
+
+def _node_secrets(cloud: str, *names: str, env: dict) -> tuple[dict, str]:
+    """Run the cluster files' fetch as a node does: its stdout evaluated by a shell, which then reports its env."""
+    import subprocess
+    import sys
+
+    script = f'eval "$({sys.executable} -m synthray.core.node_secrets {cloud} {" ".join(names)})" && env -0'
+    done = subprocess.run(["bash", "-c", script], env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seen = dict(line.split("=", 1) for line in done.stdout.split("\0") if "=" in line)
+    return {n: seen[n] for n in names if n in seen}, done.stderr
+
+
+def test_nodes_read_their_secrets_from_the_aws_parameter_store(s3_server):
+    """SSM Parameter Store on the local moto server: SecureStrings under /synthray/ reach the shell that starts Ray,
+    a value with shell characters intact; a name not in the store stays unset and is named (only named) on stderr."""
+    import boto3
+
+    ssm = boto3.client("ssm", endpoint_url=s3_server, region_name="us-east-1")
+    odd = "hf_A'b \"$(touch /tmp/x)\" `c`"
+    ssm.put_parameter(Name="/synthray/HF_TOKEN", Value=odd, Type="SecureString", Overwrite=True)
+    ssm.put_parameter(Name="/synthray/WANDB_API_KEY", Value="wandb-123", Type="SecureString", Overwrite=True)
+    got, err = _node_secrets("aws", "HF_TOKEN", "WANDB_API_KEY", "OPENAI_API_KEY",
+                             env={"AWS_DEFAULT_REGION": "us-east-1", "OPENAI_API_KEY": ""})
+    assert got == {"HF_TOKEN": odd, "WANDB_API_KEY": "wandb-123", "OPENAI_API_KEY": ""}
+    assert "left unset): OPENAI_API_KEY" in err and odd not in err and "wandb-123" not in err
+    # A store that cannot be read: one line, and the node still starts.
+    got, err = _node_secrets("aws", "HF_TOKEN", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "HF_TOKEN": ""})
+    assert got == {"HF_TOKEN": ""} and err.count("\n") == 1 and "no secrets from the aws secret store" in err
+
+
+def test_nodes_read_their_secrets_from_gcp_secret_manager():
+    """The metadata server's token, then Secret Manager's REST API (both as local HTTP servers): the same contract."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    stored = {"synthray-openai-api-key": "sk-gcp-42"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/computeMetadata/"):
+                ok = self.headers.get("Metadata-Flavor") == "Google"
+                body = b"proj-1" if self.path.endswith("project-id") else json.dumps({"access_token": "tok"}).encode()
+            else:
+                name = self.path.split("/secrets/")[1].split("/")[0]
+                ok = self.path.startswith("/v1/projects/proj-1/") and self.headers.get("Authorization") == "Bearer tok"
+                if name not in stored:
+                    self.send_response(404), self.end_headers()
+                    return
+                body = json.dumps({"payload": {"data": base64.b64encode(stored[name].encode()).decode()}}).encode()
+            self.send_response(200 if ok else 403)
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        got, err = _node_secrets("gcp", "OPENAI_API_KEY", "HF_TOKEN", env={
+            "GCE_METADATA_HOST": host, "SYNTHRAY_SECRET_MANAGER_URL": f"http://{host}", "HF_TOKEN": ""})
+    finally:
+        server.shutdown()
+    assert got == {"OPENAI_API_KEY": "sk-gcp-42", "HF_TOKEN": ""} and "left unset): HF_TOKEN" in err

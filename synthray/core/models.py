@@ -171,8 +171,9 @@ def _holds(folder: str, use: str | None) -> bool:
         return False
 
 
-def check_model(models: Models, name: str, use: str, setting: str) -> None:
-    """Before launch: a one-line error if `name` cannot be loaded on the cluster (tiny twins are built later)."""
+def check_model(models: Models, name: str, use: str, setting: str, gated: bool = False) -> None:
+    """Before launch: a one-line error if `name` cannot be loaded on the cluster (tiny twins are built later).
+    `gated`: the hub asks for a token to download it, so a download needs $HF_TOKEN here."""
     what, check = USES[use]
     kind = name_kind(name)
     if kind == "tiny":
@@ -194,7 +195,14 @@ def check_model(models: Models, name: str, use: str, setting: str) -> None:
         return
     repo, revision = split_revision(name)
     folder = _hf_cache_snapshot(repo, revision)
-    if (folder is not None and _holds(folder, use)) or models.allow_download:
+    if folder is not None and _holds(folder, use):
+        return
+    if models.allow_download:
+        if gated:
+            from synthray.core.secrets import require_secret
+
+            require_secret("HF_TOKEN", f"{setting}={name} is gated on the Hugging Face Hub, and downloading it",
+                           f"or stage the weights once instead: synthray stage-weights {repo}")
         return
     where = f"hub.cache ({models.hub_cache}) or " if models.hub_cache else ""
     raise SynthrayError(f"weights for '{name}' are not in {where}the local Hugging Face cache; stage them "

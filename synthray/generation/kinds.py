@@ -25,8 +25,9 @@ from synthray.generation.reencode import VaeReencodeGenerator, reencode_entry
 
 Entry = dict[str, Any]
 PROTOCOLS = ("model-default", "paper")
-# What a model-loading entry may declare about where it runs, over the generation section's defaults; never keyed.
-PLACEMENT_FIELDS = ("gpu_memory_gb", "gpus_per_actor", "cpu_offload")
+# What a model-loading entry may declare about where it runs, over the generation section's defaults, and whether
+# the hub gates its weights (a download needs $HF_TOKEN); never keyed.
+PLACEMENT_FIELDS = ("gpu_memory_gb", "gpus_per_actor", "cpu_offload", "gated")
 __all__ = ["KINDS", "PLACEMENT_FIELDS", "PROTOCOLS", "GeneratorKind", "RealHoldoutGenerator", "build_generator", "check_scheduler",
            "zoo_entry", "kind_of", "sampling_params", "tiny_params"]
 

@@ -62,6 +62,8 @@ def reencode_entry(zoo: Any, name: str, entry: dict[str, Any] | None = None) -> 
         keep32 = src["dtype"] == "float32" or src["pipeline"] in FLOAT32_PIPELINES
         entry["dtype"] = "float32" if keep32 else "float16"
     entry.update(source=source, model=src["model"], pipeline=src["pipeline"], resolution=src["resolution"])
+    if src.get("gated"):  # the same repository: its download needs the same token
+        entry.setdefault("gated", True)
     entry.setdefault("released", None)
     return entry
 

@@ -34,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from synthray.core.registry import SynthrayError
+from synthray.core.secrets import require_secret, safe_to_send_secrets
 
 DETAILS = (None, "low", "high", "auto")
 MAX_RETRY_AFTER_S = 600.0  # a Retry-After beyond this is a server asking us to give up, not to wait
@@ -92,11 +93,14 @@ def retry_after(headers: Any) -> float | None:
 
 def check_openai(c: dict[str, Any], need_key: bool) -> None:
     o = c["openai"]
-    if need_key and not os.environ.get(str(o["api_key_env"])):
-        raise SynthrayError(f"captioner.backend=openai reads its API key from ${o['api_key_env']}, which is not set; "
-                            "export it (captioner.openai.api_key_env names another variable), or use captioner.backend=local")
+    if need_key:
+        require_secret(str(o["api_key_env"]), "captioner.backend=openai",
+                       "captioner.openai.api_key_env names another variable, or use captioner.backend=local")
     if not re.match(r"^https?://[^/\s]+", str(o["base_url"] or "")):
         raise SynthrayError(f"captioner.openai.base_url={o['base_url']} is not an http(s) URL, e.g. https://api.openai.com/v1")
+    if not safe_to_send_secrets(str(o["base_url"])):
+        raise SynthrayError(f"captioner.openai.base_url={o['base_url']} is plain http to a public host: the API key would "
+                            "cross the network unencrypted; use https:// (plain http only to localhost or a private address)")
     if not o.get("model"):
         raise SynthrayError("captioner.openai.model is empty; e.g. gpt-4.1-nano (the study's)")
     if o.get("detail") not in DETAILS:

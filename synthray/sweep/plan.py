@@ -38,6 +38,7 @@ DRY_SKIPS = (
     "being given are still checked)",
     "hub weights: staged in hub.cache or in the local Hugging Face cache (names, and tiny families, still checked)",
     "captioner.backend=openai: its API key is set here, and whether the captions are already in storage",
+    "secrets: $WANDB_API_KEY for tracking=wandb, $HF_TOKEN for a gated hub model that would be downloaded",
 )
 DRY_STORAGE = "/nonexistent/synthray-dry-plan"  # the store a dry check sees: empty, never written, never listed
 
@@ -149,11 +150,12 @@ def _check(cfg: Any, dry: bool = False) -> None:
         entry = generator_entry(cfg, name)
         sampling_params(entry, cfg.generation.protocol, cfg.generation)  # per point: an axis may set guidance
         if kind_of(entry).loads_model:  # vae-reencode loads its source generator's pipeline folder
-            check_model(models, str(entry["model"]), "pipeline", f"generators.{entry.get('source', name)}.model")
+            check_model(models, str(entry["model"]), "pipeline", f"generators.{entry.get('source', name)}.model",
+                        gated=bool(entry.get("gated")) and not dry)
     check_encoders(cfg)
     from synthray.sweep.tracking import tracking_names
 
-    tracking_names(cfg)
+    tracking_names(cfg, secrets=not dry)
     if cfg.metrics.get("features_of", "view") not in ("view", "images"):
         raise unknown_name("metrics.features_of", str(cfg.metrics.features_of), ["view", "images"])
     load_geneval(cfg)

@@ -30,7 +30,9 @@ from synthray.sweep.waiting import watch as watch_waits
 
 # Secrets and endpoints that workers on a remote cluster need, taken from the submitting environment. They travel
 # in the job's runtime env only: never in a config, a key, a log line or a results file.
-FORWARDED_ENV = ("HF_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+# Where the bucket is, for a driver that connects to a cluster from outside a job: settings, not secrets. Secrets
+# are never forwarded (Ray would store them in its job table): each node reads its own (synthray.core.secrets).
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 log = logging.getLogger("synthray")
 
@@ -74,8 +76,7 @@ def init_ray(cfg: Any) -> None:
         check_ray_target(cfg)
         address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
         if address:
-            names = (*FORWARDED_ENV, str(OmegaConf.select(cfg, "captioner.openai.api_key_env", default="") or ""))
-            env = {k: os.environ[k] for k in names if k and os.environ.get(k)}
+            env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
             # Inside a Ray Job the job's own runtime env already carries them (and its working dir must stay).
             in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
             ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env and not in_job else None)
@@ -215,10 +216,11 @@ def report_failures(results: Any) -> None:
 
 def find_sweep(root: str, sweep: str | None) -> str:
     """A sweep folder URI by exact name, by name prefix (newest wins) or full URI/path; the newest when None."""
-    if sweep and ("/" in sweep or "://" in sweep):
-        uri = storage.normalize(sweep)
+    if sweep and ("/" in sweep or "://" in sweep):  # a location (sweep names hold no slash)
+        uri = storage.check_storage(sweep)  # a missing bucket is one line now, not a search elsewhere
         if storage.exists(storage.join(uri, "config.yaml")):
             return uri
+        raise SynthrayError(f"no sweep at {uri} (it has no config.yaml); give a sweep folder, <storage>/sweeps/<name>, or a name with storage=<root>")
     sweeps = storage.join(storage.check_storage(root), "sweeps")
     names = storage.list_dirs(sweeps)
     found = [n for n in names if storage.exists(storage.join(sweeps, n, "config.yaml"))]

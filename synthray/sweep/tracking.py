@@ -8,17 +8,19 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from synthray.core.registry import SynthrayError
+from synthray.core.secrets import missing_secret
 
 TRACKERS = {"mlflow": "mlflow", "wandb": "wandb", "tensorboard": "tensorboardX"}  # tracking= value: its package
 
 
-def tracking_names(cfg: Any) -> list[str]:
+def tracking_names(cfg: Any, secrets: bool = True) -> list[str]:
     """`tracking` as a checked list: one line for an unknown name or a package that does not import.
 
     The package is imported, not just found: on a cluster the sweep's driver runs on the head, whose packages are the
     cluster's (the nodes' wheel), not the laptop's that `synthray submit` checked, and a package that is there but
     broken fails the same way later. This runs in `validate`, at the start of `synthray run` and `resume`, so a
-    missing tracker stops the sweep before any stage starts."""
+    missing tracker stops the sweep before any stage starts. `secrets`: also check that W&B has its key here (not in
+    a dry plan, which may run on a laptop that never logs)."""
     from synthray.core.registry import unknown_name
 
     given = OmegaConf.select(cfg, "tracking", default=None)
@@ -27,7 +29,24 @@ def tracking_names(cfg: Any) -> list[str]:
         if name not in TRACKERS:
             raise unknown_name("tracking", name, TRACKERS)
         check_tracker_imports(name)
+        if name == "wandb" and secrets:
+            check_wandb_key()
     return names
+
+
+def check_wandb_key() -> None:
+    """W&B logs from the driver's node: it needs $WANDB_API_KEY (or a `wandb login` netrc entry) there, unless
+    it logs offline."""
+    import netrc
+
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY"):
+        return
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise missing_secret("WANDB_API_KEY", "tracking=wandb", "or log offline with WANDB_MODE=offline")
 
 
 def check_tracker_imports(name: str) -> None:
