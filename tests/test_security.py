@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from synthray.core.artifacts import MANIFEST
-from synthray.core.registry import SynthrayError
 from synthray.core.safe_load import UnsafeCheckpoint, load_tensors
 from tests.conftest import tiny_cfg
 

@@ -220,7 +220,8 @@ def find_sweep(root: str, sweep: str | None) -> str:
         uri = storage.check_storage(sweep)  # a missing bucket is one line now, not a search elsewhere
         if storage.exists(storage.join(uri, "config.yaml")):
             return uri
-        raise SynthrayError(f"no sweep at {uri} (it has no config.yaml); give a sweep folder, <storage>/sweeps/<name>, or a name with storage=<root>")
+        raise SynthrayError(f"no sweep at {uri} (it has no config.yaml); give a sweep folder, <storage>/sweeps/<name>, "
+                            "or a name with storage=<root>")
     sweeps = storage.join(storage.check_storage(root), "sweeps")
     names = storage.list_dirs(sweeps)
     found = [n for n in names if storage.exists(storage.join(sweeps, n, "config.yaml"))]
