@@ -124,7 +124,7 @@ def _cluster_args(parser: argparse.ArgumentParser, sends: bool = False) -> None:
                         help="send the cluster token over plain http to a public address (default: https, or a loopback "
                              "or private address only)")
     if sends:
-        parser.add_argument("--send-secrets", nargs="+", default=[], metavar="NAME",
+        parser.add_argument("--send-secrets", action="append", default=[], metavar="NAME[,NAME]",
                             help="put these environment variables into the job (Ray then stores them in plain text in "
                                  "its job table and logs; the cluster's secret store is the safe way, README \"Secrets\")")
         # Gone: it forwarded expiring AWS session tokens and stored long-lived keys in Ray's job table.
@@ -139,6 +139,7 @@ def _submit(args: argparse.Namespace) -> int:
         raise SynthrayError("--with-credentials is gone: the nodes read the bucket with their own role (cluster.yaml's "
                             "instance profile, cluster-gcp.yaml's service account); --send-secrets NAME sends one variable")
     what = ("run", list(args.overrides)) if args.command == "submit" else ("resume", args.resume_words)
+    args.send_secrets = [n for given in args.send_secrets for n in given.split(",") if n]
     if args.send_secrets:
         submit.secrets_to_send(args.send_secrets)  # a name not set here is one line before the warning
         print(submit.send_warning(args.send_secrets), file=sys.stderr, flush=True)

@@ -124,6 +124,8 @@ def secrets_to_send(names: Sequence[str]) -> dict[str, str]:
     """The values of `--send-secrets` names, from this environment; one line for a name not set here or one that
     expires."""
     for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SynthrayError(f"--send-secrets {name}: not an environment variable name (give NAME or NAME,NAME)")
         if name in EXPIRING:
             raise SynthrayError(f"--send-secrets {name}: it expires within hours and a sweep runs for days; the nodes "
                                 "read the bucket with their own role (cluster.yaml's instance profile) instead")

@@ -7,10 +7,13 @@ environment. Each node has its own scratch folder (`SYNTHRAY_SCRATCH`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +126,14 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900
 @pytest.fixture(scope="module")
 def token_head(tmp_path_factory) -> Iterator[dict]:
     """A `ray start --head` with token auth (RAY_AUTH_MODE=token) and its dashboard/job API on 127.0.0.1 only."""
+    with start_token_head(tmp_path_factory.mktemp("token-head")) as head:
+        yield head
+
+
+@contextlib.contextmanager
+def start_token_head(folder: Path, node_env: dict | None = None) -> Iterator[dict]:
+    """`token_head`'s head, its logs and session under `folder` (`temp_dir` in the answer); `node_env`: variables
+    the head's Ray processes get from the node, as a cluster file's `ray start` gives them."""
     import secrets
     import signal
     import urllib.request
@@ -133,14 +144,17 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
     # head whose agent cannot bind answers every job submission with "No available agent".
     ports = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                                       "metrics-export-port", "runtime-env-agent-port", "ray-client-server-port")]
-    log = tmp_path_factory.mktemp("token-head") / "head.log"
+    log = folder / "head.log"
+    # Ray's own folder: short, since its unix sockets live there and a socket path is limited to 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     bin_dir = os.path.dirname(sys.executable)
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2",
-               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")  # jobs run `python` from this venv
+               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **(node_env or {}))  # jobs run `python` from this venv
     with open(log, "w") as out:
         proc = subprocess.Popen([os.path.join(bin_dir, "ray"), "start", "--head", f"--port={port}", "--num-cpus=8",
                                  "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", *ports,
-                                 "--disable-usage-stats", "--block"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                 f"--temp-dir={temp_dir}", "--disable-usage-stats", "--block"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{dashboard}"
     deadline = time.time() + 120
     while True:
@@ -155,7 +169,7 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
                 raise RuntimeError(f"token-auth head did not start: {log.read_text()[-2000:]}") from None
             time.sleep(1)
     try:
-        yield {"url": url, "token": token}
+        yield {"url": url, "token": token, "temp_dir": temp_dir}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -163,6 +177,7 @@ def token_head(tmp_path_factory) -> Iterator[dict]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(15)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 class LocalAutoscalingCluster:

@@ -191,3 +191,119 @@ def test_nodes_read_their_secrets_from_gcp_secret_manager():
     finally:
         server.shutdown()
     assert got == {"OPENAI_API_KEY": "sk-gcp-42", "HF_TOKEN": ""} and "left unset): HF_TOKEN" in err
+
+
+def test_export_keeps_every_file_under_its_folder_and_writes_uris(s3_server, tmp_path):
+    """Class and row ids of `..`, `/`, `.` and empty: every file lands under the output folder, no two ids share a
+    folder, and ordinary ids keep their names. The same export to an S3 URI writes there."""
+    from synthray.core import storage
+    from synthray.core.artifacts import Artifact, Store
+    from synthray.core.shards import write_table
+    from synthray.generation.export import export_imagefolder
+    from tests.rig import BUCKET, bucket_keys, run_cli
+
+    hostile = ["..", "../..", "/etc", ".", "", "a/../../b", "n01440764", "..."]
+    art = Artifact(Store(storage.normalize(tmp_path / "runs")), "things", {"hostile": 1})
+
+    def make(out):
+        rows = range(len(hostile))
+        out.record("data/part-00000.parquet", write_table(storage.join(out.uri, "data", "part-00000.parquet"), {
+            "id": [f"../r{j}" if j % 2 else f"r{j}" for j in rows], "image": [b"\x89PNG" + bytes([j]) for j in rows],
+            "label": list(rows), "class_id": hostile}))
+        return {"rows": len(hostile)}
+
+    art.build(make)
+    inside = tmp_path / "sandbox" / "out"
+    done = run_cli("export", art.uri, str(inside), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    files = [p for p in (tmp_path / "sandbox").rglob("*") if p.is_file()]
+    assert len(files) == len(hostile) and all(inside in p.resolve().parents for p in files)
+    assert len({p.parent for p in files}) == len(hostile), "no two class ids share a folder"
+    assert (inside / "n01440764" / "r6.png").is_file(), "safe ids keep their names"
+    assert not list(tmp_path.glob("etc*")) and not (tmp_path / "b").exists()
+
+    assert export_imagefolder(art.uri, f"s3://{BUCKET}/exports/hostile") == len(hostile)
+    keys = bucket_keys(s3_server, prefix="exports/hostile/")
+    assert len(keys) == len(hostile) and "exports/hostile/n01440764/r6.png" in keys
+    assert all(".." not in k.split("/") and "//" not in k for k in keys)
+    for bad, needle in ((f"s3:/{BUCKET}/x", "write the URI with two slashes"), ("ftp://host/x", "unknown URI scheme")):
+        done = run_cli("export", art.uri, bad, cwd=tmp_path)
+        assert done.returncode == 2 and needle in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
+    assert not (tmp_path / "s3:").exists()
+
+
+@pytest.mark.slow
+def test_a_submitted_job_stores_no_laptop_secret_and_uses_the_nodes_own(tmp_path_factory, tmp_path, monkeypatch):
+    """Known secrets in the laptop's environment, a job submitted to a token-auth head on 127.0.0.1 whose node has its
+    own OPENAI_API_KEY (as the cluster files give it, from the secret store). The job captions through the stub
+    OpenAI endpoint, which accepts only the node's key: so the worker got the secret the cluster's way. The laptop's
+    secrets are nowhere: not in the job's info, not in the job list, not in any file of the Ray session, not in
+    storage. Ctrl-C while following says the job keeps running, and it does."""
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from http.server import ThreadingHTTPServer
+
+    from ray.job_submission import JobSubmissionClient
+
+    from synthray import submit
+    from tests.conftest import TINY
+    from tests.rig import start_token_head
+    from tests.test_captioner import KEY, Stub, _handler, openai_args
+
+    stub = Stub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(stub))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stub.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    laptop = {name: f"{name.lower()}-laptop-{secrets.token_hex(8)}"
+              for name in ("HF_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY", "AWS_SECRET_ACCESS_KEY")}
+    root = Path(__file__).resolve().parents[1]
+    storage = tmp_path / "runs"
+    try:
+        with start_token_head(tmp_path_factory.mktemp("secret-head"), node_env={"OPENAI_API_KEY": KEY}) as head:
+            for name, value in laptop.items():
+                monkeypatch.setenv(name, value)
+            monkeypatch.setenv("RAY_AUTH_TOKEN", head["token"])
+            monkeypatch.chdir(root)
+            args = [f"storage={storage}", *TINY, *openai_args(stub, "captioner.per_class=2", "captioner.shard_size=8",
+                                                              "captioner.batch_size=4")]
+            job = submit.submit(head["url"], "caption", args)
+            jobs = JobSubmissionClient(head["url"], headers={"Authorization": f"Bearer {head['token']}"})
+
+            follow = subprocess.Popen([sys.executable, "-m", "synthray", "logs", job, "--follow", "--address", head["url"]],
+                                      cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(6)
+            follow.send_signal(signal.SIGINT)
+            _, said = follow.communicate(timeout=60)
+            assert follow.returncode == 130, said
+            assert f"job {job} keeps running on the cluster" in said and f"synthray stop {job}" in said
+            assert "synthray resume" not in said
+            assert jobs.get_job_status(job).value in ("PENDING", "RUNNING", "SUCCEEDED")
+
+            deadline = time.time() + 600
+            while jobs.get_job_status(job).value in ("PENDING", "RUNNING") and time.time() < deadline:
+                time.sleep(1)
+            log = jobs.get_job_logs(job)
+            assert jobs.get_job_status(job).value == "SUCCEEDED", log[-3000:]
+            assert "captions: " in log and "(20 rows, openai)" in log
+            assert stub.log and all(status == 200 for *_, status in stub.log), "every request carried the node's key"
+
+            stored = {"job info": repr(jobs.get_job_info(job)) + json.dumps(jobs.get_job_info(job).runtime_env or {}),
+                      "job list": repr(jobs.list_jobs())}
+            for path in [*Path(head["temp_dir"]).rglob("*"), *storage.rglob("*")]:
+                if path.is_file() and not path.is_symlink():
+                    stored[str(path)] = path.read_bytes().decode("latin-1")
+            assert any("runtime_env_agent" in where for where in stored), "the session's logs were read"
+            for name, value in laptop.items():
+                leaks = [where for where, text in stored.items() if value in text]
+                assert not leaks, f"{name} from the laptop is stored in {leaks[:3]}"
+            # (tests/test_captioner.py, shipped in the job's working dir, holds the stub's key as source text)
+            node_key = [where for where, text in stored.items() if KEY in text and "/working_dir_files/" not in where]
+            assert not node_key, f"the node's own key is written in {node_key[:3]}"
+            print(f"[figure] secrets: {len(stored)} files and answers searched, none holds a secret; "
+                  f"{len(stub.log)} captions asked with the node's key")
+    finally:
+        server.shutdown()

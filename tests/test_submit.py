@@ -23,6 +23,25 @@ def test_bad_cluster_input_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "cannot reach" in done.stderr
     done = run_cli("submit", "storage=relative/runs", "--address", "http://127.0.0.1:9", cwd=tmp_path)
     assert done.returncode == 2 and "relative to the laptop" in done.stderr
+    # Secrets: none is sent unless named; a named one must be set here and must not expire; the old flag is refused.
+    cases = [
+        (["submit", "--send-secrets", "NOPE_NOT_SET", "storage=s3://bucket/runs"], {}, "--send-secrets NOPE_NOT_SET: it is not set here"),
+        (["submit", "--send-secrets", "AWS_SESSION_TOKEN", "storage=s3://bucket/runs"], {"AWS_SESSION_TOKEN": "x"},
+         "--send-secrets AWS_SESSION_TOKEN: it expires within hours"),
+        (["submit", "--with-credentials", "storage=s3://bucket/runs"], {}, "--with-credentials is gone"),
+        # The token goes only over https or to a loopback or private address, unless --insecure.
+        (["jobs"], {"RAY_AUTH_TOKEN": "0" * 64}, "refusing to send the cluster token over plain http to http://ray-head.example.com:8265"),
+    ]
+    for args, env, needle in cases:
+        done = run_cli(*args, "--address", "http://ray-head.example.com:8265" if args == ["jobs"] else "http://127.0.0.1:9",
+                       cwd=tmp_path, env={"RAY_ADDRESS": "", **env})
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, done.stderr)
+    done = run_cli("submit", "--send-secrets", "MY_TOKEN", "storage=s3://bucket/runs", "--address", "http://127.0.0.1:9",
+                   cwd=tmp_path, env={"RAY_ADDRESS": "", "MY_TOKEN": "v"})
+    warning, error = done.stderr.strip().splitlines()
+    assert "warning: sending MY_TOKEN with the job: Ray keeps a job's environment in plain text" in warning
+    assert done.returncode == 2 and "cannot reach" in error and "v" not in warning.split("MY_TOKEN")[0]
 
 
 @pytest.mark.slow
