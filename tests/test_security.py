@@ -307,3 +307,27 @@ def test_a_submitted_job_stores_no_laptop_secret_and_uses_the_nodes_own(tmp_path
                   f"{len(stub.log)} captions asked with the node's key")
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize("args, needle, in_job", [
+    (["tracking=wandb"], "tracking=wandb needs $WANDB_API_KEY, which is not set {where}; ", False),
+    (["tracking=wandb"], "tracking=wandb needs $WANDB_API_KEY, which is not set {where}; ", True),
+    (["grid.generator=[flux1-dev]", "hub.allow_download=true"],
+     "generators.flux1-dev.model=black-forest-labs/FLUX.1-dev is gated on the Hugging Face Hub, and downloading it "
+     "needs $HF_TOKEN, which is not set {where}; ", True),
+])
+def test_a_secret_the_sweep_needs_and_lacks_is_one_line_before_it_starts(tmp_path, args, needle, in_job):
+    """Checked where the driver runs (on a cluster: the head, whose environment the secret store filled), before
+    anything is written; the line names the secret and where to put it, and never a value."""
+    from tests.rig import run_cli
+
+    env = {"HOME": str(tmp_path / "home"), "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "", "WANDB_API_KEY": "",
+           "WANDB_MODE": "", "RAY_ADDRESS": ""}
+    if in_job:
+        env["RAY_JOB_CONFIG_JSON_ENV_VAR"] = "{}"  # what Ray sets in a submitted job's driver, as on the head
+    done = run_cli("run", f"storage={tmp_path / 'runs'}", *args, cwd=tmp_path, env=env, timeout=120)
+    line = _one_line(done)
+    where = "on the cluster's head" if in_job else "on this machine"
+    assert needle.format(where=where) in line and "secret store (AWS: SSM parameter /synthray/" in line, line
+    assert ("export it here" in line) != in_job
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
