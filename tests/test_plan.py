@@ -41,7 +41,7 @@ def test_plan_paper_on_a_laptop(offline, capsys, monkeypatch):
     monkeypatch.setattr(ray, "init", no_ray)
     assert main(["plan", "experiment=paper"]) == 0
     out = capsys.readouterr().out
-    assert "480 trials (15 generators x 2 prompt styles x 4 archs x 4 probes)" in out
+    assert "416 trials (13 generators x 2 prompt styles x 4 archs x 4 probes)" in out
     assert "storage s3://my-bucket/synthray not reachable" in out and "every trial counted as to run" in out
     assert _number(r"^total: ([\d.,]+) GPU-hours", out) > 0
     assert _number(r"^peak: (\d+) GPUs", out) > 0

@@ -42,9 +42,15 @@ def test_the_switches_move_off_the_study():
 
 def test_the_full_grids():
     paper, texture = compose(["experiment=paper"]), compose(["experiment=paper-texture"])
-    assert len(paper.grid.generator) == 15 and list(paper.grid.prompt_style) == ["classname", "caption"]
+    # The paper's figures show 13 generators; SD2.0 and PixArt-α are the named extension (paper-extended).
+    assert list(paper.grid.generator) == ["sd15", "sd21", "sdxl", "sdxl-turbo", "sd3-medium", "flux1-dev", "flux1-schnell",
+                                          "sd35-large", "sd35-large-turbo", "sd35-medium", "sana", "lumina2", "qwen-image"]
+    assert list(paper.grid.prompt_style) == ["classname", "caption"]
     assert list(paper.grid.probe) == ["rgb", "depth", "lowpass", "highpass"] and len(paper.grid.arch) == 4
-    assert len(trials(paper)) == 15 * 2 * 4 * 4
+    assert len(trials(paper)) == 13 * 2 * 4 * 4
+    extended = compose(["experiment=paper-extended"])
+    assert set(extended.grid.generator) - set(paper.grid.generator) == {"sd20", "pixart-alpha"}
+    assert len(extended.grid.generator) == 15 and mismatches(extended) == []
     assert list(texture.grid.arch) == ["bagnet9"] and list(texture.grid.probe) == ["texture"]
     assert list(texture.grid.generator) == list(paper.grid.generator)
     assert mismatches(texture) == []  # the texture sweep is the paper's protocol with another grid
