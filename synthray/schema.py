@@ -258,6 +258,8 @@ class TestTransform:
     resize: int
     crop: int
     crop_at: Literal["center", "random"]
+    # torchvision: the study's Resize + CenterCrop; round: synthray's earlier geometry (core/images.py GEOMETRIES).
+    geometry: Literal["torchvision", "round"] = "torchvision"
 
 
 @schema

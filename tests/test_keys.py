@@ -4,6 +4,11 @@ kind/key that synthray gave it at 28018d9 (`tests/data/artifact_keys.json`, from
 The two exceptions, both leaks of a path into keys, are keyed anew and their old keys are still read:
 - the real data's absolute folder (`data.root`): now a fingerprint of its files' names and sizes;
 - the GenEval CSV's path (`metrics.geneval`): it only joins a column into the table, so it is keyed as unset.
+
+One change of computation re-keys what it changes: the test transform's geometry (`recipe.test_transform.geometry`)
+is now torchvision's Resize + CenterCrop, the study's, where synthray rounded the long side and floored the crop
+offset (a 500x375 image became 299x224, not 298x224). Models (their selection), evaluations and results computed
+with it get new keys; `geometry=round` is the earlier computation, under the stored keys, which it still reads.
 """
 
 import json
@@ -24,8 +29,11 @@ def stored_kinds(refs):
     return [r for r in refs if r.split("/", 1)[0] not in NEW_KINDS]
 
 
-def graph_of(name, tmp_path):
-    return plan(compose([*GOLDEN["experiments"][name], f"storage={tmp_path}"]))
+LEGACY_GEOMETRY = "recipe.test_transform.geometry=round"  # the stored keys' test geometry
+
+
+def graph_of(name, tmp_path, *overrides):
+    return plan(compose([*GOLDEN["experiments"][name], f"storage={tmp_path}", *(overrides or [LEGACY_GEOMETRY])]))
 
 
 @pytest.mark.parametrize("name", ["smoke", "probes"])
@@ -38,7 +46,8 @@ def test_planner_keys_equal_the_stored_ones(name, tmp_path):
 
 @pytest.mark.slow
 def test_paper_keys_equal_the_stored_ones_under_their_legacy_keys(tmp_path):
-    """data.root=/mnt/data/imagenet is not on this machine: its fingerprint reads `unread <root>`, so every spec
+    """experiment=paper at 28018d9 had 15 generators: paper-extended now (the golden file says so).
+    data.root=/mnt/data/imagenet is not on this machine: its fingerprint reads `unread <root>`, so every spec
     downstream of the real data has a new key; each one's legacy key is the one stored at 28018d9."""
     graph = graph_of("paper", tmp_path)
     legacy = {f"{s.kind}/{s.legacy_key}" for s in graph.specs.values()}
@@ -48,6 +57,16 @@ def test_paper_keys_equal_the_stored_ones_under_their_legacy_keys(tmp_path):
     moved = {s.kind for s in graph.specs.values() if s.key != s.legacy_key}
     kept = {s.kind for s in graph.specs.values() if s.key == s.legacy_key}
     assert "real" in moved and "synthetic" in kept  # diffusers datasets never read the real data: kept
+
+
+@pytest.mark.parametrize("name", ["smoke", "probes"])
+def test_the_torchvision_test_geometry_rekeys_models_evaluations_and_results_only(name, tmp_path):
+    """The default geometry changes what selection and evaluation compute, so those artifacts get new keys; the
+    generated and real data, views, captions and features keep theirs (the GPU-hours of generation are reused)."""
+    old, new = set(graph_of(name, tmp_path).artifacts()), set(graph_of(name, tmp_path, "experiment=" + name).artifacts())
+    moved = {r.split("/", 1)[0] for r in old - new}
+    assert moved == {"models", "evaluations", "results"}, moved
+    assert {r for r in old if r.split("/", 1)[0] not in moved} == {r for r in new if r.split("/", 1)[0] not in moved}
 
 
 def test_paper_and_its_earlier_spelling_study_give_the_same_keys(tmp_path):
@@ -70,7 +89,7 @@ def test_channels_last_takes_explicit_values_and_its_earlier_auto_keeps_keys(tmp
     """Generation's `by-pipeline` and training's `true` were both spelled `auto`, with two meanings; `auto` is still
     read as what it meant in each section, with the same keys."""
     def keys(*overrides):
-        return stored_kinds(plan(compose(["experiment=smoke", f"storage={tmp_path}", *overrides])).artifacts())
+        return stored_kinds(plan(compose(["experiment=smoke", f"storage={tmp_path}", LEGACY_GEOMETRY, *overrides])).artifacts())
 
     assert keys("generation.channels_last=auto", "training.channels_last=auto") == keys() == GOLDEN["artifacts"]["smoke"]
     assert keys("training.channels_last=false") != keys()

@@ -227,3 +227,33 @@ def test_streaming_keeps_the_shuffled_encoded_rows_when_they_fit(ray_cluster, tm
             b = list(shard_batches(kept[part], 16, "cpu", **shuffle))
             assert len(a) == len(b) > 0
             assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"]) for x, y in zip(a, b))
+
+
+# (width, height, whether the earlier geometry put the square elsewhere): 500x375 and 640x480 rounded the long side
+# up (299, not 298), 500x334 floored the crop offset (55, not 56); 333x500 came out the same.
+@pytest.mark.parametrize("width, height, moved", [(500, 375, True), (500, 334, True), (333, 500, False), (640, 480, True)])
+def test_the_test_input_is_torchvisions_resize_and_center_crop_on_every_path(width, height, moved):
+    """The study's test transform (classifier/dataset.py): ToTensor, Resize(224, BICUBIC), CenterCrop(224), on the
+    float image. synthray's test input (geometry `torchvision`, the default) equals it within one level on the CPU
+    path (Pillow decode, Ray Data's UDF), the decode-on-worker path (torchvision.io, here on a CPU device) and the
+    crop of `test_batch`; the earlier geometry (`round`) is off by tens of levels at edges."""
+    from torchvision import transforms as T
+
+    from synthray.training.augment import centre_offset
+    from synthray.training.inputs import decode_images
+
+    jpeg = encode(smooth(np.random.default_rng(width * height), width, height), "jpeg", 95)
+    decoded = Image.open(__import__("io").BytesIO(jpeg)).convert("RGB")
+    study = T.Compose([T.ToTensor(), T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224)])
+    expected = np.clip(study(decoded).numpy().transpose(1, 2, 0) * 255, 0, 255)
+    on_cpu = decode_array(jpeg, 224, "torchvision").astype(np.float64)
+    udf = decode_images({"image": np.array([jpeg], dtype=object), "label": np.array([3])}, 224, geometry="torchvision")
+    on_worker = decode_on_device([jpeg], 224, "cpu", "torchvision")[0].numpy().astype(np.float64)
+    assert np.abs(on_cpu - expected).max() <= 1.0
+    assert np.array_equal(udf["image"][0], on_cpu.astype(np.uint8))
+    assert np.abs(on_worker - expected).max() <= 1.0  # libjpeg-turbo here, nvjpeg on a GPU: one level at most apart
+    legacy = decode_array(jpeg, 224, "round").astype(np.float64)
+    assert (np.abs(legacy - expected).max() > 10) == moved, "the earlier geometry differed where it moved the square"
+    # The second crop of `test_batch` (resize 256, crop 224 and the like) starts where torchvision's would.
+    for length, crop in ((256, 224), (225, 224), (227, 224), (298, 224)):
+        assert centre_offset(length, crop, {"geometry": "torchvision"}) == int(round((length - crop) / 2.0))

@@ -59,13 +59,40 @@ def decode(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def decode_array(data: bytes, size: int | None = None) -> np.ndarray:
+# How a test image becomes a square: `torchvision` is the study's Resize(size, BICUBIC) + CenterCrop(size) on the
+# float image; `round` is what synthray did before (long side rounded, crop offset floored, resized in uint8), which
+# models keyed without the setting were selected and evaluated with.
+GEOMETRIES = ("torchvision", "round")
+
+
+def decode_array(data: bytes, size: int | None = None, geometry: str = "round") -> np.ndarray:
     """Bytes -> uint8 array (H, W, 3); with `size`, a (size, size) square: the short side resized (bicubic) and the
-    centre cropped, so a non-square image (native ImageNet files) is cut, never squashed."""
+    centre cropped, so a non-square image (native ImageNet files) is cut, never squashed. `geometry`: `GEOMETRIES`."""
     img = decode(data)
-    if size is not None and img.size != (size, size):
+    if size is None:
+        return np.asarray(img, dtype=np.uint8)
+    if geometry == "torchvision":
+        return resize_center_crop(np.asarray(img, dtype=np.uint8), size)
+    if img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC) if img.width == img.height else square(img, size)
     return np.asarray(img, dtype=np.uint8)
+
+
+def resize_center_crop(pixels: Any, size: int) -> Any:
+    """torchvision's `Resize(size, BICUBIC)` then `CenterCrop(size)`, as the study's test transform runs them: on
+    the image as floats in [0, 1] (ToTensor first), antialiased, the long side cut with int(), the crop offset
+    int(round(margin / 2)). uint8 (H, W, 3) numpy -> uint8 (size, size, 3) numpy; a uint8 torch tensor (N, 3, H, W),
+    on any device -> uint8 (N, 3, size, size) there. The float result is rounded to the nearest level; bicubic
+    ringing beyond [0, 1], which the study passes on unclamped, is clamped (a uint8 image cannot hold it)."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    is_array = isinstance(pixels, np.ndarray)
+    x = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(2, 0, 1) if is_array else pixels
+    y = TF.center_crop(TF.resize(x.float() / 255, [size], InterpolationMode.BICUBIC, antialias=True), [size])
+    y = y.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return y.permute(1, 2, 0).numpy() if is_array else y
 
 
 def square(img: Image.Image, size: int) -> Image.Image:

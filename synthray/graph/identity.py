@@ -46,6 +46,8 @@ def training_spec(cfg: Any) -> dict[str, Any]:
     recipe = without_legacy(OmegaConf.to_container(cfg.recipe, resolve=True), LEGACY_RECIPE)
     if recipe.get("lr_schedule") == "paper":  # keyed by its earlier name, as models trained with it were
         recipe["lr_schedule"] = "study"
+    # The test geometry synthray had before the setting existed: models selected and evaluated with it keep their keys.
+    recipe["test_transform"] = without_legacy(recipe["test_transform"], {"geometry": "round"})
     return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), LEGACY_NUMERICS)}
 
 

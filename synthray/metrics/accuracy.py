@@ -10,7 +10,7 @@ from synthray.core.artifacts import Artifact, DatasetRef, read_checked
 from synthray.core.images import read_images
 from synthray.core.safe_load import load_tensors
 from synthray.training.archs import create_model
-from synthray.training.augment import test_batch
+from synthray.training.augment import test_batch, test_geometry
 
 
 def load_model(model: Artifact, weights: str = "model.pt") -> torch.nn.Module:
@@ -29,7 +29,7 @@ def predict(model: Artifact, images: DatasetRef, weights: str = "model.pt", batc
     from synthray.core.images import decode_array
 
     recipe = model.spec["recipe"]
-    size = int(recipe["test_transform"]["resize"])
+    size, geometry = int(recipe["test_transform"]["resize"]), test_geometry(recipe)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     net = load_model(model, weights).to(device)
     table = read_images(images.uri, columns=["image", "label"])
@@ -38,7 +38,7 @@ def predict(model: Artifact, images: DatasetRef, weights: str = "model.pt", batc
     with torch.inference_mode():
         for start in range(0, len(table), batch_size):
             chunk = table["image"].iloc[start:start + batch_size]
-            x = torch.from_numpy(np.stack([decode_array(b, size) for b in chunk])).to(device)
+            x = torch.from_numpy(np.stack([decode_array(b, size, geometry) for b in chunk])).to(device)
             logits.append(net(test_batch(x, recipe, rng)).float().cpu().numpy())
     return table["label"].to_numpy(), np.concatenate(logits)
 

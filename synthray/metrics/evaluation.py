@@ -45,11 +45,12 @@ def _eval_worker(weights: dict[str, str], arch: str, num_classes: int, recipe: d
     import torch
 
     from synthray.core.devices import check_device
-    from synthray.training.augment import test_batch
+    from synthray.training.augment import test_batch, test_geometry
 
     where = check_device(device)
     nets = {name: _load(uri, arch, num_classes, where) for name, uri in weights.items()}
     size, crop = int(recipe["test_transform"]["resize"]), int(recipe["test_transform"]["crop"])
+    geometry = test_geometry(recipe)
     random_crops = recipe["test_transform"].get("crop_at", "center") == "random"
 
     def work(task: dict[str, Any]) -> dict[str, list]:
@@ -64,7 +65,7 @@ def _eval_worker(weights: dict[str, str], arch: str, num_classes: int, recipe: d
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                x = torch.from_numpy(np.stack([decode_array(b, size) for b in table["image"][start:stop]])).to(where)
+                x = torch.from_numpy(np.stack([decode_array(b, size, geometry) for b in table["image"][start:stop]])).to(where)
                 at = (positions[0][start:stop], positions[1][start:stop]) if positions else None
                 x = test_batch(x, recipe, positions=at)
                 for name, net in nets.items():

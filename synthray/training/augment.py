@@ -186,9 +186,19 @@ def test_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Gene
     elif spec.get("crop_at", "center") == "random":
         x = random_crop(x, crop, rng if rng is not None else np.random.default_rng(int(recipe["seed"])))
     else:
-        top, left = (x.shape[2] - crop) // 2, (x.shape[3] - crop) // 2
+        top, left = centre_offset(x.shape[2], crop, spec), centre_offset(x.shape[3], crop, spec)
         x = x[:, :, top:top + crop, left:left + crop]
     return normalize(x, recipe["normalize"])
+
+
+def test_geometry(recipe: dict[str, Any]) -> str:
+    """The recipe's `test_transform.geometry` (`images.GEOMETRIES`); recipes keyed before it existed: `round`."""
+    return str(recipe["test_transform"].get("geometry", "round"))
+
+
+def centre_offset(length: int, crop: int, spec: dict[str, Any]) -> int:
+    """Where a centred crop starts: torchvision's int(round(margin / 2)), or the earlier floor (geometry `round`)."""
+    return int(round((length - crop) / 2.0)) if spec.get("geometry", "round") == "torchvision" else (length - crop) // 2
 
 
 def cutmix(x: torch.Tensor, rng: np.random.Generator, alpha: float) -> tuple[torch.Tensor, float]:

@@ -36,14 +36,16 @@ def shard_batches(shard: Any, batch_size: int, jpeg_decode: str, device: torch.d
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", **iter_kwargs)
 
 
-def to_device(batch: dict[str, Any], jpeg_decode: str, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(batch: dict[str, Any], jpeg_decode: str, size: int, device: torch.device,
+              geometry: str = "round") -> tuple[torch.Tensor, torch.Tensor]:
     """A batch from `shard_batches` -> (uint8 images (N, size, size, 3), int64 labels (N,)) on `device`."""
     if jpeg_decode == "cpu":
         return batch["image"].to(device, non_blocking=True), batch["label"].to(device)
-    return decode_on_device(batch["image"], size, device), torch.from_numpy(np.asarray(batch["label"])).to(device)
+    images = decode_on_device(batch["image"], size, device, geometry)
+    return images, torch.from_numpy(np.asarray(batch["label"])).to(device)
 
 
-def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | str) -> torch.Tensor:
+def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | str, geometry: str = "round") -> torch.Tensor:
     """Encoded images -> uint8 (N, size, size, 3) on `device`, the computation of `images.decode_array`: RGB,
     then a square image resized (bicubic) to `size`, another one's short side resized and its centre cropped.
 
@@ -69,19 +71,23 @@ def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | st
         for j, img in enumerate(decoded):
             by_shape.setdefault(tuple(img.shape), []).append(j)
         for members in by_shape.values():  # generated sets have one shape: one resize call per batch
-            resized = square_on_device(torch.stack([decoded[j] for j in members]), size)
+            resized = square_on_device(torch.stack([decoded[j] for j in members]), size, geometry)
             for j, img in zip(members, resized):
                 out[jpegs[j]] = img
     for i in sorted(set(range(len(data))) - set(jpegs)):
-        out[i] = torch.tensor(decode_array(data[i], size)).permute(2, 0, 1).to(device)  # a copy: Pillow's array is read-only
+        out[i] = torch.tensor(decode_array(data[i], size, geometry)).permute(2, 0, 1).to(device)  # a copy: Pillow's array is read-only
     if not out:
         return torch.zeros((0, size, size, 3), dtype=torch.uint8, device=device)
     # NHWC contiguous, the layout Ray Data hands the CPU path's batches in.
     return torch.stack(out).permute(0, 2, 3, 1).contiguous()
 
 
-def square_on_device(x: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> (N, 3, size, size) as `images.decode_array` / `images.square` compute it."""
+def square_on_device(x: torch.Tensor, size: int, geometry: str = "round") -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> (N, 3, size, size) as `images.decode_array` computes it with `geometry`."""
+    if geometry == "torchvision":
+        from synthray.core.images import resize_center_crop
+
+        return resize_center_crop(x, size)
     height, width = x.shape[-2:]
     if (height, width) == (size, size):
         return x

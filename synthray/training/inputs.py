@@ -43,11 +43,11 @@ def kept_rows(batch: dict[str, np.ndarray], part: str | None, selection_fraction
 
 
 def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, selection_fraction: float = 0.0,
-                  seed: int = 0) -> dict[str, np.ndarray]:
+                  seed: int = 0, geometry: str = "round") -> dict[str, np.ndarray]:
     """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels, of the rows
-    `kept_rows` keeps."""
+    `kept_rows` keeps. `geometry`: how a non-square image becomes a square (`images.GEOMETRIES`)."""
     keep = kept_rows(batch, part, selection_fraction, seed)
-    images = [decode_array(b, size) for b, k in zip(batch["image"], keep) if k]
+    images = [decode_array(b, size, geometry) for b, k in zip(batch["image"], keep) if k]
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
     return {"image": stacked, "label": batch["label"][keep].astype(np.int64)}
 

@@ -25,7 +25,7 @@ from torch import nn
 from synthray.core import progress
 from synthray.core.safe_load import load_checkpoint_file
 from synthray.training.archs import create_model
-from synthray.training.augment import cutmix, test_batch, train_batch
+from synthray.training.augment import cutmix, test_batch, test_geometry, train_batch
 from synthray.training.device_decode import shard_batches, to_device
 from synthray.training.recipe import batch_geometry, lr_at, make_optimizer, steps_per_epoch
 
@@ -99,16 +99,16 @@ class SelectionBatches:
     `jpeg_decode="gpu"`: the shard holds encoded rows, decoded here on `device` at `size` px."""
 
     def __init__(self, shard: Any, nbytes: float, jpeg_decode: str = "cpu", size: int = 0,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, geometry: str = "round") -> None:
         self.shard, self.keep, self.kept = shard, nbytes <= KEEP_SELECTION_BYTES, None
-        self.jpeg_decode, self.size, self.device = jpeg_decode, size, device
+        self.jpeg_decode, self.size, self.device, self.geometry = jpeg_decode, size, device, geometry
 
     def _read(self) -> Iterator[dict[str, torch.Tensor]]:
         batches = shard_batches(self.shard, 256, self.jpeg_decode, self.device)
         if self.jpeg_decode == "cpu":
             return iter(batches)
         return ({"image": image, "label": label} for image, label in
-                (to_device(b, self.jpeg_decode, self.size, self.device) for b in batches))
+                (to_device(b, self.jpeg_decode, self.size, self.device, self.geometry) for b in batches))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self.kept is not None:
@@ -238,7 +238,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
     train_shard = session.dataset_shard("train")
     decode = config.get("jpeg_decode", "cpu")
     selection = SelectionBatches(session.dataset_shard("selection"), config.get("selection_bytes", math.inf) / world,
-                                 decode, int(recipe["test_transform"]["resize"]), device) \
+                                 decode, int(recipe["test_transform"]["resize"]), device, test_geometry(recipe)) \
         if config["has_selection"] else None
     for epoch in range(start_epoch, int(recipe["epochs"])):
         model.train()

@@ -58,6 +58,8 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
         parts["selection"] = (selection, None, int(r.test_transform.resize)) if selection else \
             (images, "selection", int(r.test_transform.resize))
     decoded_bytes = sum(n * p[2] * p[2] * 3 for n, p in zip(rows, parts.values()))
+    # The selection rows get the test transform's geometry; the training rows are squared as before (`round`).
+    geometry = {"selection": {"geometry": str(r.test_transform.get("geometry", "round"))}}
     cache = float(t.cache_decoded_gb) * 2**30
     out = {}
     for name, (folder, part, size) in parts.items():
@@ -80,7 +82,7 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
         # or not, so that the cache setting (not in the key) never chooses between two decoders' pixels.
         dataset = dataset.map_batches(
             encoded_images if on_worker else decode_images,
-            fn_kwargs=split if on_worker else {"size": size, **split}, batch_size=256, **compute)
+            fn_kwargs=split if on_worker else {"size": size, **split, **geometry.get(name, {})}, batch_size=256, **compute)
         if decoded_bytes <= cache:
             # Streaming re-runs read+decode every epoch (~10 s of fixed overhead each on a small machine);
             # a dataset that fits is decoded once into the object store instead (with jpeg_decode=gpu: its
