@@ -224,7 +224,7 @@ def _absolute_paths(cfg: DictConfig) -> None:
         cfg.data.root = _path_or_uri("data.root", cfg.data.root)
     if cfg.prompts.captions and cfg.prompts.captions != "captioner":  # `captioner`: made by the captioner stage
         cfg.prompts.captions = _path_or_uri("prompts.captions", cfg.prompts.captions)  # read through storage
-    if cfg.metrics.geneval:  # read through the storage layer (sweep/geneval.py)
+    if cfg.metrics.geneval and cfg.metrics.geneval != "published":  # read through the storage layer (sweep/geneval.py)
         cfg.metrics.geneval = _path_or_uri("metrics.geneval", cfg.metrics.geneval)
     cfg.data.classes = RENAMED_LISTS.get(cfg.data.classes, cfg.data.classes)  # an earlier name of a shipped list
     if cfg.data.classes not in shipped_class_lists():

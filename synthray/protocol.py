@@ -28,12 +28,23 @@ default. Each row gives the study's value and the file that holds it, the config
 differs. `tests/test_protocol.py` checks every row against the composed configuration; this file is generated from
 `synthray/conf/protocol.yaml` (`python -m synthray.protocol > PROTOCOL.md`).
 
+Status: **same** (synthray does what the study's code does; the switch departs from it), **differs** (synthray does
+not, yet; the row says how), **not pinned down** (the study's code leaves it open; the row says what synthray chose
+and why).
+
 """
 
 
+STATUSES = ("same", "differs", "not pinned down")
+
+
 def rows() -> list[dict[str, Any]]:
-    """Every row: area, item, study, file, paper (config key -> value), switch[, experiment]."""
-    return yaml.safe_load(Path(ROWS_FILE).read_text())
+    """Every row: area, item, study, file, paper (config key -> value), switch, status[, experiment]. A row without a
+    status is `same`, or `differs` when its switch says synthray's value is not the study's."""
+    out = yaml.safe_load(Path(ROWS_FILE).read_text())
+    for r in out:
+        r.setdefault("status", "differs" if str(r["switch"]).startswith("- (not the study's") else "same")
+    return out
 
 
 def _show(value: Any) -> str:
@@ -45,13 +56,13 @@ def _show(value: Any) -> str:
 
 def render() -> str:
     """PROTOCOL.md: one markdown table, one row per item."""
-    lines = [HEADER, "| Area | Item | The study | Study file | synthray `experiment=paper` | Switch |",
-             "|---|---|---|---|---|---|"]
+    lines = [HEADER, "| Area | Item | Status | The study | Study file | synthray `experiment=paper` | Switch |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows():
         paper = "<br>".join(f"`{k}={_show(v)}`" for k, v in r["paper"].items())
         if r.get("experiment", "paper") != "paper":
             paper = f"`experiment={r['experiment']}`:<br>{paper}"
-        cells = [r["area"], r["item"], r["study"], f"`{r['file']}`", paper, r["switch"]]
+        cells = [r["area"], r["item"], r["status"], r["study"], f"`{r['file']}`", paper, r["switch"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

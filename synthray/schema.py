@@ -316,6 +316,13 @@ class Encoder:
 
 
 @schema
+class ClipScore:
+    model: Optional[str]
+    # torchmetrics: max(100 cos, 0), in [0, 100]; cosine: the raw cosine (the paper's figure, about 0.15-0.17).
+    scale: Literal["torchmetrics", "cosine"] = "torchmetrics"
+
+
+@schema
 class Encoders:
     clip: Encoder
     dinov2: Encoder
@@ -336,7 +343,7 @@ class Metrics:
     distance: Literal["euclidean", "cosine"]
     equal_counts: bool
     features_of: Literal["view", "images"]
-    clipscore: Encoder
+    clipscore: ClipScore
     geneval: Optional[str]
 
 

@@ -54,3 +54,48 @@ def test_the_full_grids():
     assert list(texture.grid.arch) == ["bagnet9"] and list(texture.grid.probe) == ["texture"]
     assert list(texture.grid.generator) == list(paper.grid.generator)
     assert mismatches(texture) == []  # the texture sweep is the paper's protocol with another grid
+
+
+def test_every_row_has_a_status_and_the_audits_points_are_rows():
+    from synthray.protocol import STATUSES
+
+    found = {r["item"]: r["status"] for r in rows()}
+    assert set(found.values()) <= set(STATUSES)
+    for item, status in {"Test geometry": "same", "Data order": "differs", "RGB augmentation details": "differs",
+                         "Bad images": "differs", "CFG 0": "differs", "Captions per class": "not pinned down",
+                         "PRDC reference set": "not pinned down", "Turbo and schnell steps and CFG": "not pinned down",
+                         "Checkpoints": "not pinned down", "Class-name template": "same",
+                         "CLIP feature dtype": "not pinned down", "CLIPScore": "not pinned down",
+                         "GenEval": "not pinned down"}.items():
+        assert found.get(item) == status, item
+    assert "| Status |" in render()
+
+
+def test_published_geneval_scores_have_sources_and_are_never_keyed(tmp_path):
+    """synthray/conf/geneval.csv: a score only with its source and link; none estimated (empty where no citable
+    score was found); joined into the table, never part of a key; CLIPScore's scale likewise only rescales the column."""
+    import pandas as pd
+
+    from synthray.graph.identity import metrics_identity
+    from synthray.sweep.geneval import PUBLISHED, load_geneval
+
+    table = pd.read_csv(PUBLISHED, dtype=str, keep_default_na=False)
+    paper = compose(["experiment=paper-extended"])
+    assert set(table["generator"]) == set(paper.grid.generator)
+    scored = table[table["geneval"] != ""]
+    assert (scored["source"] != "").all() and scored["link"].str.startswith("https://").all()
+    assert set(table["generator"]) - set(scored["generator"]) == {"sd20", "sd35-large-turbo"}
+    assert load_geneval(paper) == {g: float(v) for g, v in zip(scored["generator"], scored["geneval"])}
+    assert metrics_identity(paper) == metrics_identity(compose(["experiment=paper-extended", "metrics.geneval=null",
+                                                                "metrics.clipscore.scale=torchmetrics"]))
+
+
+def test_clipscore_in_the_paper_table_is_the_raw_cosine(tmp_path):
+    """Results keep torchmetrics' 100 cos (floored at 0); `scale: cosine` (experiment=paper) shows the cosine."""
+    from synthray.sweep.runner import collect
+
+    rows = [{"generator": "sd15", "prompt_style": "classname", "arch": "tv:resnet50", "probe": "rgb", "clipscore": 16.25}]
+    for scale, expected in (("cosine", 0.1625), ("torchmetrics", 16.25)):
+        cfg = compose(["experiment=paper", f"storage={tmp_path}", f"metrics.clipscore.scale={scale}"])
+        table, _ = collect(cfg, str(tmp_path / scale), rows=[dict(r) for r in rows])
+        assert table["clipscore"].tolist() == [expected]

@@ -106,6 +106,8 @@ def metrics_identity(cfg: Any, legacy: bool = False) -> dict[str, Any]:
 
     m = OmegaConf.to_container(cfg.metrics, resolve=True)
     out = without_legacy({k: v for k, v in m.items() if k not in METRICS_NOT_KEYED}, LEGACY_METRICS)
+    if isinstance(out.get("clipscore"), dict):  # its scale only rewrites the table's column (sweep/runner.py collect)
+        out["clipscore"] = {k: v for k, v in out["clipscore"].items() if k != "scale"}
     if "geneval" in out and not legacy:
         out["geneval"] = None
     return out

@@ -1,14 +1,22 @@
-"""GenEval scores, computed outside synthray (they need an object detector), joined into the results by generator."""
+"""GenEval scores, computed outside synthray (they need an object detector), joined into the results by generator.
+
+`metrics.geneval: published` reads the CSV shipped with synthray (`synthray/conf/geneval.csv`): each generator's
+overall score as a paper, a model card or a leaderboard printed it, with its source and link; a generator with no
+citable score has an empty cell and no point in the GenEval figure. Scores are never estimated here.
+"""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from synthray.core import storage
 from synthray.core.registry import SynthrayError
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "conf" / "geneval.csv"
 
 
 def load_geneval(cfg: Any) -> dict[str, float]:
@@ -17,7 +25,7 @@ def load_geneval(cfg: Any) -> dict[str, float]:
     path = cfg.metrics.geneval
     if not path:
         return {}
-    path = storage.normalize(str(path))
+    path = storage.normalize(str(PUBLISHED if path == "published" else path))
     try:
         data = storage.read_bytes(path)
     except FileNotFoundError:
@@ -28,6 +36,7 @@ def load_geneval(cfg: Any) -> dict[str, float]:
     table = pd.read_csv(io.BytesIO(data), dtype={"generator": str})
     if not {"generator", "geneval"} <= set(table.columns):
         raise SynthrayError(f"metrics.geneval: {path} needs columns generator,geneval; found {','.join(table.columns)}")
+    table = table[table["geneval"].notna()]  # an empty cell: no published score for that generator
     scores = pd.to_numeric(table["geneval"], errors="coerce")
     bad = table.index[scores.isna()].tolist()
     if bad:

@@ -271,6 +271,9 @@ def collect(cfg: Any, sweep_dir: str, planned: list[Any] | None = None,
         table["status"] = "done"
     table["status"] = table["status"].fillna("done")
     table = join_geneval(cfg, table)
+    if "clipscore" in table and OmegaConf.select(cfg, "metrics.clipscore.scale", default="torchmetrics") == "cosine":
+        # Results store torchmetrics' max(100 cos, 0); a positive cosine is that over 100 (matched pairs are > 0).
+        table["clipscore"] = table["clipscore"] / 100.0
     first = _leading_columns(cfg)
     columns = [c for c in first if c in table] + [c for c in table if c not in first]
     table = table[columns]
