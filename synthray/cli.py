@@ -191,9 +191,13 @@ def _config_yaml(overrides: Sequence[str], package: str | None) -> str:
 def _report(args: Any) -> str:
     from pathlib import Path
 
-    from synthray.report.page import write_report
+    from synthray.core.storage import check_storage
 
     inputs, root = _split_storage(args.inputs, args.storage, "report")
+    for where in [root, *(w for w in inputs if "://" in w)]:
+        check_storage(where)  # before the report's modules are imported: a missing bucket is seconds
+    from synthray.report.page import write_report
+
     heatmap = None
     if args.heatmap:
         if args.heatmap.count("/") != 1:
@@ -289,9 +293,13 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from synthray.config import compose
+    from synthray.core.storage import check_storage
+
+    cfg = compose(args.overrides)
+    check_storage(cfg.storage)  # before the stages (torch, Ray Data) are imported: a missing bucket is seconds
     from synthray.sweep.runner import run_sweep
 
-    return _sweep_done(*run_sweep(compose(args.overrides), verbose=args.verbose))
+    return _sweep_done(*run_sweep(cfg, verbose=args.verbose))
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -299,9 +307,12 @@ def _resume(args: argparse.Namespace) -> int:
     if args.submit:
         args.resume_words = [w for w in [sweep, *overrides] if w]
         return _submit(args)
+    from synthray.core.storage import check_storage
+
+    root = check_storage(_storage_override(overrides))  # before the stages are imported, as for run
     from synthray.sweep.runner import resume_sweep
 
-    return _sweep_done(*resume_sweep(_storage_override(overrides), sweep, verbose=args.verbose))
+    return _sweep_done(*resume_sweep(root, sweep, verbose=args.verbose))
 
 
 def _sweep_done(table: Any, path: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 
@@ -23,6 +24,10 @@ def setup_logging(level: int = logging.INFO) -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if "ray" not in sys.modules:
+        # A command that has not loaded Ray (the CLI at start, `synthray jobs`, a refused input) does not pay ~5 s
+        # to import Ray Data here; init_ray calls this again once Ray is loaded, and Ray's workers have it loaded.
+        return
     try:
         import ray.data
 
