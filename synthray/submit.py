@@ -63,10 +63,10 @@ def client(address: str | None, insecure: bool = False) -> Any:
         if not insecure and not safe_to_send_secrets(address):
             raise SynthrayError(f"refusing to send the cluster token over plain http to {address}: use https://, a "
                                 "port-forward to 127.0.0.1 (`ray dashboard cluster.yaml`), or --insecure")
-        # Ray's own token mechanism: its client adds the header when RAY_AUTH_MODE=token, read once, when Ray loads.
+        # Ray's own token mechanism: its client adds the header when RAY_AUTH_MODE=token (read once, when Ray loads),
+        # with the token it finds where `auth_token` looks, in the same order.
         if "ray._raylet" not in sys.modules:
             os.environ.setdefault("RAY_AUTH_MODE", "token")
-            os.environ.setdefault("RAY_AUTH_TOKEN", token)
         from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
         if not is_token_auth_enabled():  # Ray was loaded earlier in this process without it (a notebook, tests)
