@@ -41,15 +41,19 @@ def test_every_figure_from_a_full_table_as_png_svg_and_embedded(tmp_path):
     page = write_report([str(main), str(texture)], tmp_path / "report", str(tmp_path), heatmap=("sdxl", "tv:resnet50"),
                         per_class=True)
     text = page.read_text()
-    for name in FIGURES:
+    drawn = [name for name in FIGURES if name != "vae-bottleneck"]  # no VAE control in these results
+    for name in drawn:
         assert (tmp_path / "report" / "figures" / f"{name}.png").stat().st_size > 1000, name
         assert (tmp_path / "report" / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml"), name
+        assert (tmp_path / "report" / "figures" / f"{name}.csv").stat().st_size > 0, name
         assert f'alt="{name}"' in text
-    assert text.count("data:image/png;base64,") == len(FIGURES)  # self-contained: every figure embedded
-    assert "Not drawn" not in text
+    assert text.count("data:image/png;base64,") == len(drawn)  # self-contained: every figure embedded
+    assert text.count("Not drawn") == 1 and "Not drawn: the results have no VAE control" in text
     means = _results().groupby("generator")[["clipscore", "synth_to_real_acc"]].mean()
     assert _spearman(means["clipscore"], means["synth_to_real_acc"]) == pytest.approx(1.0)  # the toy scores rank alike
     assert f"{4 * 2 * 4 + 4} trials from main, texture" in text  # both sweeps, merged
+    texture_rows = pd.read_csv(tmp_path / "report" / "figures" / "structure-texture.csv")
+    assert set(texture_rows.loc[texture_rows["probe"] == "texture", "arch"]) == {"bagnet9"}  # the paper's texture model
     assert "texture" in text and 'class="sortable"' in text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.tmp")]
 
@@ -60,8 +64,9 @@ def test_a_missing_column_skips_its_figure_with_a_note(tmp_path):
     text = write_report([str(tmp_path / "r.parquet")], tmp_path / "out", str(tmp_path)).read_text()
     assert "Not drawn: the results have no release dates." in text
     assert "Not drawn: the results have no CLIPScore (metrics.clipscore.model)." in text
-    assert "Not drawn: one probe only" in text
+    assert "Not drawn: the results have no depth or texture trial" in text
     assert text.count("data:image/png;base64,") == 3  # density-coverage, asymmetry, per-class
+    assert "density-coverage-per-class" not in text  # only with --per-class
 
 
 def test_report_reads_sweeps_from_storage_uris(tmp_path, s3_server):
@@ -90,5 +95,5 @@ def test_bad_report_input_is_one_line_and_writes_nothing(tmp_path, args, needle)
 def test_the_report_renders_in_a_real_browser(tmp_path):
     _results().to_parquet(tmp_path / "r.parquet")
     page = write_report([str(tmp_path / "r.parquet")], tmp_path / "out", str(tmp_path))
-    check = assert_renders(page, tmp_path / "shot.png", min_images=len(FIGURES))
+    check = assert_renders(page, tmp_path / "shot.png", min_images=7)  # every figure but the VAE table and --per-class
     assert json.dumps(check)  # the figures loaded, no console error, not blank

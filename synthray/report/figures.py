@@ -1,172 +1,41 @@
-"""The study's figures from a results table (one row per trial; `synthray.sweep.runner.collect`).
+"""The report's figures, in page order: the paper's (report/paper.py), one to one, then synthray's own views, which
+say what they show beyond the paper. Each entry: title, the figure's caption, a "how to read it" line, and the
+function that draws it from the merged results table (report/common.py's `Drawn`, or `Skip` with the reason).
 
-Each figure function takes the merged table and returns a matplotlib Figure, or raises `Skip` with the reason a
-reader sees on the page (a missing column, a single point): a report never fails for lack of a column.
+The earlier pooled figures (Synth→Real per architecture averaged over probes and prompt styles, per probe averaged
+over architectures, against CLIPScore and GenEval averaged over everything) are gone: the paper's own subsets
+replace them. The per-class views stay: they show what no paper figure does, and average nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-ACC = "synth_to_real_acc"
-PROBE_ORDER = ["rgb", "depth", "texture", "lowpass", "highpass"]  # structure, texture, frequency
+from synthray.report import paper
+from synthray.report.common import ARCH_ORDER, PAPER_GENERATORS, STYLE_ORDER, Drawn, Skip, look, need, ordered, plt
+from synthray.report.common import spearman as _spearman
 
-
-class Skip(Exception):
-    """A figure that cannot be drawn from this table; the message says why."""
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-WORDS = {"released": "release dates", "clipscore": "CLIPScore (metrics.clipscore.model)",
-         "geneval": "GenEval scores (metrics.geneval)", "synth_to_real_per_class": "per-class accuracies"}
-
-
-def _need(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    missing = [c for c in columns if c not in table or table[c].isna().all()]
-    if missing:
-        raise Skip(f"the results have no {', '.join(WORDS.get(c, c) for c in missing)}")
-    return table.dropna(subset=list(columns))
-
-
-def _spearman(x: pd.Series, y: pd.Series) -> float:
-    """Rank correlation (Pearson on average ranks), NaN when either side is constant."""
-    rx, ry = x.rank(), y.rank()
-    return float(np.corrcoef(rx, ry)[0, 1]) if rx.nunique() > 1 and ry.nunique() > 1 else float("nan")
-
-
-def release_date(table: pd.DataFrame) -> Any:
-    """Synth->Real per architecture against the generator's release date, a linear trend per architecture and the
-    Real->Real baseline (the study's main figure)."""
-    data = _need(table, "released", ACC)
-    if data["generator"].nunique() < 2:
-        raise Skip("fewer than two generators with a release date (tiny and control generators have none)")
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    dates = pd.to_datetime(data["released"])
-    for i, (arch, rows) in enumerate(data.assign(date=dates).groupby("arch", sort=True)):
-        color = f"C{i}"
-        mean = rows.groupby("date")[ACC].mean()
-        ax.scatter(mean.index, mean.values, color=color, label=arch)
-        if len(mean) > 1:
-            days = (mean.index - mean.index.min()).days.to_numpy(dtype=float)
-            slope, icpt = np.polyfit(days, mean.values, 1)
-            ax.plot(mean.index, icpt + slope * days, color=color, linewidth=1)
-        if "real_to_real_acc" in rows and rows["real_to_real_acc"].notna().any():
-            ax.axhline(rows["real_to_real_acc"].mean(), color=color, linestyle="--", linewidth=1)
-    ax.set(xlabel="generator release date", ylabel="Synth→Real accuracy",
-           title="Newer generators, better training data? (dashed: Real→Real)")
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _against(table: pd.DataFrame, column: str, label: str) -> Any:
-    data = _need(table, column, ACC)
-    per_gen = data.groupby("generator")[[column, ACC]].mean()
-    if len(per_gen) < 2:
-        raise Skip(f"fewer than two generators with {column}")
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(per_gen[column], per_gen[ACC])
-    for name, row in per_gen.iterrows():
-        ax.annotate(str(name), (row[column], row[ACC]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    rho = _spearman(per_gen[column], per_gen[ACC])
-    ax.set(xlabel=label, ylabel="Synth→Real accuracy", title=f"Synth→Real against {label} (Spearman ρ = {rho:.2f})")
-    return fig
-
-
-def clipscore(table: pd.DataFrame) -> Any:
-    return _against(table, "clipscore", "CLIPScore")
-
-
-def geneval(table: pd.DataFrame) -> Any:
-    return _against(table, "geneval", "GenEval")
-
-
-def density_coverage(table: pd.DataFrame, per_class: bool = False) -> Any:
-    """Density against coverage, one point per generator (or, per_class, per generator and class)."""
-    data = _need(table, "density", "coverage")
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, (gen, rows) in enumerate(data.groupby("generator", sort=True)):
-        if per_class:
-            column = _per_class_prdc_column(rows)
-            points = [(v["coverage"][c], v["density"][c]) for v in rows[column] for c in v["coverage"]]
-            ax.scatter(*zip(*points), s=8, color=f"C{i}", label=gen, alpha=0.6)
-        else:
-            ax.scatter(rows["coverage"].mean(), rows["density"].mean(), color=f"C{i}", label=gen)
-    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)  # density 1: as dense as the real data itself
-    ax.set(xlabel="coverage", ylabel="density", title="Density against coverage" + (" per class" if per_class else ""))
-    ax.legend(fontsize=8)
-    return fig
-
-
-def _per_class_prdc_column(rows: pd.DataFrame) -> str:
-    for column in rows.columns:
-        if column.endswith("_per_class") and isinstance(rows[column].dropna().iloc[0] if rows[column].notna().any() else None, dict):
-            return column
-    raise Skip("the results hold no per-class density and coverage (metrics.per_class=false)")
-
-
-def probes(table: pd.DataFrame) -> Any:
-    """Synth->Real per probe and generator: structure (depth), texture and frequency (low/high-pass) against rgb."""
-    data = _need(table, "probe", ACC)
-    shown = [p for p in PROBE_ORDER if p in set(data["probe"])] + sorted(set(data["probe"]) - set(PROBE_ORDER))
-    if len(shown) < 2:
-        raise Skip("one probe only: the comparison needs rgb and at least one of depth, texture, lowpass, highpass")
-    grid = data.groupby(["generator", "probe"])[ACC].mean().unstack("probe").reindex(columns=shown)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(grid)), 4.5))
-    width = 0.8 / len(shown)
-    x = np.arange(len(grid))
-    for i, probe in enumerate(shown):
-        ax.bar(x + i * width - 0.4 + width / 2, grid[probe].to_numpy(), width, label=probe)
-    ax.set_xticks(x, grid.index, rotation=30, ha="right")
-    ax.set(ylabel="Synth→Real accuracy", title="What the classifiers learn from: Synth→Real per probe")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def asymmetry(table: pd.DataFrame) -> Any:
-    """Real->Synth against Synth->Real: above the diagonal, real-trained models recognise the synthetic images
-    better than synthetic-trained ones recognise real ones."""
-    data = _need(table, ACC, "real_to_synth_acc")
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for i, (gen, rows) in enumerate(data.groupby("generator", sort=True)):
-        ax.scatter(rows[ACC], rows["real_to_synth_acc"], color=f"C{i}", label=gen)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Synth→Real accuracy", ylabel="Real→Synth accuracy", title="The asymmetry")
-    ax.legend(fontsize=8)
-    return fig
+__all__ = ["FIGURES", "Spec", "Skip", "Drawn", "_spearman"]
 
 
 def per_class_heatmap(table: pd.DataFrame, generator: str | None = None, arch: str | None = None,
-                      class_names: list[str] | None = None) -> Any:
+                      class_names: list[str] | None = None) -> Drawn:
     """Per-class Synth->Real accuracy of one generator and architecture, one row per probe and prompt style."""
-    data = _need(table, "synth_to_real_per_class")
+    data = need(table, "synth_to_real_per_class")
     generator = generator or _first_synthetic(data)
-    arch = arch or sorted(data["arch"].unique())[0]
+    arch = arch or ordered(data["arch"].unique(), ARCH_ORDER)[0]
     rows = data[(data["generator"] == generator) & (data["arch"] == arch)]
     if rows.empty:
         raise Skip(f"no trial of generator {generator} with architecture {arch}")
     matrix = np.array([[np.nan if v is None else float(v) for v in row] for row in rows["synth_to_real_per_class"]])
     labels = [f"{p} / {s}" for p, s in zip(rows["probe"], rows["prompt_style"])]
     names = class_names if class_names and len(class_names) == matrix.shape[1] else [str(i) for i in range(matrix.shape[1])]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(min(16, 2 + 0.35 * matrix.shape[1]), 1.5 + 0.45 * len(labels)))
+    pyplot = plt()
+    fig, ax = pyplot.subplots(figsize=(min(16, 2 + 0.35 * matrix.shape[1]), 1.5 + 0.45 * len(labels)))
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     ax.set_yticks(range(len(labels)), labels)
     step = max(1, matrix.shape[1] // 40)  # at most ~40 class labels stay readable
@@ -174,23 +43,143 @@ def per_class_heatmap(table: pd.DataFrame, generator: str | None = None, arch: s
     fig.colorbar(image, ax=ax, label="Synth→Real accuracy")
     ax.set_title(f"Per-class Synth→Real: {generator}, {arch}")
     fig.tight_layout()
-    return fig
+    return Drawn(rows[["generator", "prompt_style", "arch", "probe"]].reset_index(drop=True), fig)
 
 
 def _first_synthetic(data: pd.DataFrame) -> str:
     from synthray.graph.synthetic import control_generators
 
-    names = sorted(data["generator"].unique())
+    names = ordered(data["generator"].unique(), PAPER_GENERATORS)
     real = control_generators(names)
     return ([n for n in names if n not in real] or names)[0]
 
 
-FIGURES: dict[str, tuple[str, Callable[..., Any]]] = {
-    "release-date": ("Synth→Real against release date", release_date),
-    "clipscore": ("Synth→Real against CLIPScore", clipscore),
-    "geneval": ("Synth→Real against GenEval", geneval),
-    "density-coverage": ("Density against coverage", density_coverage),
-    "probes": ("Synth→Real per probe", probes),
-    "asymmetry": ("Real→Synth against Synth→Real", asymmetry),
-    "per-class": ("Per-class Synth→Real", per_class_heatmap),
+def density_coverage_per_class(table: pd.DataFrame) -> Drawn:
+    """Density against coverage per class: one point per generator and class, rgb trials (density and coverage
+    are of the images, the same for every classifier: one trial per generator and prompt style), one panel per
+    prompt style."""
+    data = need(table, "density", "coverage")
+    data = data[data["probe"] == "rgb"] if (data["probe"] == "rgb").any() else data
+    column = _per_class_prdc_column(data)
+    first = data.dropna(subset=[column]).sort_values("arch").groupby(["generator", "prompt_style"], sort=True).head(1)
+    points = pd.DataFrame([{"generator": r.generator, "prompt_style": r.prompt_style, "arch": r.arch, "probe": r.probe,
+                            "class": c, "coverage": v["coverage"][c], "density": v["density"][c]}
+                           for r in first.itertuples() for v in [getattr(r, column)] for c in v["coverage"]])
+    styles = ordered(points["prompt_style"].unique(), STYLE_ORDER)
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, len(styles), figsize=(5.2 * len(styles), 4.6), squeeze=False)
+    for ax, style in zip(axes[0], styles):
+        for i, (gen, rows) in enumerate(points[points["prompt_style"] == style].groupby("generator", sort=True)):
+            ax.scatter(rows["coverage"], rows["density"], s=8, color=pyplot.get_cmap("tab20")(i % 20), label=gen, alpha=0.6)
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+        ax.set(xlabel="coverage", ylabel="density", title=look(style)[2])
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Density against coverage per class", fontsize=11)
+    fig.tight_layout()
+    return Drawn(points, fig)
+
+
+def _per_class_prdc_column(rows: pd.DataFrame) -> str:
+    for column in rows.columns:
+        values = rows[column].dropna()
+        if column.endswith("_per_class") and len(values) and isinstance(values.iloc[0], dict):
+            return column
+    raise Skip("the results hold no per-class density and coverage (metrics.per_class=true)")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One figure of the page. `paper`: the paper's figure (False: synthray's own view, its caption says what it
+    shows beyond the paper); `flag`: the write_report option that turns it on (None: always drawn)."""
+
+    title: str
+    caption: str
+    read: str
+    draw: Callable[..., Drawn]
+    paper: bool = True
+    flag: str | None = None
+
+
+R50 = "ResNet-50 (tv:resnet50)"
+FIGURES: dict[str, Spec] = {
+    "release-date": Spec(
+        "Synth→Real against release date",
+        f"{R50} classifiers trained only on each generator's images (rgb) and tested on real images, against the "
+        "generator's release date: one point per generator and prompt style, a linear trend per prompt style, and "
+        "the Real→Real accuracy of the same classifier trained on real images. The paper finds a downward trend: "
+        "newer generators make worse training data, despite better-looking images.",
+        "A trend line falling to the right means newer generators give worse training data; the gap below the "
+        "dashed Real→Real line is what training on synthetic images costs.",
+        paper.release_date),
+    "geneval": Spec(
+        "Synth→Real against GenEval",
+        "Synth→Real against each generator's published GenEval score (prompt following), one panel per "
+        "architecture, class-name prompts, rgb, with Spearman's rank correlation ρ in each panel.",
+        "ρ near +1: generators that follow prompts better also train better classifiers; near 0 or below: the "
+        "benchmark does not predict usefulness. The same sign in every panel means it is not one architecture's quirk.",
+        paper.geneval),
+    "clipscore": Spec(
+        "Synth→Real against CLIPScore",
+        "Synth→Real against each generator's CLIPScore (the raw CLIP ViT-B/32 cosine between image and prompt), one "
+        "panel per architecture, class-name prompts, rgb, with Spearman's ρ in each panel.",
+        "As for GenEval: ρ says whether image-text agreement ranks the generators as their training data does.",
+        paper.clipscore),
+    "structure-texture": Spec(
+        "Structure and texture against RGB",
+        "Synth→Real of classifiers trained on one cue of each generator's images, structure (depth maps) and "
+        "texture (small patches; BagNet-9 where the results have it, else ResNet-50), against the same generator's "
+        f"rgb Synth→Real ({R50}), one point per generator and prompt style, with the diagonal.",
+        "Above the diagonal the cue alone transfers to real images better than the full image does; a cue whose "
+        "points stay up while rgb falls is one newer generators still get right.",
+        paper.structure_texture),
+    "frequency": Spec(
+        "High-pass and low-pass against RGB",
+        "Synth→Real of ResNet-50 trained on high-pass and on low-pass filtered images (an FFT box mask at 10% of the "
+        "spectrum) against rgb Synth→Real, one point per generator and prompt style, with the diagonal.",
+        "Low-pass keeps coarse shape and colour, high-pass the fine detail: generators whose high-pass points fall "
+        "further below the diagonal than their low-pass ones lose the fine detail a classifier learns from.",
+        paper.frequency),
+    "density-coverage": Spec(
+        "Density against coverage",
+        "Density and coverage of each generator's images against the real training images (k-nearest-neighbour "
+        f"balls in CLIP feature space), one point per generator, coloured by its {R50} rgb Synth→Real, one panel per "
+        "prompt style. The paper finds newer generators at high density and low coverage: a narrow, "
+        "aesthetic-centric slice of the real distribution.",
+        "Right: the images cover more of the real distribution; up: they crowd around typical real images (above "
+        "the dotted line, more crowded than the real images themselves). Bright points on the right: coverage, "
+        "not density, goes with useful data.",
+        paper.density_coverage),
+    "asymmetry": Spec(
+        "Real→Synth against Synth→Real",
+        f"Real→Synth ({R50} trained on real images, tested on the generator's images) against Synth→Real (trained "
+        "on the generator's images, tested on real ones), rgb, one point per generator and prompt style, with the "
+        "diagonal. In the paper, real-trained classifiers recognise the images of newer generators easily, while "
+        "classifiers trained on those images transfer poorly to real ones.",
+        "Above the diagonal the synthetic images are easy to recognise but do not teach: the further above, the "
+        "narrower and more typical the generated set.",
+        paper.asymmetry),
+    "vae-bottleneck": Spec(
+        "The VAE bottleneck",
+        f"Synth→Real of {R50} trained on held-out real images (real-holdout) and on the same images encoded and "
+        "decoded by each generator's VAE (vae-reencode:<generator>), on the pixel (rgb), high-pass and low-pass "
+        "views; in brackets, the difference to the real images.",
+        "A VAE row below the real row is what the autoencoder alone costs, before any diffusion; a drop on "
+        "high-pass but not low-pass means it removes the fine detail.",
+        paper.vae_bottleneck),
+    "per-class": Spec(
+        "Per-class Synth→Real",
+        "Not in the paper. Per-class Synth→Real of one generator and architecture (--heatmap GENERATOR/ARCH; by "
+        "default the first synthetic generator and architecture), one row per probe and prompt style: nothing is "
+        "averaged.",
+        "Dark columns are classes that synthetic training misses whatever the view; a row darker than rgb's is a "
+        "view that loses those classes.",
+        per_class_heatmap, paper=False),
+    "density-coverage-per-class": Spec(
+        "Density against coverage per class",
+        "Not in the paper. Density against coverage per class (metrics.per_class=true): one point per generator and "
+        "class (the controls too), from each generator's rgb trial, one panel per prompt style.",
+        "A generator whose classes spread along the density axis crowds some classes and misses others; the paper's "
+        "figure shows only their pool.",
+        density_coverage_per_class, paper=False, flag="per_class"),
 }
+

@@ -19,7 +19,7 @@ import pandas as pd
 
 from synthray.core import storage
 from synthray.core.registry import SynthrayError
-from synthray.report.figures import FIGURES, Skip
+from synthray.report.figures import FIGURES, Drawn, Skip, Spec
 from synthray.sweep.columns import shown_columns
 
 # Runs in the browser: marks broken images and collects errors, so a headless browser (tests/test_report.py) can
@@ -48,7 +48,9 @@ document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventL
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1100px; color: #222; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { margin-top: 0.4em; font-size: 14px; } .read { color: #444; } .links { font-size: 12px; }
 .note { color: #777; font-style: italic; }
+table.paper { font-size: 14px; margin: 0.5em 0; } table.paper th { cursor: default; }
 table { border-collapse: collapse; font-size: 13px; } th, td { border: 1px solid #ccc; padding: 2px 6px; }
 th { cursor: pointer; background: #f3f3f3; } td.num { text-align: right; }
 """
@@ -117,37 +119,60 @@ def _table_html(table: pd.DataFrame) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def _section(name: str, spec: Spec, drawn: Drawn | None, why: str | None, folder: Path) -> str:
+    """One figure's section: the figure (PNG embedded) or the table, its caption, how to read it, and what it
+    averages; a note instead of the figure when its inputs are missing."""
+    title, caption = html.escape(spec.title), html.escape(spec.caption)
+    read = f'<span class="read"><b>How to read it:</b> {html.escape(spec.read)}</span>'
+    if drawn is None:
+        return (f'<section id="{name}"><h3>{title}</h3><p class="note">Not drawn: {html.escape(str(why))}.</p>'
+                f"<p>{caption}<br>{read}</p></section>")
+    drawn.rows.to_csv(folder / f"{name}.csv", index=False)
+    links = [f'<a href="figures/{name}.csv">CSV</a>']
+    if drawn.figure is not None:
+        body = f'<img alt="{name}" src="{_image(drawn.figure, name, folder)}">'
+        links = [f'<a href="figures/{name}.svg">SVG</a>', f'<a href="figures/{name}.png">PNG</a>', *links]
+    else:
+        body = drawn.html or ""
+    note = f'<p class="note">{html.escape(drawn.note)}</p>' if drawn.note else ""
+    return (f'<section id="{name}"><h3>{title}</h3><figure>{body}<figcaption>{caption}<br>{read}<br>'
+            f'<span class="links">{" · ".join(links)} (the CSV holds the {len(drawn.rows)} points or cells shown)</span>'
+            f"</figcaption></figure>{note}</section>")
+
+
 def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str, str] | None = None,
                  per_class: bool = False) -> Path:
-    """Write `out/report.html` and `out/figures/<name>.{png,svg}`; returns the page's path. The folder is built
-    under a temporary name and renamed, so a failed report leaves nothing half-written."""
+    """Write `out/report.html` and `out/figures/<name>.{png,svg,csv}` (the CSV: the rows each figure shows);
+    returns the page's path. The folder is built under a temporary name and renamed, so a failed report leaves
+    nothing half-written."""
     table, class_names = load_results(inputs, root)
     out = Path(out).expanduser().resolve()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "figures").mkdir(parents=True)
-    sections = []
+    options = {"per_class": per_class}
+    sections: dict[bool, list[str]] = {True: [], False: []}
     try:
-        for name, (title, draw) in FIGURES.items():
+        for name, spec in FIGURES.items():
+            if spec.flag is not None and not options.get(spec.flag):
+                continue
             kwargs: dict[str, Any] = {}
-            if name == "density-coverage":
-                kwargs["per_class"] = per_class
             if name == "per-class":
                 kwargs.update(generator=heatmap[0] if heatmap else None, arch=heatmap[1] if heatmap else None,
                               class_names=class_names)
             try:
-                src = _image(draw(table, **kwargs), name, tmp / "figures")
-            except Skip as why:
-                sections.append(f'<h2>{html.escape(title)}</h2><p class="note">Not drawn: {html.escape(str(why))}.</p>')
-                continue
-            sections.append(f'<h2>{html.escape(title)}</h2><figure><img alt="{name}" src="{src}">'
-                            f'<figcaption><a href="figures/{name}.svg">SVG</a> · <a href="figures/{name}.png">PNG</a>'
-                            "</figcaption></figure>")
+                drawn, why = spec.draw(table, **kwargs), None
+            except Skip as skipped:
+                drawn, why = None, str(skipped)
+            sections[spec.paper].append(_section(name, spec, drawn, why, tmp / "figures"))
         sweeps = ", ".join(sorted(table["sweep"].unique()))
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthray report: {html.escape(sweeps)}</title>"
                 f"<style>{STYLE}</style></head><body><h1>synthray report</h1>"
                 f"<p>{len(table)} trials from {html.escape(sweeps)}. Click a column to sort the table.</p>"
-                + "".join(sections) + f"<h2>Results</h2>{_table_html(table)}<pre id='selfcheck' hidden></pre>"
+                "<h2>The paper's figures</h2><p>Each shows the paper's own subset: its architecture, probe and "
+                "prompt-style split, nothing averaged over them.</p>" + "".join(sections[True])
+                + "<h2>Beyond the paper</h2>" + "".join(sections[False])
+                + f"<h2>Results</h2>{_table_html(table)}<pre id='selfcheck' hidden></pre>"
                 f"<script>{SELF_CHECK}</script></body></html>")
         (tmp / "report.html").write_text(page, encoding="utf-8")
         if out.exists():
