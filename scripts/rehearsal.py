@@ -145,6 +145,9 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
                        "rehearsal+resume": round(t_main - t_staged, 1), "siblings": round(t_siblings - t_main, 1),
                        "report": round(t_report - t_siblings, 1), "total": round(time.time() - t0, 1)}})
         return figures
+    except Exception:
+        keep_sweep_logs(s3, workdir / "sweeps")  # the bucket goes with the server: keep what explains the failure
+        raise
     finally:
         if cluster is not None:
             cluster.shutdown()
@@ -154,6 +157,20 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def keep_sweep_logs(s3: S3Server, out: Path) -> None:
+    """Copy every sweep's logs and Tune's trial error files from the bucket to `out`, before the server stops."""
+    try:
+        for o in s3.objects("runs/sweeps/"):
+            key = o["Key"]
+            if "/logs/" in key or key.endswith(("error.txt", ".json")):
+                target = out / key[len("runs/sweeps/"):]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(s3.read(key))
+        print(f"rehearsal failed: the sweeps' logs and Tune's error files are in {out}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - diagnostics only: never hide the failure itself
+        print(f"rehearsal failed; could not keep the sweeps' logs: {err}", file=sys.stderr)
 
 
 def placeholder_geneval() -> str:
