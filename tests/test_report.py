@@ -69,6 +69,18 @@ def test_a_missing_column_skips_its_figure_with_a_note(tmp_path):
     assert "density-coverage-per-class" not in text  # only with --per-class
 
 
+def test_a_smoke_shaped_table_draws_with_its_own_classifier_standing_in(tmp_path):
+    """No ResNet-50 (the smoke run's tiny-cnn, rgb only): the ResNet-50 figures show tiny-cnn and say so; only the
+    figures that need probes or VAE controls are notes."""
+    _results(probes=("rgb",), archs=("tiny-cnn",)).to_parquet(tmp_path / "r.parquet")
+    text = write_report([str(tmp_path / "r.parquet")], tmp_path / "out", str(tmp_path)).read_text()
+    assert text.count("Not drawn") == 3 and "Not drawn: the results have no depth or texture trial" in text
+    assert "Not drawn: the results have no highpass or lowpass trial" in text and "no VAE control" in text
+    assert text.count("these results have none, so tiny-cnn stands in.") == 3  # release date, density, asymmetry
+    assert text.count("data:image/png;base64,") == 6
+    assert set(pd.read_csv(tmp_path / "out" / "figures" / "release-date.csv")["arch"]) == {"tiny-cnn"}
+
+
 def test_report_reads_sweeps_from_storage_uris(tmp_path, s3_server):
     """A results file in a bucket is an input like a local one."""
     from synthray.core import storage

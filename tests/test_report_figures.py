@@ -3,17 +3,23 @@ exactly the paper's subset (architecture, probe, prompt-style split), and the pa
 
 from __future__ import annotations
 
+import html
 import re
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from synthray.report import paper
-from synthray.report.common import Skip, spearman
+from synthray.report.common import Skip, spearman, stand_in
 from synthray.report.figures import FIGURES
 from synthray.report.page import write_report
 from tests.browser import assert_renders
 from tests.paper_table import ARCHS, CONTROLS, GENERATORS, STYLES, paper_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import rehearsal_checks  # noqa: E402  (scripts/ is not a package)
 
 ACC = "synth_to_real_acc"
 UNSCORED = {"sd35-large-turbo"}  # no published GenEval (synthray/conf/geneval.csv)
@@ -122,11 +128,15 @@ def test_vae_table_real_and_each_vae_on_three_views(table):
 
 
 def test_missing_inputs_are_notes_naming_the_papers_subset(table):
-    no_resnet = table[table["arch"] != "tv:resnet50"]
-    for draw in (paper.release_date, paper.asymmetry, paper.vae_bottleneck):
+    # ResNet-50 is in the results but not on rgb (or not on the controls): no stand-in, the paper's subset is named
+    no_rgb = table[(table["arch"] != "tv:resnet50") | (table["probe"] != "rgb")]
+    for draw in (paper.release_date, paper.asymmetry):
         with pytest.raises(Skip, match=r"ResNet-50 \(tv:resnet50\).*no such trial \(arch: tv:convnext_tiny"):
-            draw(no_resnet)
-    assert len(paper.geneval(no_resnet).figure.axes) == 3  # the other architectures' panels stay
+            draw(no_rgb)
+    no_controls = table[(table["arch"] != "tv:resnet50") | table["generator"].isin(GENERATORS)]
+    with pytest.raises(Skip, match=r"ResNet-50 \(tv:resnet50\) trials of the controls.*no such trial \(arch: tv:conv"):
+        paper.vae_bottleneck(no_controls)
+    assert len(paper.geneval(table[table["arch"] != "tv:resnet50"]).figure.axes) == 3  # the other panels stay
     with pytest.raises(Skip, match="no VAE control"):
         paper.vae_bottleneck(table[table["generator"].isin(GENERATORS)])
     rgb_only = table[table["probe"] == "rgb"]
@@ -161,3 +171,105 @@ def test_the_full_paper_page_has_every_figure_with_caption_and_reading(page):
 
 def test_the_full_paper_page_renders_in_a_real_browser(page, tmp_path):
     assert_renders(page, tmp_path / "shot.png", min_images=len(FIGURES) - 1)
+
+
+# Results with no ResNet-50 at all: the smoke run (tiny-cnn) and the dress rehearsal (timm's test_resnet).
+STAND_IN = "The paper shows ResNet-50 (tv:resnet50); these results have none, so {} stands in."
+RESNET_FIGURES = ["release_date", "structure_texture", "frequency", "density_coverage", "asymmetry", "vae_bottleneck"]
+
+
+@pytest.fixture(scope="module")
+def stand_in_table(table) -> pd.DataFrame:
+    """The paper table with test_resnet and tiny-cnn in the places of ResNet-50 and ViT-Tiny, and no other."""
+    names = {"vit_tiny_patch16_224": "test_resnet", "tv:resnet50": "tiny-cnn"}
+    return table[table["arch"].isin(names)].replace({"arch": names}).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("archs, chosen", [
+    (["tv:swin_t", "bagnet9", "test_resnet", "tiny-cnn"], "test_resnet"),  # ResNet-like first (the full rehearsal)
+    (["tiny-cnn"], "tiny-cnn"),  # the smoke run
+    (["tiny-cnn", "vit_tiny_patch16_224", "tv:swin_t"], "vit_tiny_patch16_224"),  # then ARCH_ORDER, then by name
+    (["tv:swin_t", "resnet18", "tv:resnet50"], "tv:resnet50"),
+])
+def test_the_stand_in_is_resnet_like_first_then_by_arch_order(archs, chosen):
+    assert stand_in(archs) == chosen
+
+
+@pytest.mark.parametrize("name", RESNET_FIGURES)
+def test_without_resnet50_each_figure_draws_a_named_stand_in(stand_in_table, name):
+    drawn = getattr(paper, name)(stand_in_table)
+    assert drawn.note.startswith(STAND_IN.format("test_resnet")), drawn.note
+    assert set(drawn.rows["arch"]) == {"test_resnet"} and "tiny-cnn" not in set(drawn.rows.get("rgb_arch", []))
+    if name == "vae_bottleneck":
+        assert "<caption>Synth→Real of test_resnet</caption>" in drawn.html and len(drawn.rows) == 4 * 3
+        return
+    fig = drawn.figure
+    labels = [t for ax in fig.axes for t in (ax.get_title(), ax.get_xlabel(), ax.get_ylabel())]
+    labels.append(fig._suptitle.get_text() if fig._suptitle else "")
+    assert any("test_resnet" in t for t in labels), labels
+    assert not any("tv:resnet50" in t or "tiny-cnn" in t for t in labels), labels
+    if name in ("structure_texture", "frequency"):
+        assert set(drawn.rows["rgb_arch"]) == {"test_resnet"} and len(drawn.rows) == 2 * 13 * 2
+        assert "Synth→Real, rgb (test_resnet)" in labels and "for ResNet-50" in fig._suptitle.get_text()
+    else:
+        assert len(drawn.rows) == 13 * 2
+    source = stand_in_table[(stand_in_table["arch"] == "test_resnet") & (stand_in_table["probe"] == "rgb")]
+    value = drawn.rows.get(ACC, drawn.rows.get("rgb_acc")).iloc[0]
+    row = drawn.rows.iloc[0]
+    assert value == pytest.approx(_value(source, generator=row["generator"], prompt_style=row["prompt_style"]))
+
+
+def test_the_smoke_runs_tiny_cnn_stands_in_alone(stand_in_table):
+    smoke = stand_in_table[stand_in_table["arch"] == "tiny-cnn"]
+    drawn = paper.asymmetry(smoke)
+    assert set(drawn.rows["arch"]) == {"tiny-cnn"} and drawn.note == STAND_IN.format("tiny-cnn")
+    assert drawn.figure.axes[0].get_title() == "Real→Synth against Synth→Real: tiny-cnn, rgb"
+
+
+def test_the_stand_in_page_draws_every_figure_and_says_so(stand_in_table, tmp_path):
+    """GenEval and CLIPScore keep one panel per architecture; every ResNet-50 figure names test_resnet."""
+    stand_in_table.to_parquet(tmp_path / "r.parquet", index=False)
+    page = write_report([str(tmp_path / "r.parquet")], tmp_path / "report", str(tmp_path), per_class=True)
+    text = page.read_text()
+    assert "Not drawn" not in text and text.count(html.escape(STAND_IN.format("test_resnet"))) == len(RESNET_FIGURES)
+    for name in ("geneval", "clipscore"):
+        rows = pd.read_csv(page.parent / "figures" / f"{name}.csv")
+        assert list(rows["arch"].unique()) == ["test_resnet", "tiny-cnn"], name
+    for name in ("release-date", "structure-texture", "frequency", "density-coverage", "asymmetry", "vae-bottleneck",
+                 "per-class"):
+        assert set(pd.read_csv(page.parent / "figures" / f"{name}.csv")["arch"]) == {"test_resnet"}, name
+
+
+def _rehearsal(table: pd.DataFrame, folder, full: bool):
+    """The rehearsal's sweeps, shaped from the paper table (test_resnet for ResNet-50, timm's test_vit and
+    test_convnext, torchvision's swin_t, bagnet9 on texture), as results files named like its sweeps."""
+    names = {"tv:resnet50": "test_resnet", "vit_tiny_patch16_224": "test_vit", "tv:convnext_tiny": "test_convnext"}
+    table = table.replace({"arch": names})
+    main = table[(table["arch"] == "test_resnet") & (table["probe"] == "rgb") & table["generator"].isin(GENERATORS)]
+    sweeps = {"rehearsal": main if full else main[main["generator"].isin(["sd15", "sd3-medium", "flux1-schnell"])
+                                                  & (main["prompt_style"] == "classname")]}
+    if full:
+        sd15 = table[(table["generator"] == "sd15") & (table["prompt_style"] == "classname")]
+        sweeps["rehearsal-probes"] = sd15[sd15["probe"].isin(["rgb", "depth", "lowpass", "highpass"])]
+        texture = sd15[(sd15["arch"] == "test_resnet") & (sd15["probe"] == "texture")]
+        sweeps["rehearsal-texture"] = texture.assign(arch="bagnet9")
+        controls = table[(table["arch"] == "test_resnet") & (table["probe"] == "rgb")]
+        sweeps["rehearsal-controls"] = controls[controls["generator"].isin(["real-holdout", "vae-reencode:sd15"])]
+    for name, rows in sweeps.items():
+        rows.to_parquet(folder / f"{name}.parquet", index=False)
+    page = write_report([str(folder / f"{name}.parquet") for name in sweeps], folder / "report", str(folder))
+    return list(sweeps), page
+
+
+@pytest.mark.parametrize("full", [False, True], ids=["cut-down", "full"])
+def test_the_rehearsals_report_check_counts_exactly_the_figures_it_cannot_draw(table, tmp_path, full):
+    sweeps, page = _rehearsal(table, tmp_path, full)
+    figures = rehearsal_checks.report_figures(page.parent)
+    assert sorted(figures["not drawn"]) == rehearsal_checks.undrawable(sweeps)
+    assert rehearsal_checks.undrawable(sweeps) == ([] if full else ["frequency", "structure-texture", "vae-bottleneck"])
+    assert figures["drawn"] == [n for n in FIGURES if n not in figures["not drawn"] and FIGURES[n].flag is None]
+    assert set(figures["stand-in"]) == {"release-date", "density-coverage", "asymmetry"} | (
+        {"structure-texture", "frequency", "vae-bottleneck"} if full else set())
+    if full:  # the probe figures: test_resnet on rgb, depth, high- and low-pass, bagnet9 on texture
+        rows = pd.read_csv(page.parent / "figures" / "structure-texture.csv")
+        assert dict(zip(rows["probe"], rows["arch"])) == {"depth": "test_resnet", "texture": "bagnet9"}

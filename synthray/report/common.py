@@ -5,6 +5,11 @@ A figure function takes the merged results table (one row per trial; `synthray.s
 them (generator, prompt_style, arch, probe), so a reader's CSV and a test can count exactly what a figure holds. It
 raises `Skip` with the reason a reader sees on the page (a missing column, no trial of the paper's architecture):
 a report never fails for lack of a column.
+
+Results with no ResNet-50 at all (the offline smoke run's tiny-cnn, the dress rehearsal's timm test_resnet) draw
+the ResNet-50 figures with a stand-in (`main_arch`): the first architecture of the figure's own rows by name, a
+ResNet-like name (containing "resnet") first, then ARCH_ORDER, then alphabetical. The figure names the stand-in in
+its title and axes, its CSV's `arch` column records it, and a note under it says so (`stand_in_note`).
 """
 
 from __future__ import annotations
@@ -80,6 +85,33 @@ def ordered(values: Iterable[Any], order: Sequence[str]) -> list[str]:
 
 def arch_name(arch: str) -> str:
     return f"{ARCH_NAMES[arch]} ({arch})" if arch in ARCH_NAMES else arch
+
+
+def stand_in(archs: Iterable[Any]) -> str:
+    """The architecture that shows ResNet-50's place: the first of `archs` whose name contains "resnet" (the
+    ResNet family's own small stand-ins, e.g. timm's test_resnet), else the first by ARCH_ORDER then alphabetical.
+    tv:resnet50 itself, when among `archs`, comes first."""
+    names = ordered(archs, ARCH_ORDER)
+    return next((a for a in names if "resnet" in a.lower()), names[0])
+
+
+def stand_in_note(arch: str) -> str:
+    return f"The paper shows {arch_name(PAPER_ARCH)}; these results have none, so {arch_name(arch)} stands in."
+
+
+def main_arch(table: pd.DataFrame, rows: pd.DataFrame) -> tuple[str, str | None]:
+    """The architecture a ResNet-50 figure shows, and the note saying when it is not ResNet-50: PAPER_ARCH whenever
+    the results (`table`) hold a trial of it (the figure then draws it, or says what is missing); otherwise the
+    stand-in among `rows`, the trials the figure could draw from."""
+    if "arch" not in table or (table["arch"] == PAPER_ARCH).any() or "arch" not in rows or rows["arch"].isna().all():
+        return PAPER_ARCH, None
+    arch = stand_in(rows["arch"].dropna().unique())
+    return arch, stand_in_note(arch)
+
+
+def notes(*parts: str | None) -> str | None:
+    """The notes under a figure, in order, None when there is none."""
+    return " ".join(p for p in parts if p) or None
 
 
 def look(style: str) -> tuple[str, str, str]:

@@ -1,5 +1,9 @@
 """The paper's figures, one to one: each shows exactly the paper's subset (architecture, probe, prompt-style split)
-and nothing is averaged over probes, prompt styles or architectures. Each returns a `Drawn` (report/common.py)."""
+and nothing is averaged over probes, prompt styles or architectures. Each returns a `Drawn` (report/common.py).
+
+The figures of ResNet-50 (release date, structure/texture, frequency, density/coverage, asymmetry, the VAE table)
+show a stand-in when the results hold no tv:resnet50 trial (common.py's `main_arch`), named in the title, the axes,
+the CSV and a note; GenEval and CLIPScore have one panel per architecture, whatever the results hold."""
 
 from __future__ import annotations
 
@@ -24,29 +28,42 @@ from synthray.report.common import (
     generators_only,
     label_points,
     look,
+    main_arch,
     need,
+    notes,
     one_per,
     ordered,
     plt,
     spearman,
+    stand_in,
     subset,
 )
 
-RGB = f"{arch_name(PAPER_ARCH)} on the rgb probe"
+
+def rgb(arch: str) -> str:
+    return f"{arch_name(arch)} on the rgb probe"
+
+
+def _on_rgb(data: pd.DataFrame) -> pd.DataFrame:
+    return data[data["probe"] == "rgb"] if "probe" in data else data.iloc[:0]
+
+
 # The probe's classifier in the paper: texture patches train BagNet-9 (experiment=paper-texture) when the results
-# have it; every other probe, and texture without it, ResNet-50.
-PROBE_ARCHS = {"texture": ("bagnet9", PAPER_ARCH)}
+# have it; every other probe, and texture without it, ResNet-50 (or its stand-in).
+PROBE_ARCHS = {"texture": ("bagnet9",)}
 VIEWS = {"rgb": "pixel (rgb)", "highpass": "high-pass", "lowpass": "low-pass"}
 
 
 def release_date(table: pd.DataFrame) -> Drawn:
     """Synth->Real of ResNet-50 on rgb against the generator's release date: one point per generator and prompt
     style, a linear trend per prompt style, and the Real->Real line."""
-    data = subset(generators_only(need(table, "released", ACC)), f"{RGB} with release dates", arch=PAPER_ARCH, probe="rgb")
+    data = generators_only(need(table, "released", ACC))
+    arch, stood_in = main_arch(table, _on_rgb(data))
+    data = subset(data, f"{rgb(arch)} with release dates", arch=arch, probe="rgb")
     points = one_per(data, ["generator", "prompt_style"], [ACC], first=["released"])
     if points["generator"].nunique() < 2:
         raise Skip("fewer than two generators with a release date (tiny and control generators have none)")
-    points = points.assign(arch=PAPER_ARCH, probe="rgb", date=pd.to_datetime(points["released"]))
+    points = points.assign(arch=arch, probe="rgb", date=pd.to_datetime(points["released"]))
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(8, 4.5))
     for style in ordered(points["prompt_style"].unique(), STYLE_ORDER):
@@ -59,14 +76,14 @@ def release_date(table: pd.DataFrame) -> Drawn:
             slope, icpt = np.polyfit(days, rows[ACC].to_numpy(), 1)
             ax.plot(rows["date"], icpt + slope * days, color=color, linewidth=1,
                     label=f"trend, {label} ({slope * 365:+.3f} a year)")
-    real = table[(table["arch"] == PAPER_ARCH) & (table["probe"] == "rgb")].get("real_to_real_acc")
+    real = table[(table["arch"] == arch) & (table["probe"] == "rgb")].get("real_to_real_acc")
     if real is not None and real.notna().any():
         ax.axhline(real.mean(), color="black", linestyle="--", linewidth=1, label=f"Real→Real ({real.mean():.3f})")
     ax.set(xlabel="generator release date", ylabel="Synth→Real accuracy",
-           title=f"Synth→Real against release date: {arch_name(PAPER_ARCH)}, rgb")
+           title=f"Synth→Real against release date: {arch_name(arch)}, rgb")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return Drawn(points.drop(columns="date"), fig, note=averaged(points))
+    return Drawn(points.drop(columns="date"), fig, note=notes(stood_in, averaged(points)))
 
 
 def _against(table: pd.DataFrame, column: str, label: str) -> Drawn:
@@ -92,8 +109,7 @@ def _against(table: pd.DataFrame, column: str, label: str) -> Drawn:
     fig.tight_layout()
     rows = pd.concat(drawn, ignore_index=True)
     unscored = sorted(set(generators_only(table.dropna(subset=[ACC]))["generator"]) - set(rows["generator"]))
-    note = " ".join(filter(None, [averaged(rows), f"No {label} for: {', '.join(unscored)}." if unscored else None]))
-    return Drawn(rows, fig, note=note or None)
+    return Drawn(rows, fig, note=notes(averaged(rows), f"No {label} for: {', '.join(unscored)}." if unscored else None))
 
 
 def geneval(table: pd.DataFrame) -> Drawn:
@@ -104,9 +120,11 @@ def clipscore(table: pd.DataFrame) -> Drawn:
     return _against(table, "clipscore", "CLIPScore")
 
 
-def _probe_arch(data: pd.DataFrame, probe: str) -> str | None:
+def _probe_arch(data: pd.DataFrame, probe: str, main: str) -> str | None:
+    """The probe's classifier: its own (PROBE_ARCHS) where the results have it, else `main` (ResNet-50 or its
+    stand-in); None when neither has a trial of the probe."""
     held = set(data.loc[data["probe"] == probe, "arch"])
-    return next((a for a in PROBE_ARCHS.get(probe, (PAPER_ARCH,)) if a in held), None)
+    return next((a for a in (*PROBE_ARCHS.get(probe, ()), main) if a in held), None)
 
 
 def _versus_rgb(table: pd.DataFrame, probes: Sequence[str], title: str) -> Drawn:
@@ -115,23 +133,24 @@ def _versus_rgb(table: pd.DataFrame, probes: Sequence[str], title: str) -> Drawn
     data = generators_only(need(table, "probe", ACC))
     if not data["probe"].isin(list(probes)).any():
         raise Skip(f"the results have no {' or '.join(probes)} trial")
-    rgb = one_per(subset(data, RGB, arch=PAPER_ARCH, probe="rgb"), ["generator", "prompt_style"], [ACC])
+    main, stood_in = main_arch(table, _on_rgb(data))
+    xs = one_per(subset(data, rgb(main), arch=main, probe="rgb"), ["generator", "prompt_style"], [ACC])
     panels, missing = [], []
     for probe in probes:
-        arch = _probe_arch(data, probe)
+        arch = _probe_arch(data, probe, main)
         if arch is None:
             missing.append(probe)
             continue
         ys = one_per(data[(data["probe"] == probe) & (data["arch"] == arch)], ["generator", "prompt_style"], [ACC])
-        both = ys.merge(rgb, on=["generator", "prompt_style"], suffixes=("", "_rgb"))
+        both = ys.merge(xs, on=["generator", "prompt_style"], suffixes=("", "_rgb"))
         if both.empty:
             missing.append(probe)
             continue
         panels.append(both.rename(columns={ACC: "probe_acc", f"{ACC}_rgb": "rgb_acc"})
-                      .assign(probe=probe, arch=arch, rgb_arch=PAPER_ARCH, n=np.maximum(both["n"], both["n_rgb"]))
+                      .assign(probe=probe, arch=arch, rgb_arch=main, n=np.maximum(both["n"], both["n_rgb"]))
                       .drop(columns="n_rgb"))
     if not panels:
-        raise Skip(f"the results have no {' or '.join(probes)} trial of a generator that also has {RGB}")
+        raise Skip(f"the results have no {' or '.join(probes)} trial of a generator that also has {rgb(main)}")
     pyplot = plt()
     fig, axes = pyplot.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
     for ax, points in zip(axes[0], panels):
@@ -142,15 +161,14 @@ def _versus_rgb(table: pd.DataFrame, probes: Sequence[str], title: str) -> Drawn
             ax.scatter(rows["rgb_acc"], rows["probe_acc"], color=color, marker=marker, label=label, zorder=3)
             label_points(ax, rows["rgb_acc"], rows["probe_acc"], rows["generator"])
         diagonal(ax, points["rgb_acc"].to_numpy(), points["probe_acc"].to_numpy())
-        ax.set(xlabel=f"Synth→Real, rgb ({arch_name(PAPER_ARCH)})", ylabel=f"Synth→Real, {probe} ({arch_name(arch)})",
+        ax.set(xlabel=f"Synth→Real, rgb ({arch_name(main)})", ylabel=f"Synth→Real, {probe} ({arch_name(arch)})",
                title=f"{probe} against rgb")
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title if stood_in is None else f"{title}: {arch_name(main)} for ResNet-50", fontsize=11)
     fig.tight_layout()
     rows = pd.concat(panels, ignore_index=True)
-    note = " ".join(filter(None, [averaged(rows), f"No panel for {', '.join(missing)}: no such trial of a generator "
-                                  "that also has an rgb trial." if missing else None]))
-    return Drawn(rows, fig, note=note or None)
+    return Drawn(rows, fig, note=notes(stood_in, averaged(rows), f"No panel for {', '.join(missing)}: no such trial of "
+                                       f"a generator that also has {rgb(main)}." if missing else None))
 
 
 def structure_texture(table: pd.DataFrame) -> Drawn:
@@ -166,7 +184,11 @@ def density_coverage(table: pd.DataFrame) -> Drawn:
     prompt style. Density and coverage are of the images: read off the rgb trials (the same for every classifier)."""
     data = subset(generators_only(need(table, "density", "coverage")), "the images' density and coverage (rgb trials)",
                   probe="rgb")
-    arch = PAPER_ARCH if (data["arch"] == PAPER_ARCH).any() else ordered(data["arch"].unique(), ARCH_ORDER)[0]
+    arch, stood_in = main_arch(table, data)
+    if not (data["arch"] == arch).any():  # ResNet-50 trials, none of them rgb with density and coverage
+        arch = stand_in(data["arch"].unique())
+        stood_in = (f"The paper colours by {arch_name(PAPER_ARCH)}; its trials here have no density and coverage on "
+                    f"rgb, so {arch_name(arch)} stands in.")
     values = [ACC] if ACC in data and data.loc[data["arch"] == arch, ACC].notna().any() else []
     points = one_per(data[data["arch"] == arch], ["generator", "prompt_style"], ["density", "coverage", *values])
     points = points.assign(arch=arch, probe="rgb")
@@ -185,13 +207,15 @@ def density_coverage(table: pd.DataFrame) -> Drawn:
     if values:
         fig.colorbar(image, ax=list(axes[0]), label=f"Synth→Real ({arch_name(arch)}, rgb)")
     fig.suptitle("Density against coverage" + ("" if values else f" (no Synth→Real of {arch} to colour by)"), fontsize=11)
-    return Drawn(points, fig, note=averaged(points))
+    return Drawn(points, fig, note=notes(stood_in, averaged(points)))
 
 
 def asymmetry(table: pd.DataFrame) -> Drawn:
     """Real->Synth against Synth->Real, ResNet-50 on rgb, one point per generator and prompt style, the diagonal."""
-    data = subset(generators_only(need(table, ACC, "real_to_synth_acc")), RGB, arch=PAPER_ARCH, probe="rgb")
-    points = one_per(data, ["generator", "prompt_style"], [ACC, "real_to_synth_acc"]).assign(arch=PAPER_ARCH, probe="rgb")
+    data = generators_only(need(table, ACC, "real_to_synth_acc"))
+    arch, stood_in = main_arch(table, _on_rgb(data))
+    data = subset(data, rgb(arch), arch=arch, probe="rgb")
+    points = one_per(data, ["generator", "prompt_style"], [ACC, "real_to_synth_acc"]).assign(arch=arch, probe="rgb")
     pyplot = plt()
     fig, ax = pyplot.subplots(figsize=(5.6, 5.4))
     for style in ordered(points["prompt_style"].unique(), STYLE_ORDER):
@@ -201,10 +225,10 @@ def asymmetry(table: pd.DataFrame) -> Drawn:
         label_points(ax, rows[ACC], rows["real_to_synth_acc"], rows["generator"])
     diagonal(ax, points[ACC].to_numpy(), points["real_to_synth_acc"].to_numpy())
     ax.set(xlabel="Synth→Real accuracy", ylabel="Real→Synth accuracy",
-           title=f"Real→Synth against Synth→Real: {arch_name(PAPER_ARCH)}, rgb")
+           title=f"Real→Synth against Synth→Real: {arch_name(arch)}, rgb")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return Drawn(points, fig, note=averaged(points))
+    return Drawn(points, fig, note=notes(stood_in, averaged(points)))
 
 
 def vae_bottleneck(table: pd.DataFrame) -> Drawn:
@@ -214,11 +238,12 @@ def vae_bottleneck(table: pd.DataFrame) -> Drawn:
     data = data[(data["generator"] == "real-holdout") | data["generator"].str.startswith("vae-reencode:")]
     if not data["generator"].str.startswith("vae-reencode:").any():
         raise Skip("the results have no VAE control (vae-reencode:<generator>; experiment=paper-controls)")
-    data = subset(data, f"{arch_name(PAPER_ARCH)} trials of the controls", arch=PAPER_ARCH)
+    arch, stood_in = main_arch(table, data[data["probe"].isin(list(VIEWS))] if "probe" in data else data.iloc[:0])
+    data = subset(data, f"{arch_name(arch)} trials of the controls", arch=arch)
     data = data[data["probe"].isin(list(VIEWS))]
     if "classname" in set(data["prompt_style"]):  # the controls draw real images: the prompt style only names the run
         data = data[data["prompt_style"] == "classname"]
-    cells = one_per(data, ["generator", "probe"], [ACC]).assign(arch=PAPER_ARCH)
+    cells = one_per(data, ["generator", "probe"], [ACC]).assign(arch=arch)
     grid = cells.pivot(index="generator", columns="probe", values=ACC)
     vaes = ordered((n.split(":", 1)[1] for n in grid.index if n != "real-holdout"), PAPER_GENERATORS)
     names = (["real-holdout"] if "real-holdout" in grid.index else []) + [f"vae-reencode:{v}" for v in vaes]
@@ -237,8 +262,8 @@ def vae_bottleneck(table: pd.DataFrame) -> Drawn:
         shown = "real images (real-holdout)" if name == "real-holdout" else f"{name.split(':', 1)[1]} VAE ({name})"
         body.append(f"<tr><td>{html.escape(shown)}</td>{''.join(tds)}</tr>")
     head = "".join(f"<th>{html.escape(VIEWS[v])}</th>" for v in views)
-    page = (f'<table class="paper"><thead><tr><th>training images</th>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
-    notes = [averaged(cells), None if real is not None else "No real-holdout trial: no differences to the real images.",
-             f"No {' or '.join(absent)} trial of the controls." if absent else None]
-    return Drawn(cells, html=page, note=" ".join(filter(None, notes)) or None)
+    page = (f'<table class="paper"><caption>Synth→Real of {html.escape(arch_name(arch))}</caption>'
+            f"<thead><tr><th>training images</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    return Drawn(cells, html=page, note=notes(
+        stood_in, averaged(cells), None if real is not None else "No real-holdout trial: no differences to the real images.",
+        f"No {' or '.join(absent)} trial of the controls." if absent else None))
