@@ -215,8 +215,10 @@ def test_every_probe_and_encoder_runs_through_the_sweep(ray_cluster, tmp_path):
     # The probes experiment's report (`synthray report`), rendered by a real browser.
     report = write_report([], tmp_path / "report", str(tmp_path))
     text = report.read_text()
-    assert "Not drawn: one probe only" not in text, re.findall(r"Not drawn[^<]*", text)
-    assert_renders(report, tmp_path / "report.png", min_images=4)  # one generator: no CLIPScore/GenEval trend
+    # A control alone: the paper's figures leave controls out (each says so, naming what it needs); the per-class
+    # heatmap draws.
+    assert "Not drawn" in text, "a control alone draws none of the paper's figures"
+    assert_renders(report, tmp_path / "report.png", min_images=1)
 
 
 def test_plan_trials_names_every_artifact_and_builds_nothing(tmp_path):
