@@ -128,22 +128,26 @@ def test_s3_smoke_on_three_nodes_survives_a_killed_builder_and_matches_local(loc
     assert SECRET not in log + done.stdout + done.stderr + warm.stdout + warm.stderr
 
 
-def test_hf_token_reaches_workers_through_the_runtime_env(three_nodes, tmp_path):
-    """The tokens travel in the job's runtime env (not in a config), and each node's workers see them: the hub's and
-    the captioner's (the caption trials read `captioner.openai.api_key_env` on the workers)."""
+def test_a_driver_forwards_where_the_bucket_is_but_no_secret(three_nodes, tmp_path):
+    """A driver that joins a cluster (`ray.address`) hands its workers where the bucket is (AWS_ENDPOINT_URL, a
+    setting) but none of its secrets: Ray would keep them in plain text in its job table and logs. The workers read
+    secrets from their own node's environment, which the cluster files fill from the cloud's secret store."""
     code = (
         "import os, ray\n"
         "from synthray.config import compose\n"
         "from synthray.sweep.runner import init_ray\n"
         f"init_ray(compose(['ray.address={three_nodes['address']}', 'captioner.openai.api_key_env=MY_CAPTION_KEY']))\n"
         "@ray.remote(num_cpus=1)\n"
-        "def token(): return os.environ.get('HF_TOKEN'), os.environ.get('MY_CAPTION_KEY')\n"
-        "seen = ray.get([token.remote() for _ in range(6)])\n"
-        "print('seen', all(t == (os.environ['EXPECTED'], os.environ['EXPECTED'] + '-openai') for t in seen))\n"
+        "def seen(): return os.environ.get('HF_TOKEN'), os.environ.get('MY_CAPTION_KEY'), os.environ.get('AWS_ENDPOINT_URL')\n"
+        "got = ray.get([seen.remote() for _ in range(6)])\n"
+        "print('secrets', any(t[0] == os.environ['EXPECTED'] or t[1] for t in got))\n"
+        "print('endpoint', all(t[2] == os.environ['AWS_ENDPOINT_URL'] for t in got))\n"
+        "print('runtime env', os.environ['EXPECTED'] in str(ray.get_runtime_context().runtime_env))\n"
     )
     env = dict(os.environ, HF_TOKEN=SECRET, MY_CAPTION_KEY=SECRET + "-openai", EXPECTED=SECRET)
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert "seen True" in done.stdout, done.stderr[-2000:]
+    assert "secrets False" in done.stdout and "runtime env False" in done.stdout, (done.stdout + done.stderr)[-2000:]
+    assert "endpoint True" in done.stdout, (done.stdout + done.stderr)[-2000:]
     assert SECRET not in done.stdout + done.stderr
 
 
