@@ -64,13 +64,12 @@ def client(address: str | None, insecure: bool = False) -> Any:
             raise SynthrayError(f"refusing to send the cluster token over plain http to {address}: use https://, a "
                                 "port-forward to 127.0.0.1 (`ray dashboard cluster.yaml`), or --insecure")
         # Ray's own token mechanism: its client adds the header when RAY_AUTH_MODE=token (read once, when Ray loads),
-        # with the token it finds where `auth_token` looks, in the same order.
-        if "ray._raylet" not in sys.modules:
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-
-        if not is_token_auth_enabled():  # Ray was loaded earlier in this process without it (a notebook, tests)
+        # with the token it finds where `auth_token` looks, in the same order. A process that loaded Ray earlier (a
+        # notebook, a test session) has fixed its mode and cached a token already: it sends this one explicitly.
+        if "ray._raylet" in sys.modules:
             headers = {"Authorization": f"Bearer {token}"}
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.job_submission import JobSubmissionClient
 
     try:
