@@ -118,12 +118,13 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
         t_staged = time.time()
 
         job = job_id(cli("submit", *main, "--address", cluster.url, env=env))
-        before, killed_at = {}, None
+        before, killed_at, killed = {}, None, None
         while job_state(job, env, cluster.url) in ("RUNNING", "PENDING", "UNKNOWN"):
             done = [k for k in result_manifests(s3) if k.startswith("runs/results/")]
             if kill and killed_at is None and len(done) >= max(1, expected["rehearsal"] // 3):
                 before = result_manifests(s3)  # everything finished before the kill
-                cluster.kill("gpu24-b")
+                killed = cluster.busiest(["gpu24-a", "gpu24-b"])
+                cluster.kill(killed)
                 killed_at = time.time()
             time.sleep(2)
         first_state = job_state(job, env, cluster.url)
@@ -138,9 +139,10 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
         t_report = time.time()
         figures = check_all(s3, cluster, head, expected, before, storage, report)
         figures.update({
-            "first job": first_state, "resume job": "SUCCEEDED" if resumed and "SUCCEEDED" in resumed.stdout else (
+            "first job": first_state, "resume ran trials": resumed_trials(resumed),
+            "resume job": "SUCCEEDED" if resumed and "SUCCEEDED" in resumed.stdout else (
                 "not run" if resumed is None else "FAILED"),
-            "killed after s": round(killed_at - t_staged, 1) if killed_at else None,
+            "killed after s": round(killed_at - t_staged, 1) if killed_at else None, "killed node": killed,
             "wall s": {"cluster": round(t_cluster - t0, 1), "stage": round(t_staged - t_cluster, 1),
                        "rehearsal+resume": round(t_main - t_staged, 1), "siblings": round(t_siblings - t_main, 1),
                        "report": round(t_report - t_siblings, 1), "total": round(time.time() - t0, 1)}})
@@ -157,6 +159,12 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def resumed_trials(resumed: subprocess.CompletedProcess | None) -> int | None:
+    """How many trials the resume ran (its plan line: "N trials, M already complete (reused), K to run")."""
+    found = re.search(r"(\d+) to run", resumed.stdout) if resumed is not None else None
+    return int(found.group(1)) if found else None
 
 
 def keep_sweep_logs(s3: S3Server, out: Path) -> None:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -102,6 +103,7 @@ class LabelledCluster:
     """A CPU-only token-auth head and labelled fake-GPU workers, each `ray start --block` in its own process group."""
 
     LABEL = "synthray.io/gpu-memory-gb"
+    NAME = "rehearsal/node"  # which of our processes a Ray node is, so a check can pick the node to kill
 
     def __init__(self, workdir: Path, env: dict[str, str], head_cpus: int = 4):
         import ray._private.services
@@ -145,9 +147,23 @@ class LabelledCluster:
     def add_worker(self, name: str, tier_gb: int, gpus: int = 1, cpus: int = 3) -> None:
         """A worker node with `gpus` fake GPUs, labelled as a `tier_gb` GB GPU node."""
         before = len(self.alive())
-        self._start(name, [f"--address={self.gcs}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-                           f"--labels={self.LABEL}={tier_gb}"], {"SYNTHRAY_FAKE_GPUS": "1"})
+        # Each node its own temp dir, as each machine of a cluster has its own disk. Nodes that share one also share
+        # runtime_resources/: when a job starts, every node's agent unpacks the job's working_dir into the same
+        # folder at once, and one replaces the folder the driver runs in, so the driver's cwd is gone (Tune then fails
+        # in os.getcwd() at the end of the sweep). A short path: Ray's socket paths must stay under 107 characters.
+        temp = tempfile.mkdtemp(prefix=f"ray-{name}-", dir="/tmp")
+        self._start(name, [f"--address={self.gcs}", f"--temp-dir={temp}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                           f"--labels={self.LABEL}={tier_gb},{self.NAME}={name}"], {"SYNTHRAY_FAKE_GPUS": "1"})
         _wait(lambda: len(self.alive()) > before, f"worker {name}", self.nodes[name], self.workdir / f"{name}.log")
+
+    def busiest(self, names: list[str]) -> str:
+        """Of the nodes `names`, the one running the most live actors now (generation, training, Tune's trials):
+        killing it interrupts work in flight, so the resume has an errored trial to finish."""
+        counts = self.ray_json("from ray.util.state import list_actors\n"
+                               "labels = {n['NodeID']: n.get('Labels', {}) for n in ray.nodes()}\n"
+                               f"out = [labels.get(a.node_id, {{}}).get('{self.NAME}') for a in "
+                               "list_actors(filters=[('state', '=', 'ALIVE')], limit=10000)]")
+        return max(names, key=lambda name: (counts.count(name), name == names[-1]))
 
     def kill(self, name: str) -> None:
         """SIGKILL a node's whole process group: raylet, object store and its workers, as a lost spot node."""

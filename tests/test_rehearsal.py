@@ -26,6 +26,8 @@ def _check(figures: dict) -> None:
     assert place["big generations"] >= 1 and not place["big generations off the 80 GB node"]
     assert not place["on the head"] and figures["trial resources"]["with a GPU"] == 0
     assert figures["resume job"] == "SUCCEEDED" and not figures["rebuilt after the resume"]
+    # The first job ends FAILED only through trials that the kill interrupted, and the resume ran exactly those.
+    assert figures["first job"] == ("FAILED" if figures["resume ran trials"] else "SUCCEEDED")
 
 
 @pytest.mark.timeout(1800)
