@@ -19,6 +19,7 @@ import pandas as pd
 
 from synthray.core import storage
 from synthray.core.registry import SynthrayError
+from synthray.report import gallery
 from synthray.report.figures import FIGURES, Drawn, Skip, Spec
 from synthray.sweep.columns import shown_columns
 
@@ -56,15 +57,16 @@ th { cursor: pointer; background: #f3f3f3; } td.num { text-align: right; }
 """
 
 
-def load_results(inputs: Sequence[str], root: str) -> tuple[pd.DataFrame, list[str] | None]:
-    """The merged results table of `inputs` (default: the newest sweep under `root`), and the class names of the
-    first sweep whose config is at hand (for the per-class heatmap)."""
+def load_results(inputs: Sequence[str], root: str) -> tuple[pd.DataFrame, list[str] | None, list[str]]:
+    """The merged results table of `inputs` (default: the newest sweep under `root`), the class names of the
+    first sweep whose config is at hand (for the per-class heatmap), and where each input lies (its sweep folder,
+    or the folder of its results file: the gallery reads the artifacts stored beside it)."""
     from omegaconf import OmegaConf
 
     from synthray.data.real import load_classes
     from synthray.sweep.runner import find_sweep, read_results
 
-    tables, names = [], None
+    tables, names, locations = [], None, []
     for item in inputs or [None]:
         if item is not None and item.endswith(".parquet"):
             uri = storage.normalize(item)
@@ -73,12 +75,14 @@ def load_results(inputs: Sequence[str], root: str) -> tuple[pd.DataFrame, list[s
             # A sweep's results.parquet is named by its sweep folder; any other file by its own name.
             label = storage.name(storage.parent(uri)) if storage.name(uri) == "results.parquet" else storage.name(uri)[:-8]
             table = read_results(uri)
+            locations.append(storage.parent(uri))
         else:
             sweep = find_sweep(root, item)
             uri = storage.join(sweep, "results.parquet")
             if not storage.exists(uri):
                 raise SynthrayError(f"report: sweep {storage.name(sweep)} has no results.parquet yet (still running, or stopped)")
             table, label = read_results(uri), storage.name(sweep)
+            locations.append(sweep)
             if names is None:
                 cfg = OmegaConf.create(storage.read_text(storage.join(sweep, "config.yaml")))
                 try:
@@ -86,7 +90,7 @@ def load_results(inputs: Sequence[str], root: str) -> tuple[pd.DataFrame, list[s
                 except SynthrayError:
                     names = None  # a class CSV on another machine: the heatmap falls back to class numbers
         tables.append(table.assign(sweep=label))
-    return pd.concat(tables, ignore_index=True), names
+    return pd.concat(tables, ignore_index=True), names, locations
 
 
 def _image(fig: Any, name: str, folder: Path) -> str:
@@ -145,7 +149,7 @@ def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str
     """Write `out/report.html` and `out/figures/<name>.{png,svg,csv}` (the CSV: the rows each figure shows);
     returns the page's path. The folder is built under a temporary name and renamed, so a failed report leaves
     nothing half-written."""
-    table, class_names = load_results(inputs, root)
+    table, class_names, locations = load_results(inputs, root)
     out = Path(out).expanduser().resolve()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,6 +157,11 @@ def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str
     options = {"per_class": per_class}
     sections: dict[bool, list[str]] = {True: [], False: []}
     try:
+        try:
+            drawn, why = gallery.draw(table, locations, root, gallery.probe_settings(locations)), None
+        except Skip as skipped:
+            drawn, why = None, str(skipped)
+        samples = _section("gallery", gallery.SPEC, drawn, why, tmp / "figures")
         for name, spec in FIGURES.items():
             if spec.flag is not None and not options.get(spec.flag):
                 continue
@@ -169,6 +178,7 @@ def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>synthray report: {html.escape(sweeps)}</title>"
                 f"<style>{STYLE}</style></head><body><h1>synthray report</h1>"
                 f"<p>{len(table)} trials from {html.escape(sweeps)}. Click a column to sort the table.</p>"
+                f"<h2>The images</h2>{samples}"
                 "<h2>The paper's figures</h2><p>Each shows the paper's own subset: its architecture, probe and "
                 "prompt-style split, nothing averaged over them.</p>" + "".join(sections[True])
                 + "<h2>Beyond the paper</h2>" + "".join(sections[False])
