@@ -113,6 +113,8 @@ class Generation:
     compile_cache: Literal["storage", "node"]
     fuse_qkv: bool
     max_bad_fraction: Number
+    bad_images: Literal["drop", "keep"]
+    empty_prompt_at_cfg0: bool
     image_format: Literal["jpeg", "png"]
     jpeg_quality: int
     jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"]

@@ -9,6 +9,10 @@ One change of computation re-keys what it changes: the test transform's geometry
 is now torchvision's Resize + CenterCrop, the study's, where synthray rounded the long side and floored the crop
 offset (a 500x375 image became 299x224, not 298x224). Models (their selection), evaluations and results computed
 with it get new keys; `geometry=round` is the earlier computation, under the stored keys, which it still reads.
+`experiment=paper` also trains on NaN and all-black generated images now (`generation.bad_images: keep`, the
+study's): its models on generated rows, their evaluations and results get new keys (they train on other rows, where
+a dataset has any); `generation.bad_images=drop` is the earlier filter, under the stored keys. Its other new switch,
+`generation.empty_prompt_at_cfg0: true`, moves no key of it: no generator of the paper runs unconditionally.
 """
 
 import json
@@ -34,7 +38,8 @@ LEGACY_GEOMETRY = "recipe.test_transform.geometry=round"  # the stored keys' tes
 # published GenEval CSV (issue 24), settings of its own, not re-keyings of what was stored.
 AS_STORED = {"smoke": [LEGACY_GEOMETRY], "probes": [LEGACY_GEOMETRY],
              "paper": [LEGACY_GEOMETRY, "metrics.clipscore.model=null", "metrics.clipscore.scale=torchmetrics",
-                       "metrics.geneval=null"]}
+                       "metrics.geneval=null",
+                       "generation.bad_images=drop"]}  # experiment=paper keeps them now (the study's); stored: dropped
 
 
 def graph_of(name, tmp_path, *overrides):

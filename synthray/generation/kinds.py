@@ -29,7 +29,7 @@ PROTOCOLS = ("model-default", "paper")
 # the hub gates its weights (a download needs $HF_TOKEN); never keyed.
 PLACEMENT_FIELDS = ("gpu_memory_gb", "gpus_per_actor", "cpu_offload", "gated")
 __all__ = ["KINDS", "PLACEMENT_FIELDS", "PROTOCOLS", "GeneratorKind", "RealHoldoutGenerator", "build_generator", "check_scheduler",
-           "zoo_entry", "kind_of", "sampling_params", "tiny_params"]
+           "zoo_entry", "kind_of", "sampling_params", "tiny_params", "unconditional_at_cfg0"]
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,13 @@ def sampling_params(entry: dict[str, Any], protocol: str, overrides: Any = None)
     if "scheduler" in params:
         check_scheduler(params["scheduler"])
     return params
+
+
+def unconditional_at_cfg0(entry: Entry, params: dict[str, Any]) -> bool:
+    """Whether the study would give this generator an empty prompt: gen/gen_images.py empties the class-name prompts
+    at guidance 0 for every model but the few-step ones (FLUX-schnell, SD3.5-Large-Turbo, SD/SDXL-Turbo), which
+    are the entries marked `distilled` in the zoo. `params`: the entry's `sampling_params`."""
+    return kind_of(entry).sampled and not entry.get("distilled", False) and float(params["guidance"]) == 0.0
 
 
 def check_scheduler(name: str) -> None:

@@ -143,12 +143,35 @@ def generate(spec: Any, table: pd.DataFrame, real: Artifact | None, models: Mode
         quality = read_images(data, columns=["quality"], usable_only=False)["quality"].value_counts()
         counts = {k: int(v) for k, v in quality.items()}
         bad = len(table) - counts.get("ok", 0)
-        if bad > float(g["max_bad_fraction"]) * len(table):
-            raise SynthrayError(
-                f"generate {spec.generator}: {bad} of {len(table)} images are NaN or all black ({counts}), over "
-                f"generation.max_bad_fraction={g['max_bad_fraction']}; try dtype=float32/bfloat16 for this generator"
-            )
+        check_bad_images(spec.generator, g, len(table), bad, counts)
         return {"rows": len(table), "shards": math.ceil(len(table) / size), "digest": dataset_digest(data),
-                "quality": counts, "bad": bad, "timing": shards, "placement": placements(shards)}
+                "quality": counts, "bad": bad, "bad_images": bad_images(g), "timing": shards,
+                "placement": placements(shards)}
 
-    return DatasetRef(art.build(make), "data")
+    built = art.build(make)
+    meta = built.meta() if bad_images(g) == "drop" else {}
+    if meta.get("bad_images") == "keep":
+        # Built by a run that keeps them, so never guarded: a run that drops them holds it to its own guard.
+        check_bad_images(spec.generator, g, int(meta["rows"]), int(meta["bad"]), meta["quality"], quiet=True)
+    return DatasetRef(built, "data")
+
+
+def bad_images(g: Any) -> str:
+    """`generation.bad_images` of the generation section `g`: drop (synthray's) or keep (the study's)."""
+    return str(g.get("bad_images") or "drop")
+
+
+def check_bad_images(generator: str, g: Any, rows: int, bad: int, counts: dict[str, int], quiet: bool = False) -> None:
+    """The quality guard on a generated dataset: NaN and all-black images are counted (the dataset's meta holds
+    the counts) and logged; with `bad_images: drop` more than `max_bad_fraction` of them fail the stage, with
+    `keep` (the study's, which saves every image and trains on it) nothing does."""
+    keep = bad_images(g) == "keep"
+    if bad and not quiet:
+        log.info("generate %s: %d of %d images are NaN or all black (%s), %s", generator, bad, rows, counts,
+                 "kept for training (generation.bad_images=keep)" if keep else "left out of training")
+    if not keep and bad > float(g["max_bad_fraction"]) * rows:
+        raise SynthrayError(
+            f"generate {generator}: {bad} of {rows} images are NaN or all black ({counts}), over "
+            f"generation.max_bad_fraction={g['max_bad_fraction']}; try dtype=float32/bfloat16 for this generator, "
+            f"or generation.bad_images=keep to train on them"
+        )

@@ -55,6 +55,19 @@ def selects_on_real_test(cfg: Any) -> bool:
     return cfg.recipe.selection.set == "real-test"
 
 
+GENERATED = "data"  # the split generated datasets and their views hold their rows in (real data: train, test, control)
+
+
+def bad_images_identity(cfg: Any, split: str = GENERATED) -> dict[str, Any]:
+    """`generation.bad_images` in the key of a model trained on `split` (and of a result, whose synthetic model is):
+    only `keep`, and only on generated rows, the ones the quality guard flags. `drop` is what every model keyed
+    before the setting trained on, so it keys as before; real rows have no flags, so either trains the same."""
+    from omegaconf import OmegaConf
+
+    keep = OmegaConf.select(cfg, "generation.bad_images", default="drop") == "keep"
+    return {"bad_images": "keep"} if keep and split == GENERATED else {}
+
+
 
 # Settings added after results were first keyed, at the values that compute what was computed before they existed.
 LEGACY_METRICS = {"distance": "euclidean", "equal_counts": False, "features_of": "view"}

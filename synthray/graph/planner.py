@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from synthray.core.artifacts import without_legacy
-from synthray.graph.identity import metrics_identity, selects_on_real_test, training_spec
+from synthray.graph.identity import bad_images_identity, metrics_identity, selects_on_real_test, training_spec
 from synthray.graph.metrics import clipscore_spec, features_spec
 from synthray.graph.real import real_spec
 from synthray.graph.specs import (
@@ -57,7 +57,8 @@ def model_spec(cfg: Any, arch: str, data: Split, num_classes: int, name: str, se
     resources = placed(cfg.placement, str(t.device), int(t.num_workers), float(t.gpus_per_worker), float(t.gpu_memory_gb),
                        f"train {arch}", "worker")
     return ModelSpec(arch=arch_identity(arch), num_classes=num_classes, data=data, recipe=spec["recipe"],
-                     numerics=spec["numerics"], selection=selection if selects_on_real_test(cfg) else None, name=name,
+                     numerics=spec["numerics"], selection=selection if selects_on_real_test(cfg) else None,
+                     bad_images=bad_images_identity(cfg, data.split).get("bad_images"), name=name,
                      rows=rows, epochs=int(cfg.recipe.epochs),
                      resources_=resources,
                      run_recipe=OmegaConf.to_container(cfg.recipe, resolve=True), training=OmegaConf.to_container(t, resolve=True))
@@ -208,7 +209,8 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
     feats = (features_spec(run_cfg, Split(real, "train") if images else real_view["train"], n_train),
              features_spec(run_cfg, Split(synth, "data") if images else synth_view, synth.rows))
     result = ResultSpec(point=dict(point), arch=without_legacy(arch_identity(arch), {"arch": arch}), synthetic=synth, real=real,
-                        training=training_spec(run_cfg), probe=probe.identity, metrics=metrics_identity(cfg),
+                        training={**training_spec(run_cfg), **bad_images_identity(run_cfg)}, probe=probe.identity,
+                        metrics=metrics_identity(cfg),
                         legacy_metrics=metrics_identity(cfg, legacy=True), name=point_label(point))
     return TrialPlan(point, run_cfg, probe, table, real, synth.captions, synth, real_view, synth_view, synth_model,
                      real_model, evaluations, feats, clipscore_spec(run_cfg, Split(synth, "data"), synth.rows), result, num_classes)

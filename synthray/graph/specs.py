@@ -267,6 +267,8 @@ class ModelSpec(Spec):
     recipe: Json
     numerics: Json
     selection: Split | None = None   # the real test split a `selection.set: real-test` recipe picks its epoch on
+    # generation.bad_images where it matters, on generated rows (None: dropped, as every model before the setting)
+    bad_images: str | None = None
     name: str = run_field("")
     rows: int = run_field(0)
     epochs: int = run_field(1)
@@ -279,6 +281,8 @@ class ModelSpec(Spec):
                "numerics": self.numerics}
         if self.selection is not None:
             out["selection"] = self.selection.ref_for(legacy)
+        if self.bad_images is not None:  # keep: NaN and black rows train too, a model of other rows
+            out["bad_images"] = self.bad_images
         return out
 
     def label(self) -> str:

@@ -11,7 +11,7 @@ from synthray.core.artifacts import Artifact, DatasetRef, Store
 from synthray.core.images import jpeg_subsampling, old_subsampling
 from synthray.core.registry import SynthrayError
 from synthray.data.real import load_classes
-from synthray.generation.kinds import PLACEMENT_FIELDS, kind_of, sampling_params, zoo_entry
+from synthray.generation.kinds import PLACEMENT_FIELDS, kind_of, sampling_params, unconditional_at_cfg0, zoo_entry
 from synthray.generation.throughput import batch_size_setting, overlap_setting
 from synthray.graph.specs import RealSpec, SyntheticSpec, placed
 from synthray.prompts.table import load_captions, prompt_table
@@ -110,6 +110,16 @@ def synthetic_settings(cfg: Any, entry: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def unconditional(cfg: Any, entry: dict[str, Any], settings: dict[str, Any], style: str) -> bool:
+    """`generation.empty_prompt_at_cfg0`: the class-name rows of a generator the study runs unconditionally (not
+    distilled, guidance 0: `unconditional_at_cfg0`) get an empty prompt. Captions keep theirs, as the study's
+    gen_images_from_cap.py does."""
+    from omegaconf import OmegaConf
+
+    return (bool(OmegaConf.select(cfg, "generation.empty_prompt_at_cfg0", default=False)) and style == "classname"
+            and unconditional_at_cfg0(entry, settings["params"]))
+
+
 def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | None, real: RealSpec) -> SyntheticSpec:
     """The dataset's spec: everything that changes its bytes (`synthetic_settings`)."""
     from omegaconf import OmegaConf
@@ -119,6 +129,8 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
 
     entry = generator_entry(cfg, generator)
     settings = synthetic_settings(cfg, entry)
+    if table is not None and unconditional(cfg, entry, settings, style):
+        table = table.assign(prompt="")  # the prompt rows are keyed: only these datasets get new keys
     captions = None
     if uses_captioner(cfg, style):
         captions = captions_spec(cfg, real)

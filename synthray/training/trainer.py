@@ -23,8 +23,9 @@ from synthray.training.loop import CHECKPOINT_FILE, train_loop
 
 log = logging.getLogger("synthray")
 
-def split_counts(images: str, fraction: float, seed: int) -> tuple[int, int]:
-    """(training rows, selection rows) of a dataset folder, from its id and quality columns alone."""
+def split_counts(images: str, fraction: float, seed: int, keep_bad: bool = False) -> tuple[int, int]:
+    """(training rows, selection rows) of a dataset folder, from its id and quality columns alone (`keep_bad`:
+    rows the quality guard flagged count too, `generation.bad_images: keep`)."""
     from synthray.core.images import read_shard, shard_files, shard_schema
     from synthray.training.inputs import in_selection
 
@@ -32,14 +33,15 @@ def split_counts(images: str, fraction: float, seed: int) -> tuple[int, int]:
     for f in shard_files(images):
         columns = [c for c in ("id", "quality") if c in shard_schema(f).names]
         table = read_shard(f, columns=columns).to_pydict()
-        ok = [q == "ok" for q in table.get("quality", ["ok"] * len(table["id"]))]
+        ok = [keep_bad or q == "ok" for q in table.get("quality", ["ok"] * len(table["id"]))]
         mask = in_selection(table["id"], fraction, seed)
         held += int(sum(m and k for m, k in zip(mask, ok)))
         train += int(sum((not m) and k for m, k in zip(mask, ok)))
     return train, held
 
 
-def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: float, selection: str | None) -> dict[str, Any]:
+def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: float, selection: str | None,
+              keep_bad: bool = False) -> dict[str, Any]:
     """Ray Data pipelines for the training rows and the selection rows (the held-out `fraction` of `images`, or
     every row of the `selection` folder): read, shuffle once, decode."""
     import ray.data
@@ -64,7 +66,8 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
     out = {}
     for name, (folder, part, size) in parts.items():
         files = shard_files(folder)
-        columns = ["id", "image", "label"] + (["quality"] if usable_filter(folder) is not None else [])
+        # Without its quality column, no row is left out (`kept_rows`): generation.bad_images=keep trains on them.
+        columns = ["id", "image", "label"] + (["quality"] if not keep_bad and usable_filter(folder) is not None else [])
         # One block per shard and a seeded shuffle of the (small) encoded rows: the order a worker sees is a
         # function of the seed alone, which exact resume needs; class-sorted real data gets mixed too.
         # Shards are read by synthray (not read_parquet) so that every byte is checked against the manifest.
@@ -147,6 +150,7 @@ def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool 
     images = data.uri
     r, t = OmegaConf.create(spec.run_recipe), OmegaConf.create(spec.training)
     on_test = r.selection.set == "real-test"
+    keep_bad = spec.bad_images == "keep"  # NaN and black generated rows train (the study's); else left out
     run_dir = art.store.uri("train-runs")
 
     def make(out: BuildDir) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool 
         from synthray.training.inline import InlineSession, runs_inline
 
         fraction = 0.0 if on_test else float(r.selection_fraction)
-        rows = split_counts(images, fraction, int(r.seed))
+        rows = split_counts(images, fraction, int(r.seed), keep_bad)
         if on_test:
             rows = (rows[0], split_counts(selection.uri, 0.0, int(r.seed))[0])
         if rows[0] == 0:
@@ -165,7 +169,7 @@ def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool 
                        "rows": rows[0], "has_selection": rows[1] > 0, "selection_metric": str(r.selection.metric),
                        "selection_bytes": rows[1] * int(r.test_transform.resize) ** 2 * 3,
                        "accumulate": int(t.accumulate), "progress_trial": progress.current_trial(), **numerics_of(t)}
-        datasets = _datasets(r, t, images, rows, fraction, selection.uri if on_test else None)
+        datasets = _datasets(r, t, images, rows, fraction, selection.uri if on_test else None, keep_bad)
         if runs_inline(t, sum(rows)):
             with InlineSession(datasets, storage.join(run_dir, art.key), report_to_tune) as session:
                 train_loop(loop_config, session)
