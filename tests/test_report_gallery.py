@@ -104,5 +104,5 @@ def test_gallery_is_a_note_when_its_inputs_are_missing(tmp_path):
     assert "Not drawn: the results name no synthetic dataset" in text
     rows.assign(dataset="0123456789abcdef").to_parquet(tmp_path / "gone.parquet")
     text = write_report([str(tmp_path / "gone.parquet")], tmp_path / "b", str(tmp_path)).read_text()
-    assert "Not drawn: none of the 1 synthetic datasets the results name is stored under" in text
+    assert "Not drawn: no synthetic dataset the results name (1 generator and prompt-style pair) is stored under" in text
     assert not (tmp_path / "b" / "figures" / "gallery.csv").exists()

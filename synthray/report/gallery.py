@@ -41,8 +41,8 @@ VIEW_PROBES = ("depth", "texture", "lowpass", "highpass")  # PROBE_ORDER less rg
 CSS = """
 table.gallery { border-collapse: collapse; font-size: 12px; } table.gallery td, table.gallery th { border: 0;
   padding: 2px 4px; vertical-align: middle; cursor: default; background: none; white-space: nowrap; }
-table.gallery th { text-align: center; font-weight: 600; } table.gallery td.who { text-align: right; white-space: nowrap; }
-table.gallery img { width: SHOWNpx; height: SHOWNpx; margin: 1px; border: 1px solid #ddd; image-rendering: pixelated; }
+table.gallery th { text-align: center; font-weight: 600; } table.gallery td.who { text-align: right; }
+table.gallery img { width: SHOWNpx; height: SHOWNpx; max-width: none; margin: 1px; border: 1px solid #ddd; image-rendering: pixelated; }
 table.gallery tr.real td { background: #f4f8ee; } table.gallery td.none { color: #aaa; text-align: center; }
 """.replace("SHOWN", str(SHOWN))
 
@@ -231,10 +231,10 @@ def draw(table: pd.DataFrame, locations: Sequence[str], root: str, settings: dic
             folders[(g, s)] = storage.join(uri, "data")
             several += [f"{g}/{s}"] if len(keys) > 1 else []
     if not folders:
-        raise Skip(f"none of the {len(order)} synthetic datasets the results name is stored under "
-                   f"{', '.join(stored.roots)}")
+        pairs_n = f"{len(order)} generator and prompt-style pair{'s' * (len(order) != 1)}"
+        raise Skip(f"no synthetic dataset the results name ({pairs_n}) is stored under {', '.join(stored.roots)}")
     samples = _samples(folders)
-    classes = list(dict.fromkeys(im.class_id for im in next(iter(samples.values()))))
+    classes = list(dict.fromkeys(im.class_id for ims in samples.values() for im in ims))
     names = {im.class_id: im.class_name for ims in samples.values() for im in ims}
     real_key = _real_key(rows, stored)
     real_uri = stored.find("real", real_key) if real_key else None
@@ -282,7 +282,7 @@ def _real_key(rows: pd.DataFrame, stored: Stored) -> str | None:
 
 
 def _who(generator: str, style: str | None) -> str:
-    return html.escape(generator if style is None else f"{generator}, {look(style)[2]}")
+    return html.escape(generator) + ("" if style is None else f"<br><small>{html.escape(look(style)[2])}</small>")
 
 
 def _samples_table(samples: dict[tuple[str, str], list[Image]], real: list[Image], classes: list[str],
@@ -298,7 +298,9 @@ def _samples_table(samples: dict[tuple[str, str], list[Image]], real: list[Image
                               "probe": "rgb", "view": "stored"})
             cells.append("<td>" + "".join(_img(thumbnail(im.pixels), f"{g} {c}", im.prompt or im.id) for im in ims) + "</td>")
         lines.append(f'<tr class="{"real" if s is None else ""}"><td class="who">{_who(g, s)}</td>{"".join(cells)}</tr>')
-    return (f'<table class="gallery"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table>')
+    # A narrow window scrolls the table rather than squeezing its thumbnails.
+    return (f'<div style="overflow-x:auto"><table class="gallery"><thead><tr><th></th>{head}</tr></thead>'
+            f'<tbody>{"".join(lines)}</tbody></table></div>')
 
 
 def _views_table(samples: dict[tuple[str, str], list[Image]], real: list[Image], real_key: str | None,
