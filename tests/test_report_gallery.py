@@ -101,8 +101,8 @@ def test_gallery_is_a_note_when_its_inputs_are_missing(tmp_path):
                           "synth_to_real_acc": 0.5, "status": "done"}])
     rows.to_parquet(tmp_path / "old.parquet")
     text = write_report([str(tmp_path / "old.parquet")], tmp_path / "a", str(tmp_path)).read_text()
-    assert "Not drawn: the results name no synthetic dataset" in text
+    assert "Not shown: the results name no synthetic dataset" in text
     rows.assign(dataset="0123456789abcdef").to_parquet(tmp_path / "gone.parquet")
     text = write_report([str(tmp_path / "gone.parquet")], tmp_path / "b", str(tmp_path)).read_text()
-    assert "Not drawn: no synthetic dataset the results name (1 generator and prompt-style pair) is stored under" in text
+    assert "Not shown: no synthetic dataset the results name (1 generator and prompt-style pair) is stored under" in text
     assert not (tmp_path / "b" / "figures" / "gallery.csv").exists()

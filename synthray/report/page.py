@@ -123,13 +123,13 @@ def _table_html(table: pd.DataFrame) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _section(name: str, spec: Spec, drawn: Drawn | None, why: str | None, folder: Path) -> str:
+def _section(name: str, spec: Spec, drawn: Drawn | None, why: str | None, folder: Path, missing: str = "Not drawn") -> str:
     """One figure's section: the figure (PNG embedded) or the table, its caption, how to read it, and what it
-    averages; a note instead of the figure when its inputs are missing."""
+    averages; a note instead of the figure when its inputs are missing, starting with `missing`."""
     title, caption = html.escape(spec.title), html.escape(spec.caption)
     read = f'<span class="read"><b>How to read it:</b> {html.escape(spec.read)}</span>'
     if drawn is None:
-        return (f'<section id="{name}"><h3>{title}</h3><p class="note">Not drawn: {html.escape(str(why))}.</p>'
+        return (f'<section id="{name}"><h3>{title}</h3><p class="note">{missing}: {html.escape(str(why))}.</p>'
                 f"<p>{caption}<br>{read}</p></section>")
     drawn.rows.to_csv(folder / f"{name}.csv", index=False)
     links = [f'<a href="figures/{name}.csv">CSV</a>']
@@ -161,7 +161,8 @@ def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str
             drawn, why = gallery.draw(table, locations, root, gallery.probe_settings(locations)), None
         except Skip as skipped:
             drawn, why = None, str(skipped)
-        samples = _section("gallery", gallery.SPEC, drawn, why, tmp / "figures")
+        # "Not shown": the gallery's images are read, not drawn; "Not drawn" counts the figures alone.
+        samples = _section("gallery", gallery.SPEC, drawn, why, tmp / "figures", missing="Not shown")
         for name, spec in FIGURES.items():
             if spec.flag is not None and not options.get(spec.flag):
                 continue
