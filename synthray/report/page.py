@@ -123,14 +123,17 @@ def _table_html(table: pd.DataFrame) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
-def _section(name: str, spec: Spec, drawn: Drawn | None, why: str | None, folder: Path, missing: str = "Not drawn") -> str:
+def _section(name: str, spec: Spec, drawn: Drawn | None, why: str | None, folder: Path, figure: bool = True) -> str:
     """One figure's section: the figure (PNG embedded) or the table, its caption, how to read it, and what it
-    averages; a note instead of the figure when its inputs are missing, starting with `missing`."""
+    averages; a note instead of the figure when its inputs are missing. `figure=False` (the gallery: images read,
+    not drawn) makes it a `div` whose note says "Not shown", so the page's `section`s and "Not drawn" notes, which
+    the rehearsal's checks count, stay the figures'."""
+    tag, missing = ("section", "Not drawn") if figure else ("div", "Not shown")
     title, caption = html.escape(spec.title), html.escape(spec.caption)
     read = f'<span class="read"><b>How to read it:</b> {html.escape(spec.read)}</span>'
     if drawn is None:
-        return (f'<section id="{name}"><h3>{title}</h3><p class="note">{missing}: {html.escape(str(why))}.</p>'
-                f"<p>{caption}<br>{read}</p></section>")
+        return (f'<{tag} id="{name}"><h3>{title}</h3><p class="note">{missing}: {html.escape(str(why))}.</p>'
+                f"<p>{caption}<br>{read}</p></{tag}>")
     drawn.rows.to_csv(folder / f"{name}.csv", index=False)
     links = [f'<a href="figures/{name}.csv">CSV</a>']
     if drawn.figure is not None:
@@ -139,9 +142,9 @@ def _section(name: str, spec: Spec, drawn: Drawn | None, why: str | None, folder
     else:
         body = drawn.html or ""
     note = f'<p class="note">{html.escape(drawn.note)}</p>' if drawn.note else ""
-    return (f'<section id="{name}"><h3>{title}</h3><figure>{body}<figcaption>{caption}<br>{read}<br>'
+    return (f'<{tag} id="{name}"><h3>{title}</h3><figure>{body}<figcaption>{caption}<br>{read}<br>'
             f'<span class="links">{" · ".join(links)} (the CSV holds the {len(drawn.rows)} points or cells shown)</span>'
-            f"</figcaption></figure>{note}</section>")
+            f"</figcaption></figure>{note}</{tag}>")
 
 
 def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str, str] | None = None,
@@ -161,8 +164,7 @@ def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str
             drawn, why = gallery.draw(table, locations, root, gallery.probe_settings(locations)), None
         except Skip as skipped:
             drawn, why = None, str(skipped)
-        # "Not shown": the gallery's images are read, not drawn; "Not drawn" counts the figures alone.
-        samples = _section("gallery", gallery.SPEC, drawn, why, tmp / "figures", missing="Not shown")
+        samples = _section("gallery", gallery.SPEC, drawn, why, tmp / "figures", figure=False)
         for name, spec in FIGURES.items():
             if spec.flag is not None and not options.get(spec.flag):
                 continue
