@@ -231,6 +231,7 @@ class Recipe:  # conf/recipes/<name>.yaml; a key a recipe leaves out stays out (
     cutmix: CutMix
     selection: Selection
     selection_fraction: Number
+    shuffle: Literal["epoch", "once"]
     load_size: int
     train_transform: TrainTransform
     test_transform: TestTransform

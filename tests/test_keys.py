@@ -9,6 +9,8 @@ One change of computation re-keys what it changes: the test transform's geometry
 is now torchvision's Resize + CenterCrop, the study's, where synthray rounded the long side and floored the crop
 offset (a 500x375 image became 299x224, not 298x224). Models (their selection), evaluations and results computed
 with it get new keys; `geometry=round` is the earlier computation, under the stored keys, which it still reads.
+`recipe=paper` also draws a new training order every epoch now (`recipe.shuffle: epoch`, the study's): its models
+get new keys; `recipe.shuffle=once` is the earlier order, under the stored keys.
 `experiment=paper` also trains on NaN and all-black generated images now (`generation.bad_images: keep`, the
 study's): its models on generated rows, their evaluations and results get new keys (they train on other rows, where
 a dataset has any); `generation.bad_images=drop` is the earlier filter, under the stored keys. Its other new switch,
@@ -37,7 +39,7 @@ LEGACY_GEOMETRY = "recipe.test_transform.geometry=round"  # the stored keys' tes
 # What each experiment was when its keys were stored: experiment=paper has since turned CLIPScore on and reads the
 # published GenEval CSV (issue 24), settings of its own, not re-keyings of what was stored.
 AS_STORED = {"smoke": [LEGACY_GEOMETRY], "probes": [LEGACY_GEOMETRY],
-             "paper": [LEGACY_GEOMETRY, "metrics.clipscore.model=null", "metrics.clipscore.scale=torchmetrics",
+             "paper": [LEGACY_GEOMETRY, "recipe.shuffle=once", "metrics.clipscore.model=null", "metrics.clipscore.scale=torchmetrics",
                        "metrics.geneval=null",
                        "generation.bad_images=drop"]}  # experiment=paper keeps them now (the study's); stored: dropped
 

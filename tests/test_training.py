@@ -77,16 +77,18 @@ RAY_TRAIN, INLINE = ["training.inline_rows=0"], []  # the 275 digits train in th
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("killed, other", [(INLINE, RAY_TRAIN), (RAY_TRAIN, INLINE)], ids=["inline", "ray-train"])
-def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, shared_storage, tmp_path, killed, other):
+@pytest.mark.parametrize("killed, other, order", [(INLINE, RAY_TRAIN, "once"), (RAY_TRAIN, INLINE, "once"),
+                                                   (INLINE, RAY_TRAIN, "epoch")], ids=["inline", "ray-train", "per-epoch-order"])
+def test_training_killed_mid_epoch_resumes_to_identical_weights(ray_cluster, shared_storage, tmp_path, killed, other, order):
     """SIGKILL a training driver in the middle of an epoch, rerun it: the final (and best) weights equal, bit
     for bit, those of a run that was never stopped (CPU, fixed seeds). The uninterrupted run takes the other path
-    (Ray Train's worker group, or the calling process), so the two paths give the same weights too."""
+    (Ray Train's worker group, or the calling process), so the two paths give the same weights too. `order`:
+    recipe.shuffle (epoch: the resumed epoch draws the same permutation as the uninterrupted one did)."""
     from synthray.graph.planner import model_artifact
 
     data = DatasetRef(real_data(tiny_cfg(shared_storage)), "train")
     # lease_s: the killed driver's claim on the model lapses after 5 s instead of 2 minutes (not part of the key).
-    common = ["recipe.epochs=4", "recipe.batch_size=8", "training.max_failures=0", "lease_s=5"]
+    common = ["recipe.epochs=4", "recipe.batch_size=8", "training.max_failures=0", "lease_s=5", f"recipe.shuffle={order}"]
     whole = train(tiny_cfg(tmp_path / "whole", *common, *other), "tiny-cnn", data, 10, label="never stopped")
     args = [*common, *killed]
 

@@ -13,7 +13,8 @@ from typing import Any
 from synthray.core.artifacts import without_legacy
 
 # Recipe settings added later, at the values that compute what recipes computed before they existed.
-LEGACY_RECIPE = {"selection": {"metric": "accuracy", "set": "train"}, "lr_schedule": "synthray"}
+# "shuffle: once" is the order every model had before the setting existed (recipe=paper now draws one per epoch).
+LEGACY_RECIPE = {"selection": {"metric": "accuracy", "set": "train"}, "lr_schedule": "synthray", "shuffle": "once"}
 LEGACY_NUMERICS = {"sync_bn": False, "jpeg_decode": "cpu"}
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from synthray.core import storage
 from synthray.core.artifacts import MANIFEST, committed_files, read_checked, write_folder
 from synthray.core.shards import INLINE_ROWS, Pool
+from synthray.training.inputs import epoch_rows
 from synthray.training.loop import rng_state, set_rng_state
 
 PREFIX = "checkpoint_epoch-"
@@ -66,6 +67,9 @@ class InlineSession:
 
     def dataset_shard(self, name: str) -> Any:
         return self.datasets[name].iterator()
+
+    def epoch_shard(self, name: str, seed: int, epoch: int) -> Any:
+        return epoch_rows(self.datasets[name], seed, epoch)
 
     def _committed(self) -> list[str]:
         """The run's complete checkpoints, oldest first: listed once (what a killed attempt left), then kept up to

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 _BUCKETS = 1_000_000
+UID, ORDER = "uid", "order"  # recipe.shuffle: epoch: a row's stable number, and its place in one epoch's permutation
+_MASK64 = (1 << 64) - 1
 
 
 def in_selection(ids: Iterable[str], fraction: float, seed: int) -> np.ndarray:
@@ -43,18 +45,60 @@ def kept_rows(batch: dict[str, np.ndarray], part: str | None, selection_fraction
 
 
 def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, selection_fraction: float = 0.0,
-                  seed: int = 0, geometry: str = "round") -> dict[str, np.ndarray]:
+                  seed: int = 0, geometry: str = "round", with_uid: bool = False) -> dict[str, np.ndarray]:
     """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels, of the rows
-    `kept_rows` keeps. `geometry`: how a non-square image becomes a square (`images.GEOMETRIES`)."""
+    `kept_rows` keeps. `geometry`: how a non-square image becomes a square (`images.GEOMETRIES`). `with_uid`: also
+    each row's `row_uids` (int64 (N,)), which `epoch_rows` orders by."""
     keep = kept_rows(batch, part, selection_fraction, seed)
     images = [decode_array(b, size, geometry) for b, k in zip(batch["image"], keep) if k]
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
-    return {"image": stacked, "label": batch["label"][keep].astype(np.int64)}
+    return _with_uid({"image": stacked, "label": batch["label"][keep].astype(np.int64)}, batch, keep, with_uid)
 
 
 def encoded_images(batch: dict[str, np.ndarray], part: str | None = None, selection_fraction: float = 0.0,
-                   seed: int = 0) -> dict[str, np.ndarray]:
+                   seed: int = 0, with_uid: bool = False) -> dict[str, np.ndarray]:
     """Ray Data batch UDF for `training.jpeg_decode: gpu`: the rows `decode_images` keeps, in the same order,
     still encoded (bytes) plus int64 labels; the training worker decodes them (`device_decode`)."""
     keep = kept_rows(batch, part, selection_fraction, seed)
-    return {"image": batch["image"][keep], "label": batch["label"][keep].astype(np.int64)}
+    return _with_uid({"image": batch["image"][keep], "label": batch["label"][keep].astype(np.int64)}, batch, keep, with_uid)
+
+
+def _with_uid(out: dict[str, np.ndarray], batch: dict[str, np.ndarray], keep: np.ndarray, with_uid: bool) -> dict[str, np.ndarray]:
+    if with_uid:
+        out[UID] = row_uids(batch["id"][keep])
+    return out
+
+
+def row_uids(ids: Iterable[str]) -> np.ndarray:
+    """A stable 63-bit number per row id (int64 (N,)): where the row lands in each epoch's permutation derives from
+    it, so the order ignores sharding, blocks and batch size."""
+    return np.array([seed_hash(0, "row", str(i)) & (_MASK64 >> 1) for i in ids], dtype=np.int64)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): a bijection that scatters nearby inputs."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def epoch_keys(batch: dict[str, np.ndarray], seed: int, epoch: int) -> dict[str, np.ndarray]:
+    """Ray Data batch UDF: each row's place in epoch `epoch`'s permutation (uint64 (N,)), a function of (seed, epoch,
+    the row's id) alone. Sorting by it draws a new uniform-looking permutation every epoch, as the study's
+    `DataLoader(shuffle=True)` does, and the same one on every rerun of that epoch (an exact resume)."""
+    salt = _mix(np.array([(seed * 1_000_003 + epoch) & _MASK64], dtype=np.uint64))
+    batch[ORDER] = _mix(batch[UID].astype(np.uint64) ^ salt)
+    return batch
+
+
+def epoch_rows(dataset: Any, seed: int, epoch: int, world: int = 1, rank: int = 0) -> Any:
+    """The rows of `dataset` (which carries `UID`; see `decode_images(with_uid=True)`) for one epoch, in that epoch's
+    permutation: a Ray Data `DataIterator` over this worker's part (`rank` of `world`, equal parts). The order does
+    not depend on the batch size, the blocks or the worker count: the permutation is global, then split."""
+    ordered = dataset.map_batches(epoch_keys, fn_kwargs={"seed": seed, "epoch": epoch}, batch_format="numpy")
+    ordered = ordered.sort(ORDER).drop_columns([UID, ORDER])
+    if world == 1:
+        return ordered.iterator()
+    # Each worker sorts the whole set and keeps its part: world times the sort, but no coordination between workers.
+    return ordered.split(world, equal=True)[rank].iterator()

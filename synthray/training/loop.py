@@ -27,6 +27,7 @@ from synthray.core.safe_load import load_checkpoint_file
 from synthray.training.archs import create_model
 from synthray.training.augment import cutmix, test_batch, test_geometry, train_batch
 from synthray.training.device_decode import shard_batches, to_device
+from synthray.training.inputs import epoch_rows
 from synthray.training.recipe import batch_geometry, lr_at, make_optimizer, steps_per_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -151,14 +152,21 @@ def improves(score: float, best: float | None, metric: str) -> bool:
     return not math.isnan(score) and (score < best if metric == "loss" else score > best)
 
 
+def shuffle(recipe: Any) -> str:
+    """`recipe.shuffle`: "epoch" (a new permutation every epoch, the study's) or "once" (synthray's earlier order,
+    also what a recipe without the setting means)."""
+    return str(recipe.get("shuffle", "once"))
+
+
 class RayTrainSession:
     """What the loop needs of its run, from Ray Train: this worker's rank among `world`, its device, its dataset
     shards, the last checkpoint reported (a rerun's, or a restarted worker group's) and the report of each epoch."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch_datasets: dict[str, Any] | None = None) -> None:
         import ray.train
         import ray.train.torch
 
+        self.epoch_datasets = epoch_datasets or {}  # recipe.shuffle: epoch: the whole sets, ordered anew each epoch
         ctx = ray.train.get_context()
         self.world, self.rank = ctx.get_world_size(), ctx.get_world_rank()
         # Ray Train names cuda:N on any worker given a GPU; on a node whose GPUs Ray only counts (SYNTHRAY_FAKE_GPUS,
@@ -174,6 +182,9 @@ class RayTrainSession:
         import ray.train
 
         return ray.train.get_dataset_shard(name)
+
+    def epoch_shard(self, name: str, seed: int, epoch: int) -> Any:
+        return epoch_rows(self.epoch_datasets[name], seed, epoch, self.world, self.rank)
 
     def last_checkpoint(self) -> AbstractContextManager[str | None]:
         """A local folder holding the newest checkpoint's files, or None."""
@@ -201,7 +212,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
 
     check_device(config["device"])  # a GPU worker whose torch sees no CUDA fails in one line, not in fp32 on CPU
     where = where_am_i()
-    session = session or RayTrainSession()
+    session = session or RayTrainSession(config.get("epoch_datasets"))
     recipe = config["recipe"]
     world, rank = session.world, session.rank
     seed = int(recipe["seed"])
@@ -235,7 +246,8 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
         if rng is not None:
             set_rng_state(rng)
 
-    train_shard = session.dataset_shard("train")
+    per_epoch = shuffle(recipe) == "epoch"
+    train_shard = None if per_epoch else session.dataset_shard("train")
     decode = config.get("jpeg_decode", "cpu")
     selection = SelectionBatches(session.dataset_shard("selection"), config.get("selection_bytes", math.inf) / world,
                                  decode, int(recipe["test_transform"]["resize"]), device, test_geometry(recipe)) \
@@ -248,8 +260,11 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
         total, count, started, dtype = torch.zeros((), device=device), 0, time.perf_counter(), None
         # prefetch_batches > 1 formats batches on a thread pool that can swap their order; one batch of
         # look-ahead keeps the order a function of the seed (measured: swapped first batches with 2).
-        batches = iter(shard_batches(train_shard, per_step, decode, device, local_shuffle_buffer_size=4 * per_step,
-                                     local_shuffle_seed=seed * 100_003 + epoch, prefetch_batches=1))
+        if per_epoch:  # the study's order: a new permutation of every row each epoch, drawn from (seed, epoch)
+            source, order = session.epoch_shard("train", seed, epoch), {}
+        else:  # synthray's earlier order: one seeded shuffle, then a local buffer of 4 steps reseeded each epoch
+            source, order = train_shard, {"local_shuffle_buffer_size": 4 * per_step, "local_shuffle_seed": seed * 100_003 + epoch}
+        batches = iter(shard_batches(source, per_step, decode, device, prefetch_batches=1, **order))
         # Where the epoch's time goes (bench/training.py prints it): blocked on Ray Data for the next batch (from
         # `started`, so starting the iterator counts), decoding on the worker (jpeg_decode=gpu: host time of the
         # call) and the rest, the steps.

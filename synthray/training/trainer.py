@@ -19,7 +19,7 @@ from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store, witho
 from synthray.core.safe_load import load_checkpoint_file
 from synthray.core.shards import placements
 from synthray.graph.identity import numerics_of
-from synthray.training.loop import CHECKPOINT_FILE, train_loop
+from synthray.training.loop import CHECKPOINT_FILE, shuffle, train_loop
 
 log = logging.getLogger("synthray")
 
@@ -43,7 +43,8 @@ def split_counts(images: str, fraction: float, seed: int, keep_bad: bool = False
 def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: float, selection: str | None,
               keep_bad: bool = False) -> dict[str, Any]:
     """Ray Data pipelines for the training rows and the selection rows (the held-out `fraction` of `images`, or
-    every row of the `selection` folder): read, shuffle once, decode."""
+    every row of the `selection` folder): read, shuffle once (`recipe.shuffle: once`; with `epoch` the training
+    rows keep their ids' numbers instead, and every epoch draws its own order), decode."""
     import ray.data
 
     from synthray.core.images import shard_files, usable_filter
@@ -75,7 +76,11 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
         dataset.context.execution_options.preserve_order = True
         dataset = dataset.map_batches(read_shards, fn_kwargs={"columns": columns}, batch_size=1, batch_format="pyarrow")
         split = {"part": part, "selection_fraction": fraction, "seed": int(r.seed)}
-        dataset = dataset.random_shuffle(seed=int(r.seed))
+        per_epoch = name == "train" and shuffle(r) == "epoch"
+        if per_epoch:
+            split["with_uid"] = True  # each epoch sorts the rows by a key of (seed, epoch, uid): loop.epoch_rows
+        else:
+            dataset = dataset.random_shuffle(seed=int(r.seed))
         if decoded_bytes > cache and _encoded_bytes(folder, files) <= cache:
             # Too big decoded, small encoded (JPEGs are ~10x smaller): keep the shuffled encoded rows, so each
             # epoch streams only the decode. Else every epoch re-reads every shard and waits on the shuffle's
@@ -170,6 +175,9 @@ def train_model(spec: Any, data: DatasetRef, store: Store, report_to_tune: bool 
                        "selection_bytes": rows[1] * int(r.test_transform.resize) ** 2 * 3,
                        "accumulate": int(t.accumulate), "progress_trial": progress.current_trial(), **numerics_of(t)}
         datasets = _datasets(r, t, images, rows, fraction, selection.uri if on_test else None, keep_bad)
+        if shuffle(r) == "epoch" and not runs_inline(t, sum(rows)):
+            # Not Ray Train's split of one pipeline: each worker orders the whole set anew every epoch.
+            loop_config["epoch_datasets"] = {"train": datasets.pop("train")}
         if runs_inline(t, sum(rows)):
             with InlineSession(datasets, storage.join(run_dir, art.key), report_to_tune) as session:
                 train_loop(loop_config, session)
