@@ -115,6 +115,7 @@ class Generation:
     max_bad_fraction: Number
     bad_images: Literal["drop", "keep"]
     empty_prompt_at_cfg0: bool
+    reencode_split: Literal["control", "train"]
     image_format: Literal["jpeg", "png"]
     jpeg_quality: int
     jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"]
