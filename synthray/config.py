@@ -301,7 +301,7 @@ def _is_bool_field(cfg: DictConfig, key: str) -> bool:
 
 
 # Numbers that also take a word (checked where they are used).
-NUMBER_WORDS = {"generation.batch_size": ("auto",)}
+NUMBER_WORDS = {"generation.batch_size": ("auto",), "recipe.load_size": ("native",)}
 
 def _generator_fields(name: str, entry: Any) -> tuple[str, ...]:
     """The fields generator `name` may set, from its kind's record (`generation/kinds.py`); a one-line error for a

@@ -179,6 +179,9 @@ class RandomResizedCrop:
     scale: Any
     ratio: Any
     interpolation: str
+    # true: torchvision's crop then an antialiased resize per image (the study's); false: synthray's earlier
+    # one-call grid_sample, which aliases when it shrinks (the stored keys).
+    antialias: bool = False
 
 
 @schema
@@ -196,6 +199,9 @@ class TrainTransform:
     solarize_threshold: Number
     gaussian_blur: GaussianBlur
     color_jitter: Optional[Any]
+    # random: the three adjustments in a new order per image (torchvision's ColorJitter, the study's); fixed:
+    # brightness, contrast, saturation (synthray's earlier order, the stored keys).
+    color_jitter_order: Literal["random", "fixed"] = "fixed"
     hflip: Number
     vflip: Number
 
@@ -233,7 +239,7 @@ class Recipe:  # conf/recipes/<name>.yaml; a key a recipe leaves out stays out (
     selection: Selection
     selection_fraction: Number
     shuffle: Literal["epoch", "once"]
-    load_size: int
+    load_size: Any  # a whole number of px (each training image squared to it first), or "native" (decoded as is)
     train_transform: TrainTransform
     test_transform: TestTransform
     normalize: Normalize

@@ -10,7 +10,9 @@ is now torchvision's Resize + CenterCrop, the study's, where synthray rounded th
 offset (a 500x375 image became 299x224, not 298x224). Models (their selection), evaluations and results computed
 with it get new keys; `geometry=round` is the earlier computation, under the stored keys, which it still reads.
 `recipe=paper` also draws a new training order every epoch now (`recipe.shuffle: epoch`, the study's): its models
-get new keys; `recipe.shuffle=once` is the earlier order, under the stored keys.
+get new keys; `recipe.shuffle=once` is the earlier order, under the stored keys. So do its native-size input
+(`recipe.load_size=256` is the earlier square), its colour jitter in a random order per image (`fixed`) and its
+antialiased crop (`random_resized_crop.antialias=false`).
 `experiment=paper` also trains on NaN and all-black generated images now (`generation.bad_images: keep`, the
 study's): its models on generated rows, their evaluations and results get new keys (they train on other rows, where
 a dataset has any); `generation.bad_images=drop` is the earlier filter, under the stored keys. Its other new switch,
@@ -39,8 +41,10 @@ LEGACY_GEOMETRY = "recipe.test_transform.geometry=round"  # the stored keys' tes
 # What each experiment was when its keys were stored: experiment=paper has since turned CLIPScore on and reads the
 # published GenEval CSV (issue 24), settings of its own, not re-keyings of what was stored.
 AS_STORED = {"smoke": [LEGACY_GEOMETRY], "probes": [LEGACY_GEOMETRY],
-             "paper": [LEGACY_GEOMETRY, "recipe.shuffle=once", "metrics.clipscore.model=null", "metrics.clipscore.scale=torchmetrics",
-                       "metrics.geneval=null",
+             "paper": [LEGACY_GEOMETRY, "recipe.shuffle=once", "recipe.load_size=256",
+                       "recipe.train_transform.color_jitter_order=fixed",
+                       "recipe.train_transform.random_resized_crop.antialias=false",
+                       "metrics.clipscore.model=null", "metrics.clipscore.scale=torchmetrics", "metrics.geneval=null",
                        "generation.bad_images=drop"]}  # experiment=paper keeps them now (the study's); stored: dropped
 
 

@@ -49,6 +49,10 @@ def training_spec(cfg: Any) -> dict[str, Any]:
         recipe["lr_schedule"] = "study"
     # The test geometry synthray had before the setting existed: models selected and evaluated with it keep their keys.
     recipe["test_transform"] = without_legacy(recipe["test_transform"], {"geometry": "round"})
+    # The training crop and colour order synthray had before the study's (models keyed then keep their keys).
+    train = recipe["train_transform"] = without_legacy(recipe["train_transform"], {"color_jitter_order": "fixed"})
+    if train.get("random_resized_crop"):
+        train["random_resized_crop"] = without_legacy(train["random_resized_crop"], {"antialias": False})
     return {"recipe": recipe, "numerics": without_legacy(numerics(cfg), LEGACY_NUMERICS)}
 
 

@@ -3,9 +3,11 @@
 Random parameters are drawn on the host from a numpy `Generator` (a seed gives the same augmentation on CPU and
 GPU, and a resumed epoch re-derives them), then applied to the whole batch at once: one `grid_sample` for
 RandomResizedCrop + flip, one grouped convolution for the blurs. A per-image Python loop or a CPU PIL pipeline
-would cap a GPU that trains a ResNet-50 at ~4,000 img/s.
+would cap a GPU that trains a ResNet-50 at ~4,000 img/s. The study's own crop (`random_resized_crop.antialias`,
+and any native-size input) is the exception: one antialiased resize per image, as torchvision does it.
 
-Shapes: images arrive as uint8 (N, H, W, 3) and leave as normalised float (N, 3, S, S).
+Shapes: images arrive as uint8 (N, H, W, 3), or a list of (H_i, W_i, 3) at native sizes, and leave as normalised
+float (N, 3, S, S).
 """
 
 from __future__ import annotations
@@ -31,27 +33,33 @@ def normalize(x: torch.Tensor, spec: dict[str, Any]) -> torch.Tensor:
     return (x - mean) / std
 
 
-def crop_boxes(rng: np.random.Generator, n: int, height: int, width: int, scale, ratio) -> np.ndarray:
-    """torchvision's RandomResizedCrop.get_params for n images at once: (n, 4) boxes top, left, h, w.
+def crop_boxes(rng: np.random.Generator, n: int, height: Any, width: Any, scale, ratio) -> np.ndarray:
+    """torchvision's RandomResizedCrop.get_params for n images at once: (n, 4) boxes top, left, h, w. `height` and
+    `width`: one size for every image, or one per image ((n,) arrays: native-size inputs).
 
     Ten candidate boxes per image; the first that fits wins, else a centre crop clamped to the ratio range.
     """
-    area = height * width
+    height = np.broadcast_to(np.asarray(height, dtype=np.int64), (n,))
+    width = np.broadcast_to(np.asarray(width, dtype=np.int64), (n,))
+    area = (height * width)[:, None]
     target = area * rng.uniform(scale[0], scale[1], (n, 10))
     aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, 10)))
     w = np.round(np.sqrt(target * aspect)).astype(int)
     h = np.round(np.sqrt(target / aspect)).astype(int)
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
     first = fits.argmax(axis=1)
     rows = np.arange(n)
     h, w = h[rows, first], w[rows, first]
     top = (rng.random(n) * (height - h + 1)).astype(int)
     left = (rng.random(n) * (width - w + 1)).astype(int)
     boxes = np.stack([top, left, h, w], axis=1)
+    # The fallback, a centre crop of the whole image clamped to the ratio range (python's round, as torchvision's).
     in_ratio = width / height
-    fw, fh = (width, round(width / ratio[0])) if in_ratio < ratio[0] else \
-        (round(height * ratio[1]), height) if in_ratio > ratio[1] else (width, height)
-    boxes[~fits.any(axis=1)] = [(height - fh) // 2, (width - fw) // 2, fh, fw]
+    fw = np.where(in_ratio < ratio[0], width, np.where(in_ratio > ratio[1], [round(x * ratio[1]) for x in height], width))
+    fh = np.where(in_ratio < ratio[0], [round(x / ratio[0]) for x in width], height)
+    fallback = np.stack([(height - fh) // 2, (width - fw) // 2, fh, fw], axis=1)
+    missed = ~fits.any(axis=1)
+    boxes[missed] = fallback[missed]
     return boxes
 
 
@@ -67,6 +75,25 @@ def resized_crop(x: torch.Tensor, boxes: np.ndarray, size: int, flip: np.ndarray
     theta = torch.stack([torch.stack([sx, zero, cx], 1), torch.stack([zero, sy, cy], 1)], 1).to(x.device)
     grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0, 1)
+
+
+def resized_crops(images: list[torch.Tensor] | torch.Tensor, boxes: np.ndarray, size: int, flip: np.ndarray,
+                  mode: str = "bicubic", antialias: bool = True) -> torch.Tensor:
+    """torchvision's `resized_crop` + horizontal flip, image by image: float (3, H_i, W_i) images in [0, 1] (a list
+    of any sizes, or an (N, 3, H, W) batch) -> (N, 3, size, size). Each box is cut, then resized with
+    `F.interpolate(antialias=...)`, which widens the kernel when shrinking as Pillow and torchvision v2 do (the
+    batched `grid_sample` samples a shrunk crop without a low-pass first, so high frequencies alias). Not clamped:
+    torchvision leaves a float image's bicubic overshoot, and the colour jitter clamps later. One interpolate call
+    per image: a kernel per image is the price of native sizes."""
+    out = []
+    for img, (top, left, h, w), mirrored in zip(images, boxes.tolist(), flip.tolist()):
+        crop = img[None, :, top:top + h, left:left + w]
+        crop = F.interpolate(crop, size=(size, size), mode=mode, align_corners=False if mode != "nearest" else None,
+                             antialias=antialias and mode in ("bilinear", "bicubic"))
+        out.append(crop.flip(-1) if mirrored else crop)
+    if not out:
+        return torch.zeros((0, 3, size, size))
+    return torch.cat(out)
 
 
 def gather_crops(x: torch.Tensor, tops: np.ndarray, lefts: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -138,24 +165,60 @@ def jitter_factors(rng: np.random.Generator, strength: list[float], n: int) -> n
     return np.stack([rng.uniform(max(0.0, 1 - s), 1 + s, n) for s in strength], axis=1)
 
 
-def color_jitter(x: torch.Tensor, factors: np.ndarray) -> torch.Tensor:
-    """torchvision's adjust_brightness, adjust_contrast, adjust_saturation per image, in that fixed order."""
+def color_jitter(x: torch.Tensor, factors: np.ndarray, order: np.ndarray | None = None) -> torch.Tensor:
+    """torchvision's adjust_brightness, adjust_contrast, adjust_saturation per image, each clamped to [0, 1]: in that
+    fixed order, or image i in the order `order[i]` ((n, 3) permutations of 0 brightness, 1 contrast, 2 saturation:
+    torchvision's ColorJitter draws one per call, so per image in the study's Dataset). A random order computes
+    the three adjustments at each of the three positions and keeps, per image, the one its order names: nine cheap
+    element-wise ops, the same number of kernels for any batch."""
     f = torch.as_tensor(factors, dtype=x.dtype, device=x.device).view(len(x), 3, 1, 1, 1).unbind(1)
-    x = (x * f[0]).clamp_(0, 1)
-    mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    x = (f[1] * x + (1 - f[1]) * mean).clamp_(0, 1)
-    return (f[2] * x + (1 - f[2]) * grayscale(x)).clamp_(0, 1)
+
+    def adjust(x: torch.Tensor, which: int) -> torch.Tensor:
+        if which == 0:
+            return (x * f[0]).clamp(0, 1)
+        if which == 1:
+            mean = grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+            return (f[1] * x + (1 - f[1]) * mean).clamp(0, 1)
+        return (f[2] * x + (1 - f[2]) * grayscale(x)).clamp(0, 1)
+
+    if order is None:
+        for which in range(3):
+            x = adjust(x, which)
+        return x
+    chosen = torch.as_tensor(order, device=x.device).view(len(x), 3, 1, 1, 1)
+    for position in range(3):
+        out = x
+        for which in range(3):
+            out = torch.where(chosen[:, position] == which, adjust(x, which), out)
+        x = out
+    return x
 
 
-def train_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Generator) -> torch.Tensor:
-    """The recipe's training augmentation: uint8 (N, H, W, 3) -> normalised float (N, 3, S, S)."""
+def jitter_order(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n, 3) uniformly random permutations of the three colour adjustments, one per image."""
+    return np.argsort(rng.random((n, 3)), axis=1)
+
+
+def native_sizes(images: list[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([img.shape[0] for img in images]), np.array([img.shape[1] for img in images])
+
+
+def train_batch(images: torch.Tensor | list[torch.Tensor], recipe: dict[str, Any], rng: np.random.Generator) -> torch.Tensor:
+    """The recipe's training augmentation: uint8 (N, H, W, 3), or a list of N uint8 (H_i, W_i, 3) images at their
+    native sizes (`recipe.load_size: native`), -> normalised float (N, 3, S, S)."""
     t = recipe["train_transform"]
-    x = to_unit(images)
+    native = isinstance(images, list)
+    x = [to_unit(img[None])[0] for img in images] if native else to_unit(images)
     flip = rng.random(len(x)) < float(t["hflip"])
     crop = t.get("random_resized_crop")
     if crop:
-        boxes = crop_boxes(rng, len(x), x.shape[2], x.shape[3], crop["scale"], crop["ratio"])
-        x = resized_crop(x, boxes, int(crop["size"]), flip, crop.get("interpolation", "bicubic"))
+        height, width = native_sizes(images) if native else (x.shape[2], x.shape[3])
+        boxes = crop_boxes(rng, len(x), height, width, crop["scale"], crop["ratio"])
+        mode = crop.get("interpolation", "bicubic")
+        if native or crop.get("antialias", False):  # torchvision's crop then resize, the study's
+            x = resized_crops(x, boxes, int(crop["size"]), flip, mode, bool(crop.get("antialias", False)))
+        else:  # synthray's earlier one-call crop (no antialiasing): the models keyed before the setting
+            x = resized_crop(x, boxes, int(crop["size"]), flip, mode)
     else:
         if t.get("random_crop"):
             x = random_crop(x, int(t["random_crop"]), rng)
@@ -166,7 +229,9 @@ def train_batch(images: torch.Tensor, recipe: dict[str, Any], rng: np.random.Gen
         x = torch.where(vflip, x.flip(-2), x)
     x = one_of(x, list(t.get("one_of") or []), t, rng)
     if t.get("color_jitter"):
-        x = color_jitter(x, jitter_factors(rng, list(t["color_jitter"]), len(x)))
+        factors = jitter_factors(rng, list(t["color_jitter"]), len(x))
+        order = jitter_order(rng, len(x)) if t.get("color_jitter_order", "fixed") == "random" else None
+        x = color_jitter(x, factors, order)
     return normalize(x, recipe["normalize"])
 
 

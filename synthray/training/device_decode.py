@@ -26,28 +26,35 @@ JPEG_MAGIC = b"\xff\xd8\xff"  # SOI marker + the first marker's 0xff: every JPEG
 
 
 def shard_batches(shard: Any, batch_size: int, jpeg_decode: str, device: torch.device | None = None,
-                  **iter_kwargs: Any) -> Iterable[dict[str, Any]]:
+                  native: bool = False, **iter_kwargs: Any) -> Iterable[dict[str, Any]]:
     """A Ray Data shard's batches as its iterator yields them: torch tensors already on the worker's device
-    (`cpu`: Ray Data decoded them), or numpy arrays of encoded bytes and labels (`gpu`: `to_device` decodes).
-    Both iterators take the same shuffle arguments and see the same rows, so they yield rows in the same order."""
-    if jpeg_decode == "cpu":
+    (`cpu`: Ray Data decoded them), or numpy arrays of encoded bytes and labels (`gpu`: `to_device` decodes), or
+    (`native`, decoded images of many sizes, which no tensor holds) numpy object arrays that `to_device` moves.
+    All iterators take the same shuffle arguments and see the same rows, so they yield rows in the same order."""
+    if jpeg_decode == "cpu" and not native:
         # The worker's own device, not Ray's "auto" (cuda on any GPU worker, even one whose GPUs Ray only counts).
         return shard.iter_torch_batches(batch_size=batch_size, device=str(device) if device else "auto", **iter_kwargs)
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", **iter_kwargs)
 
 
-def to_device(batch: dict[str, Any], jpeg_decode: str, size: int, device: torch.device,
-              geometry: str = "round") -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch from `shard_batches` -> (uint8 images (N, size, size, 3), int64 labels (N,)) on `device`."""
+def to_device(batch: dict[str, Any], jpeg_decode: str, size: int | None, device: torch.device,
+              geometry: str = "round") -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+    """A batch from `shard_batches` -> (uint8 images (N, size, size, 3), int64 labels (N,)) on `device`; `size`
+    None (native sizes): the images as a list of N uint8 (H_i, W_i, 3) tensors."""
+    labels = batch["label"]
+    labels = labels.to(device) if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels)).to(device)
+    if jpeg_decode == "cpu" and size is None:
+        return [torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True) for a in batch["image"]], labels
     if jpeg_decode == "cpu":
-        return batch["image"].to(device, non_blocking=True), batch["label"].to(device)
-    images = decode_on_device(batch["image"], size, device, geometry)
-    return images, torch.from_numpy(np.asarray(batch["label"])).to(device)
+        return batch["image"].to(device, non_blocking=True), labels
+    return decode_on_device(batch["image"], size, device, geometry), labels
 
 
-def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | str, geometry: str = "round") -> torch.Tensor:
+def decode_on_device(data: Sequence[bytes], size: int | None, device: torch.device | str,
+                     geometry: str = "round") -> torch.Tensor | list[torch.Tensor]:
     """Encoded images -> uint8 (N, size, size, 3) on `device`, the computation of `images.decode_array`: RGB,
     then a square image resized (bicubic) to `size`, another one's short side resized and its centre cropped.
+    `size` None: a list of N uint8 (H_i, W_i, 3), each at its native size.
 
     JPEGs are decoded in one batched call; anything else (PNG rows) by Pillow on the host, exactly as the CPU
     path does. An image nvjpeg cannot decode raises rather than falling back: a fallback taken on a transient
@@ -71,11 +78,13 @@ def decode_on_device(data: Sequence[bytes], size: int, device: torch.device | st
         for j, img in enumerate(decoded):
             by_shape.setdefault(tuple(img.shape), []).append(j)
         for members in by_shape.values():  # generated sets have one shape: one resize call per batch
-            resized = square_on_device(torch.stack([decoded[j] for j in members]), size, geometry)
-            for j, img in zip(members, resized):
+            same = torch.stack([decoded[j] for j in members])
+            for j, img in zip(members, same if size is None else square_on_device(same, size, geometry)):
                 out[jpegs[j]] = img
     for i in sorted(set(range(len(data))) - set(jpegs)):
         out[i] = torch.tensor(decode_array(data[i], size, geometry)).permute(2, 0, 1).to(device)  # a copy: Pillow's array is read-only
+    if size is None:
+        return [img.permute(1, 2, 0) for img in out]  # type: ignore[union-attr]
     if not out:
         return torch.zeros((0, size, size, 3), dtype=torch.uint8, device=device)
     # NHWC contiguous, the layout Ray Data hands the CPU path's batches in.

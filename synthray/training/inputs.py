@@ -44,14 +44,19 @@ def kept_rows(batch: dict[str, np.ndarray], part: str | None, selection_fraction
     return keep
 
 
-def decode_images(batch: dict[str, np.ndarray], size: int, part: str | None = None, selection_fraction: float = 0.0,
+def decode_images(batch: dict[str, np.ndarray], size: int | None, part: str | None = None, selection_fraction: float = 0.0,
                   seed: int = 0, geometry: str = "round", with_uid: bool = False) -> dict[str, np.ndarray]:
-    """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays plus int64 labels, of the rows
-    `kept_rows` keeps. `geometry`: how a non-square image becomes a square (`images.GEOMETRIES`). `with_uid`: also
-    each row's `row_uids` (int64 (N,)), which `epoch_rows` orders by."""
+    """Ray Data batch UDF: encoded bytes -> uint8 (N, size, size, 3) arrays (`size` None: N (H_i, W_i, 3) arrays at
+    their native sizes) plus int64 labels, of the rows `kept_rows` keeps. `geometry`: how a non-square image
+    becomes a square (`images.GEOMETRIES`). `with_uid`: also each row's `row_uids` (int64 (N,)), which
+    `epoch_rows` orders by."""
     keep = kept_rows(batch, part, selection_fraction, seed)
     images = [decode_array(b, size, geometry) for b, k in zip(batch["image"], keep) if k]
-    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
+    if size is None:  # native sizes: an object array of (H_i, W_i, 3) arrays, Ray Data's variable-shaped tensors
+        stacked = np.empty(len(images), dtype=object)
+        stacked[:] = images
+    else:
+        stacked = np.stack(images) if images else np.zeros((0, size, size, 3), dtype=np.uint8)
     return _with_uid({"image": stacked, "label": batch["label"][keep].astype(np.int64)}, batch, keep, with_uid)
 
 

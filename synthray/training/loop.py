@@ -28,7 +28,7 @@ from synthray.training.archs import create_model
 from synthray.training.augment import cutmix, test_batch, test_geometry, train_batch
 from synthray.training.device_decode import shard_batches, to_device
 from synthray.training.inputs import epoch_rows
-from synthray.training.recipe import batch_geometry, lr_at, make_optimizer, steps_per_epoch
+from synthray.training.recipe import batch_geometry, load_size, lr_at, make_optimizer, steps_per_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # A worker keeps its share of the selection rows in memory when their decoded size is at most this: restarting a
@@ -246,7 +246,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
         if rng is not None:
             set_rng_state(rng)
 
-    per_epoch = shuffle(recipe) == "epoch"
+    per_epoch, size = shuffle(recipe) == "epoch", load_size(recipe)
     train_shard = None if per_epoch else session.dataset_shard("train")
     decode = config.get("jpeg_decode", "cpu")
     selection = SelectionBatches(session.dataset_shard("selection"), config.get("selection_bytes", math.inf) / world,
@@ -264,7 +264,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
             source, order = session.epoch_shard("train", seed, epoch), {}
         else:  # synthray's earlier order: one seeded shuffle, then a local buffer of 4 steps reseeded each epoch
             source, order = train_shard, {"local_shuffle_buffer_size": 4 * per_step, "local_shuffle_seed": seed * 100_003 + epoch}
-        batches = iter(shard_batches(source, per_step, decode, device, prefetch_batches=1, **order))
+        batches = iter(shard_batches(source, per_step, decode, device, native=size is None, prefetch_batches=1, **order))
         # Where the epoch's time goes (bench/training.py prints it): blocked on Ray Data for the next batch (from
         # `started`, so starting the iterator counts), decoding on the worker (jpeg_decode=gpu: host time of the
         # call) and the rest, the steps.
@@ -276,7 +276,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
             waited += got - asked
             if batch is None:
                 break
-            images, labels = to_device(batch, decode, int(recipe["load_size"]), device)
+            images, labels = to_device(batch, decode, size, device)
             decoding += time.perf_counter() - got
             optimizer.zero_grad(set_to_none=True)
             starts = range(0, len(labels), micro)

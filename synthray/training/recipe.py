@@ -21,6 +21,7 @@ SELECTION_METRICS = ("accuracy", "loss")
 SELECTION_SETS = ("train", "real-test")
 # Where a training set's JPEGs are decoded: Ray Data's CPU tasks (Pillow) or the training worker's GPU (nvjpeg).
 JPEG_DECODES = ("cpu", "gpu")
+NATIVE = "native"  # recipe.load_size: training images at their decoded size, cropped per image (the study's)
 # "paper" names the study's settings; "study" is the earlier spelling, still read, and what keys record (graph/identity.py).
 PAPER_NAMES = ("paper", "study")
 
@@ -98,8 +99,14 @@ def check_recipe(r: Any, t: Any) -> None:
     from synthray.training.augment import output_size
 
     for key in ("epochs", "batch_size", "load_size"):
-        if not isinstance(r[key], int) or r[key] < 1:
-            raise SynthrayError(f"recipe.{key} must be a whole number >= 1, got {r[key]}")
+        if key == "load_size" and r[key] == NATIVE:
+            continue
+        if not isinstance(r[key], int) or isinstance(r[key], bool) or r[key] < 1:
+            also = f' or "{NATIVE}"' if key == "load_size" else ""
+            raise SynthrayError(f"recipe.{key} must be a whole number >= 1{also}, got {r[key]}")
+    if r.load_size == NATIVE and not r.train_transform.get("random_resized_crop"):
+        raise SynthrayError(f"recipe.load_size={NATIVE} needs train_transform.random_resized_crop (its crops take "
+                            "any size); a fixed crop or shift takes a square: set recipe.load_size to a number of px")
     if r.get("lr_schedule", "synthray") not in ("synthray", *PAPER_NAMES):
         raise unknown_name("recipe.lr_schedule", str(r.lr_schedule), ["synthray", "paper"])
     if r.optimizer not in OPTIMIZERS:
@@ -141,3 +148,8 @@ def check_recipe(r: Any, t: Any) -> None:
         # torch's SyncBatchNorm refuses CPU tensors once a process group exists (gloo has no such kernel).
         raise SynthrayError(f"training.sync_bn=true needs training.device=gpu: torch's SyncBatchNorm has no CPU "
                             f"version; use sync_bn=false or num_workers=1 on {t.device}")
+
+
+def load_size(recipe: Any) -> int | None:
+    """`recipe.load_size` as the decoders take it: the square side in px, or None for native sizes."""
+    return None if recipe["load_size"] == NATIVE else int(recipe["load_size"])

@@ -49,18 +49,20 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
 
     from synthray.core.images import shard_files, usable_filter
     from synthray.training.inputs import decode_images, encoded_images, read_shards
-    from synthray.training.recipe import decode_cpus, jpeg_decode
+    from synthray.training.recipe import decode_cpus, jpeg_decode, load_size
 
     on_worker = jpeg_decode(t) == "gpu"
     # decode_cpus caps the concurrent decode tasks (each takes one CPU); unset, Ray Data runs as many as fit.
     limit = decode_cpus(t)
     compute = {"compute": ray.data.TaskPoolStrategy(size=limit)} if limit else {}
     # part: which side of the held-out split of `images` to keep; None keeps every row of another folder.
-    parts = {"train": (images, "train", int(r.load_size))}
+    parts = {"train": (images, "train", load_size(r))}
     if rows[1]:
         parts["selection"] = (selection, None, int(r.test_transform.resize)) if selection else \
             (images, "selection", int(r.test_transform.resize))
-    decoded_bytes = sum(n * p[2] * p[2] * 3 for n, p in zip(rows, parts.values()))
+    # Native sizes are known only once decoded: ten times the stored bytes stands in (JPEGs are ~10x smaller).
+    decoded_bytes = sum(n * p[2] * p[2] * 3 if p[2] else NATIVE_EXPANSION * _encoded_bytes(p[0], shard_files(p[0]))
+                        for n, p in zip(rows, parts.values()))
     # The selection rows get the test transform's geometry; the training rows are squared as before (`round`).
     geometry = {"selection": {"geometry": str(r.test_transform.get("geometry", "round"))}}
     cache = float(t.cache_decoded_gb) * 2**30
@@ -98,6 +100,9 @@ def _datasets(r: Any, t: Any, images: str, rows: tuple[int, int], fraction: floa
             dataset = dataset.materialize()
         out[name] = dataset
     return out
+
+
+NATIVE_EXPANSION = 10  # decoded / stored bytes assumed for native-size training rows (the cache decision only)
 
 
 def _encoded_bytes(folder: str, files: list[str]) -> float:
