@@ -15,6 +15,7 @@ evaluation of the selection rows (none here: selection_fraction 0).
   python bench/training.py --cache-gb 0             # (b) streams from the shards instead of a decoded cache
   python bench/training.py --cache-gb 0 --jpeg-decode gpu   # (b) streams JPEG bytes; the GPU worker decodes (nvjpeg)
   python bench/training.py --cache-gb 0 --decode-cpus 12    # (b) streams with at most 12 Ray Data decode tasks
+  python bench/training.py --load-size native       # (b) the study's input: each image cropped at its native size
   python bench/training.py --tiny                   # CPU smoke run of the same code path (speeds mean nothing)
 """
 
@@ -85,7 +86,8 @@ def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compi
 
 
 def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache_gb: float,
-                  compile_model: bool, tiny: bool, jpeg_decode: str = "cpu", decode_cpus: int | None = None) -> dict:
+                  compile_model: bool, tiny: bool, jpeg_decode: str = "cpu", decode_cpus: int | None = None,
+                  load_size: str = "256") -> dict:
     """(b): the training stage on the JPEG dataset; images/s is the median over epochs after the first."""
     from synthray.config import compose
     from synthray.graph.planner import train
@@ -95,9 +97,10 @@ def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache
                  "recipe.selection.set=train", "recipe.selection_fraction=0.0", f"training.cache_decoded_gb={cache_gb}",
                  f"training.compile={compile_model}", f"training.jpeg_decode={jpeg_decode}",
                  f"training.decode_cpus={'null' if decode_cpus is None else decode_cpus}",
-                 "training.inline_rows=0"]  # always Ray Train's worker group, even for --tiny's 256 CPU rows
+                 "training.inline_rows=0",  # always Ray Train's worker group, even for --tiny's 256 CPU rows
+                 f"recipe.load_size={load_size if load_size == 'native' or not tiny else 72}"]
     if tiny:
-        overrides += ["recipe.load_size=72", "recipe.train_transform.random_resized_crop.size=64",
+        overrides += ["recipe.train_transform.random_resized_crop.size=64",
                       "recipe.test_transform.resize=64", "recipe.test_transform.crop=64"]
     art = train(compose(overrides), arch, data, 1000, label=f"bench {arch}")
     return art.meta()
@@ -137,6 +140,8 @@ def main() -> None:
     parser.add_argument("--jpeg-decode", choices=["cpu", "gpu"], default="cpu",
                         help="(b) training.jpeg_decode: gpu decodes the JPEGs on the training GPU (nvjpeg)")
     parser.add_argument("--decode-cpus", type=int, help="(b) training.decode_cpus: cap on Ray Data decode tasks")
+    parser.add_argument("--load-size", default="256", help="(b) recipe.load_size: 256 (the figures in RESULTS.md "
+                        "before 2026-12-05, a square first) or native (the study's input, recipe=paper's default now)")
     parser.add_argument("--tiny", action="store_true", help="CPU check: tiny-cnn, 256 images of 72 px, batch 32")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -158,10 +163,11 @@ def main() -> None:
         for arch in args.arch:
             a = plain_loop(arch, args.batch, crop, 1000, args.steps, args.compile)
             meta = synthray_loop(arch, data, Path(tmp) / f"runs-{arch}", args.batch, args.epochs, args.cache_gb,
-                                 args.compile, args.tiny, args.jpeg_decode, args.decode_cpus)
+                                 args.compile, args.tiny, args.jpeg_decode, args.decode_cpus, args.load_size)
             b = meta["images_per_s"]
             rows.append({"arch": arch, "device": device, "batch": args.batch, "images": args.images, "compile": args.compile,
                          "cache_gb": args.cache_gb, "jpeg_decode": args.jpeg_decode, "decode_cpus": args.decode_cpus,
+                         "load_size": args.load_size,
                          "plain_img_s": round(a, 1), "synthray_img_s": round(b, 1),
                          "ratio": round(b / a, 3), "epochs_img_s": [round(h["images_per_s"], 1) for h in meta["history"]],
                          "epochs_split_s": [{key: round(h[key], 3) for _, key in SPLIT if key in h} for h in meta["history"]]})

@@ -44,7 +44,7 @@ def to_device(batch: dict[str, Any], jpeg_decode: str, size: int | None, device:
     labels = batch["label"]
     labels = labels.to(device) if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels)).to(device)
     if jpeg_decode == "cpu" and size is None:
-        return [torch.from_numpy(np.ascontiguousarray(a)).to(device, non_blocking=True) for a in batch["image"]], labels
+        return [torch.tensor(a, device=device) for a in batch["image"]], labels  # a copy: Ray Data's arrays are read-only
     if jpeg_decode == "cpu":
         return batch["image"].to(device, non_blocking=True), labels
     return decode_on_device(batch["image"], size, device, geometry), labels
