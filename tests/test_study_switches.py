@@ -1,8 +1,9 @@
 """The study's generation choices as named switches, each keyed only where it changes bytes:
 - `generation.empty_prompt_at_cfg0`: gen/gen_images.py gives a model that is not distilled, run at CFG 0, an empty
   class-name prompt; only those datasets' prompt rows (and keys) change;
-- `generation.bad_images`: the study keeps NaN and all-black images and trains on them; `keep` re-keys only models
-  trained on generated rows (and their evaluations and results), `drop` is synthray's filter, under the stored keys.
+- `generation.bad_images`: the study keeps NaN and all-black images, trains, evaluates and measures on them; `keep`
+  re-keys only what reads generated rows (models on them, Real->Synth evaluations, the generated side's features and
+  CLIPScores, and the results), `drop` is synthray's filter, under the stored keys.
 """
 
 import pytest
@@ -76,18 +77,25 @@ def test_empty_prompt_at_cfg0_keeps_every_key_where_no_generator_runs_unconditio
 
 
 def test_keeping_bad_images_rekeys_only_models_on_generated_rows(tmp_path):
-    """`keep` changes what a model on generated rows trains on, so it, its evaluations and the results move; the
-    datasets, the real data, views, features and the real models keep their keys. `drop` is the stored keys."""
+    """`keep` changes which generated rows are read: the model trained on them, the Real->Synth evaluation and the
+    generated side's features move (the study's eval.py and image_dist/calc.py read every saved image), and so do
+    the results; the datasets, the real data, views, the real models and the real side's features keep their keys.
+    `drop` is the stored keys."""
     smoke = [*SMOKE, f"storage={tmp_path}"]
     drop, keep = plan(compose([*smoke, "generation.bad_images=drop"])), plan(compose([*smoke, "generation.bad_images=keep"]))
     assert drop.artifacts() == plan(compose(smoke)).artifacts()
     moved = {r.split("/", 1)[0] for r in set(drop.artifacts()) ^ set(keep.artifacts())}
-    assert moved == {"models", "evaluations", "results"}, moved
+    assert moved == {"models", "evaluations", "features", "results"}, moved
     for trial_drop, trial_keep in zip(drop, keep):
         assert trial_keep.synth_model.identity()["bad_images"] == "keep"
         assert trial_keep.synth_model.key != trial_drop.synth_model.key
         assert trial_keep.real_model.key == trial_drop.real_model.key and trial_keep.real_model.bad_images is None
-        assert trial_keep.evaluations["real_to_synth"].key == trial_drop.evaluations["real_to_synth"].key
+        assert trial_keep.evaluations["real_to_synth"].identity()["bad_images"] == "keep"
+        for on_real in ("synth_to_real", "real_to_real"):  # real rows have no flags: nothing to keep
+            assert trial_keep.evaluations[on_real].bad_images is None
+        real, synthetic = trial_keep.features
+        assert "bad_images" not in real.settings and synthetic.settings["bad_images"] == "keep"
+        assert real.key == trial_drop.features[0].key and synthetic.key != trial_drop.features[1].key
         assert trial_keep.result.key != trial_drop.result.key
 
 
@@ -134,6 +142,18 @@ def test_bad_images_keep_trains_on_them_where_drop_fails(ray_cluster, tmp_path, 
     model = train(cfg("keep"), "tiny-cnn", data, 10, label="tiny-cnn on black")
     held = model.meta()["selection_rows"]
     assert model.meta()["rows"] + held == 20 and model.meta()["rows"] > 0 and model.spec["bad_images"] == "keep"
+
+    # Evaluation and the metrics' samples read them too under keep, and none under drop.
+    from synthray.core.images import shard_files
+    from synthray.metrics.evaluation import WEIGHTS, _eval_worker
+    from synthray.metrics.features import sample_ids
+
+    assert len(sample_ids(data.uri, None, 0, usable_only=False)) == 20 and sample_ids(data.uri, None, 0) == []
+    work = _eval_worker({name: model.file(file) for name, file in WEIGHTS.items()}, "tiny-cnn", 10,
+                        model.spec["recipe"], 8, "cpu")
+    shards = [{"name": f.rsplit("/", 1)[1], "src": f, "folder": data.uri} for f in shard_files(data.uri)]
+    assert sum(len(work({**t, "usable": False})["id"]) for t in shards) == 20
+    assert sum(len(work(t)["id"]) for t in shards) == 0
 
     with pytest.raises(SynthrayError, match=r"20 of 20 images are NaN or all black .* generation.bad_images=keep"):
         generate_dataset(cfg("drop"), "black-sd")  # the same dataset, held to drop's guard

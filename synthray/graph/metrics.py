@@ -35,8 +35,11 @@ def sample_limit(cfg: Any) -> int | None:
 def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str | None], source: Split, rows: int) -> SampledSpec:
     from synthray.core.models import model_identity
 
+    from synthray.graph.identity import bad_images_identity
+
     m = cfg.metrics
-    settings = dict(settings, max_samples=sample_limit(cfg), seed=int(cfg.seed))
+    # bad_images=keep on generated rows: the study's image_dist/calc.py reads every saved image, NaN and black too.
+    settings = dict(settings, max_samples=sample_limit(cfg), seed=int(cfg.seed), **bad_images_identity(cfg, source.split))
     if any(names.values()):  # the device changes a model's numerics (bf16 autocast on GPU), so it is in the key
         settings.update(device=str(m.device), models={n: model_identity(v) for n, v in names.items() if v})
     device = str(m.device) if any(names.values()) else "cpu"

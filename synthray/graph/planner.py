@@ -89,7 +89,8 @@ def eval_spec(cfg: Any, model: ModelSpec, data: Split, rows: int) -> EvalSpec:
     e = cfg.evaluation
     resources = placed(cfg.placement, str(e.device), int(e.num_actors), float(e.gpus_per_actor), float(e.gpu_memory_gb),
                        f"evaluate {model.label()}")
-    return EvalSpec(model=model, data=data, rows=rows, resources_=resources, pool=OmegaConf.to_container(e, resolve=True))
+    return EvalSpec(model=model, data=data, rows=rows, resources_=resources, pool=OmegaConf.to_container(e, resolve=True),
+                    bad_images=bad_images_identity(cfg, data.split).get("bad_images"))
 
 
 @dataclass

@@ -318,9 +318,13 @@ class EvalSpec(Spec):
     rows: int = run_field(0)
     resources_: Resources = run_field(Resources())
     pool: Json = run_field(None)   # the evaluation section: device, actors, batch size
+    # generation.bad_images=keep on generated rows: NaN and black rows are predicted too, as the study's eval.py
+    # reads every saved image (None: left out, as every evaluation before the setting)
+    bad_images: str | None = None
 
     def identity(self, legacy: bool = False) -> Json:
-        return {"schema": 1, "model": self.model.key_for(legacy), "data": self.data.ref_for(legacy)}
+        out = {"schema": 1, "model": self.model.key_for(legacy), "data": self.data.ref_for(legacy)}
+        return {**out, "bad_images": self.bad_images} if self.bad_images is not None else out
 
     def label(self) -> str:
         return f"{self.model.label()} on {self.data.ref}"

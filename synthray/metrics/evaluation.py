@@ -54,7 +54,8 @@ def _eval_worker(weights: dict[str, str], arch: str, num_classes: int, recipe: d
     random_crops = recipe["test_transform"].get("crop_at", "center") == "random"
 
     def work(task: dict[str, Any]) -> dict[str, list]:
-        table = read_shard(task["src"], ["id", "image", "label"], usable_filter(task["folder"])).to_pydict()
+        usable = usable_filter(task["folder"]) if task.get("usable", True) else None
+        table = read_shard(task["src"], ["id", "image", "label"], usable).to_pydict()
         n = len(table["id"])
         positions = None
         if random_crops:
@@ -106,7 +107,9 @@ def evaluate(spec: Any, model: Artifact, data: DatasetRef, store: Store) -> Arti
     run = spec.pool
 
     def make(out: BuildDir) -> dict[str, Any]:
-        tasks = [{"name": f.rsplit("/", 1)[1], "src": f, "folder": data.uri, "rows": shard_rows(f)} for f in shard_files(data.uri)]
+        usable = spec.bad_images != "keep"  # keep: every row, the ones the quality guard flagged too
+        tasks = [{"name": f.rsplit("/", 1)[1], "src": f, "folder": data.uri, "rows": shard_rows(f), "usable": usable}
+                 for f in shard_files(data.uri)]
         pool = Pool.from_cfg(run, spec.resources().label_selector)
         weights = {name: model.file(file) for name, file in WEIGHTS.items()}
         factory = functools.partial(_eval_worker, weights, str(model.spec["arch"]), int(model.spec["num_classes"]),

@@ -42,9 +42,10 @@ def check_metric_settings(m: Any) -> None:
         raise SynthrayError(f"metrics.equal_counts must be true or false, got {m.equal_counts!r}")
 
 
-def sample_ids(folder: str, max_samples: int | None, seed: int) -> list[str]:
-    """Up to `max_samples` usable row ids (None: all), a fixed random subset, so every metric sees the same rows."""
-    table = read_images(folder, columns=["id"]).sort_values("id", kind="stable")
+def sample_ids(folder: str, max_samples: int | None, seed: int, usable_only: bool = True) -> list[str]:
+    """Up to `max_samples` usable row ids (None: all; `usable_only` False: flagged rows too), a fixed random subset,
+    so every metric sees the same rows."""
+    table = read_images(folder, columns=["id"], usable_only=usable_only).sort_values("id", kind="stable")
     if max_samples is not None and len(table) > max_samples:
         table = table.sample(n=max_samples, random_state=seed)
     return sorted(table["id"].tolist())
@@ -116,7 +117,7 @@ def _sampled_stage(planned: Any, dataset: DatasetRef, names: dict[str, str | Non
     spec, label = planned.settings, art.label
 
     def make(out: BuildDir) -> dict[str, Any]:
-        ids = set(sample_ids(dataset.uri, spec["max_samples"], int(spec["seed"])))
+        ids = set(sample_ids(dataset.uri, spec["max_samples"], int(spec["seed"]), spec.get("bad_images") != "keep"))
         tasks = []
         for f in shard_files(dataset.uri):
             shard_ids = [i for i in read_shard(f, columns=["id"]).column("id").to_pylist() if i in ids]
