@@ -68,6 +68,7 @@ def test_every_row_has_a_status_and_the_audits_points_are_rows():
                          "CLIP feature dtype": "not pinned down", "CLIPScore": "not pinned down",
                          "GenEval": "not pinned down"}.items():
         assert found.get(item) == status, item
+    assert found["VAE control"] == "same"  # experiment=paper-controls; the earlier one: paper-controls-holdout
     assert "| Status |" in render()
 
 

@@ -93,11 +93,16 @@ KINDS.register("real-holdout")(GeneratorKind(
 KINDS.register("collapsed")(GeneratorKind(
     "collapsed", CollapsedGenerator, ("kind", "released", "prototypes", "noise", "shift"), _control_identity,
     lambda entry, g: {}, draws_real=True))
+def _reencode_identity(entry: Entry, g: Any) -> dict[str, Any]:
+    out = {"pipeline": entry["pipeline"], "dtype": entry["dtype"], "model": model_identity(str(entry["model"]), **tiny_params(entry))}
+    if str(g.get("reencode_split") or "control") == "train":  # held-out datasets keep the keys they were stored under
+        out["reencode_split"] = "train"
+    return out
+
+
 KINDS.register("vae-reencode")(GeneratorKind(  # `vae-reencode:<generator>` needs no entry
     "vae-reencode", VaeReencodeGenerator, ("kind", "source", "dtype", "released", *PLACEMENT_FIELDS),
-    lambda entry, g: {"pipeline": entry["pipeline"], "dtype": entry["dtype"],
-                      "model": model_identity(str(entry["model"]), **tiny_params(entry))},
-    lambda entry, g: _model(entry), loads_model=True, draws_real=True, complete=reencode_entry))
+    _reencode_identity, lambda entry, g: _model(entry), loads_model=True, draws_real=True, complete=reencode_entry))
 
 
 def kind_of(entry: Entry) -> GeneratorKind:

@@ -1,6 +1,8 @@
-"""The VAE re-encode control, `vae-reencode:<generator>`: held-out real images encoded by a generator's VAE, a
-latent sampled, and decoded. Its Synth->Real beside `real-holdout` (the same real images, untouched) isolates what
-that VAE alone does to training data.
+"""The VAE re-encode control, `vae-reencode:<generator>`: real images encoded by a generator's VAE, a latent sampled,
+and decoded. Its Synth->Real beside Real->Real on the same images, untouched, isolates what that VAE alone does to
+training data. `generation.reencode_split` says which images: `train`, the whole real training split, each image
+once, beside the real model trained on exactly those (the study's); `control`, the prompt table's rows drawn from
+the held-out split, beside `real-holdout` (synthray's earlier control, experiment=paper-controls-holdout).
 
 It follows the study's `gen/vae_reencode.py` and `gen/t2i_vae_pipelines.py`
 (Bill2462/When-Pretty-Isn-t-Useful-codebase): per image, the pipeline's image processor prepares it,
@@ -37,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from synthray.core.registry import SynthrayError, unknown_name
-from synthray.generation.controls import RealHoldoutGenerator
+from synthray.generation.controls import RealHoldoutGenerator, SplitImages
 
 PREFIX = "vae-reencode:"
 # The study keeps the SDXL VAE in float32 (float16 overflows to NaN in it) and runs every other VAE in float16.
@@ -97,17 +99,20 @@ def image_processor(pipeline: str, vae: Any) -> Any:
     return cls(vae=vae, **kwargs).image_processor
 
 
-class VaeReencodeGenerator(RealHoldoutGenerator):
-    """Each row's real-holdout image (same row -> image assignment) through the source's VAE, on the actor's device.
+class VaeReencodeGenerator:
+    """Each row's real image through the source's VAE, on the actor's device: with `reencode_split: train`, the
+    training image the row names (`controls.split_rows`); otherwise the row's real-holdout image (the same row ->
+    image assignment as real-holdout).
 
-    Spec keys: control_uri (the real data's control split), model_path (the source pipeline's folder), pipeline,
-    dtype.
+    Spec keys: control_uri (the real split it draws: control, or train), model_path (the source pipeline's folder),
+    pipeline, dtype, reencode_split (absent: control).
     """
 
     def __init__(self, spec: dict[str, Any]):
         import torch
 
-        super().__init__(spec)
+        whole = spec.get("reencode_split") == "train"
+        self.reals = SplitImages(spec["control_uri"]) if whole else RealHoldoutGenerator(spec)
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = getattr(torch, spec["dtype"]) if self.device == "cuda" else torch.float32
@@ -118,7 +123,7 @@ class VaeReencodeGenerator(RealHoldoutGenerator):
     def __call__(self, rows: pd.DataFrame) -> list[np.ndarray]:
         """Float images (H, W, 3) in [0, 1], one per row, each the input's size when the VAE's factor divides it;
         NaNs are kept for the quality guard to see."""
-        reals = super().__call__(rows)
+        reals = self.reals(rows)
         seeds = [int(s) for s in rows["seed"]]
         out: list[np.ndarray | None] = [None] * len(reals)
         by_size: dict[tuple[int, int], list[int]] = {}

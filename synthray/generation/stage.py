@@ -110,11 +110,11 @@ def worker_factory(spec: Any, real: Artifact | None, models: Models) -> Callable
                 "subsampling": settings.get("subsampling", old_subsampling(int(g["jpeg_quality"]))),
                 "gpu_share": float(g["gpus_per_actor"]) if g["device"] == "gpu" else 1.0, "shard_size": int(g["shard_size"]),
                 **kind.worker(spec.entry, OmegaConf.create(g)), **settings.get("kernels", {})}
-    for key in ("call", "guidance_kwarg", "control"):  # keyed settings the worker reads as keyed
+    for key in ("call", "guidance_kwarg", "control", "reencode_split"):  # keyed settings the worker reads as keyed
         if key in settings:
             gen_spec[key] = settings[key]
-    if kind.draws_real:
-        gen_spec["control_uri"] = DatasetRef(real, "control").uri
+    if kind.draws_real:  # the split it draws: held out (control), or the whole training split (reencode_split: train)
+        gen_spec["control_uri"] = DatasetRef(real, settings.get("reencode_split", "control")).uri
     return functools.partial(_shard_worker, gen_spec, models, g["image_format"], int(g["jpeg_quality"]),
                              g["stored_size"], batch_size_setting(g["batch_size"]), overlap_setting(g))
 

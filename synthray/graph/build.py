@@ -81,8 +81,20 @@ def _captions(spec: Any, inputs: Inputs, ctx: Context) -> Artifact:
 def _synthetic(spec: Any, inputs: Inputs, ctx: Context) -> Artifact:
     from synthray.generation.stage import generate
 
-    table = spec.table if spec.table is not None else captioned_rows(spec, inputs["captions"])
+    if spec.table is not None:
+        table = spec.table
+    elif spec.captions is not None:
+        table = captioned_rows(spec, inputs["captions"])
+    else:  # reencode_split: train: a row per real training image, known once the real data is built
+        table = training_rows(spec, inputs["real"])
     return generate(spec, table, inputs.get("real"), ctx.models).artifact
+
+
+def training_rows(spec: Any, real: Artifact) -> pd.DataFrame:
+    """The rows of a dataset that re-encodes every image of the built real data's training split."""
+    from synthray.generation.controls import split_rows
+
+    return split_rows(spec.generator, DatasetRef(real, "train").uri, spec.prompts["names"], spec.prompts["template"])
 
 
 def captioned_rows(spec: Any, captions: Artifact) -> pd.DataFrame:

@@ -218,12 +218,14 @@ class SyntheticSpec(Spec):
         return f"{self.generator}, {self.style}, {self.rows} images"
 
     def check(self) -> None:
-        """A control has held-out real images to draw. (Its sampling settings resolved when it was planned.)"""
+        """A control that draws held-out real images has some to draw (one that re-encodes the whole training split,
+        `reencode_split: train`, draws none). (Its sampling settings resolved when it was planned.)"""
         from synthray.core.registry import SynthrayError
         from synthray.generation.kinds import KINDS
 
         kind = KINDS.get(str(self.settings["kind"]))
-        if kind.draws_real and not (self.real is not None and float(self.real.control_fraction) > 0):
+        held_out = self.settings.get("reencode_split", "control") == "control"
+        if kind.draws_real and held_out and not (self.real is not None and float(self.real.control_fraction) > 0):
             fraction = self.real.control_fraction if self.real is not None else None
             raise SynthrayError(f"generator {self.generator} draws held-out real images, but data.control_fraction="
                                 f"{fraction} holds none out; set data.control_fraction=0.4")

@@ -132,7 +132,9 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
     if table is not None and unconditional(cfg, entry, settings, style):
         table = table.assign(prompt="")  # the prompt rows are keyed: only these datasets get new keys
     captions = None
-    if uses_captioner(cfg, style):
+    if settings.get("reencode_split") == "train":
+        table, prompts, rows = None, *whole_split(cfg, generator, style, real)
+    elif uses_captioner(cfg, style):
         captions = captions_spec(cfg, real)
         # The real data's key holds class ids only; the names go into every prompt.
         prompts = {"template": cfg.prompts.caption_template, "n_per_class": int(cfg.prompts.n_per_class),
@@ -151,6 +153,19 @@ def synthetic_spec(cfg: Any, generator: str, style: str, table: pd.DataFrame | N
     return SyntheticSpec(generator=generator, style=style, settings=settings, prompts=prompts, rows=rows,
                          real=real if kind.draws_real else None, captions=captions, resources_=resources,
                          table=table if captions is None else None, entry=entry, run=run)
+
+
+def whole_split(cfg: Any, generator: str, style: str, real: RealSpec) -> tuple[dict[str, Any], int]:
+    """The prompts and row count of a dataset that re-encodes every real training image once (`reencode_split:
+    train`): its rows are read off the built real data in the trial (`graph.build.training_rows`), so its key holds
+    the real data's and how each row's prompt is made; the count is the plan's (counted real images, else an estimate
+    of classes x prompts.n_per_class, as `synthray plan` notes)."""
+    if style != "classname":
+        raise SynthrayError(f"{generator} with generation.reencode_split=train re-encodes each real training image "
+                            f"once, under its class name: prompt_style={style} has no rows for it; use classname")
+    prompts = {"template": cfg.prompts.template, "names": load_classes(cfg.data.classes)["name"].tolist()}
+    rows = (real.counts or {}).get("train") or len(real.classes) * int(cfg.prompts.n_per_class)
+    return prompts, int(rows)
 
 
 def synthetic_artifact(cfg: Any, generator: str, style: str, table: pd.DataFrame | None = None) -> Artifact:

@@ -170,10 +170,16 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
             images = sum(s.work().images for s in todo)
         fig = None
         if stage == "generate":
-            control = specs[0].real is not None  # draws held-out real images (real-holdout, collapsed, vae-reencode)
+            control = specs[0].real is not None  # draws real images (real-holdout, collapsed, vae-reencode)
             work = f"{len(todo)} dataset(s) x {_each([s.rows for s in specs])} images"
+            if control and _gpu(specs[0]):
+                # A VAE round trip: its name's figure, else its kind's (no denoiser, so no steps to scale by).
+                own = throughputs.get("generators", {})
+                fig = own.get(name) or own.get(str(specs[0].settings["kind"]))
             if control:
-                work += " (control: real images, CPU)" if not _gpu(specs[0]) else " (control: real images; no figure)"
+                drawn = "the real training split" if specs[0].settings.get("reencode_split") == "train" else "real images"
+                where = ", CPU" if not _gpu(specs[0]) else ("" if fig else "; no figure")
+                work += f" (control: {drawn}{where})"
             elif _gpu(specs[0]):
                 fig = _scaled(figure(throughputs, "generators", name, notes), specs[0])
         elif stage == "view":
