@@ -2,8 +2,10 @@
 
 - the paper's 13 generators x 2 prompt styles x 4 architectures x 5 probes (520 trials), with release dates from
   the shipped zoo and GenEval from the shipped CSV (none for sd35-large-turbo, as in `experiment=paper`);
-- the controls: real-holdout and three VAE re-encodes (SD1.5, SDXL, FLUX), class-name, the 4 architectures, on the
-  pixel, high-pass and low-pass views (48 trials).
+- the controls of `experiment=paper-controls`: three VAE re-encodes of the real training images (SD1.5, SDXL, FLUX),
+  class-name, the 4 architectures, on the pixel, high-pass and low-pass views (36 trials), whose Real->Real is the
+  baseline; `paper_table(controls="holdout")` has those of `experiment=paper-controls-holdout` instead, real-holdout
+  beside the same VAEs (48 trials).
 
 Columns as `synthray.sweep.runner.collect` writes them (sweep/columns.py, sweep/trial.py). The numbers follow the
 paper's story (older generators and caption prompts transfer better) so the figures have a shape to look at.
@@ -25,7 +27,8 @@ GENERATORS = ["sd15", "sd21", "sdxl", "sdxl-turbo", "sd3-medium", "flux1-dev", "
 STYLES = ["classname", "caption"]
 ARCHS = ["tv:resnet50", "vit_tiny_patch16_224", "tv:convnext_tiny", "tv:swin_t"]
 PROBES = ["rgb", "depth", "texture", "lowpass", "highpass"]
-CONTROLS = ["real-holdout", "vae-reencode:sd15", "vae-reencode:sdxl", "vae-reencode:flux1-dev"]
+CONTROLS = ["vae-reencode:sd15", "vae-reencode:sdxl", "vae-reencode:flux1-dev"]
+HOLDOUT_CONTROLS = ["real-holdout", *CONTROLS]
 CONTROL_PROBES = ["rgb", "highpass", "lowpass"]
 CONF = Path(__file__).resolve().parent.parent / "synthray" / "conf"
 ARCH_SHIFT = {"tv:resnet50": 0.0, "vit_tiny_patch16_224": -0.08, "tv:convnext_tiny": 0.03, "tv:swin_t": 0.01}
@@ -58,8 +61,8 @@ def _row(rng: np.random.Generator, n_classes: int, generator: str, style: str, a
             "real_model": f"real-{arch}-{probe}", "geneval": geneval, "status": "done"}
 
 
-def paper_table(seed: int = 0, n_classes: int = 20) -> pd.DataFrame:
-    """The table: 520 generator trials and 48 control trials, in the runner's row shape."""
+def paper_table(seed: int = 0, n_classes: int = 20, controls: str = "study") -> pd.DataFrame:
+    """The table: 520 generator trials and 36 control trials (`controls="holdout"`: 48), in the runner's row shape."""
     rng = np.random.default_rng(seed)
     released = _released()
     scores = pd.read_csv(CONF / "geneval.csv").set_index("generator")["geneval"]
@@ -72,7 +75,8 @@ def paper_table(seed: int = 0, n_classes: int = 20) -> pd.DataFrame:
         geneval = None if pd.isna(scores.get(gen)) else float(scores[gen])
         rows.append(_row(rng, n_classes, gen, style, arch, probe, acc, released[gen], geneval,
                          density=0.8 + 0.7 * newer, coverage=0.6 - 0.35 * newer))
-    for (i, gen), arch, probe in itertools.product(enumerate(CONTROLS), ARCHS, CONTROL_PROBES):
+    names = {"study": CONTROLS, "holdout": HOLDOUT_CONTROLS}[controls]
+    for (i, gen), arch, probe in itertools.product(enumerate(names), ARCHS, CONTROL_PROBES):
         cost = 0.0 if gen == "real-holdout" else 0.02 + 0.01 * i + (0.08 if probe == "highpass" else 0.0)
         acc = 0.7 + ARCH_SHIFT[arch] + PROBE_SHIFT[probe] - cost
         row = _row(rng, n_classes, gen, "classname", arch, probe, acc, None, None, density=1.0, coverage=0.95)

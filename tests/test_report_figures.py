@@ -16,7 +16,7 @@ from synthray.report.common import Skip, spearman, stand_in
 from synthray.report.figures import FIGURES
 from synthray.report.page import write_report
 from tests.browser import assert_renders
-from tests.paper_table import ARCHS, CONTROLS, GENERATORS, STYLES, paper_table
+from tests.paper_table import ARCHS, CONTROLS, GENERATORS, HOLDOUT_CONTROLS, STYLES, paper_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import rehearsal_checks  # noqa: E402  (scripts/ is not a package)
@@ -115,15 +115,30 @@ def test_asymmetry_is_resnet50_rgb_by_style(table):
     assert set(rows["prompt_style"]) == set(STYLES)
 
 
+VAE_ROWS = ["sd15 VAE (vae-reencode:sd15)", "sdxl VAE (vae-reencode:sdxl)", "flux1-dev VAE (vae-reencode:flux1-dev)"]
+
+
 def test_vae_table_real_and_each_vae_on_three_views(table):
+    """experiment=paper-controls: the baseline is the real model on the same training images (Real->Real)."""
     drawn = paper.vae_bottleneck(table)
     assert drawn.figure is None and len(drawn.rows) == 4 * 3 and set(drawn.rows["arch"]) == {"tv:resnet50"}
-    assert set(drawn.rows["generator"]) == set(CONTROLS) and set(drawn.rows["probe"]) == {"rgb", "highpass", "lowpass"}
+    assert set(drawn.rows["generator"]) == {"real", *CONTROLS} and set(drawn.rows["probe"]) == {"rgb", "highpass", "lowpass"}
     shown = re.findall(r"<tr><td>([^<]+)</td>", drawn.html)
-    assert shown == ["real images (real-holdout)", "sd15 VAE (vae-reencode:sd15)", "sdxl VAE (vae-reencode:sdxl)",
-                     "flux1-dev VAE (vae-reencode:flux1-dev)"]  # real first, then the VAEs in release order
-    real = _value(table, generator="real-holdout", arch="tv:resnet50", probe="highpass")
+    assert shown == ["real images, the full training set (Real→Real)", *VAE_ROWS]  # real first, then release order
+    real = _value(table, "real_to_real_acc", generator="vae-reencode:sd15", arch="tv:resnet50", probe="highpass")
     vae = _value(table, generator="vae-reencode:sdxl", arch="tv:resnet50", probe="highpass")
+    assert f"{vae:.3f} ({vae - real:+.3f})" in drawn.html and f"<td class=\"num\">{real:.3f}</td>" in drawn.html
+    assert drawn.note is None
+
+
+def test_vae_table_of_the_holdout_switch_compares_real_holdout():
+    """experiment=paper-controls-holdout: the held-out real images (real-holdout) are the baseline, as before."""
+    table = paper_table(controls="holdout")
+    drawn = paper.vae_bottleneck(table)
+    assert len(drawn.rows) == 4 * 3 and set(drawn.rows["generator"]) == set(HOLDOUT_CONTROLS)
+    assert re.findall(r"<tr><td>([^<]+)</td>", drawn.html) == ["held-out real images (real-holdout)", *VAE_ROWS]
+    real = _value(table, generator="real-holdout", arch="tv:resnet50", probe="lowpass")
+    vae = _value(table, generator="vae-reencode:flux1-dev", arch="tv:resnet50", probe="lowpass")
     assert f"{vae:.3f} ({vae - real:+.3f})" in drawn.html
 
 

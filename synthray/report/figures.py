@@ -160,9 +160,10 @@ FIGURES: dict[str, Spec] = {
         paper.asymmetry),
     "vae-bottleneck": Spec(
         "The VAE bottleneck",
-        f"Synth→Real of {R50} trained on held-out real images (real-holdout) and on the same images encoded and "
-        "decoded by each generator's VAE (vae-reencode:<generator>), on the pixel (rgb), high-pass and low-pass "
-        "views; in brackets, the difference to the real images.",
+        f"Synth→Real of {R50} trained on the real training images encoded and decoded by each generator's VAE "
+        "(vae-reencode:<generator>; SD1.5, SDXL and FLUX in the paper) and Real→Real of the same images untouched, on "
+        "the pixel (rgb), high-pass and low-pass views; in brackets, the difference to the real images. Results of "
+        "experiment=paper-controls-holdout compare held-out real images (real-holdout) instead.",
         "A VAE row below the real row is what the autoencoder alone costs, before any diffusion; a drop on "
         "high-pass but not low-pass means it removes the fine detail.",
         paper.vae_bottleneck),

@@ -231,11 +231,18 @@ def asymmetry(table: pd.DataFrame) -> Drawn:
     return Drawn(points, fig, note=notes(stood_in, averaged(points)))
 
 
+REAL_HOLDOUT = "real-holdout"
+REAL_TRAIN = "real"   # the table's baseline row where it is the real model: Real->Real of the VAE controls' trials
+
+
 def vae_bottleneck(table: pd.DataFrame) -> Drawn:
-    """The VAE-bottleneck table: ResNet-50 Synth->Real on the pixel, high-pass and low-pass views, for the held-out
-    real images (real-holdout) and each VAE control (vae-reencode:<generator>), class-name controls."""
+    """The VAE-bottleneck table: ResNet-50 Synth->Real on the pixel, high-pass and low-pass views for each VAE control
+    (vae-reencode:<generator>, class-name controls) and the real images as the baseline: the real model (Real->Real
+    of those trials) trained on the same real training images the VAEs re-encoded (experiment=paper-controls, the
+    study's); or, when the results hold real-holdout (experiment=paper-controls-holdout), the held-out real images
+    the VAEs re-encoded then, as they are."""
     data = controls_only(need(table, ACC))
-    data = data[(data["generator"] == "real-holdout") | data["generator"].str.startswith("vae-reencode:")]
+    data = data[(data["generator"] == REAL_HOLDOUT) | data["generator"].str.startswith("vae-reencode:")]
     if not data["generator"].str.startswith("vae-reencode:").any():
         raise Skip("the results have no VAE control (vae-reencode:<generator>; experiment=paper-controls)")
     arch, stood_in = main_arch(table, data[data["probe"].isin(list(VIEWS))] if "probe" in data else data.iloc[:0])
@@ -244,26 +251,35 @@ def vae_bottleneck(table: pd.DataFrame) -> Drawn:
     if "classname" in set(data["prompt_style"]):  # the controls draw real images: the prompt style only names the run
         data = data[data["prompt_style"] == "classname"]
     cells = one_per(data, ["generator", "probe"], [ACC]).assign(arch=arch)
+    holdout = REAL_HOLDOUT in set(cells["generator"])
+    if not holdout and "real_to_real_acc" in data and data["real_to_real_acc"].notna().any():
+        # One real model per view, shared by every VAE trial on it: its accuracy, not an average over trials.
+        real_rows = data.dropna(subset=["real_to_real_acc"]).groupby("probe", sort=False)["real_to_real_acc"].first()
+        cells = pd.concat([pd.DataFrame({"generator": REAL_TRAIN, "probe": real_rows.index, ACC: real_rows.to_numpy(),
+                                         "n": 1, "arch": arch}), cells], ignore_index=True)
     grid = cells.pivot(index="generator", columns="probe", values=ACC)
-    vaes = ordered((n.split(":", 1)[1] for n in grid.index if n != "real-holdout"), PAPER_GENERATORS)
-    names = (["real-holdout"] if "real-holdout" in grid.index else []) + [f"vae-reencode:{v}" for v in vaes]
+    base = REAL_HOLDOUT if holdout else REAL_TRAIN
+    vaes = ordered((n.split(":", 1)[1] for n in grid.index if n.startswith("vae-reencode:")), PAPER_GENERATORS)
+    names = ([base] if base in grid.index else []) + [f"vae-reencode:{v}" for v in vaes]
     views = [v for v in VIEWS if v in grid.columns]
     absent = [VIEWS[v] for v in VIEWS if v not in grid.columns]
-    real = grid.loc["real-holdout"] if "real-holdout" in grid.index else None
+    real = grid.loc[base] if base in grid.index else None
     body = []
     for name in names:
         tds = []
         for view in views:
             v = grid.at[name, view]
             text = "-" if pd.isna(v) else f"{v:.3f}"
-            if real is not None and name != "real-holdout" and not pd.isna(v) and not pd.isna(real[view]):
+            if real is not None and name != base and not pd.isna(v) and not pd.isna(real[view]):
                 text += f" ({v - real[view]:+.3f})"
             tds.append(f'<td class="num">{text}</td>')
-        shown = "real images (real-holdout)" if name == "real-holdout" else f"{name.split(':', 1)[1]} VAE ({name})"
+        shown = {REAL_HOLDOUT: "held-out real images (real-holdout)",
+                 REAL_TRAIN: "real images, the full training set (Real→Real)"}.get(name, f"{name.split(':', 1)[-1]} VAE ({name})")
         body.append(f"<tr><td>{html.escape(shown)}</td>{''.join(tds)}</tr>")
     head = "".join(f"<th>{html.escape(VIEWS[v])}</th>" for v in views)
     page = (f'<table class="paper"><caption>Synth→Real of {html.escape(arch_name(arch))}</caption>'
             f"<thead><tr><th>training images</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
     return Drawn(cells, html=page, note=notes(
-        stood_in, averaged(cells), None if real is not None else "No real-holdout trial: no differences to the real images.",
+        stood_in, averaged(cells),
+        None if real is not None else "No real baseline (real-holdout or Real→Real): no differences to the real images.",
         f"No {' or '.join(absent)} trial of the controls." if absent else None))
