@@ -179,3 +179,35 @@ def test_build_tiny_encoder_is_seeded(tmp_path):
     a = build_tiny_encoder("dinov2", tmp_path / "a")
     b = build_tiny_encoder("dinov2", tmp_path / "b")
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_device_preprocessing_matches_the_cpu_path(kind, encoders):
+    """The GPU path (upload uint8, resize, crop and normalise on the device), run here on the CPU, gives the CPU
+    path's pixels but for fixed-point rounding, and features far closer to them than bf16 autocast does."""
+    enc, cpu = encoders[kind], torch.device("cpu")
+    images = _images(4) + [np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(4)]
+    want = torch.stack([enc.preprocess(im, cpu) for im in images])
+    got = enc.preprocess.on_device(images, cpu)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    levels = (got - want).abs() * 255.0 * torch.tensor(enc.preprocess.std).view(1, 3, 1, 1)
+    assert levels.max() <= 2.0 + 1e-3 and (levels > 0.5).float().mean() < 0.01, kind
+    # Images of several sizes are batched by size and put back in their order.
+    torch.testing.assert_close(got, torch.cat([enc.preprocess.on_device([im], cpu) for im in images]))
+    with torch.inference_mode():
+        ref, dev = enc.embed(want), enc.embed(got)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = enc.embed(want).float()
+    assert (dev - ref).abs().max() < (bf16 - ref).abs().max() / 3, kind
+    assert torch.nn.functional.cosine_similarity(dev, ref).min() > 1 - 1e-5, kind
+    with pytest.raises(ValueError, match="uint8"):
+        enc.preprocess.on_device([images[0].astype(np.float32)], cpu)
+
+
+def test_device_preprocessing_needs_a_fixed_size():
+    from synthray.metrics.encoders import Preprocess
+
+    free = Preprocess(32, None, (0.5,) * 3, (0.5,) * 3)  # shortest edge only: sizes differ per image
+    assert not free.fixed and Preprocess(32, (32, 32), (0.5,) * 3, (0.5,) * 3).fixed
+    with pytest.raises(ValueError, match="fixed size"):
+        free.on_device(_images(0), torch.device("cpu"))

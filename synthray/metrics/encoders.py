@@ -3,7 +3,9 @@
 An encoder loads a model from a local folder (`synthray.core.models` resolves hub ids, storage URIs and the tiny offline
 twins `tiny:<kind>` to one) and maps uint8 (H, W, 3) images of any size to float32 (N, D) features. Preprocessing is the
 model's own eval transform read from its processor / timm config (bicubic resize, center crop, normalise),
-reimplemented in torch: resized as uint8 on the CPU (PIL's kernel), normalised on the model's device.
+reimplemented in torch. On the CPU images are resized as uint8 (PIL's kernel); on a GPU the uint8 batch is uploaded
+and resized, cropped and normalised there (`Preprocess.on_device`), since the CPU resize held ViT-L/14 to half the
+model's speed (issue 25). Both give the same bytes but for fixed-point rounding, so they share keys (see on_device).
 """
 
 from __future__ import annotations
@@ -64,26 +66,87 @@ class Preprocess:
         std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return (x.to(device).float() / 255.0 - mean) / std
 
-    def resized(self, image: np.ndarray) -> torch.Tensor:
-        """uint8 (H, W, 3) -> uint8 (3, h, w): resized and centre-cropped, not yet normalised."""
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
-        x = torch.tensor(image).permute(2, 0, 1)[None]  # a copy: inputs may be read-only
-        h, w = x.shape[-2:]
+    @property
+    def fixed(self) -> bool:
+        """Whether every image comes out at one size (a crop or an exact resize), so any images batch together."""
+        return self.crop is not None or not isinstance(self.resize, int)
+
+    def size(self, h: int, w: int) -> tuple[int, int]:
+        """The (h, w) an (h, w) image is resized to, before the crop."""
         if isinstance(self.resize, int):
             s = self.resize  # the long side is truncated, as in HF's and torchvision's shortest-edge resize
-            size = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-        else:
-            size = tuple(self.resize)
-        if size != (h, w):
+            return (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
+        return (int(self.resize[0]), int(self.resize[1]))
+
+    def cropped(self, x: torch.Tensor) -> torch.Tensor:
+        if self.crop is None:
+            return x
+        ch, cw = self.crop
+        top, left = (x.shape[-2] - ch) // 2, (x.shape[-1] - cw) // 2
+        return x[..., top : top + ch, left : left + cw]
+
+    def resized(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, 3) -> uint8 (3, h, w): resized and centre-cropped, not yet normalised."""
+        _check_image(image)
+        x = torch.tensor(image).permute(2, 0, 1)[None]  # a copy: inputs may be read-only
+        size = self.size(*x.shape[-2:])
+        if size != tuple(x.shape[-2:]):
             # Resized as uint8 on the CPU: that kernel is PIL's (a = -0.5, rounded to bytes), so it matches the
-            # reference processors within one level when upscaling too; the float kernels differ by up to ~20.
+            # reference processors within one level when upscaling too; one float pass differs by up to ~20.
             x = F.interpolate(x, size=size, mode=self.mode, antialias=True, align_corners=False)
-        if self.crop is not None:
-            ch, cw = self.crop
-            top, left = (x.shape[-2] - ch) // 2, (x.shape[-1] - cw) // 2
-            x = x[..., top : top + ch, left : left + cw]
-        return x[0].contiguous()
+        return self.cropped(x)[0].contiguous()
+
+    def on_device(self, images: list[np.ndarray], device: torch.device) -> torch.Tensor:
+        """uint8 (H, W, 3) images -> float32 (B, 3, h, w) on `device`, normalised, every step but the upload on the
+        device: the images of each size cross the bus as one uint8 tensor (from pinned memory, asynchronously),
+        then are resized, cropped and normalised there. Needs a fixed output size (`fixed`).
+
+        The resize is `resize_as_bytes`, PIL's two passes in float. Against `resized` (whose bytes equal HF's
+        CLIPImageProcessor) it differs only by the uint8 kernel's fixed-point rounding: 0.04-0.3 % of pixels by one
+        level, a few by two (random and smooth images, 256 -> 224 and odd sizes up and down). Tiny CLIP's features
+        then move by at most 1.3e-3 (cosine 1 - 2.4e-7), a tenth of what the bf16 autocast that every GPU feature
+        already runs under moves them (1.5e-2, cosine 1 - 1.1e-5; the device is in the key). So it is the same
+        computation, and features stored under a key stay valid: no new setting."""
+        if not self.fixed:
+            raise ValueError("on_device needs a transform that ends in a fixed size (a crop or an exact resize)")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            _check_image(image)
+            groups.setdefault(image.shape, []).append(i)
+        pin = device.type == "cuda"  # pinned blocks come from torch's caching host allocator: cheap after the first
+        parts = []
+        for shape, rows in groups.items():
+            host = torch.empty((len(rows), *shape), dtype=torch.uint8, pin_memory=pin)
+            np.stack([images[i] for i in rows], out=host.numpy())
+            x = host.to(device, non_blocking=pin).permute(0, 3, 1, 2).float().contiguous()
+            parts.append(self.cropped(resize_as_bytes(x, self.size(*shape[:2]), self.mode)))
+        if len(parts) == 1:
+            pixels = parts[0]
+        else:  # images of several sizes: put each row back in its place
+            pixels = torch.empty((len(images), *parts[0].shape[1:]), device=device)
+            for rows, part in zip(groups.values(), parts):
+                pixels[torch.tensor(rows, device=device)] = part
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return (pixels / 255.0 - mean) / std
+
+
+def _check_image(image: np.ndarray) -> None:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+
+
+def resize_as_bytes(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """float (B, C, H, W) holding byte values -> float (B, C, h, w) holding byte values, antialiased.
+
+    PIL's resize (and torch's uint8 kernel, which copies it) runs two separable passes, width first, and rounds
+    and clips to bytes after each; the float kernels do the same arithmetic in one pass with no clipping between,
+    so a bicubic overshoot survives into the second pass (up to ~20 levels on noise, measured). Two passes, each
+    rounded, give PIL's bytes in float, on any device."""
+    for step in ((x.shape[-2], size[1]), tuple(size)):
+        if tuple(step) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=step, mode=mode, antialias=True, align_corners=False).round_().clamp_(0, 255)
+    return x
 
 
 def default_device(device: str | None) -> torch.device:
@@ -127,17 +190,21 @@ class Encoder(abc.ABC):
 
     def __call__(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 (H, W, 3) images of any sizes -> float32 (N, D)."""
-        chunks = [torch.zeros(0, self.dim)]
+        chunks = [torch.zeros(0, self.dim, device=self.device)]
         for start in range(0, len(images), self.batch_size):
             batch = images[start : start + self.batch_size]
-            # On a GPU the batch crosses once and is normalised there. On the CPU, normalising image by image
-            # stays in cache: measured 1.7x faster than one pass over a (256, 3, 224, 224) float batch.
-            fixed = self.preprocess.crop is not None or not isinstance(self.preprocess.resize, int)
-            pixels = self.preprocess.batch(batch, self.device) if fixed and self.device.type == "cuda" else \
-                torch.stack([self.preprocess(im, self.device) for im in batch])
-            with torch.inference_mode(), self.autocast():
-                chunks.append(self.embed(pixels).float().cpu())
-        return torch.cat(chunks).numpy()
+            # On a GPU the uint8 batch crosses once and is resized and normalised there. On the CPU, the uint8
+            # kernel image by image stays in cache: measured 1.7x faster than one pass over a float batch.
+            with torch.inference_mode():
+                if self.preprocess.fixed and self.device.type == "cuda":
+                    pixels = self.preprocess.on_device(batch, self.device)
+                else:
+                    pixels = torch.stack([self.preprocess(im, self.device) for im in batch])
+                with self.autocast():
+                    # Features stay on the device until the end: no sync per batch, so the host stacks the
+                    # next batch while the GPU runs this one.
+                    chunks.append(self.embed(pixels).float())
+        return torch.cat(chunks).cpu().numpy()
 
 
 @FEATURE_MODELS.register("clip")
