@@ -48,6 +48,8 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     # dashboard, or with "auto" finding another or a stale cluster here, each ask hangs for 40 s and every training
     # ends 12 s late waiting for it (bench/overhead.py). So: a dashboard, and its address in the environment the
     # cluster's processes inherit. Not a job runtime env: that stops Ray from reusing prestarted workers.
+    # include_dashboard=None, not True: where Ray lacks the dashboard's packages (a GPU host given Ray's wheel with
+    # --no-deps) Ray starts its minimal API server instead of failing, so the benchmarks run there too (issue 25).
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -55,7 +57,7 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     try:
         # address="local": a new cluster, even when another one (say, a test rig) runs on this machine.
-        ctx = ray.init(address="local", num_cpus=int(num_cpus or max(8, os.cpu_count() or 1)), include_dashboard=True,
+        ctx = ray.init(address="local", num_cpus=int(num_cpus or max(8, os.cpu_count() or 1)), include_dashboard=None,
                        dashboard_host="127.0.0.1", dashboard_port=port, log_to_driver=True)
     finally:  # this process may later talk to another cluster's API server (synthray submit, tests)
         if before is None:
