@@ -1,5 +1,7 @@
 """The recipe's schedule, batch geometry and batched augmentations, checked against torchvision and closed forms."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -184,3 +186,32 @@ def test_the_study_schedule_refuses_an_epoch_of_no_steps():
               "batch_size": 1024, "lr_schedule": "study"}
     with pytest.raises(SynthrayError, match="0 for 500 rows and batch 1024; use recipe.lr_schedule=synthray"):
         lr_at(0, 1, recipe, rows=500)
+
+
+def _step_ops():
+    """bench/step_ops.py, the op counter the GPU figures rely on (bench/ is scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_ops", Path(__file__).parents[1] / "bench" / "step_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_batched_augmentation_runs_the_same_ops_and_one_upload_for_any_batch():
+    # A GPU launches a kernel per op: a count that grew with the batch would make a step launch-bound (issue 25).
+    # Each host-to-device copy of a random parameter from pageable memory waits for the GPU's queue: one per step.
+    step_ops = _step_ops()
+    r = step_ops.square_recipe()  # recipe=paper on the 256 px square input, the batched path
+    assert step_ops.augment_ops(r, 32) == step_ops.augment_ops(r, 64)
+    assert step_ops.augment_transfers(r, 32) == step_ops.augment_transfers(r, 64) == 1
+
+
+def test_upload_moves_every_parameter_bit_exactly_in_one_buffer():
+    host = {"theta": torch.randn(5, 2, 3), "flip": np.array([True, False, True]), "choice": np.arange(7),
+            "factors": torch.rand(3, 3, dtype=torch.float64), "empty": np.zeros(0)}
+    got = augment.upload(host, torch.device("cpu"))
+    for name, value in host.items():
+        want = torch.as_tensor(value)
+        assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
+    assert len({t.untyped_storage().data_ptr() for t in got.values() if t.numel()}) == 1
