@@ -17,12 +17,20 @@ evaluation of the selection rows (none here: selection_fraction 0).
   python bench/training.py --cache-gb 0 --decode-cpus 12    # (b) streams with at most 12 Ray Data decode tasks
   python bench/training.py --load-size native       # (b) the study's input: each image cropped at its native size
   python bench/training.py --tiny                   # CPU smoke run of the same code path (speeds mean nothing)
+  python bench/training.py --profile                # also profile 5 steady steps of (a) and of (b) (epoch 2, rank 0):
+                                                    # top CUDA kernels, gaps between them, H2D copies, syncs
+  python bench/training.py --tiny --profile         # the same on CPU: top CPU ops, host gaps between aten ops
+
+`--load-size 256` (the default) is the input the GPU baseline in bench/RESULTS.md was measured on: each image a
+256 px square, cropped in one batched grid_sample (`antialias=false`, `color_jitter_order=fixed`); `native` is the
+study's per-image crop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -54,8 +62,10 @@ def write_jpeg_dataset(root: Path, images: int, size: int, classes: int, shard: 
     return DatasetRef(art.build(make), "data")
 
 
-def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compile_model: bool) -> float:
-    """(a): images/s of forward+backward+Adam on random GPU tensors, after warm-up steps."""
+def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compile_model: bool,
+               profile: bool = False) -> tuple[float, dict | None]:
+    """(a): images/s of forward+backward+Adam on random GPU tensors, after warm-up steps, and with `profile` the
+    `training.profile.summarise` of 5 more steps."""
     from synthray.training.archs import create_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,7 +92,12 @@ def plain_loop(arch: str, batch: int, size: int, classes: int, steps: int, compi
         step()
     if device == "cuda":
         torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - start)
+    speed = batch * steps / (time.perf_counter() - start)
+    if not profile:
+        return speed, None
+    from synthray.training.profile import profile_steps
+
+    return speed, profile_steps(step, 5, torch.device(device))
 
 
 def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache_gb: float,
@@ -99,6 +114,9 @@ def synthray_loop(arch: str, data, storage: Path, batch: int, epochs: int, cache
                  f"training.decode_cpus={'null' if decode_cpus is None else decode_cpus}",
                  "training.inline_rows=0",  # always Ray Train's worker group, even for --tiny's 256 CPU rows
                  f"recipe.load_size={load_size if load_size == 'native' or not tiny else 72}"]
+    if load_size != "native":  # the batched square input of the GPU baseline (RESULTS.md), not a per-image crop
+        overrides += ["recipe.train_transform.random_resized_crop.antialias=false",
+                      "recipe.train_transform.color_jitter_order=fixed"]
     if tiny:
         overrides += ["recipe.train_transform.random_resized_crop.size=64",
                       "recipe.test_transform.resize=64", "recipe.test_transform.crop=64"]
@@ -127,6 +145,19 @@ def time_split(arch: str, history: list[dict]) -> list[str]:
     return lines
 
 
+def print_profiles(arch: str, plain: dict | None, synthray_file: Path) -> dict:
+    """Prints the profiles of (a) and (b) and their per-step difference; returns both."""
+    from synthray.training.profile import format_summary
+
+    ours = json.loads(synthray_file.read_text()) if synthray_file.exists() else None
+    for label, summary in ((f"{arch} (a) plain", plain), (f"{arch} (b) synthray", ours)):
+        print("\n".join(format_summary(label, summary)) if summary else f"{label}: no profile written", flush=True)
+    if plain and ours:
+        print(f"{arch}: (b) - (a) = {ours['wall_ms_per_step'] - plain['wall_ms_per_step']:.2f} ms per step "
+              "(b's step includes the batch's decode or copy and the augmentation)", flush=True)
+    return {"plain": plain, "synthray": ours}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", nargs="+", default=["resnet50", "vit_tiny_patch16_224"])
@@ -143,6 +174,7 @@ def main() -> None:
     parser.add_argument("--load-size", default="256", help="(b) recipe.load_size: 256 (the figures in RESULTS.md "
                         "before 2026-12-05, a square first) or native (the study's input, recipe=paper's default now)")
     parser.add_argument("--tiny", action="store_true", help="CPU check: tiny-cnn, 256 images of 72 px, batch 32")
+    parser.add_argument("--profile", action="store_true", help="profile 5 steady steps of (a) and of (b) (torch.profiler)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.tiny:
@@ -153,6 +185,12 @@ def main() -> None:
     from synthray.core.logs import setup_logging
     from synthray.sweep.runner import start_local_ray
 
+    profile_file = None
+    if args.profile:  # before Ray starts, so the training workers inherit it (training/profile.py)
+        from synthray.training.profile import ENV
+
+        profile_file = Path(tempfile.mkdtemp(prefix="synthray-profile-")) / "steps.json"
+        os.environ[ENV] = str(profile_file)
     start_local_ray()
     setup_logging()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -161,7 +199,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = write_jpeg_dataset(Path(tmp) / "data", args.images, args.size, 1000)
         for arch in args.arch:
-            a = plain_loop(arch, args.batch, crop, 1000, args.steps, args.compile)
+            a, plain_profile = plain_loop(arch, args.batch, crop, 1000, args.steps, args.compile, args.profile)
+            if profile_file is not None:
+                profile_file.unlink(missing_ok=True)
             meta = synthray_loop(arch, data, Path(tmp) / f"runs-{arch}", args.batch, args.epochs, args.cache_gb,
                                  args.compile, args.tiny, args.jpeg_decode, args.decode_cpus, args.load_size)
             b = meta["images_per_s"]
@@ -172,6 +212,8 @@ def main() -> None:
                          "ratio": round(b / a, 3), "epochs_img_s": [round(h["images_per_s"], 1) for h in meta["history"]],
                          "epochs_split_s": [{key: round(h[key], 3) for _, key in SPLIT if key in h} for h in meta["history"]]})
             print("\n".join(time_split(arch, meta["history"])), flush=True)
+            if args.profile:
+                rows[-1]["profile"] = print_profiles(arch, plain_profile, profile_file)
             print(f"{arch}: (a) plain {a:.0f} img/s  (b) synthray {b:.0f} img/s  b/a = {b / a:.3f}  [{device}]", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

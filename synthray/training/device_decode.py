@@ -33,7 +33,10 @@ def shard_batches(shard: Any, batch_size: int, jpeg_decode: str, device: torch.d
     All iterators take the same shuffle arguments and see the same rows, so they yield rows in the same order."""
     if jpeg_decode == "cpu" and not native:
         # The worker's own device, not Ray's "auto" (cuda on any GPU worker, even one whose GPUs Ray only counts).
-        return shard.iter_torch_batches(batch_size=batch_size, device=str(device) if device else "auto", **iter_kwargs)
+        # pin_memory on CUDA: Ray's background thread then copies the next batch without blocking on a staging copy.
+        pin = device is not None and torch.device(device).type == "cuda"
+        return shard.iter_torch_batches(batch_size=batch_size, device=str(device) if device else "auto",
+                                        pin_memory=pin, **iter_kwargs)
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", **iter_kwargs)
 
 
@@ -42,12 +45,26 @@ def to_device(batch: dict[str, Any], jpeg_decode: str, size: int | None, device:
     """A batch from `shard_batches` -> (uint8 images (N, size, size, 3), int64 labels (N,)) on `device`; `size`
     None (native sizes): the images as a list of N uint8 (H_i, W_i, 3) tensors."""
     labels = batch["label"]
-    labels = labels.to(device) if isinstance(labels, torch.Tensor) else torch.from_numpy(np.asarray(labels)).to(device)
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.from_numpy(np.asarray(labels))
+        if torch.device(device).type == "cuda":  # a copy from pageable memory would wait for the queued step
+            labels = labels.pin_memory()
+    labels = labels.to(device, non_blocking=True)
     if jpeg_decode == "cpu" and size is None:
         return [torch.tensor(a, device=device) for a in batch["image"]], labels  # a copy: Ray Data's arrays are read-only
     if jpeg_decode == "cpu":
         return batch["image"].to(device, non_blocking=True), labels
     return decode_on_device(batch["image"], size, device, geometry), labels
+
+
+_DECODE_STREAMS: dict[torch.device, Any] = {}
+
+
+def decode_stream(device: torch.device) -> Any:
+    """The side CUDA stream this process decodes on, one per device."""
+    if device not in _DECODE_STREAMS:
+        _DECODE_STREAMS[device] = torch.cuda.Stream(device)
+    return _DECODE_STREAMS[device]
 
 
 def decode_on_device(data: Sequence[bytes], size: int | None, device: torch.device | str,
@@ -58,7 +75,31 @@ def decode_on_device(data: Sequence[bytes], size: int | None, device: torch.devi
 
     JPEGs are decoded in one batched call; anything else (PNG rows) by Pillow on the host, exactly as the CPU
     path does. An image nvjpeg cannot decode raises rather than falling back: a fallback taken on a transient
-    failure would make the pixels depend on the run, not on the spec."""
+    failure would make the pixels depend on the run, not on the spec.
+
+    On CUDA the decode and resize run on a side stream, so they overlap the training step still queued on the
+    current one, which then waits for them through an event. torchvision allocates nvjpeg's outputs on the current
+    stream but writes them from its own stream, which waits for nothing (pytorch/vision#9606): a block freed by
+    queued kernels could be written while they still read it. Here the current stream is the side stream, whose
+    blocks are (a) intermediates of the previous decode, reused only after the host has waited for that decode
+    (`synchronize` on the side stream below, not on the training's stream), or (b) outputs handed to the
+    training's stream, which `record_stream` keeps from reuse until its kernels that read them have run."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return _decode(data, size, device, geometry)
+    side, training = decode_stream(device), torch.cuda.current_stream(device)
+    side.synchronize()  # the previous decode's blocks are free to reuse: (a) above
+    with torch.cuda.stream(side):
+        out = _decode(data, size, device, geometry)
+    training.wait_stream(side)  # an event: the step's kernels start after the decode, the host does not wait
+    for img in out if isinstance(out, list) else [out]:
+        img.record_stream(training)  # (b) above
+    return out
+
+
+def _decode(data: Sequence[bytes], size: int | None, device: torch.device,
+            geometry: str) -> torch.Tensor | list[torch.Tensor]:
+    """`decode_on_device` on the current stream."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from synthray.core.images import decode_array
@@ -68,11 +109,6 @@ def decode_on_device(data: Sequence[bytes], size: int | None, device: torch.devi
     if jpegs:
         # bytearray: torch.frombuffer wants a writable buffer; the copy is the size of the file, a few tens of KB.
         encoded = [torch.frombuffer(bytearray(data[i]), dtype=torch.uint8) for i in jpegs]
-        if torch.device(device).type == "cuda":
-            # torchvision allocates the outputs on this stream but writes them from its own decode stream, which does
-            # not wait for this one: a block freed by the previous step, still read by its queued kernels, could be
-            # overwritten (pytorch/vision#9606). Waiting for the queued work first costs the overlap of one decode.
-            torch.cuda.current_stream(device).synchronize()
         decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)  # (3, H, W) each
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for j, img in enumerate(decoded):

@@ -28,6 +28,7 @@ from synthray.training.archs import create_model
 from synthray.training.augment import cutmix, test_batch, test_geometry, train_batch
 from synthray.training.device_decode import shard_batches, to_device
 from synthray.training.inputs import epoch_rows
+from synthray.training.profile import StepProfile
 from synthray.training.recipe import batch_geometry, load_size, lr_at, make_optimizer, steps_per_epoch
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -137,7 +138,8 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], recip
                 x = x.contiguous(memory_format=torch.channels_last)
             y = batch["label"].to(device)
             logits = net(x).float()
-            stats += torch.stack([(logits.argmax(1) == y).sum().float(), torch.tensor(float(len(y)), device=device),
+            # torch.full, not torch.tensor(n, device=...): no copy from host memory, which waits for the queue
+            stats += torch.stack([(logits.argmax(1) == y).sum().float(), torch.full((), float(len(y)), device=device),
                                   nn.functional.cross_entropy(logits, y, reduction="sum")])
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(stats)
@@ -252,6 +254,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
     selection = SelectionBatches(session.dataset_shard("selection"), config.get("selection_bytes", math.inf) / world,
                                  decode, int(recipe["test_transform"]["resize"]), device, test_geometry(recipe)) \
         if config["has_selection"] else None
+    profile = StepProfile.from_env(rank)  # bench/training.py --profile; None otherwise
     for epoch in range(start_epoch, int(recipe["epochs"])):
         model.train()
         epoch_started = time.time()  # wall clock, for bench/overhead.py: the time between epochs that is not compute
@@ -268,7 +271,7 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
         # Where the epoch's time goes (bench/training.py prints it): blocked on Ray Data for the next batch (from
         # `started`, so starting the iterator counts), decoding on the worker (jpeg_decode=gpu: host time of the
         # call) and the rest, the steps.
-        waited, decoding = time.perf_counter() - started, 0.0
+        waited, decoding, index = time.perf_counter() - started, 0.0, 0
         while True:
             asked = time.perf_counter()
             batch = next(batches, None)
@@ -276,6 +279,8 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
             waited += got - asked
             if batch is None:
                 break
+            if profile:
+                profile.before(epoch, index, device)
             images, labels = to_device(batch, decode, size, device)
             decoding += time.perf_counter() - got
             optimizer.zero_grad(set_to_none=True)
@@ -297,6 +302,11 @@ def train_loop(config: dict[str, Any], session: Any = None) -> None:
             scheduler.step()
             step += 1
             count += len(labels)
+            if profile:
+                profile.after(epoch, index, device)
+            index += 1
+        if profile:
+            profile.close(device)  # an epoch shorter than the steps asked for
         if device.type == "cuda":
             # Steps only queue GPU work; waiting for it once here counts the epoch's GPU time without a sync per step.
             torch.cuda.synchronize(device)
