@@ -6,13 +6,17 @@ checkpoint; hub downloads are not needed), saves it with `save_pretrained`, then
   (b) synthray's generation stage end to end: Ray Data actor pool -> JPEG -> parquet shards on disk, with the
       speed settings given (compile, compile_vae, fuse_qkv, channels_last).
 It prints images/s for both, the ratio b/a, the fraction of the bf16 FLOP limit (SD1.5), and with --compile the
-first shard's extra time (compiling, or loading compiled code from the node cache) against a steady shard.
+cold compile and the warm start: the first shard's extra time against a steady shard, in (b) (compiling from an
+empty cache with --cold-cache) and in a second, two-shard stage whose new actor loads the compiled code from the
+cache folder (--cache-dir).
 With --profile it then runs the actor's own shard loop in this process, warms it up, and profiles steady shards
 with the torch profiler: the GPU's idle share (no kernel running) against the target of 5 %.
 
   python bench/generation.py                  # SD1.5 architecture, 512 px, 25 steps, CFG 7.5, batch 16
   python bench/generation.py --compile        # (b) with the UNet compiled (inductor default mode, node cache)
   python bench/generation.py --compile --compile-vae --cold-cache   # compile from nothing, VAE decoder too
+  python bench/generation.py --compile --cold-cache --compile-scope whole    # the earlier whole-UNet compile
+  python bench/generation.py --attention cudnn        # (b) with one SDPA backend (flash, cudnn, efficient, math)
   python bench/generation.py --family sdxl    # SDXL base architecture, 1024 px (flux: FLUX.1-dev, 1024 px)
   python bench/generation.py --compile --compile-vae --fuse-qkv --batch auto --profile   # all speed settings
   python bench/generation.py --profile --no-overlap    # the idle share with encoding after each batch, as before
@@ -47,116 +51,12 @@ def _batch(value: str) -> int | str:
         raise argparse.ArgumentTypeError(f"a whole number >= 1 or auto, got {value!r}") from err
 
 
-def build_sd15_architecture(path: Path) -> Path:
-    """The SD1.5 UNet (860M), 4-level VAE and 12-layer CLIP text model, random weights, saved for from_pretrained."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from synthray.tiny.tokenizers import write_clip_tokenizer
-
-    with tempfile.TemporaryDirectory() as tok_dir:
-        vocab = write_clip_tokenizer(Path(tok_dir))
-        tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768)
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    )
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                                        vocab_size=vocab, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(path))
-    return path
-
-
 # Per family: the pipeline class, and the model's own size, steps, guidance, and a batch that fits one GPU.
 FAMILIES = {
     "sd15": {"pipeline": "StableDiffusionPipeline", "tiny": "sd", "resolution": 512, "steps": 25, "guidance": 7.5, "batch": 16},
     "sdxl": {"pipeline": "StableDiffusionXLPipeline", "tiny": "sdxl", "resolution": 1024, "steps": 25, "guidance": 5.0, "batch": 8},
     "flux": {"pipeline": "FluxPipeline", "tiny": "flux", "resolution": 1024, "steps": 28, "guidance": 3.5, "batch": 4},
 }
-
-
-def _clip_text(vocab: int, hidden: int, layers: int, heads: int, act: str, projection: bool = False) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_attention_heads=heads, num_hidden_layers=layers,
-                            hidden_act=act, projection_dim=hidden, vocab_size=vocab, bos_token_id=vocab - 2,
-                            eos_token_id=vocab - 1, pad_token_id=vocab - 1)
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-
-
-def _tokenizer() -> tuple:
-    from transformers import CLIPTokenizer
-
-    from synthray.tiny.tokenizers import write_clip_tokenizer
-
-    with tempfile.TemporaryDirectory() as tok_dir:
-        vocab = write_clip_tokenizer(Path(tok_dir))
-        return CLIPTokenizer.from_pretrained(tok_dir), vocab
-
-
-def _save_bf16(pipe, path: Path) -> Path:
-    """Weights stored in bf16, as run: half the disk and load time of float32 (FLUX is 12B + 4.7B parameters)."""
-    pipe.to(torch.bfloat16).save_pretrained(str(path))
-    return path
-
-
-def build_sdxl_architecture(path: Path) -> Path:
-    """SDXL base 1.0: the 2.6B UNet (text_time conditioning), CLIP-L + OpenCLIP-bigG text encoders, the SDXL VAE."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-
-    tokenizer, vocab = _tokenizer()
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init on the GPU: seconds, not minutes
-        unet = UNet2DConditionModel(
-            sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2, attention_head_dim=(5, 10, 20),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
-            cross_attention_dim=2048, use_linear_projection=True, addition_embed_type="text_time",
-            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
-        )
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            scaling_factor=0.13025)
-        text = _clip_text(vocab, 768, 12, 12, "quick_gelu")
-        text_2 = _clip_text(vocab, 1280, 32, 20, "gelu", projection=True)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
-                                       timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizer, tokenizer_2=tokenizer,
-                                     unet=unet, scheduler=scheduler, add_watermarker=False)
-    return _save_bf16(pipe, path)
-
-
-def build_flux_architecture(path: Path) -> Path:
-    """FLUX.1-dev: the 12B MMDiT (19 double + 38 single blocks, guidance-embedded), CLIP-L, T5-v1.1-XXL, the
-    16-channel VAE. Needs about 70 GB of GPU memory to build and 34 GB of disk."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
-    from synthray.tiny.tokenizers import t5_tokenizer
-
-    tokenizer, vocab = _tokenizer()
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                                             num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-                                             guidance_embeds=True, axes_dims_rope=(16, 56, 56)).to(torch.bfloat16)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, sample_size=1024,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
-        text = _clip_text(vocab, 768, 12, 12, "quick_gelu")
-        t5 = T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                                     feed_forward_proj="gated-gelu", pad_token_id=0, eos_token_id=1)).to(torch.bfloat16)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text, tokenizer=tokenizer, text_encoder_2=t5,
-                        tokenizer_2=t5_tokenizer(), transformer=transformer)
-    return _save_bf16(pipe, path)
 
 
 def plain_diffusers(model: Path, images: int, batch: int, steps: int, resolution: int, guidance: float) -> float:
@@ -305,8 +205,17 @@ def main() -> None:
     p.add_argument("--compile", nargs="?", const="default", choices=["default", "max-autotune", "reduce-overhead"],
                    help="(b) with the denoiser compiled: generation.compile=<mode> (bare --compile: default)")
     p.add_argument("--compile-vae", action="store_true", help="(b) with the VAE decoder compiled too")
-    p.add_argument("--cold-cache", action="store_true", help="a fresh scratch folder: compile from nothing (default: "
-                   "<workdir>/scratch, so a second run loads the compiled code)")
+    p.add_argument("--compile-scope", choices=["regions", "whole"], default="regions", help="(b) generation.compile_scope: "
+                   "the denoiser's blocks one by one (default), or the whole forward with coordinate descent (the earlier compile)")
+    p.add_argument("--compile-timeout", type=float, default=None, metavar="S", help="(b) generation.compile_timeout_s "
+                   "(default: the config's, 600)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="the folder for compiled code (the node's scratch; "
+                   "default <workdir>/scratch)")
+    p.add_argument("--cold-cache", action="store_true", help="compile from nothing: a fresh folder inside the cache "
+                   "folder (default: the cache folder itself, so a second run loads the compiled code)")
+    p.add_argument("--no-warm-start", action="store_true", help="with --compile: skip the second stage that times a warm start")
+    p.add_argument("--attention", choices=["default", "flash", "cudnn", "efficient", "math"], default="default",
+                   help="(b) generation.attention: the SDPA backend of every pipeline call (CUDA: all; CPU: default, math)")
     p.add_argument("--fuse-qkv", action="store_true", help="(b) with fused QKV projections")
     p.add_argument("--channels-last", choices=["by-pipeline", "true", "false"], default="by-pipeline", help="(b) generation.channels_last")
     p.add_argument("--no-overlap", action="store_true", help="(b) generation.overlap=false: encode after each batch")
@@ -324,6 +233,8 @@ def main() -> None:
     images = args.images or {"sd15": 640, "sdxl": 160, "flux": 64}[args.family]
     # Two batches per shard; auto: room for the largest batch it may choose (its CPU fallback without CUDA).
     shard = 2 * (batch if batch != "auto" else AUTO_CAP if torch.cuda.is_available() else AUTO_FALLBACK)
+    if not torch.cuda.is_available() and args.attention not in ("default", "math"):
+        p.error(f"--attention {args.attention} needs a CUDA GPU; without one use default or math")
     if args.profile is not None and images < 2 * shard:
         p.error(f"--profile needs at least {2 * shard} images (one warm-up shard of {shard}, then steady ones); got {images}")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -335,27 +246,46 @@ def main() -> None:
 
             TINY_BUILDERS[family["tiny"]](model)
         else:
+            # bench/ is this script's folder, so on sys.path when it runs as `python bench/generation.py`
+            from architectures import build_flux_architecture, build_sd15_architecture, build_sdxl_architecture
+
             {"sd15": build_sd15_architecture, "sdxl": build_sdxl_architecture, "flux": build_flux_architecture}[args.family](model)
         release_gpu_memory()  # the builder's modules, before (a) and (b) measure
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     a = plain_diffusers(model, images if args.tiny else min(images, 160), plain_batch, steps, resolution, guidance)
     storage = Path(tempfile.mkdtemp(dir=args.workdir, prefix="storage-"))
-    scratch = Path(tempfile.mkdtemp(dir=args.workdir, prefix="scratch-")) if args.cold_cache else args.workdir / "scratch"
+    cache_dir = args.cache_dir or args.workdir / "scratch"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(dir=cache_dir, prefix="cold-")) if args.cold_cache else cache_dir
     settings = [f"scratch={scratch}", f"generation.channels_last={args.channels_last}", f"generation.fuse_qkv={str(args.fuse_qkv).lower()}",
                 f"generation.compile={args.compile or 'false'}", f"generation.compile_vae={str(args.compile_vae).lower()}",
+                f"generation.compile_scope={args.compile_scope}", f"generation.attention={args.attention}",
                 f"generation.overlap={str(not args.no_overlap).lower()}",
                 "generation.compile_cpu=true"]  # --compile on a CPU-only machine (the tiny smoke run) compiles too
+    if args.compile_timeout is not None:
+        settings.append(f"generation.compile_timeout_s={args.compile_timeout:g}")
     b, made = synthray_stage(model, storage, images, batch, shard, steps, resolution, guidance, family["pipeline"], settings)
+    warm = None
+    if args.compile and not args.no_warm_start:
+        # A new stage (new storage, so nothing is reused) on the same cache folder: its new actor process loads the
+        # compiled code from disk, as an actor does on a node where another compiled before.
+        # A small CPU stage (--tiny) runs inline in this process: forget its in-memory graphs so they load from disk.
+        torch._dynamo.reset()
+        warm_storage = Path(tempfile.mkdtemp(dir=args.workdir, prefix="storage-warm-"))
+        warm, _ = synthray_stage(model, warm_storage, 2 * shard, batch, shard, steps, resolution, guidance, family["pipeline"], settings)
     tflop = UNET_TFLOP_PER_STEP * steps + VAE_TFLOP  # SD1.5 only: the other families' FLOPs are not in BASELINES.md
     result = {
         "device": device, "model": model.name, "steps": steps, "batch": batch, "plain_batch": plain_batch,
         "overlap": not args.no_overlap, "resolution": resolution, "images": b["rows"],
-        "kernels": b["kernels"], "cache": "cold" if args.cold_cache else "warm if run before",
+        "kernels": b["kernels"], "cache": "cold" if args.cold_cache else "warm if run before", "cache_dir": str(scratch),
+        "compile_scope": args.compile_scope if args.compile else None, "attention": args.attention,
         "a_plain_img_s": round(a, 3), "b_synthray_img_s": round(b["end_to_end"], 3),
         "b_steady_img_s": round(b["steady"], 3), "ratio_b_over_a": round(b["end_to_end"] / a, 3),
         "ratio_steady_over_a": round(b["steady"] / a, 3),
         "first_shard_s": round(b["first_shard_s"], 2), "steady_shard_s": round(b["steady_shard_s"], 2),
         "first_shard_extra_s": round(b["first_shard_extra_s"], 2),
+        "compile_cold_s": round(b["first_shard_extra_s"], 2) if args.compile and args.cold_cache else None,
+        "warm_start_s": round(warm["first_shard_extra_s"], 2) if warm else None,
         "flop_fraction_b_steady": None if args.tiny or args.family != "sd15" else round(b["steady"] * tflop / PEAK_TFLOPS, 3),
     }
     if args.profile is not None:
@@ -363,7 +293,12 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     print(f"(a) plain diffusers {a:.2f} img/s | (b) synthray {b['end_to_end']:.2f} img/s end to end, "
           f"{b['steady']:.2f} img/s steady | b/a = {b['end_to_end'] / a:.2f} (steady {b['steady'] / a:.2f}) | "
-          f"first shard {b['first_shard_s']:.1f} s, steady shard {b['steady_shard_s']:.1f} s")
+          f"first shard {b['first_shard_s']:.1f} s, steady shard {b['steady_shard_s']:.1f} s | attention {args.attention}")
+    if args.compile:
+        cold = f"{b['first_shard_extra_s']:.1f} s" + ("" if args.cold_cache else " (cache folder not emptied: use --cold-cache)")
+        print(f"compile ({args.compile}, {args.compile_scope}): cold {cold} | warm start "
+              f"{'not run' if warm is None else format(warm['first_shard_extra_s'], '.1f') + ' s'} (first shard minus a "
+              f"steady shard; cache {scratch})")
     if args.profile is not None:
         prof = result["profile"]
         if "idle_share" in prof:

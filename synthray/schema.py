@@ -108,10 +108,13 @@ class Generation:
     vae_tiling: bool
     channels_last: Any  # true | false | by-pipeline (auto: its earlier spelling)
     compile: Any  # false | true | a torch.compile mode
+    compile_scope: Literal["regions", "whole"]
+    compile_timeout_s: Optional[Number]
     compile_vae: bool
     compile_cpu: bool
     compile_cache: Literal["storage", "node"]
     fuse_qkv: bool
+    attention: Literal["default", "flash", "cudnn", "efficient", "math"]
     max_bad_fraction: Number
     bad_images: Literal["drop", "keep"]
     empty_prompt_at_cfg0: bool

@@ -51,9 +51,14 @@ def test_dataset_key_records_the_speed_settings_that_change_bits():
     # `true` compiled with max-autotune before and compiles with inductor's default mode now: a new key
     assert kernels(tiny_cfg("/unused", "generation.compile=true"), "tiny-sd")["compile"] == "default"
     cfg = tiny_cfg("/unused", "generation.compile=max-autotune", "generation.compile_vae=true", "generation.fuse_qkv=true",
-                   "generation.compile_cpu=true", "generation.compile_cache=node")
+                   "generation.compile_cpu=true", "generation.compile_cache=node", "generation.compile_timeout_s=null")
     assert kernels(cfg, "tiny-sd") == {"vae_tiling": False, "channels_last": False, "compile": "max-autotune",
-                                       "compile_vae": True, "fuse_qkv": True}  # where it runs is not in the key
+                                       "compile_vae": True, "fuse_qkv": True,
+                                       "compile_scope": "regions"}  # where it runs and its time budget are not in the key
+    # The whole-model compile (every compiled key before regions) keeps its key; reduce-overhead always compiles whole.
+    assert "compile_scope" not in kernels(tiny_cfg("/unused", "generation.compile=default", "generation.compile_scope=whole"), "tiny-sd")
+    assert "compile_scope" not in kernels(tiny_cfg("/unused", "generation.compile=reduce-overhead"), "tiny-sd")
+    assert kernels(tiny_cfg("/unused", "generation.attention=math"), "tiny-sd")["attention"] == "math"
     assert "compile_vae" not in kernels_identity(tiny_cfg("/unused", "generation.compile_vae=true").generation, "FluxPipeline")
 
 
@@ -62,6 +67,9 @@ def test_dataset_key_records_the_speed_settings_that_change_bits():
     ("generation.channels_last=maybe", "generation.channels_last must be by-pipeline, true or false; got 'maybe'"),
     ("generation.compile_cache=s3", "unknown generation.compile_cache 's3'"),
     ("generation.fuse_qkv=yes", "generation.fuse_qkv takes true or false, got 'yes'"),
+    ("generation.compile_scope=blocks", "generation.compile_scope"),
+    ("generation.compile_timeout_s=0", "generation.compile_timeout_s must be a number of seconds > 0 or null; got 0"),
+    ("generation.attention=sage", "generation.attention"),
 ])
 def test_bad_speed_settings_are_one_line(override, message):
     with pytest.raises(SynthrayError, match=message) as err:  # at compose (the schema) or as the plan checks
@@ -126,3 +134,49 @@ def test_compiled_stage_on_ray_data_uses_the_node_cache(ray_cluster, shared_stor
     assert len(read_images(ref.uri)) == 10
     assert any((tmp_path / "scratch" / "compile-cache").rglob("*.py"))
     assert storage.list_files(storage.join(str(shared_storage), "compile-cache"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NO_COMPILER, reason="inductor on CPU needs a C++ compiler (g++ or clang++)")
+def test_compiled_by_regions_draws_the_eager_images(shared_storage, tmp_path, monkeypatch):
+    """The default scope: the UNet's declared blocks through diffusers' compile_repeated_blocks, its resnets and
+    samplers each on their own; the images are the eager ones up to float noise."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "unused"))
+    cfg = tiny_cfg(shared_storage)
+    eager = generator(cfg, "tiny-sd")(ROWS)
+    fast = generator(cfg, "tiny-sd", compile="default", compile_scope="regions", compile_cpu=True, scratch=str(tmp_path))
+    unet = fast.pipe.unet
+    compiled = {type(m).__name__ for m in unet.modules() if getattr(m, "_compiled_call_impl", None) is not None}
+    assert {"BasicTransformerBlock", "ResnetBlock2D"} <= compiled, compiled
+    assert not compiled & {"UNet2DConditionModel", "Transformer2DModel", "CrossAttnDownBlock2D"}, "no region holds another"
+    for a, b in zip(eager, fast(ROWS)):
+        assert psnr(a, b) >= 35
+
+
+@pytest.mark.skipif(NO_COMPILER, reason="inductor on CPU needs a C++ compiler (g++ or clang++)")
+def test_a_compile_past_its_budget_fails_the_stage_in_one_line_and_writes_nothing(shared_storage, tmp_path, monkeypatch):
+    """generation.compile_timeout_s: the first batch (the one that compiles) is given up at the deadline, so the stage
+    stops with one line naming the setting; no shard is written and the dataset key holds nothing."""
+    from synthray.graph.synthetic import generate_dataset
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "unused"))
+    cfg = tiny_cfg(shared_storage, "prompts.n_per_class=1", f"scratch={tmp_path / 'scratch'}", "generation.compile=default",
+                   "generation.compile_cpu=true", "generation.compile_timeout_s=0.001", "generation.compile_cache=node")
+    with pytest.raises(SynthrayError, match=r"generate tiny-sd: compiling took over generation.compile_timeout_s=0.001 s") as err:
+        generate_dataset(cfg, "tiny-sd", "classname")
+    assert "\n" not in str(err.value)
+    art = synthetic_artifact(cfg, "tiny-sd", "classname", build_prompt_table(cfg, "tiny-sd", "classname"))
+    assert not art.is_complete()
+    assert not [f for f in storage.list_files(art.uri) if f.endswith(".parquet")]
+
+
+def test_forced_attention_backends_need_cuda_on_cpu(shared_storage):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for machines without CUDA")
+    with pytest.raises(SynthrayError, match="^generation.attention=flash needs a CUDA GPU; without one use default or math$"):
+        generator(tiny_cfg(shared_storage), "tiny-sd", attention="flash")
+    math = generator(tiny_cfg(shared_storage), "tiny-sd", attention="math")(ROWS)
+    for a, b in zip(generator(tiny_cfg(shared_storage), "tiny-sd")(ROWS), math):
+        assert psnr(a, b) >= 35

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from synthray.generation.compiled import speed_up
+from synthray.generation.compiled import attention_backend, compile_timeout, speed_up, within_budget
+
+log = logging.getLogger(__name__)
 
 
 class DiffusersGenerator:
@@ -20,7 +23,8 @@ class DiffusersGenerator:
 
     Spec keys: pipeline, model_path, dtype, params (steps, guidance, resolution), and optional guidance_kwarg,
     call (extra call kwargs), cpu_offload, vae_tiling, and the speed settings of `compiled.speed_up`:
-    channels_last, fuse_qkv, compile (a mode), compile_vae, compile_cpu, compile_cache, scratch, storage.
+    channels_last, fuse_qkv, compile (a mode), compile_scope, compile_vae, compile_cpu, compile_cache,
+    compile_timeout_s, attention, scratch, storage.
     """
 
     def __init__(self, spec: dict[str, Any]):
@@ -55,6 +59,28 @@ class DiffusersGenerator:
         self.guidance_kwarg = spec.get("guidance_kwarg") or "guidance_scale"
         self.copy_stream = None  # CUDA: where `launch` copies finished images to the host
         self.compile = spec.get("compile")  # its mode sizes `auto_batch_size`'s headroom
+        self.name = spec.get("name", spec["pipeline"])
+        self.attention = str(spec.get("attention", "default"))  # checked against the device in `speed_up`
+        self.compile_timeout_s = compile_timeout(spec.get("compile_timeout_s"))
+        self.compiled_batches: set[int] = set()  # batch sizes whose graphs are compiled (dynamic=False: one per size)
+
+    def _pipe(self, kwargs: dict[str, Any], output_type: str) -> Any:
+        """The pipeline call, under the attention backend. With a compiled denoiser, a call at a batch size not seen
+        before compiles (dynamic=False), so it runs within `compile_timeout_s` (`within_budget`)."""
+        torch = self.torch
+
+        def call() -> Any:
+            with attention_backend(self.attention), torch.inference_mode():  # per thread: set on the one that runs
+                return self.pipe(**kwargs, output_type=output_type)
+
+        size = len(kwargs["prompt"])
+        if self.compile_cache is None or size in self.compiled_batches:
+            return call()
+        budget = "no limit" if self.compile_timeout_s is None else f"up to {self.compile_timeout_s:g} s"
+        log.info("generate %s: compiling for batch %d (%s, generation.compile_timeout_s)", self.name, size, budget)
+        out = within_budget(call, self.compile_timeout_s, f"generate {self.name}")
+        self.compiled_batches.add(size)
+        return out
 
     def _call_kwargs(self, rows: pd.DataFrame, steps: int | None = None) -> dict[str, Any]:
         torch = self.torch
@@ -71,8 +97,7 @@ class DiffusersGenerator:
 
     def __call__(self, rows: pd.DataFrame) -> list[np.ndarray]:
         """Float images (H, W, 3) in [0, 1], one per row; NaNs are kept for the quality guard to see."""
-        with self.torch.inference_mode():
-            out = self.pipe(**self._call_kwargs(rows), output_type="np")
+        out = self._pipe(self._call_kwargs(rows), "np")
         if self.compile_cache is not None:
             self.compile_cache.publish()  # once, after the first batch compiled the graphs
         return [np.asarray(im, dtype=np.float32) for im in out.images]
@@ -86,7 +111,7 @@ class DiffusersGenerator:
         """
         torch = self.torch
         with torch.inference_mode():
-            images = self.pipe(**self._call_kwargs(rows), output_type="pt").images
+            images = self._pipe(self._call_kwargs(rows), "pt").images
             if self.compile_cache is not None:
                 self.compile_cache.publish()
             if not isinstance(images, torch.Tensor):  # a pipeline without a tensor output: already on the host
@@ -129,7 +154,7 @@ class DiffusersGenerator:
         # Eager, two steps: a compiled denoiser would compile a graph for the probe's shape alone; a step's peak
         # repeats every step, and the VAE decode runs once either way.
         stance = getattr(torch.compiler, "set_stance", None)
-        with stance("force_eager") if stance else contextlib.nullcontext(), torch.inference_mode():
+        with stance("force_eager") if stance else contextlib.nullcontext(), attention_backend(self.attention), torch.inference_mode():
             self.pipe(**self._call_kwargs(rows, steps=min(2, int(self.params["steps"]))), output_type="pt")
         cuda.synchronize()
         per_image = (cuda.max_memory_allocated() - before) / PROBE_IMAGES

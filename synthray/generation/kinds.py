@@ -75,7 +75,8 @@ def _diffusers_identity(entry: Entry, g: Any) -> dict[str, Any]:
 
 def _diffusers_worker(entry: Entry, g: Any) -> dict[str, Any]:
     return {**_model(entry), "variant": entry.get("variant"), "cpu_offload": bool(g.cpu_offload),
-            "compile_cpu": bool(g.compile_cpu), "compile_cache": g.compile_cache}
+            "compile_cpu": bool(g.compile_cpu), "compile_cache": g.compile_cache,
+            "compile_timeout_s": g.get("compile_timeout_s", 600)}
 
 
 def _control_identity(entry: Entry, g: Any) -> dict[str, Any]:
