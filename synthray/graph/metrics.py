@@ -34,7 +34,6 @@ def sample_limit(cfg: Any) -> int | None:
 
 def _sampled(cfg: Any, cls: type, settings: dict[str, Any], names: dict[str, str | None], source: Split, rows: int) -> SampledSpec:
     from synthray.core.models import model_identity
-
     from synthray.graph.identity import bad_images_identity
 
     m = cfg.metrics
