@@ -12,10 +12,12 @@ def builders() -> dict[str, Callable[..., Any]]:
     from synthray.tiny.depth import build_tiny_depth
     from synthray.tiny.encoders import build_tiny_encoder
     from synthray.tiny.pipelines import TINY_BUILDERS
+    from synthray.tiny.sam3 import build_tiny_sam3
 
     out: dict[str, Callable[..., Any]] = dict(TINY_BUILDERS)
     out["depth"] = lambda folder, seed=0: build_tiny_depth(folder, seed=seed)
     out["captioner"] = lambda folder, seed=0: build_tiny_captioner(folder, seed=seed)
+    out["sam3"] = lambda folder, seed=0: build_tiny_sam3(folder, seed=seed)
     for kind in ("clip", "dinov2", "inception"):
         out[kind] = lambda folder, seed=0, kind=kind: build_tiny_encoder(kind, folder, seed=seed)
     return out
