@@ -171,3 +171,19 @@ def test_spec_errors_are_one_line(tiny_dir, segmenter, rows):
         segmenter(rows.assign(label=7))
     with pytest.raises(SynthrayError, match="no label"):
         segmenter(rows.drop(columns=["label"]))
+
+
+def test_runs_as_a_ray_data_actor(ray_cluster, tiny_dir, rows, segmenter, tmp_path):
+    """`map_batches` with an actor pool: the same rows as a direct call, and plain list columns in parquet."""
+    import pyarrow.parquet as pq
+    import ray
+
+    ds = ray.data.from_pandas([rows.iloc[:3], rows.iloc[3:]]).map_batches(
+        PromptSegmenter, fn_constructor_args=(spec(tiny_dir),), batch_format="pandas", batch_size=2,
+        compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
+    )
+    ds.write_parquet(str(tmp_path / "labels"))
+    stored = pq.read_table(str(tmp_path / "labels")).sort_by("id")
+    assert {name: stored.schema.field(name).type for name in LABEL_TYPES} == LABEL_TYPES
+    direct = pa.Table.from_pandas(segmenter(rows), preserve_index=False).sort_by("id")
+    assert stored.select(direct.column_names).to_pylist() == direct.to_pylist()
