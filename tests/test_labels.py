@@ -75,7 +75,7 @@ def test_tiny_twin_is_sam3_loaded_from_disk(tiny_dir, tmp_path):
     assert len(processor.tokenizer) == 514 == model.config.text_config.vocab_size
     assert (tiny_dir / "model.safetensors").is_file() and (tiny_dir / "processor_config.json").is_file()
     # The resolver builds it as a tiny-models artifact and hands back a loadable folder, like every other twin.
-    folder = Models(Store(str(tmp_path / "store"), scratch=str(tmp_path / "scratch"))).locate("tiny:sam3", "depth")
+    folder = Models(Store(str(tmp_path / "store"), scratch=str(tmp_path / "scratch"))).locate("tiny:sam3", "segmenter")
     assert type(Sam3Model.from_pretrained(folder)) is Sam3Model
     assert (Path(folder) / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
 

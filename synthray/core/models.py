@@ -50,6 +50,7 @@ USES: dict[str, tuple[str, Callable[[Path], None]]] = {
     "depth": ("a transformers save_pretrained folder", _check_files("config.json")),
     "encoder": ("a transformers save_pretrained or timm save_for_hf folder", _check_encoder),
     "captioner": ("a transformers save_pretrained folder", _check_files("config.json")),
+    "segmenter": ("a transformers save_pretrained folder", _check_files("config.json")),
 }
 
 
