@@ -145,7 +145,9 @@ def rehearse(workdir: Path, generators: list[str] | None, styles: list[str], sib
             "killed after s": round(killed_at - t_staged, 1) if killed_at else None, "killed node": killed,
             "wall s": {"cluster": round(t_cluster - t0, 1), "stage": round(t_staged - t_cluster, 1),
                        "rehearsal+resume": round(t_main - t_staged, 1), "siblings": round(t_siblings - t_main, 1),
-                       "report": round(t_report - t_siblings, 1), "total": round(time.time() - t0, 1)}})
+                       "report": round(t_report - t_siblings, 1), "total": round(time.time() - t0, 1)},
+            "stage s": stage_seconds(s3)})
+        keep_sweep_logs(s3, workdir / "sweeps", failed=False)
         return figures
     except Exception:
         keep_sweep_logs(s3, workdir / "sweeps")  # the bucket goes with the server: keep what explains the failure
@@ -167,7 +169,18 @@ def resumed_trials(resumed: subprocess.CompletedProcess | None) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def keep_sweep_logs(s3: S3Server, out: Path) -> None:
+def stage_seconds(s3: S3Server) -> dict[str, str]:
+    """Where the sweeps' time went, from their logs' `built <kind> <key> (<label>) in <s> s` lines: per artifact kind,
+    how many were built and their seconds in all (each counted from its build's start: concurrent builds overlap)."""
+    found: dict[str, list[float]] = {}
+    for o in s3.objects("runs/sweeps/"):
+        if "/logs/" in o["Key"]:
+            for kind, secs in re.findall(r"built (\S+) \S+ \(.*?\) in ([\d.]+) s", s3.read(o["Key"]).decode(errors="replace")):
+                found.setdefault(kind, []).append(float(secs))
+    return {k: f"{len(v)} built, {sum(v):.0f} s in all, mean {sum(v) / len(v):.1f} s" for k, v in sorted(found.items())}
+
+
+def keep_sweep_logs(s3: S3Server, out: Path, failed: bool = True) -> None:
     """Copy every sweep's logs and Tune's trial error files from the bucket to `out`, before the server stops."""
     try:
         for o in s3.objects("runs/sweeps/"):
@@ -176,7 +189,8 @@ def keep_sweep_logs(s3: S3Server, out: Path) -> None:
                 target = out / key[len("runs/sweeps/"):]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(s3.read(key))
-        print(f"rehearsal failed: the sweeps' logs and Tune's error files are in {out}", file=sys.stderr)
+        if failed:
+            print(f"rehearsal failed: the sweeps' logs and Tune's error files are in {out}", file=sys.stderr)
     except Exception as err:  # noqa: BLE001 - diagnostics only: never hide the failure itself
         print(f"rehearsal failed; could not keep the sweeps' logs: {err}", file=sys.stderr)
 

@@ -276,7 +276,7 @@ def _apply(cfg: DictConfig, o: Any) -> None:
             old, new = OmegaConf.select(cfg, key), o.value()
             # Numbers whose null is a documented setting: every row (max_samples), the files as they are (image_size),
             # no time limit (compile_timeout_s).
-            nullable = new is None and key in ("metrics.max_samples", "data.image_size", "generation.compile_timeout_s")
+            nullable = new is None and key in ("metrics.max_samples", "data.image_size", "generation.compile_timeout_s", "labels.classes")
             words = NUMBER_WORDS.get(key, ())
             if (isinstance(old, (int, float)) and not isinstance(old, bool) and not nullable and not isinstance(new, (int, float))
                     and new not in words):

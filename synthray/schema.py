@@ -165,6 +165,20 @@ class Probes:
 
 
 @schema
+class Labels:
+    model: str
+    prompts: str
+    classes: Optional[int]
+    threshold: Number
+    mask_threshold: Number
+    dtype: Literal["float16", "bfloat16", "float32"]
+    device: Device
+    gpus_per_actor: Number
+    gpu_memory_gb: Number
+    num_actors: int
+
+
+@schema
 class CutMix:
     prob: Number
     alpha: Number
@@ -353,6 +367,7 @@ class Config:
     generation: Generation
     generators: Dict[str, Any]  # per kind: fields checked against the kind records (generation/kinds.py)
     probes: Probes
+    labels: Labels
     recipe: Recipe
     training: Training
     metrics: Metrics

@@ -20,14 +20,16 @@ STEPS = ["encoders", "prdc", "gen-eager", "gen-compile-regions", "gen-attn-flash
 
 
 @pytest.mark.deep
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3000)
 def test_gpu_script_runs_every_step_in_tiny_mode(tmp_path):
     out = tmp_path / "out"
     # its own Ray (not the suite's cluster), this interpreter, big files in tmp_path
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTEST_CURRENT_TEST")}
-    env.update(PYTHON=sys.executable, WORK=str(tmp_path / "work"))
+    # Generous caps: the test holds the script's steps and outputs, not its speed on a CPU shared with other work
+    # (at load ~30 a step of the default caps timed out).
+    env.update(PYTHON=sys.executable, WORK=str(tmp_path / "work"), CAP_SCALE="10", BUDGET_S="2700")
     done = subprocess.run(["bash", "bench/gpu.sh", "--tiny", str(out)], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=1450)
+                          env=env, timeout=2900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (out / "summary.txt").read_text().splitlines()
     assert summary[0].startswith("device: cpu"), summary[0]

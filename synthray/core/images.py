@@ -105,9 +105,10 @@ def square(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def write_table(uri: str, columns: dict[str, Iterable]) -> dict:
-    """Write one parquet shard as one whole file; returns its manifest entry with `rows` added."""
-    table = pa.table({k: list(v) for k, v in columns.items()})
+def write_table(uri: str, columns: dict[str, Iterable] | pa.Table) -> dict:
+    """Write one parquet shard as one whole file; returns its manifest entry with `rows` added. A table keeps its
+    own column types (an empty list column stays typed)."""
+    table = columns if isinstance(columns, pa.Table) else pa.table({k: list(v) for k, v in columns.items()})
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
     return dict(storage.write_bytes(uri, buf.getvalue().to_pybytes()), rows=table.num_rows)

@@ -143,3 +143,10 @@ def _clipscores(spec: Any, inputs: Inputs, ctx: Context) -> Artifact:
     from synthray.metrics.features import build_clipscores
 
     return build_clipscores(spec, inputs["source"], ctx.models)
+
+
+@stage("labels")
+def _labels(spec: Any, inputs: Inputs, ctx: Context) -> Artifact:
+    from synthray.labels.stage import build_labels
+
+    return build_labels(spec, inputs["source"], ctx.store, ctx.models)
