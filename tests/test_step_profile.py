@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from synthray.training.profile import ENV, STEPS_ENV, StepProfile, format_summary
@@ -28,3 +29,15 @@ def test_the_hook_profiles_the_steps_asked_for_on_rank_0_only(tmp_path, monkeypa
     assert any(row["name"] == "aten::addmm" for row in summary["top"])
     assert set(summary["sync"]) >= {"cudaStreamSynchronize", "aten::item"} and "memcpy_htod_pinned" in summary["h2d"]
     assert len(format_summary("b", summary)) == len(summary["top"]) + 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream copy is a CUDA path")
+def test_prefetched_batches_arrive_on_the_device_unchanged_and_in_order():
+    from synthray.training.device_decode import prefetched
+
+    host = [{"image": torch.full((4, 8, 8, 3), i, dtype=torch.uint8).pin_memory(), "label": torch.arange(4).pin_memory()}
+            for i in range(5)]
+    device = torch.device("cuda", torch.cuda.current_device())
+    out = [{k: v.clone() for k, v in b.items()} for b in prefetched(iter(host), device)]
+    assert len(out) == 5 and all(b["image"].device == device for b in out)
+    assert [int(b["image"][0, 0, 0, 0]) for b in out] == list(range(5)) and all(torch.equal(b["label"].cpu(), torch.arange(4)) for b in out)

@@ -15,7 +15,7 @@ without a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,12 +32,42 @@ def shard_batches(shard: Any, batch_size: int, jpeg_decode: str, device: torch.d
     (`native`, decoded images of many sizes, which no tensor holds) numpy object arrays that `to_device` moves.
     All iterators take the same shuffle arguments and see the same rows, so they yield rows in the same order."""
     if jpeg_decode == "cpu" and not native:
+        if device is not None and torch.device(device).type == "cuda":
+            # Pinned host tensors from Ray's fetch thread, copied here on a side stream one batch ahead (`prefetched`).
+            pinned = shard.iter_torch_batches(batch_size=batch_size, device="cpu", pin_memory=True, **iter_kwargs)
+            return prefetched(pinned, torch.device(device))
         # The worker's own device, not Ray's "auto" (cuda on any GPU worker, even one whose GPUs Ray only counts).
-        # pin_memory on CUDA: Ray's background thread then copies the next batch without blocking on a staging copy.
-        pin = device is not None and torch.device(device).type == "cuda"
-        return shard.iter_torch_batches(batch_size=batch_size, device=str(device) if device else "auto",
-                                        pin_memory=pin, **iter_kwargs)
+        return shard.iter_torch_batches(batch_size=batch_size, device=str(device) if device else "auto", **iter_kwargs)
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", **iter_kwargs)
+
+
+def prefetched(batches: Iterable[dict[str, Any]], device: torch.device) -> Iterator[dict[str, Any]]:
+    """`batches` of pinned host tensors, each yielded on the CUDA `device`, its copy issued on a side stream before
+    the batch ahead of it is handed over, so it overlaps that batch's training step.
+
+    Ray Data's own transfer (`iter_torch_batches(device=cuda)`) runs on its fetch thread on the default stream,
+    where the copy of each batch (~50 MB at 256 images of 224 px) queues between the training step's kernels. The
+    training stream waits for the copy through `wait_stream`, and `record_stream` keeps the copy's memory from
+    reuse while the training stream may still read it. The tensors are the same values either way.
+    """
+    stream = copy_stream(device)
+
+    def issue(batch: dict[str, Any]) -> dict[str, Any]:
+        with torch.cuda.stream(stream):
+            return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    source = iter(batches)
+    first = next(source, None)
+    staged = None if first is None else issue(first)
+    while staged is not None:
+        training = torch.cuda.current_stream(device)
+        training.wait_stream(stream)  # this batch's copy, issued before the next one's
+        for value in staged.values():
+            if isinstance(value, torch.Tensor):
+                value.record_stream(training)
+        ready, following = staged, next(source, None)
+        staged = None if following is None else issue(following)
+        yield ready
 
 
 def to_device(batch: dict[str, Any], jpeg_decode: str, size: int | None, device: torch.device,
@@ -58,6 +88,14 @@ def to_device(batch: dict[str, Any], jpeg_decode: str, size: int | None, device:
 
 
 _DECODE_STREAMS: dict[torch.device, Any] = {}
+_COPY_STREAMS: dict[torch.device, Any] = {}
+
+
+def copy_stream(device: torch.device) -> Any:
+    """The side CUDA stream this process copies batches to `device` on (`prefetched`), one per device."""
+    if device not in _COPY_STREAMS:
+        _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return _COPY_STREAMS[device]
 
 
 def decode_stream(device: torch.device) -> Any:
