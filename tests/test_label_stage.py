@@ -79,3 +79,18 @@ def test_labels_of_the_real_test_split_are_built_once(ray_cluster, shared_storag
     manifest = art.manifest()
     again = build(spec, Context(ctx.store, ctx.models))
     assert again.manifest() == manifest
+
+
+def test_plan_prices_the_label_stage_on_gpu(tmp_path):
+    from types import SimpleNamespace
+
+    from synthray.sweep.cost import estimate, load_throughputs
+
+    cfg = tiny_cfg(tmp_path, *LABELS, "labels.device=gpu")
+    spec = _spec(cfg)
+    spec = type(spec)(source=spec.source, settings=spec.settings, rows=5000, resources_=spec.resources_, pool=spec.pool)
+    graph = SimpleNamespace(specs={spec.ref: spec})
+    (row,) = estimate(cfg, load_throughputs(), graph=graph)
+    assert (row.stage, row.name, row.images) == ("label", "segmenter", 5000)
+    assert row.figure.img_s == 25 and row.gpu_hours == pytest.approx(5000 / 25 / 3600)
+    assert "1 split(s), up to 5,000 images each" in row.work

@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 from synthray.core.registry import SynthrayError
 
 THROUGHPUTS = Path(__file__).resolve().parent.parent / "conf" / "throughputs.yaml"
-SECTIONS = ("generators", "archs", "probes", "encoders")
-STAGES = ("generate", "view", "train", "features", "clipscore", "evaluate")
+SECTIONS = ("generators", "archs", "probes", "encoders", "labels")
+STAGES = ("generate", "view", "train", "features", "clipscore", "evaluate", "label")
 FORWARD_SPEEDUP = 3.0  # evaluation: a forward pass costs about a third of a training step
 
 
@@ -206,6 +206,9 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
             if _gpu(specs[0]):
                 fig = figure(throughputs, "archs", name, notes)
                 fig = Figure(fig.img_s * FORWARD_SPEEDUP, fig.device, f"{FORWARD_SPEEDUP:g}x the training figure (forward only)")
+        elif stage == "label":  # pseudo-labels of real and synthetic splits for the dense tasks
+            work = f"{len(todo)} split(s), up to {max(s.rows for s in specs):,} images each"
+            fig = figure(throughputs, "labels", name, notes) if _gpu(specs[0]) else None
         else:  # clipscore
             work = f"{len(todo)} dataset(s), up to {max(s.rows for s in specs):,} images each"
             fig = figure(throughputs, "encoders", "clip", notes) if _gpu(specs[0]) else None
