@@ -189,13 +189,20 @@ def test_predict_shapes():
     assert not model.training
 
 
-def test_deeplabv3_resnet50_builds_offline_with_aux_head():
+def test_deeplabv3_resnet50_builds_offline_with_aux_head(tmp_path):
+    from torchvision.models import resnet50
     from torchvision.models.segmentation.fcn import FCNHead
 
     model = seg.build_segmenter("deeplabv3_resnet50", 51)
     assert isinstance(model.aux_classifier, FCNHead)
     assert model.classifier[-1].out_channels == 51 and model.aux_classifier[-1].out_channels == 51
     assert len(seg.make_optimizer(model).param_groups) == 3
+    # The study's backbone is torchvision's ImageNet ResNet-50; a resnet50 state dict (fc included) loads as is.
+    donor = resnet50()
+    torch.save(donor.state_dict(), tmp_path / "resnet50.pt")
+    loaded = seg.build_segmenter("deeplabv3_resnet50", 51, backbone_weights=str(tmp_path / "resnet50.pt"))
+    assert torch.equal(loaded.backbone.layer4[2].conv3.weight, donor.layer4[2].conv3.weight)
+    assert torch.equal(loaded.backbone.bn1.running_var, donor.bn1.running_var)
 
 
 def test_backbone_weights_from_a_local_file(tmp_path):
