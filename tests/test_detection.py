@@ -36,7 +36,7 @@ def tiny(seed: int = 0, lr: float = 0.02):
 
 
 def test_loss_goes_down_on_rectangles():
-    images, targets = rectangles(4)
+    images, targets = rectangles(3)  # 2 images are too few: the box loss climbs as the RPN finds positives
     det.seed_everything(0)
     model, optimizer = tiny()
     history = det.train_steps(model, optimizer, [(images, targets)] * 20, "cpu")
