@@ -7,6 +7,7 @@ from tests.conftest import tiny_cfg
 
 
 @pytest.mark.slow
+@pytest.mark.deep  # a minute on 2 cores; the controls' plumbing is checked in CI by test_controls_study and test_reencode
 def test_collapsed_control_has_low_coverage_and_transfers_worse_than_real_holdout(ray_cluster, shared_storage):
     cfg = tiny_cfg(shared_storage, "prompts.n_per_class=30", "recipe.epochs=12", "recipe.batch_size=32",
                    "metrics.max_samples=300")
