@@ -94,3 +94,44 @@ def test_plan_prices_the_label_stage_on_gpu(tmp_path):
     assert (row.stage, row.name, row.images) == ("label", "segmenter", 5000)
     assert row.figure.img_s == 25 and row.gpu_hours == pytest.approx(5000 / 25 / 3600)
     assert "1 split(s), up to 5,000 images each" in row.work
+
+
+def test_overlay_tints_each_mask_and_outlines_each_box():
+    import numpy as np
+
+    from synthray.report.labels import COLOURS, SIZE, Labelled, overlay
+
+    masks = np.zeros((2, 20, 40), bool)
+    masks[0, 2:8, 2:10] = True
+    masks[1, 10:18, 20:38] = True
+    item = Labelled("a", 3, np.full((20, 40, 3), 128, np.uint8), np.array([[2, 2, 10, 8], [20, 10, 38, 18]], np.float32),
+                    np.array([0.9, 0.4], np.float32), masks)
+    drawn = overlay(item)
+    assert drawn.shape == (SIZE // 2, SIZE, 3)  # the longer side scaled to SIZE
+    inside = drawn[4 * 4 + 4, 4 * 5]  # a pixel inside the first mask, away from its box outline and score
+    assert np.allclose(inside, 0.55 * 128 + 0.45 * np.array(COLOURS[0]), atol=1)
+    assert (drawn[0:4, :] == 128).all()  # untouched outside every label
+
+
+@pytest.mark.slow
+def test_pseudo_label_gallery_of_real_and_synthetic_images_renders(ray_cluster, shared_storage, tmp_path):
+    from synthray.core.artifacts import Store
+    from synthray.core.models import Models
+    from synthray.graph.build import Context, build
+    from synthray.report.labels import labelled_images, write_page
+    from synthray.sweep.trial import plan_trial
+    from tests.browser import assert_renders
+
+    cfg = tiny_cfg(shared_storage, *LABELS)
+    ctx = Context(Store.from_cfg(cfg), Models.from_cfg(cfg))
+    real = _spec(cfg)
+    synthetic = plan_trial(cfg, {"generator": "tiny-sd", "prompt_style": "classname", "arch": "tiny-cnn", "probe": "rgb"}).plan.synthetic
+    synth_labels = type(real)(source=Split(synthetic, "data"), settings=real.settings, resources_=real.resources_, pool=real.pool)
+    groups = {}
+    for name, spec in (("real", real), ("tiny-sd, classname", synth_labels)):
+        art, source = build(spec, ctx), build(spec.source.spec, ctx)
+        groups[name] = labelled_images(art.file("data"), source.file(spec.source.split), 6)
+        assert len(groups[name]) == 6 and all(g.label < 4 for g in groups[name])
+    page = write_page(groups, tmp_path / "labels.html", class_names=[str(i) for i in range(10)])
+    check = assert_renders(page, tmp_path / "labels.png", min_images=12)
+    assert check["images"] == 12
