@@ -22,6 +22,7 @@ def test_key_and_ref_do_not_depend_on_the_storage_root(tmp_path):
     assert b.file("data", "part-0.parquet") == f"{b.uri}/data/part-0.parquet"
 
 
+@pytest.mark.slow
 def test_concurrent_builders_build_once(ray_cluster, tmp_path):
     """Two builders on the cluster (Ray tasks, as trials are) race for one key: the lease lets one build, the
     other waits for the manifest and reuses the artifact."""

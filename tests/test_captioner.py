@@ -300,6 +300,7 @@ def test_bad_captioner_config_is_one_line_and_writes_nothing(tmp_path, monkeypat
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_caption_command_without_key_is_one_line(tmp_path):
     from tests.rig import run_cli
 

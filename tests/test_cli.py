@@ -20,6 +20,7 @@ def synthray(*args, cwd=None):
         (["grid.arch=[a"], "malformed override"),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, args, needle):
     storage = tmp_path / "runs"
     out = synthray("run", f"storage={storage}", *args, cwd=tmp_path)
@@ -43,11 +44,13 @@ def test_list_generators_shows_release_dates():
     assert "2022-10-20" in line and "model-default,paper" in line
 
 
+@pytest.mark.slow
 def test_resume_without_sweeps_is_one_line(tmp_path):
     out = synthray("resume", f"storage={tmp_path}")
     assert out.returncode == 2 and "no sweep under" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_config_prints_the_composed_config_that_run_would_use(tmp_path):
     from omegaconf import OmegaConf
 
@@ -82,6 +85,7 @@ def test_every_command_dispatches_through_set_defaults():
         assert callable(parser.get_default("func")), name
 
 
+@pytest.mark.slow
 def test_report_takes_storage_as_an_option_and_in_the_old_spelling(tmp_path):
     for args in (["--storage", str(tmp_path)], [f"storage={tmp_path}"]):
         out = synthray("report", *args, "--out", str(tmp_path / "out"))
@@ -91,6 +95,7 @@ def test_report_takes_storage_as_an_option_and_in_the_old_spelling(tmp_path):
     assert both.returncode == 2 and "storage given 2 times" in both.stderr
 
 
+@pytest.mark.slow
 def test_resume_says_what_it_accepts(tmp_path):
     out = synthray("resume", f"storage={tmp_path}", "recipe.epochs=3")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1

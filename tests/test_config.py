@@ -152,6 +152,7 @@ def test_a_bad_experiment_file_is_one_line_naming_it(tmp_path, text, needle):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_config_and_plan_take_an_experiment_file(tmp_path):
     import subprocess
     import sys

@@ -93,6 +93,7 @@ def test_live_view_shows_every_trial_its_state_stage_bar_rate_and_eta(tmp_path):
     assert "256/300 rows 13/s 0:03" in narrow and "  generate tiny-sd" in narrow
 
 
+@pytest.mark.slow
 def test_the_console_sends_every_printed_line_to_the_log_and_warnings_to_the_terminal(ray_cluster, tmp_path):
     terminal = io.StringIO()
     saved = sys.stdout, sys.stderr

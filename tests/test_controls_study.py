@@ -36,6 +36,7 @@ def _synthetic(graph):
     return [s for s in graph.specs.values() if s.kind == "synthetic"]
 
 
+@pytest.mark.slow
 def test_paper_controls_plans_the_studys_vae_control(tmp_path):
     graph = plan(compose(["experiment=paper-controls", ROOT, f"storage={tmp_path}"]))
     points = {(t.point["generator"], t.point["prompt_style"], t.point["probe"]) for t in graph.trials}
@@ -88,6 +89,7 @@ def test_the_holdout_switch_keeps_the_stored_keys(tmp_path):
     assert all("reencode_split" not in s.settings and s.settings["quality"] == 95 for s in _synthetic(graph))
 
 
+@pytest.mark.slow
 def test_plan_counts_the_training_split_and_prices_the_vae(tmp_path):
     from synthray.sweep.cost import estimate, load_throughputs
 

@@ -41,6 +41,7 @@ def kernels(cfg, name: str) -> dict:
     return synthetic_artifact(cfg, name, "classname", build_prompt_table(cfg, name, "classname")).spec["kernels"]
 
 
+@pytest.mark.slow
 def test_dataset_key_records_the_speed_settings_that_change_bits():
     legacy = {"vae_tiling": False, "channels_last": True, "compile": False}  # what every key held before
     assert kernels(tiny_cfg("/unused", "generation.channels_last=true"), "tiny-sd") == legacy
@@ -161,6 +162,7 @@ def test_a_compile_past_its_budget_fails_the_stage_in_one_line_and_writes_nothin
     assert not [f for f in storage.list_files(art.uri) if f.endswith(".parquet")]
 
 
+@pytest.mark.slow
 def test_forced_attention_backends_need_cuda_on_cpu(shared_storage):
     import torch
 

@@ -48,6 +48,7 @@ def shard(storage, name: str, rows: int, *overrides: str) -> tuple[dict, int]:
     return work(shard_tasks(table.iloc[:rows], rows)[0]), work.batch_size
 
 
+@pytest.mark.slow
 def test_overlapped_encoding_writes_the_same_shard(shared_storage):
     """Overlap on: the pipeline stops at its tensor and a background thread fetches, converts and encodes it while
     the next batch runs. Same bytes, same order as one batch after another through the plain "np" call; with a

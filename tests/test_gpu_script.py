@@ -19,6 +19,7 @@ STEPS = ["encoders", "prdc", "gen-eager", "gen-compile-regions", "gen-attn-flash
          "train-streaming", "train-profile"]
 
 
+@pytest.mark.slow
 @pytest.mark.deep
 @pytest.mark.timeout(3000)
 def test_gpu_script_runs_every_step_in_tiny_mode(tmp_path):

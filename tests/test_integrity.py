@@ -84,6 +84,7 @@ def test_checksums_are_verified_on_s3_too(s3_server, tmp_path):
     assert not art.is_complete()
 
 
+@pytest.mark.slow
 def test_a_corrupt_shard_stops_training_data_in_ray_data_with_its_line(ray_cluster, tmp_path):
     """The training pipeline reads shards in Ray Data tasks: the corruption surfaces there, wrapped by Ray, and
     `corruption` finds its line (which the sweep uses to rebuild, and to report)."""

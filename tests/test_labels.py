@@ -173,6 +173,7 @@ def test_spec_errors_are_one_line(tiny_dir, segmenter, rows):
         segmenter(rows.drop(columns=["label"]))
 
 
+@pytest.mark.slow
 def test_runs_as_a_ray_data_actor(ray_cluster, tiny_dir, rows, segmenter, tmp_path):
     """`map_batches` with an actor pool: the same rows as a direct call, and plain list columns in parquet."""
     import pyarrow.parquet as pq

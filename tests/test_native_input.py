@@ -146,6 +146,7 @@ NATIVE = ["recipe=paper", "recipe.train_transform.random_resized_crop.size=32", 
           "recipe.warmup_epochs=0"]
 
 
+@pytest.mark.slow
 def test_native_rows_reach_the_worker_at_their_own_sizes_on_both_decoders(ray_cluster, tmp_path):
     """Ray Data ships variable-sized images (decoded by Pillow in its tasks, or encoded for the worker to decode), in
     the same order, with the same sizes, pixels within a level or two of each other."""

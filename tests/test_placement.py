@@ -52,6 +52,7 @@ def _smoke(tmp_path, *overrides):
     return compose(["experiment=smoke", f"storage={tmp_path}", "device=gpu", "placement.by=labels", *overrides])
 
 
+@pytest.mark.slow
 def test_generator_entries_declare_their_need_and_it_is_not_in_any_key(tmp_path):
     base = plan(_smoke(tmp_path))
     big = plan(_smoke(tmp_path, "generators.tiny-sd.gpu_memory_gb=36", "generators.tiny-sd.gpus_per_actor=2",
@@ -83,6 +84,7 @@ def test_plan_names_the_node_type_each_stage_lands_on_and_refuses_one_none_holds
         placement_lines(plan(none), _cluster_file(tmp_path, small, "small.yaml"), none.placement)
 
 
+@pytest.mark.slow
 def test_cli_plan_with_a_stage_no_node_holds_is_one_line_and_exit_2(tmp_path):
     small = {**CLUSTER, "available_node_types": {k: v for k, v in CLUSTER["available_node_types"].items() if k != "gpu-80"}}
     out = subprocess.run([sys.executable, "-m", "synthray", "plan", "experiment=smoke", "device=gpu", "placement.by=labels",

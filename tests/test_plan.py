@@ -32,6 +32,7 @@ def _number(pattern, text):
     return float(found.group(1).replace(",", ""))
 
 
+@pytest.mark.slow
 def test_plan_paper_on_a_laptop(offline, capsys, monkeypatch):
     import ray
 
@@ -77,6 +78,7 @@ def test_plan_reads_reuse_from_storage(offline, tmp_path, capsys):
     assert _number(r"^peak: (\d+) GPUs", out) > 0
 
 
+@pytest.mark.slow
 def test_estimate_is_pure_and_uses_defaults(monkeypatch):
     cfg = compose(["experiment=paper", "grid.generator=[sd15,sd21]", "grid.prompt_style=[classname]", "grid.arch=[resnet50]",
                    "grid.probe=[rgb]"])

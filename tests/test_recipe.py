@@ -26,6 +26,7 @@ def test_paper_recipe_numbers_come_from_its_config_file():
     assert compose(["recipe=paper", "recipe.epochs=7"]).recipe.epochs == 7
 
 
+@pytest.mark.slow
 def test_changing_a_recipe_value_changes_the_model_key(tmp_path):
     from synthray.core.artifacts import Artifact, DatasetRef, Store
     from synthray.graph.planner import model_artifact
@@ -198,6 +199,7 @@ def _step_ops():
     return module
 
 
+@pytest.mark.slow
 def test_the_batched_augmentation_runs_the_same_ops_and_one_upload_for_any_batch():
     # A GPU launches a kernel per op: a count that grew with the batch would make a step launch-bound (issue 25).
     # Each host-to-device copy of a random parameter from pageable memory waits for the GPU's queue: one per step.

@@ -73,6 +73,7 @@ def test_vae_reencode_names_resolve_to_their_source_and_bad_sources_are_one_line
         assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_dataset_key_is_the_real_data_the_vae_its_dtype_and_the_batch_size(tmp_path):
     def key(*overrides: str, generator: str = "vae-reencode:tiny-sd") -> str:
         cfg = tiny_cfg(tmp_path, *overrides)
@@ -103,6 +104,7 @@ def test_validate_accepts_vae_reencode_and_checks_the_source_weights(tmp_path):
         validate(tiny_cfg(tmp_path, "grid.generator=[vae-reencode:collapsed]"))
 
 
+@pytest.mark.slow
 def test_cli_lists_vae_reencode_and_refuses_an_unknown_source(tmp_path):
     from tests.rig import run_cli
 

@@ -34,6 +34,7 @@ def _results(probes=("rgb", "depth", "lowpass", "highpass"), archs=("tv:resnet50
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_every_figure_from_a_full_table_as_png_svg_and_embedded(tmp_path):
     main, texture = tmp_path / "main.parquet", tmp_path / "texture.parquet"
     _results().to_parquet(main)
@@ -81,6 +82,7 @@ def test_a_smoke_shaped_table_draws_with_its_own_classifier_standing_in(tmp_path
     assert set(pd.read_csv(tmp_path / "out" / "figures" / "release-date.csv")["arch"]) == {"tiny-cnn"}
 
 
+@pytest.mark.slow
 def test_report_reads_sweeps_from_storage_uris(tmp_path, s3_server):
     """A results file in a bucket is an input like a local one."""
     from synthray.core import storage
@@ -97,6 +99,7 @@ def test_report_reads_sweeps_from_storage_uris(tmp_path, s3_server):
     (["report", "{tmp}/missing.parquet"], "report: no results file"),
     (["report", "--heatmap", "sd15", "{tmp}/r.parquet"], "--heatmap takes GENERATOR/ARCH"),
 ])
+@pytest.mark.slow
 def test_bad_report_input_is_one_line_and_writes_nothing(tmp_path, args, needle):
     _results().to_parquet(tmp_path / "r.parquet")
     done = run_cli(*[a.format(tmp=tmp_path) for a in args], "--out", str(tmp_path / "out"), cwd=tmp_path)
@@ -104,6 +107,7 @@ def test_bad_report_input_is_one_line_and_writes_nothing(tmp_path, args, needle)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_the_report_renders_in_a_real_browser(tmp_path):
     _results().to_parquet(tmp_path / "r.parquet")
     page = write_report([str(tmp_path / "r.parquet")], tmp_path / "out", str(tmp_path))

@@ -169,6 +169,7 @@ def test_duplicate_trials_are_averaged_and_said(table):
     assert one == pytest.approx(_value(table, generator="sd15", prompt_style="classname", arch="tv:resnet50", probe="rgb") + 0.05)
 
 
+@pytest.mark.slow
 def test_the_full_paper_page_has_every_figure_with_caption_and_reading(page):
     text = page.read_text()
     assert "Not drawn" not in text
@@ -184,6 +185,7 @@ def test_the_full_paper_page_has_every_figure_with_caption_and_reading(page):
     print(f"[figure] full paper-shaped report: {page.stat().st_size / 1e6:.2f} MB (one self-contained file)")
 
 
+@pytest.mark.slow
 def test_the_full_paper_page_renders_in_a_real_browser(page, tmp_path):
     assert_renders(page, tmp_path / "shot.png", min_images=len(FIGURES) - 1)
 
@@ -241,6 +243,7 @@ def test_the_smoke_runs_tiny_cnn_stands_in_alone(stand_in_table):
     assert drawn.figure.axes[0].get_title() == "Real→Synth against Synth→Real: tiny-cnn, rgb"
 
 
+@pytest.mark.slow
 def test_the_stand_in_page_draws_every_figure_and_says_so(stand_in_table, tmp_path):
     """GenEval and CLIPScore keep one panel per architecture; every ResNet-50 figure names test_resnet."""
     stand_in_table.to_parquet(tmp_path / "r.parquet", index=False)
@@ -276,6 +279,7 @@ def _rehearsal(table: pd.DataFrame, folder, full: bool):
     return list(sweeps), page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("full", [False, True], ids=["cut-down", "full"])
 def test_the_rehearsals_report_check_counts_exactly_the_figures_it_cannot_draw(table, tmp_path, full):
     sweeps, page = _rehearsal(table, tmp_path, full)

@@ -37,6 +37,7 @@ def test_each_epoch_is_a_new_permutation_of_every_row(ray_cluster):
     assert order(data, 0, seed=1) != first  # the seed draws another sequence of permutations
 
 
+@pytest.mark.slow
 def test_the_permutation_ignores_batch_size_blocks_and_reruns(ray_cluster):
     """An epoch rerun after a kill (the same seed and epoch) sees the same order, whatever the batch size or the
     dataset's blocks."""

@@ -99,6 +99,7 @@ def _one_line(done) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_a_missing_bucket_is_one_line_within_seconds_for_every_command(s3_server, tmp_path):
     """Six commands, each given a bucket the (local) S3 server does not have: one line, exit 2, under 10 s each,
     naming the bucket, and no retrying as if the store were down."""
@@ -316,6 +317,7 @@ def test_a_submitted_job_stores_no_laptop_secret_and_uses_the_nodes_own(tmp_path
      "generators.flux1-dev.model=black-forest-labs/FLUX.1-dev is gated on the Hugging Face Hub, and downloading it "
      "needs $HF_TOKEN, which is not set {where}; ", True),
 ])
+@pytest.mark.slow
 def test_a_secret_the_sweep_needs_and_lacks_is_one_line_before_it_starts(tmp_path, args, needle, in_job):
     """Checked where the driver runs (on a cluster: the head, whose environment the secret store filled), before
     anything is written; the line names the secret and where to put it, and never a value."""

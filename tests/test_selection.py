@@ -35,6 +35,7 @@ def test_lower_loss_or_higher_accuracy_wins_and_ties_keep_the_earlier_epoch():
     assert improves(2.0, float("nan"), "loss") and not improves(float("nan"), 2.0, "loss")
 
 
+@pytest.mark.slow
 def test_a_model_selected_on_the_real_test_split_depends_on_it(tmp_path):
     store = Store(str(tmp_path))
     data = DatasetRef(Artifact(store, "synthetic", {"d": 1}), "data")

@@ -103,6 +103,7 @@ def test_the_staged_copy_gives_the_folders_key_and_rows(tmp_path, s3_server):
     assert real_spec(copy_two).key == real_spec(folder_two).key != real_spec(from_folder).key
 
 
+@pytest.mark.slow
 def test_the_key_is_the_content_and_a_second_run_copies_nothing(tmp_path, s3_server):
     """From a bucket prefix (the CLI, as a user runs it) and from a local folder with the same files: one key.
     A second run finds it complete and says so; other bytes of the same size make another key."""
@@ -144,6 +145,7 @@ print(art.uri, copied)
 """
 
 
+@pytest.mark.slow
 def test_a_killed_staging_resumes_from_its_shards(tmp_path, s3_server):
     """A staging killed mid-way (SIGKILL) leaves whole shards; the next run reads only the rest, and the artifact is
     the one an uninterrupted run makes."""
@@ -196,6 +198,7 @@ def _main(capsys, *args: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_stage_data_inputs_are_one_line_and_exit_2(tmp_path, s3_server, capsys):
     empty = tmp_path / "empty"
     (empty / "train" / "n01").mkdir(parents=True)
@@ -217,6 +220,7 @@ def test_bad_stage_data_inputs_are_one_line_and_exit_2(tmp_path, s3_server, caps
     assert not [k for k in storage.list_files(f"s3://{BUCKET}/stage-bad")], "bad input writes nothing"
 
 
+@pytest.mark.slow
 def test_storage_uris_in_the_config_are_read_or_refused_in_one_line(tmp_path, s3_server, capsys):
     """data.root: a staged copy is read, any other URI refused naming stage-data; prompts.captions: refused (a
     local file); metrics.geneval: read through the storage layer. None is ever turned into a local path."""

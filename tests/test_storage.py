@@ -94,6 +94,7 @@ def _run_main(args, capsys):
     ("ftp://host/runs", "unknown URI scheme 'ftp://'"),
     (f"s3://no-such-bucket-{os.getpid()}/runs", "does not exist"),
 ])
+@pytest.mark.slow
 def test_bad_storage_is_one_line_and_writes_nothing(s3_server, tmp_path, monkeypatch, capsys, uri, message):
     monkeypatch.chdir(tmp_path)
     before = bucket_objects(s3_server)

@@ -18,6 +18,7 @@ from tests.rig import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_bad_cluster_input_is_one_line(tmp_path):
     done = run_cli("jobs", "--address", "http://127.0.0.1:9", cwd=tmp_path, env={"RAY_ADDRESS": ""})
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "cannot reach" in done.stderr

@@ -64,6 +64,7 @@ def test_bad_tracking_is_one_line(tmp_path, override, needle):
         validate(compose([f"storage={tmp_path}", override]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_job", [True, False])
 def test_tracking_whose_package_does_not_import_stops_the_sweep_in_one_line(tmp_path, in_job):
     """`synthray submit tracking=wandb` passes on a laptop that has wandb; on a head without it the job's

@@ -67,6 +67,7 @@ def test_worker_decode_matches_pillow_within_a_level():
     assert decode_on_device([], size, "cpu").shape == (0, size, size, 3)
 
 
+@pytest.mark.slow
 def test_jpeg_decode_gpu_enters_the_key_and_cpu_stays_out(tmp_path):
     from synthray.graph import identity
 
@@ -128,6 +129,7 @@ def jpeg_dataset(root: Path, rows: int = 120) -> DatasetRef:
     return DatasetRef(art.build(make), "data")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cache_gb", [0.0, 1.0], ids=["streamed", "cached"])
 def test_encoded_rows_reach_the_worker_in_the_same_order(ray_cluster, tmp_path, cache_gb):
     """Both decoders see the same rows in the same order, batch by batch, with the loop's shuffle arguments."""
@@ -206,6 +208,7 @@ def test_training_with_worker_decode_records_where_the_time_went(ray_cluster, tm
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
 
 
+@pytest.mark.slow
 def test_streaming_keeps_the_shuffled_encoded_rows_when_they_fit(ray_cluster, tmp_path):
     """Decoded too big to cache but encoded small: the shuffled encoded rows are kept, each epoch streams only the
     decode, and the batches are exactly those of a stream that re-reads the shards."""

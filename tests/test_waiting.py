@@ -13,6 +13,7 @@ import pytest
 from synthray.sweep.waiting import WaitWatcher, describe, warning_minutes
 
 
+@pytest.mark.slow
 def test_a_request_no_node_has_gets_one_line_after_the_threshold(ray_cluster):
     import ray
 
@@ -52,6 +53,7 @@ def test_describe(shape, text):
     assert describe(shape) == text
 
 
+@pytest.mark.slow
 def test_threshold_comes_from_the_config(tmp_path):
     from synthray.config import compose
 
