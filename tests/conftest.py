@@ -37,6 +37,18 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module of tiny models: they have nothing to split across threads, and on a busy
+    2-core machine two OpenMP threads made a tiny conv step ~100x slower (2 s against 3 ms)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_storage(tmp_path_factory):
     """A storage root shared across tests, so expensive artifacts (the tiny pipeline, real digits) build once."""

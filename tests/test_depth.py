@@ -26,15 +26,7 @@ def random_images(seed: int, *sizes: tuple[int, int]) -> list[np.ndarray]:
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model has nothing to split across threads; on a busy 2-core machine they only wait on each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,7 @@ PROMPTS = {0: "zero", 1: "one", 2: "two", 3: "three"}
 SIZES = [(40, 48), (64, 32), (37, 53), (56, 56), (24, 80), (48, 40)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model has nothing to split across threads; on a busy 2-core machine they only wait on each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

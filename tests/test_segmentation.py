@@ -15,13 +15,7 @@ from synthray.training import segmentation as seg
 SMALL = {**seg.SEGMENTATION_RECIPE, "base_size": 26, "crop_size": 24}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a busy 2-core machine make each tiny conv ~100x slower (measured: 2 s against 3 ms a step).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def blobs(n: int, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
