@@ -38,6 +38,7 @@ class Grid:  # an axis takes a list or one name
     prompt_style: Any
     arch: Any
     probe: Any
+    task: Any
     axes: Dict[str, Any]
 
 
@@ -176,6 +177,20 @@ class Labels:
     gpus_per_actor: Number
     gpu_memory_gb: Number
     num_actors: int
+
+
+@schema
+class DenseTask:
+    model: str
+    backbone: Optional[str]
+    recipe: Dict[str, Any]
+    gpu_memory_gb: Number
+
+
+@schema
+class Tasks:
+    detection: DenseTask
+    segmentation: DenseTask
 
 
 @schema
@@ -368,6 +383,7 @@ class Config:
     generators: Dict[str, Any]  # per kind: fields checked against the kind records (generation/kinds.py)
     probes: Probes
     labels: Labels
+    tasks: Tasks
     recipe: Recipe
     training: Training
     metrics: Metrics

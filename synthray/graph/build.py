@@ -150,3 +150,17 @@ def _labels(spec: Any, inputs: Inputs, ctx: Context) -> Artifact:
     from synthray.labels.stage import build_labels
 
     return build_labels(spec, inputs["source"], ctx.store, ctx.models)
+
+
+@stage("dense-models")
+def _dense_models(spec: Any, inputs: Inputs, ctx: Context) -> Artifact:
+    from synthray.training.dense import train_dense
+
+    return train_dense(spec, inputs["data"], inputs["labels"], ctx.store, ctx.report == spec.ref)
+
+
+@stage("dense-evaluations")
+def _dense_evaluations(spec: Any, inputs: Inputs, ctx: Context) -> Artifact:
+    from synthray.metrics.dense_eval import evaluate_dense
+
+    return evaluate_dense(spec, inputs["model"], inputs["data"], inputs["labels"], ctx.store)

@@ -11,6 +11,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from synthray.core.registry import SynthrayError, unknown_name
 
 AXES = ("generator", "prompt_style", "arch", "probe")
+TASK = "task"    # a dense point's task (graph/tasks.py); classification points have none, so their keys never moved
+POINT = "point"  # a Tune config that holds the whole point (sweeps with a dense task: not a cross product)
 # Keys that say where and under what name a sweep runs, not what a trial computes: never an axis. `device` is
 # interpolated into each stage's device at compose time, so sweeping it would change nothing (sweep
 # `generation.device` and friends instead).
@@ -55,8 +57,8 @@ def extra_axes(cfg: Any) -> dict[str, list[Any]]:
                             f"got '{given}'")
     out: dict[str, list[Any]] = {}
     for key, values in _leaves(given).items():
-        if key.split(".")[0] in NOT_SWEEPABLE or key in AXES:
-            hint = f"use grid.{key}" if key in AXES else "it says where or under what name the sweep runs"
+        if key.split(".")[0] in NOT_SWEEPABLE or key in (*AXES, TASK):
+            hint = f"use grid.{key}" if key in (*AXES, TASK) else "it says where or under what name the sweep runs"
             raise SynthrayError(f"grid.axes.{key}: not a sweepable key ({hint})")
         current = OmegaConf.select(cfg, key, default=_MISSING)
         if isinstance(current, DictConfig):
@@ -77,29 +79,54 @@ def extra_axes(cfg: Any) -> dict[str, list[Any]]:
 
 
 def trials(cfg: Any) -> list[dict[str, Any]]:
-    """Every point of the grid, in a fixed order (generator-major, then the extra axes in their given order).
+    """Every point of the grid, in a fixed order: each task of `grid.task` in turn, and within it generator-major,
+    then the extra axes in their given order.
 
     A point maps each axis to its value: the four named axes to names, each `grid.axes` key to one of its values.
+    A dense task's point also has `task`, and its task's model as `arch` (so `grid.arch` gives it one point, not
+    one per classifier); points of probes or generators the task does not admit are left out.
     """
+    from synthray.graph.tasks import CLASSIFICATION, admits, dense_model, grid_tasks, task_record
+
     axes: dict[str, list[Any]] = {**grid_axes(cfg), **extra_axes(cfg)}
-    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    base = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+    out: list[dict[str, Any]] = []
+    for task in grid_tasks(cfg):
+        if task == CLASSIFICATION:
+            out += base
+            continue
+        record, model, seen = task_record(task), dense_model(cfg, task), set()
+        for point in base:
+            dense = {**point, "arch": model, TASK: task}
+            if admits(record, point) and repr(dense) not in seen:
+                seen.add(repr(dense))
+                out.append(dense)
+    return out
+
+
+def is_extra(key: str) -> bool:
+    """Whether a point's key is a `grid.axes` config key (not a named axis, not the task)."""
+    return key not in AXES and key != TASK
 
 
 def point_label(point: dict[str, Any]) -> str:
-    """`tiny-sd/classname/tiny-cnn/rgb`, then `guidance=1.5` per extra axis (its key's last part)."""
-    named = [str(point[a]) for a in AXES if a in point]
-    extra = [f"{k.rpartition('.')[2]}={v}" for k, v in point.items() if k not in AXES]
+    """`tiny-sd/classname/tiny-cnn/rgb`, then a dense point's task, then `guidance=1.5` per extra axis (its key's
+    last part)."""
+    named = [str(point[a]) for a in AXES if a in point] + ([str(point[TASK])] if TASK in point else [])
+    extra = [f"{k.rpartition('.')[2]}={v}" for k, v in point.items() if is_extra(k)]
     return "/".join(named + extra)
 
 
 def trial_label(config: dict[str, Any]) -> str:
-    """A Tune trial's label from its config (one value per axis), as the trial itself names its point."""
+    """A Tune trial's label from its config (one value per axis, or the whole `point`), as the trial names its point."""
+    if isinstance(config.get(POINT), dict):
+        return point_label(config[POINT])
     return point_label({k: config.get(k, "?") for k in (*AXES, *(k for k in config if k not in AXES))})
 
 
 def point_cfg(cfg: Any, point: dict[str, Any]) -> Any:
     """The run config of one point: `cfg` with the point's extra-axis values set (the same object when it has none)."""
-    extra = {k: v for k, v in point.items() if k not in AXES}
+    extra = {k: v for k, v in point.items() if is_extra(k)}
     if not extra:
         return cfg
     out = copy.deepcopy(cfg)

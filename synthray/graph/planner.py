@@ -175,11 +175,12 @@ def tiny_models(node: Any) -> set[str]:
 
 def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, table: pd.DataFrame | None = None,
                counts: dict[str, int] | None = None, synthetic: SyntheticSpec | None = None,
-               memo: dict[Any, Any] | None = None) -> TrialPlan:
+               memo: dict[Any, Any] | None = None) -> Any:
     """Plan one grid point. `real`, `table` and `synthetic` may be shared by trials that have them in common (a
     dataset spec hashes its whole prompt table once); `counts`: real images per split, for the work estimates;
-    `memo`: what trials of one plan share (a probe's setup and recipe-merged config per setting of the axes)."""
-    from synthray.graph.grid import AXES, point_cfg, point_label
+    `memo`: what trials of one plan share (a probe's setup and recipe-merged config per setting of the axes).
+    A `TrialPlan`, or for a dense task's point (`task` in it) a `graph.dense.DensePlan`."""
+    from synthray.graph.grid import AXES, TASK, point_cfg, point_label
     from synthray.graph.probes import probe_cfg, probe_setup
     from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
     from synthray.training.archs import arch_identity
@@ -196,6 +197,10 @@ def plan_point(cfg: Any, point: dict[str, Any], real: RealSpec | None = None, ta
         probe = probe_setup(cfg, point["probe"])
         memo[shared] = probe, probe_cfg(cfg, probe)  # e.g. texture: BagNet on random patches
     probe, run_cfg = memo[shared]
+    if TASK in point:  # a dense task: its own models and evaluations, on pseudo-labels
+        from synthray.graph.dense import plan_dense
+
+        return plan_dense(run_cfg, point, real, synth, probe, counts, table)
     n_train, n_test = counts.get("train", synth.rows), counts.get("test", synth.rows // 10)
     real_view = view_spec(probe, real, ("train", "test"), n_train + n_test, cfg.placement)
     synth_view = view_spec(probe, synth, ("data",), synth.rows, cfg.placement)["data"]
@@ -222,7 +227,7 @@ def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:
     (same generator, style and prompt settings) share one planned copy, and every spec appears once by ref."""
     from omegaconf import OmegaConf
 
-    from synthray.graph.grid import AXES, point_cfg, trials
+    from synthray.graph.grid import is_extra, point_cfg, trials
     from synthray.graph.synthetic import build_prompt_table, synthetic_spec, uses_captioner
 
     reals: dict[tuple[str, ...], RealSpec] = {}
@@ -232,7 +237,7 @@ def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:
     graph = Graph([])
     for point in trials(cfg):
         own = point_cfg(cfg, point)
-        extras = tuple(repr(v) for k, v in point.items() if k not in AXES)
+        extras = tuple(repr(v) for k, v in point.items() if is_extra(k))
         if extras not in reals:  # the real data depends on the grid's extra axes at most
             reals[extras] = replace(real_spec(own), counts=dict(counts)) if counts else real_spec(own)
         real = reals[extras]
@@ -240,7 +245,7 @@ def plan(cfg: Any, counts: dict[str, int] | None = None) -> Graph:
         if pair not in tables:
             tables[pair] = None if uses_captioner(own, pair[1]) else build_prompt_table(own, *pair[:2])
         # The arch and probe axes never change a dataset; the other axes may (grid.axes.generation.guidance).
-        dataset = (*pair, real.key, *(repr(v) for k, v in point.items() if k not in ("arch", "probe")))
+        dataset = (*pair, real.key, *(repr(v) for k, v in point.items() if k not in ("arch", "probe", "task")))
         if dataset not in datasets:
             datasets[dataset] = synthetic_spec(own, point["generator"], point["prompt_style"], tables[pair], real)
         trial = plan_point(cfg, point, real, tables[pair], counts, datasets[dataset], memo)

@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from synthray.graph.grid import AXES  # noqa: E402,F401 - the grid axes lead every table
+from synthray.graph.grid import AXES, TASK  # noqa: E402,F401 - the grid axes lead every table
 
 # Every trial's figures, in order, after the axes.
 FIGURES = ("synth_to_real_acc", "real_to_synth_acc", "real_to_real_acc", "synth_to_real_acc_last", "best_epoch",
            "density", "coverage", "precision", "recall", "fd", "clipscore", "geneval", "n_synthetic", "released")
+# A dense task's figures (grid.task: detection, segmentation), after the classification ones; their per-class lists
+# (`..._per_class`) stay in the record, as the classifiers' do.
+DENSE_FIGURES = ("synth_to_real_map", "real_to_synth_map", "real_to_real_map", "synth_to_real_map_50",
+                 "synth_to_real_miou", "real_to_synth_miou", "real_to_real_miou", "n_labelled")
 RESULT_COLUMNS = [*AXES, *FIGURES]
 STATUS = "status"              # done | missing, added when the table is collected
 NOT_SHOWN = ("precision", "recall")  # in results.parquet, left out of the printed and reported tables
@@ -26,8 +30,9 @@ def extra_axis_columns(columns: Sequence[str]) -> list[str]:
 
 
 def leading_columns(extra_axes: Sequence[str] = ()) -> list[str]:
-    """The columns `results.parquet` starts with: the four axes, the extra axes, the figures, the status."""
-    return [*AXES, *extra_axes, *FIGURES, STATUS]
+    """The columns `results.parquet` starts with: the four axes, a dense sweep's task, the extra axes, the figures
+    (classification's, then the dense tasks'), the status."""
+    return [*AXES, TASK, *extra_axes, *FIGURES, *DENSE_FIGURES, STATUS]
 
 
 def shown_columns(table: Any, first: Sequence[str] = ()) -> list[str]:

@@ -373,8 +373,10 @@ class ConsoleCallback(_tune_callback_base()):  # type: ignore[misc]
 
 def outcome_text(row: dict[str, Any]) -> str | None:
     """`synth→real 0.814, real→synth 0.923, real→real 0.937` from a trial's results row."""
-    figures = [(k, n) for k, n in (("synth_to_real_acc", "synth→real"), ("real_to_synth_acc", "real→synth"),
-                                   ("real_to_real_acc", "real→real")) if isinstance(row.get(k), (int, float))]
+    metric = "map" if "synth_to_real_map" in row else "miou" if "synth_to_real_miou" in row else "acc"
+    names = (("synth_to_real", "synth→real"), ("real_to_synth", "real→synth"), ("real_to_real", "real→real"))
+    figures = [(f"{k}_{metric}", n if metric == "acc" else f"{n} {metric}") for k, n in names
+               if isinstance(row.get(f"{k}_{metric}"), (int, float))]
     return ", ".join(f"{n} {row[k]:.3f}" for k, n in figures) or None
 
 

@@ -69,7 +69,28 @@ def validate(cfg: Any, dry: bool = False) -> list[dict[str, str]]:
             _check(point_cfg(checked, combo), dry)
         except SynthrayError as err:
             raise SynthrayError(f"{err} (at {', '.join(f'{k}={v}' for k, v in combo.items())})" if combo else str(err)) from None
+    _check_dense(checked, dry)
     return points
+
+
+def _check_dense(cfg: Any, dry: bool) -> None:
+    """A dense task's recipe, probes, the segmenter's weights and (not in a dry plan: the laptop planning a cluster's
+    sweep has no need of it) the ImageNet backbone file every dense worker loads."""
+    from synthray.graph.tasks import check_tasks, grid_tasks, task_record
+
+    check_tasks(cfg)
+    dense = [t for t in grid_tasks(cfg) if task_record(t).labels]
+    if not dense:
+        return
+    from synthray.core.devices import check_device_name
+    from synthray.core.models import Models, check_model
+
+    check_device_name("labels.device", cfg.labels.device)
+    check_model(Models.from_cfg(cfg), str(cfg.labels.model), "segmenter", "labels.model")
+    if not dry and any(cfg.tasks[t].backbone for t in dense):
+        from synthray.training.dense import backbone_file
+
+        backbone_file(None if cfg.hub.cache is None else str(cfg.hub.cache), check_only=True)
 
 
 def check_specs(specs: Iterable[Any]) -> None:

@@ -163,12 +163,25 @@ def run_sweep(cfg: Any, verbose: bool = False, stream: Any = None) -> tuple[pd.D
             callbacks=[ConsoleCallback(), *tracking_callbacks(cfg, sweep)],
             failure_config=tune.FailureConfig(max_failures=int(cfg.tune.max_failures)), verbose=1,
         )
-        space = {axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()}
+        space = param_space(cfg, planned)
         tuner = tune.Tuner(_trainable(cfg, planned), param_space=space, run_config=run_config,
                            tune_config=tune.TuneConfig(max_concurrent_trials=int(cfg.tune.max_concurrent_trials)))
         with watch_waits(cfg):  # one line when a request waits on a node that never starts (sweep/waiting.py)
             report_failures(tuner.fit())
     return collect(cfg, sweep_dir, planned)
+
+
+def param_space(cfg: Any, planned: list[Any]) -> dict[str, Any]:
+    """Tune's grid: one grid_search per axis (a classification sweep, as before the task axis), or, with a dense
+    task, one over the planned points themselves (a dense point takes its task's model, not each of grid.arch)."""
+    from ray import tune
+
+    from synthray.graph.grid import POINT
+    from synthray.graph.tasks import CLASSIFICATION, grid_tasks
+
+    if grid_tasks(cfg) == [CLASSIFICATION]:
+        return {axis: tune.grid_search(values) for axis, values in {**grid_axes(cfg), **extra_axes(cfg)}.items()}
+    return {POINT: tune.grid_search([dict(t.point) for t in planned])}
 
 
 def all_reused(cfg: Any, planned: list[Any]) -> bool:

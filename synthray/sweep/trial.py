@@ -78,6 +78,8 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     from synthray.metrics.features import feature_sets, mean_clipscore
 
     cfg, point, planned = trial.cfg, trial.point, trial.plan
+    if not isinstance(planned, TrialPlan):
+        return _evaluate_dense(trial, report_to_tune)
     # Only the synthetic model's epochs go to Tune: they are the trial's learning curve.
     ctx = Context(trial.store, Models.from_cfg(cfg), report=planned.synth_model.ref if report_to_tune else None)
     row: dict[str, Any] = dict(point)
@@ -103,6 +105,31 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     return row
 
 
+def _evaluate_dense(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
+    """A dense point's row: its three evaluations' metrics (`synth_to_real_map`, ... or `..._miou`), overall and per
+    class, and what made them."""
+    from synthray.core.models import Models
+    from synthray.graph.build import Context, build
+    from synthray.graph.synthetic import generator_entry
+    from synthray.metrics.dense_eval import dense_report
+
+    cfg, point, planned = trial.cfg, trial.point, trial.plan
+    ctx = Context(trial.store, Models.from_cfg(cfg), report=planned.synth_model.ref if report_to_tune else None)
+    row: dict[str, Any] = dict(point)
+    for prefix, spec in planned.evaluations.items():
+        row.update(dense_report(build(spec, ctx), prefix))
+    synthetic = build(planned.synthetic, ctx)
+    row["n_synthetic"] = synthetic.meta()["rows"]
+    row["n_labelled"] = build(planned.synth_model, ctx).meta()["rows"]
+    row["released"] = generator_entry(cfg, point["generator"]).get("released")
+    row["dense_classes"] = [planned.real.classes[i] for i in planned.synth_model.classes]
+    row.update(dataset=synthetic.key, synth_model=planned.synth_model.key, real_model=planned.real_model.key)
+    main = "map" if planned.task == "detection" else "miou"
+    log.info("trial %s: synth->real %s %.3f, real->synth %.3f, real->real %.3f", trial.label, main,
+             row[f"synth_to_real_{main}"], row[f"real_to_synth_{main}"], row[f"real_to_real_{main}"])
+    return row
+
+
 def tune_trial(config: dict[str, Any], cfg_yaml: str, fingerprints: list[Any] = ()) -> None:
     """Ray Tune function trainable: `config` holds one value per grid axis; `fingerprints`: the real data's, as the
     sweep's plan computed them (`graph.identity.planned_fingerprints`)."""
@@ -114,10 +141,12 @@ def tune_trial(config: dict[str, Any], cfg_yaml: str, fingerprints: list[Any] = 
 
     setup_logging()
     planned_fingerprints(list(fingerprints))
+    from synthray.graph.grid import POINT
     from synthray.sweep.plan import AXES, extra_axes
 
     cfg = OmegaConf.create(cfg_yaml)
-    point = {axis: config[axis] for axis in (*AXES, *extra_axes(cfg))}
+    # A sweep with a dense task gives each trial its whole point (not a cross product of the axes).
+    point = dict(config[POINT]) if POINT in config else {axis: config[axis] for axis in (*AXES, *extra_axes(cfg))}
     from synthray.core import progress
     from synthray.sweep.plan import point_label
 

@@ -47,6 +47,7 @@ DETECTION_RECIPE: dict[str, Any] = {
     "max_size": 1333,
     "aspect_ratio_group_factor": 3,  # README.md: batches drawn from one of 3-quantile aspect-ratio groups
     "amp": False,  # README.md passes no --amp
+    "label_start": 0,  # import_ds.py: category ids 0..49, so the first class is torchvision's background (1: every class)
     "box_format": "study-xywh-bug",  # import_ds.py: SAM's xyxy boxes written into COCO's xywh field (targets_from_labels)
     "train_drop_empty": True,  # coco_utils.py get_coco: _coco_remove_images_without_annotations on train only
     "eval_batch_size": 1,  # train.py data_loader_test; val keeps images without boxes

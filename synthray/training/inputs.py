@@ -97,11 +97,20 @@ def epoch_keys(batch: dict[str, np.ndarray], seed: int, epoch: int) -> dict[str,
     return batch
 
 
+def epoch_keys_arrow(table: pa.Table, seed: int, epoch: int) -> pa.Table:
+    """`epoch_keys` on a pyarrow batch: rows whose columns numpy cannot hold as arrays (the dense tasks' nested
+    box lists) pass through untouched."""
+    import pyarrow as pa
+
+    order = epoch_keys({UID: table.column(UID).to_numpy()}, seed, epoch)[ORDER]
+    return table.append_column(ORDER, pa.array(order, type=pa.uint64()))
+
+
 def epoch_rows(dataset: Any, seed: int, epoch: int, world: int = 1, rank: int = 0) -> Any:
     """The rows of `dataset` (which carries `UID`; see `decode_images(with_uid=True)`) for one epoch, in that epoch's
     permutation: a Ray Data `DataIterator` over this worker's part (`rank` of `world`, equal parts). The order does
     not depend on the batch size, the blocks or the worker count: the permutation is global, then split."""
-    ordered = dataset.map_batches(epoch_keys, fn_kwargs={"seed": seed, "epoch": epoch}, batch_format="numpy")
+    ordered = dataset.map_batches(epoch_keys_arrow, fn_kwargs={"seed": seed, "epoch": epoch}, batch_format="pyarrow")
     ordered = ordered.sort(ORDER).drop_columns([UID, ORDER])
     if world == 1:
         return ordered.iterator()

@@ -45,6 +45,7 @@ SEGMENTATION_RECIPE: dict[str, Any] = {
     "hflip_prob": 0.5,  # references presets.py: hflip_prob=0.5
     "mean": (0.485, 0.456, 0.406),  # references presets.py: ImageNet mean
     "std": (0.229, 0.224, 0.225),  # references presets.py: ImageNet std
+    "absent_iou": "zero",  # segmentation/train.py segmentation_metrics: a class in neither map has IoU 0 and counts (nan: left out)
     "amp": False,  # segmentation/train.py: --amp is a flag the README does not pass
 }
 

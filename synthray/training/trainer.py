@@ -116,8 +116,9 @@ def _encoded_bytes(folder: str, files: list[str]) -> float:
 
 
 def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path: tuple[Any, str], name: str,
-         report_to_tune: bool, selector: dict[str, str] | None = None) -> Any:
-    """Run the loop on a Ray Train worker group; its checkpoints under `run_path` (filesystem, path)/`name`."""
+         report_to_tune: bool, selector: dict[str, str] | None = None, loop: Any = train_loop) -> Any:
+    """Run `loop` (the classifiers' `train_loop`, or the dense tasks' `dense.dense_loop`) on a Ray Train worker
+    group; its checkpoints under `run_path` (filesystem, path)/`name`."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -131,7 +132,7 @@ def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path
     # whose GPUs Ray only counts (SYNTHRAY_FAKE_GPUS) and buys nothing without peers.
     backend = "gloo" if int(t.num_workers) == 1 else None
     trainer = TorchTrainer(
-        train_loop,
+        loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend) if backend else None,
         scaling_config=ray.train.ScalingConfig(num_workers=int(t.num_workers), use_gpu=gpu,
