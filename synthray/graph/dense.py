@@ -49,8 +49,12 @@ class DenseModelSpec(Spec):
     def label(self) -> str:
         return self.name or str(self.model["model"])
 
+    @property
+    def epochs(self) -> int:
+        return int(self.recipe["epochs"])
+
     def work(self) -> Work:
-        return Work("train", str(self.model["model"]), self.rows * int(self.recipe["epochs"]))
+        return Work("train", str(self.model["model"]), self.rows * self.epochs)
 
 
 @dataclass(frozen=True)

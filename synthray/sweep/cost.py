@@ -202,7 +202,8 @@ def estimate(cfg: Any, throughputs: dict[str, dict[str, Figure]], reused: Collec
             work = f"{len(todo)} feature set(s), up to {max(s.rows for s in specs):,} images each"
             fig = figure(throughputs, "encoders", name, notes) if _gpu(specs[0]) else None
         elif stage == "evaluate":  # a model's best and last epochs, forward only
-            work = f"{len(todo)} evaluation(s) x 2 epochs x up to {max(s.rows for s in specs):,} images"
+            epochs = "2 epochs" if specs[0].kind == "evaluations" else "the last epoch"  # dense: the study's final one
+            work = f"{len(todo)} evaluation(s) x {epochs} x up to {max(s.rows for s in specs):,} images"
             if _gpu(specs[0]):
                 fig = figure(throughputs, "archs", name, notes)
                 fig = Figure(fig.img_s * FORWARD_SPEEDUP, fig.device, f"{FORWARD_SPEEDUP:g}x the training figure (forward only)")
