@@ -25,14 +25,13 @@ from synthray.core.artifacts import Artifact, BuildDir, DatasetRef, Store, read_
 
 def _eval_worker(weights: str, config: dict[str, Any], device: str) -> Callable[[dict], dict]:
     """In the actor: the model loaded once; work(task) -> the shard's detections, or its confusion matrix."""
-    import torch
 
     from synthray.core.devices import check_device
     from synthray.core.images import decode_array
     from synthray.core.safe_load import load_tensors
     from synthray.metrics.dense import SegmentationIoU
     from synthray.training import detection, segmentation
-    from synthray.training.dense import build_dense_model, labelled_rows
+    from synthray.training.dense import build_dense_model, image_tensor, labelled_rows
 
     where = check_device(device)
     net = build_dense_model({**config, "backbone": False})
@@ -45,8 +44,7 @@ def _eval_worker(weights: str, config: dict[str, Any], device: str) -> Callable[
         if config["task"] == "detection":
             out: dict[str, list] = {"id": [], "boxes": [], "scores": [], "classes": []}
             for r in rows:
-                image = torch.from_numpy(decode_array(r["image"], None)).permute(2, 0, 1).float().div(255)
-                found = detection.predict(net, [image], device=where)[0]
+                found = detection.predict(net, [image_tensor(r["image"])], device=where)[0]
                 out["id"].append(r["id"])
                 out["boxes"].append(found["boxes"].tolist())
                 out["scores"].append(found["scores"].tolist())

@@ -106,6 +106,30 @@ def count_rows(images: str, labels: str, task: str, recipe: dict[str, Any], keep
     return sum(labelled_rows(i, lab, keep_bad, rule, with_image=False).num_rows for i, lab in shard_pairs(images, labels))
 
 
+def dense_job(spec: Any, data: DatasetRef, labels: Artifact) -> tuple[dict[str, Any], Any]:
+    """The loop config and the training rows (a Ray Dataset with `inputs.UID`) of the dense model `spec`."""
+    import ray.data
+    from omegaconf import OmegaConf
+
+    t = OmegaConf.create(spec.training)
+    recipe = dict(spec.recipe)
+    keep_bad = False  # the label stage labels every row; flagged generated rows (NaN, black) have nothing to find
+    rows = count_rows(data.uri, labels.uri, spec.task, recipe, keep_bad)
+    if rows < 2:
+        raise RuntimeError(f"{spec.label()}: {rows} training rows with pseudo-labels in {data.ref}; the {spec.task} "
+                           "recipe needs at least 2 (lower labels.threshold, or label more classes)")
+    pairs = shard_pairs(data.uri, labels.uri)
+    dataset = ray.data.from_items([{"images": i, "labels": lab} for i, lab in pairs], override_num_blocks=len(pairs))
+    dataset = dataset.map_batches(read_labelled, fn_kwargs={"keep_bad": keep_bad, "drop_empty": drop_rule(spec.task, recipe)},
+                                  batch_size=1, batch_format="pyarrow")
+    if rows <= int(t.get("inline_rows", 0)) or float(t.cache_decoded_gb) > 0:
+        dataset = dataset.materialize()  # the encoded rows kept: each epoch only sorts them
+    config = {"task": spec.task, "model": spec.model["model"], "backbone": bool(spec.model.get("backbone")),
+              "hub_cache": spec.hub_cache, "targets": target_positions(spec.classes), "recipe": recipe, "rows": rows,
+              "device": str(t.device)}
+    return config, dataset
+
+
 def train_dense(spec: Any, data: DatasetRef, labels: Artifact, store: Store, report_to_tune: bool = False) -> Artifact:
     """The dense training stage: build (or reuse) `spec` (a `graph.dense.DenseModelSpec`) from `data`'s images and
     their pseudo-labels `labels`."""
@@ -117,27 +141,13 @@ def train_dense(spec: Any, data: DatasetRef, labels: Artifact, store: Store, rep
     art = spec.artifact(store)
     t = OmegaConf.create(spec.training)
     run_dir = art.store.uri("train-runs")
-    keep_bad = False  # the label stage labels every row; flagged generated rows (NaN, black) have nothing to find
 
     def make(out: BuildDir) -> dict[str, Any]:
-        import ray.data
-
         from synthray.core.shards import placements
 
-        recipe = dict(spec.recipe)
-        rows = count_rows(data.uri, labels.uri, spec.task, recipe, keep_bad)
-        if rows < 2:
-            raise RuntimeError(f"{spec.label()}: {rows} training rows with pseudo-labels in {data.ref}; the {spec.task} "
-                               "recipe needs at least 2 (lower labels.threshold, or label more classes)")
-        pairs = shard_pairs(data.uri, labels.uri)
-        dataset = ray.data.from_items([{"images": i, "labels": lab} for i, lab in pairs], override_num_blocks=len(pairs))
-        dataset = dataset.map_batches(read_labelled, fn_kwargs={"keep_bad": keep_bad, "drop_empty": drop_rule(spec.task, recipe)},
-                                      batch_size=1, batch_format="pyarrow")
-        if rows <= int(t.get("inline_rows", 0)) or float(t.cache_decoded_gb) > 0:
-            dataset = dataset.materialize()  # encoded rows kept: each epoch only sorts them
-        config = {"task": spec.task, "model": spec.model["model"], "backbone": bool(spec.model.get("backbone")),
-                  "hub_cache": spec.hub_cache, "targets": target_positions(spec.classes), "recipe": recipe, "rows": rows,
-                  "device": str(t.device), "progress_trial": progress.current_trial()}
+        config, dataset = dense_job(spec, data, labels)
+        config["progress_trial"] = progress.current_trial()
+        rows = config["rows"]
         if runs_inline(t, rows):
             with InlineSession({"train": dataset}, storage.join(run_dir, art.key), report_to_tune) as session:
                 dense_loop(config, session)
@@ -183,17 +193,22 @@ def target_positions(classes: Any) -> dict[str, int]:
     return {str(c): i for i, c in enumerate(classes)}
 
 
+def image_tensor(data: bytes) -> torch.Tensor:
+    """Encoded image bytes -> float32 (3, H, W) in [0, 1] at the native size (the detectors' input)."""
+    from synthray.core.images import decode_array
+
+    return torch.from_numpy(np.array(decode_array(data, None))).permute(2, 0, 1).float().div(255)
+
+
 def _detection_step(model: Any, optimizer: Any, rows: list[dict[str, Any]], recipe: dict[str, Any], n: int,
                     epoch: int, index: int, spe: int, rng: np.random.Generator, device: torch.device) -> float:
     """One SGD step of engine.py's train_one_epoch on `rows` (each with its class's `target` position), hflipped."""
-    from synthray.core.images import decode_array
     from synthray.training import detection as det
 
     label_map = {str(p): p + int(recipe["label_start"]) for p in range(n)}
     targets = det.targets_from_labels([{**r, "label": r["target"]} for r in rows], label_map, str(recipe["box_format"]))
     flips = torch.Generator().manual_seed(int(rng.integers(2**62)))
-    pairs = [det.hflip(torch.from_numpy(decode_array(r["image"], None)).permute(2, 0, 1).float().div(255), t, flips,
-                       float(recipe["hflip_prob"])) for r, t in zip(rows, targets)]
+    pairs = [det.hflip(image_tensor(r["image"]), t, flips, float(recipe["hflip_prob"])) for r, t in zip(rows, targets)]
     lr = det.lr_at(epoch, index, recipe, spe)
     return det.train_steps(model, optimizer, [([p[0] for p in pairs], [p[1] for p in pairs])], device, lrs=[lr])[0]["loss"]
 
