@@ -141,3 +141,29 @@ def test_a_dense_training_killed_after_an_epoch_resumes_to_the_weights_ray_train
     assert resumed.keys() == unstopped.keys()
     for name in resumed:
         assert torch.equal(resumed[name], unstopped[name]), name
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_dense_task_runs_its_points_under_tune_and_reports_both_tasks(ray_cluster, shared_storage,
+                                                                                     one_torch_thread, tmp_path):
+    """grid.task=[classification, detection]: Tune gets the planned points (a dense point takes its task's model, not
+    each of grid.arch); the results table has the task column and both tasks' figures; the report draws the dense
+    figure and the pseudo-label gallery, and renders in headless Chromium."""
+    from synthray.report.page import write_report
+    from synthray.sweep.runner import run_sweep
+    from tests.browser import assert_renders
+
+    # Its own flip probability: detection models no other test trained, so Tune runs their trials.
+    cfg = tiny_cfg(shared_storage, *DENSE, "grid.task=[classification,detection]", "+tasks.detection.recipe.hflip_prob=0.25")
+    table, _ = run_sweep(cfg)
+    assert list(table.columns[:5]) == ["generator", "prompt_style", "arch", "probe", "task"]
+    assert sorted(table["arch"]) == ["tiny-cnn", "tiny-fasterrcnn"] and set(table["status"]) == {"done"}
+    dense = table[table["task"] == "detection"].iloc[0]
+    assert 0 <= dense["synth_to_real_map"] <= 1 and table["synth_to_real_acc"].notna().sum() == 1
+    page = write_report([], tmp_path / "report", str(shared_storage))
+    text = page.read_text()
+    assert 'id="dense-vs-classification"' in text and 'id="pseudo-labels"' in text
+    figure = text.split('id="dense-vs-classification"')[1].split("</section>")[0]
+    assert "<img" in figure and "Not drawn" not in figure
+    check = assert_renders(page, tmp_path / "report.png", min_images=12)  # 6 real and 6 synthetic pseudo-labels at least
+    assert check["images"] >= 12

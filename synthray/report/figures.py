@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from synthray.report import paper
-from synthray.report.common import PAPER_GENERATORS, STYLE_ORDER, Drawn, Skip, look, need, ordered, plt, stand_in
+from synthray.report.common import PAPER_GENERATORS, STYLE_ORDER, Drawn, Skip, arch_name, look, need, ordered, plt, stand_in
 from synthray.report.common import spearman as _spearman
 
 __all__ = ["FIGURES", "Spec", "Skip", "Drawn", "_spearman"]
@@ -85,6 +85,44 @@ def _per_class_prdc_column(rows: pd.DataFrame) -> str:
         if column.endswith("_per_class") and len(values) and isinstance(values.iloc[0], dict):
             return column
     raise Skip("the results hold no per-class density and coverage (metrics.per_class=true)")
+
+
+DENSE_METRICS = {"detection": ("synth_to_real_map", "box mAP@[.5:.95]"), "segmentation": ("synth_to_real_miou", "mIoU")}
+
+
+def dense_vs_classification(table: pd.DataFrame) -> Drawn:
+    """Detection and segmentation Synth→Real against classification Synth→Real, one point per generator and prompt
+    style (rgb, the classifier of the ResNet-50 place), one panel per dense task, Spearman's ρ in each."""
+    if "task" not in table or table["task"].isna().all():
+        raise Skip("the results have no dense trial (grid.task=[detection] or [segmentation])")
+    keys = ["generator", "prompt_style"]
+    classes = need(table[table["task"].isna() & (table["probe"] == "rgb")], "synth_to_real_acc")
+    arch = stand_in(classes["arch"].unique())
+    classes = classes[classes["arch"] == arch].groupby(keys, as_index=False)["synth_to_real_acc"].mean()
+    tasks = [t for t in DENSE_METRICS if (table["task"] == t).any()]
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
+    shown = []
+    for ax, task in zip(axes[0], tasks):
+        column, name = DENSE_METRICS[task]
+        dense = need(table[table["task"] == task], column).groupby(keys, as_index=False)[column].mean()
+        both = classes.merge(dense, on=keys)
+        if both.empty:
+            raise Skip(f"no generator has both a classification ({arch}, rgb) and a {task} trial")
+        for style in ordered(both["prompt_style"].unique(), STYLE_ORDER):
+            part = both[both["prompt_style"] == style]
+            colour, marker, label = look(style)
+            ax.scatter(part["synth_to_real_acc"], part[column], c=colour, marker=marker, label=label)
+            for _, r in part.iterrows():
+                ax.annotate(r["generator"], (r["synth_to_real_acc"], r[column]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        rho = _spearman(both["synth_to_real_acc"], both[column])
+        ax.set(xlabel=f"classification Synth→Real accuracy ({arch_name(arch)})", ylabel=f"{task} Synth→Real {name}",
+               title=f"{task}: ρ = {rho:.2f}")
+        ax.legend(fontsize=8)
+        shown.append(both.rename(columns={column: "dense_synth_to_real"}).assign(task=task, metric=name))
+    fig.tight_layout()
+    return Drawn(pd.concat(shown, ignore_index=True), fig)
 
 
 @dataclass(frozen=True)
@@ -182,5 +220,13 @@ FIGURES: dict[str, Spec] = {
         "A generator whose classes spread along the density axis crowds some classes and misses others; the paper's "
         "figure shows only their pool.",
         density_coverage_per_class, paper=False, flag="per_class"),
+    "dense-vs-classification": Spec(
+        "Dense tasks against classification",
+        "The study's detection (Faster R-CNN, box mAP@[.5:.95]) and segmentation (DeepLabV3, mIoU) Synth→Real, each "
+        "trained on a generator's images with pseudo-labels and scored on real images' pseudo-labels, against the "
+        "classification Synth→Real of the same generator and prompt style (rgb): one point each, Spearman's ρ per task.",
+        "ρ near +1: the generators that make good classification data make good dense data too; a generator far off "
+        "the trend helps one task and not the other.",
+        dense_vs_classification, paper=False),
 }
 

@@ -13,8 +13,10 @@ import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 # Distinct instance colours (Sasha Trubetskoy's list, the first six): masks tinted, boxes outlined in the same one.
 COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
@@ -107,6 +109,50 @@ def gallery_html(groups: Mapping[str, Sequence[Labelled]], class_names: Sequence
             "in one colour, with its score.</p><table class='labels'>" + "".join(rows) + "</table></div>")
 
 
+PER_GROUP = 6  # labelled images per row of the report's label gallery
+MAX_GROUPS = 8  # synthetic rows shown (generator and prompt-style pairs), after the real row
+
+
+def draw(table: Any, locations: Sequence[str], root: str) -> Any:
+    """The report's pseudo-label gallery: the real test split's labels, then each dense trial's synthetic dataset's,
+    read from the label artifacts its results name (`labels_real`, `labels_synthetic`); Skip when there are none."""
+    from synthray.core import storage
+    from synthray.report.common import Drawn, Skip
+    from synthray.report.gallery import Stored, roots_of
+
+    if "labels_synthetic" not in table or table["labels_synthetic"].isna().all():
+        raise Skip("the results have no dense trial (grid.task=[detection] or [segmentation]), so no pseudo-labels")
+    stored = Stored(roots_of(locations, root))
+    rows = table.dropna(subset=["labels_synthetic"]).drop_duplicates(["generator", "prompt_style"])
+    groups: dict[str, list[Labelled]] = {}
+    first = rows.iloc[0]
+    labels, real = stored.find("labels", str(first["labels_real"])), stored.find("real", str(first["real"]))
+    if labels and real:
+        groups["real (test)"] = labelled_images(storage.join(labels, "data"), storage.join(real, "test"), PER_GROUP)
+    for _, row in rows.head(MAX_GROUPS).iterrows():
+        labels, images = stored.find("labels", str(row["labels_synthetic"])), stored.find("synthetic", str(row["dataset"]))
+        if labels and images:
+            groups[f"{row['generator']}, {row['prompt_style']}"] = labelled_images(storage.join(labels, "data"),
+                                                                                   storage.join(images, "data"), PER_GROUP)
+    if not groups:
+        raise Skip(f"no label artifact the results name is stored under {', '.join(stored.roots)}")
+    shown = pd.DataFrame([{"group": g, "id": item.id, "label": item.label, "boxes": len(item.boxes)}
+                          for g, items in groups.items() for item in items])
+    return Drawn(shown, html="<style>table.labels img { margin: 2px; image-rendering: pixelated; }</style>" + gallery_html(groups))
+
+
+def _spec() -> Any:
+    from synthray.report.figures import Spec
+
+    return Spec(
+        "Pseudo-labels of real and synthetic images",
+        f"The label stage's boxes and masks (a promptable segmenter, labels.model, prompted with each image's class), "
+        f"which the detection and segmentation trials train and are scored on: {PER_GROUP} images of the real test split "
+        "(first row), then of each generator and prompt style's dataset. Hover a thumbnail for its class and scores.",
+        "Labels that miss the object, cover the whole image or find nothing make a dense trial's numbers measure the "
+        "labeller, not the generator: judge them before the mAP and mIoU.", draw, paper=False)
+
+
 def write_page(groups: Mapping[str, Sequence[Labelled]], path: Path, title: str = "synthray pseudo-labels",
                class_names: Sequence[str] | None = None) -> Path:
     """`gallery_html` as a page of its own at `path`, with the report's self-check."""
@@ -119,3 +165,6 @@ def write_page(groups: Mapping[str, Sequence[Labelled]], path: Path, title: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+SPEC = _spec()

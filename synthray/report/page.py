@@ -19,7 +19,7 @@ import pandas as pd
 
 from synthray.core import storage
 from synthray.core.registry import SynthrayError
-from synthray.report import gallery
+from synthray.report import gallery, labels
 from synthray.report.figures import FIGURES, Drawn, Skip, Spec
 from synthray.sweep.columns import shown_columns
 
@@ -165,6 +165,12 @@ def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str
         except Skip as skipped:
             drawn, why = None, str(skipped)
         samples = _section("gallery", gallery.SPEC, drawn, why, tmp / "figures", figure=False)
+        try:
+            drawn, why = labels.draw(table, locations, root), None
+        except Skip as skipped:
+            drawn, why = None, str(skipped)
+        if drawn is not None:  # only a sweep with a dense task has pseudo-labels to show
+            samples += _section("pseudo-labels", labels.SPEC, drawn, why, tmp / "figures", figure=False)
         for name, spec in FIGURES.items():
             if spec.flag is not None and not options.get(spec.flag):
                 continue

@@ -123,7 +123,9 @@ def _evaluate_dense(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     row["n_labelled"] = build(planned.synth_model, ctx).meta()["rows"]
     row["released"] = generator_entry(cfg, point["generator"]).get("released")
     row["dense_classes"] = [planned.real.classes[i] for i in planned.synth_model.classes]
-    row.update(dataset=synthetic.key, synth_model=planned.synth_model.key, real_model=planned.real_model.key)
+    row.update(dataset=synthetic.key, synth_model=planned.synth_model.key, real_model=planned.real_model.key,
+               real=planned.real.key, labels_real=planned.labels["real_test"].key,
+               labels_synthetic=planned.labels["synthetic"].key)  # the report's pseudo-label gallery reads them
     main = "map" if planned.task == "detection" else "miou"
     log.info("trial %s: synth->real %s %.3f, real->synth %.3f, real->real %.3f", trial.label, main,
              row[f"synth_to_real_{main}"], row[f"real_to_synth_{main}"], row[f"real_to_real_{main}"])

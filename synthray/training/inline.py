@@ -26,7 +26,6 @@ from torch import nn
 from synthray.core import storage
 from synthray.core.artifacts import MANIFEST, committed_files, read_checked, write_folder
 from synthray.core.shards import INLINE_ROWS, Pool
-from synthray.training.inputs import epoch_rows
 from synthray.training.loop import rng_state, set_rng_state
 
 PREFIX = "checkpoint_epoch-"
@@ -52,6 +51,7 @@ class InlineSession:
         self.device = torch.device("cpu")
         self.metrics: dict[str, Any] = {}  # the last epoch's report
         self._kept: list[str] | None = None  # the complete checkpoints in storage, oldest first; None: not listed yet
+        self._rows: dict[str, Any] = {}  # per-epoch datasets' rows, held for `epoch_shard`
 
     def __enter__(self) -> InlineSession:
         self._threads, self._rng = torch.get_num_threads(), rng_state()
@@ -69,7 +69,21 @@ class InlineSession:
         return self.datasets[name].iterator()
 
     def epoch_shard(self, name: str, seed: int, epoch: int) -> Any:
-        return epoch_rows(self.datasets[name], seed, epoch)
+        """The rows of `name` in epoch `epoch`'s permutation (`inputs.epoch_rows`' order), sorted here: in a Tune
+        trial Ray Data's sort cannot run, since its shuffle tasks ask for memory the trial's one-CPU placement group
+        does not have. The rows are few (an inline run), so they are held once and reordered each epoch."""
+        import numpy as np
+        import pyarrow as pa
+        import ray
+        import ray.data
+
+        from synthray.training.inputs import ORDER, UID, epoch_keys_arrow
+
+        if name not in self._rows:
+            self._rows[name] = pa.concat_tables(ray.get(self.datasets[name].to_arrow_refs()))
+        table = self._rows[name]
+        order = epoch_keys_arrow(table.select([UID]), seed, epoch).column(ORDER).to_numpy()
+        return ray.data.from_arrow(table.take(pa.array(np.argsort(order, kind="stable"))).drop_columns([UID])).iterator()
 
     def _committed(self) -> list[str]:
         """The run's complete checkpoints, oldest first: listed once (what a killed attempt left), then kept up to
