@@ -167,3 +167,24 @@ def test_a_sweep_with_a_dense_task_runs_its_points_under_tune_and_reports_both_t
     assert "<img" in figure and "Not drawn" not in figure
     check = assert_renders(page, tmp_path / "report.png", min_images=12)  # 6 real and 6 synthetic pseudo-labels at least
     assert check["images"] >= 12
+
+
+@pytest.mark.slow
+def test_plan_prices_the_study_dense_setting(tmp_path):
+    """`synthray plan experiment=paper-dense`: the label stage, both dense models' trainings and evaluations, and
+    the classifier beside them, in GPU-hours (from a laptop: the data folder is not here)."""
+    import re
+
+    from synthray.sweep.cost import plan_lines
+
+    lines = plan_lines(["experiment=paper-dense", f"storage={tmp_path}"])
+    text = "\n".join(lines)
+    for stage, name in (("train", "fasterrcnn_resnet50_fpn"), ("train", "deeplabv3_resnet50"), ("train", "tv:resnet50"),
+                        ("evaluate", "fasterrcnn_resnet50_fpn"), ("evaluate", "deeplabv3_resnet50"), ("label", "segmenter")):
+        row = next(line for line in lines if re.match(rf"\s+{stage}\s+{re.escape(name)}\s", line))
+        hours = re.search(r"\s(\d+\.\d\d)\s+[\d.]+ img/s", row)  # GPU-hours, then the figure they come from
+        assert hours and float(hours.group(1)) > 0, row
+    total = re.search(r"^total: ([\d.]+) GPU-hours \(.*train ([\d.]+).*label ([\d.]+)\)", text, re.M)
+    assert total and float(total.group(2)) > 100 and float(total.group(3)) > 1, text
+    # 13 generators x 2 prompt styles x (classification + detection + segmentation), rgb only
+    assert "plan: 78 trials" in text
