@@ -9,10 +9,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from synthray.core.registry import SynthrayError, unknown_name
+from synthray.graph.tasks import CLASSIFICATION, POINT, TASK, admits, dense_model, grid_tasks, task_record
 
 AXES = ("generator", "prompt_style", "arch", "probe")
-TASK = "task"    # a dense point's task (graph/tasks.py); classification points have none, so their keys never moved
-POINT = "point"  # a Tune config that holds the whole point (sweeps with a dense task: not a cross product)
+
 # Keys that say where and under what name a sweep runs, not what a trial computes: never an axis. `device` is
 # interpolated into each stage's device at compose time, so sweeping it would change nothing (sweep
 # `generation.device` and friends instead).
@@ -86,8 +86,6 @@ def trials(cfg: Any) -> list[dict[str, Any]]:
     A dense task's point also has `task`, and its task's model as `arch` (so `grid.arch` gives it one point, not
     one per classifier); points of probes or generators the task does not admit are left out.
     """
-    from synthray.graph.tasks import CLASSIFICATION, admits, dense_model, grid_tasks, task_record
-
     axes: dict[str, list[Any]] = {**grid_axes(cfg), **extra_axes(cfg)}
     base = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
     out: list[dict[str, Any]] = []

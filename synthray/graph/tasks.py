@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from synthray.core.registry import Registry, SynthrayError
-from synthray.graph.grid import POINT, TASK  # noqa: F401 - the point keys, named in grid.py
+
+TASK = "task"                      # a dense point's task; classification points have none, so their keys never moved
+POINT = "point"                    # a Tune config holding the whole point (sweeps with a dense task: not a cross product)
 
 CLASSIFICATION = "classification"  # the default task: never in a point, so no classification key moves
 
@@ -99,17 +101,15 @@ def admits(record: TaskRecord, point: Mapping[str, Any]) -> bool:
         (record.generators is None or point["generator"] in record.generators)
 
 
-def check_tasks(cfg: Any) -> None:
-    """Before launch: every task's name, model and recipe, and that each dense task has a probe it admits."""
-    from synthray.graph.grid import grid_axes
-
-    axes = grid_axes(cfg)
+def check_tasks(cfg: Any, probes: list[str]) -> None:
+    """Before launch: every task's name, model and recipe, and that each dense task has a probe it admits among
+    `probes` (grid.probe)."""
     for task in grid_tasks(cfg):
         record = task_record(task)
         if not record.labels:
             continue
         dense_model(cfg, task)
         dense_recipe(cfg, task)
-        if record.probes is not None and not set(record.probes) & set(axes["probe"]):
+        if record.probes is not None and not set(record.probes) & set(probes):
             raise SynthrayError(f"grid.task has {task}, which runs on probe {'/'.join(record.probes)} only, but grid.probe is "
-                                f"{axes['probe']}; add rgb to grid.probe")
+                                f"{probes}; add rgb to grid.probe")

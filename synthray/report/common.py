@@ -176,3 +176,37 @@ def diagonal(ax: Any, xs: np.ndarray, ys: np.ndarray) -> None:
     lo, hi = max(0.0, lo - pad), min(1.0, hi + pad)
     ax.plot([lo, hi], [lo, hi], color="grey", linestyle=":", linewidth=1)
     ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal")
+
+
+# The page's self-check, which runs in the browser: marks broken images and collects errors, so a headless browser
+# (tests/test_report.py) reads the page's own verdict from its DOM; and its style. report/page.py and report/labels.py.
+SELF_CHECK = """
+window.__errors = [];
+window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
+const consoleError = console.error.bind(console);
+console.error = (...args) => { window.__errors.push(args.join(' ')); consoleError(...args); };
+window.addEventListener('load', () => {
+  const images = [...document.images];
+  const broken = images.filter(im => !(im.complete && im.naturalWidth > 0)).map(im => im.alt);
+  const out = document.getElementById('selfcheck');
+  out.textContent = JSON.stringify({images: images.length, broken: broken, errors: window.__errors});
+});
+document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const up = th.dataset.order !== 'up';
+  th.dataset.order = up ? 'up' : 'down';
+  const key = tr => { const t = tr.cells[col].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; };
+  [...body.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1))
+    .forEach(tr => body.appendChild(tr));
+}));
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1100px; color: #222; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { margin-top: 0.4em; font-size: 14px; } .read { color: #444; } .links { font-size: 12px; }
+.note { color: #777; font-style: italic; }
+table.paper { font-size: 14px; margin: 0.5em 0; } table.paper th { cursor: default; }
+table { border-collapse: collapse; font-size: 13px; } th, td { border: 1px solid #ccc; padding: 2px 6px; }
+th { cursor: pointer; background: #f3f3f3; } td.num { text-align: right; }
+"""

@@ -128,7 +128,8 @@ def dense_vs_classification(table: pd.DataFrame) -> Drawn:
 @dataclass(frozen=True)
 class Spec:
     """One figure of the page. `paper`: the paper's figure (False: synthray's own view, its caption says what it
-    shows beyond the paper); `flag`: the write_report option that turns it on (None: always drawn)."""
+    shows beyond the paper); `flag`: the write_report option that turns it on (None: always drawn); `when`: whether
+    the results are of its kind at all (the dense figure: a sweep with a dense task), else left off the page."""
 
     title: str
     caption: str
@@ -136,6 +137,7 @@ class Spec:
     draw: Callable[..., Drawn]
     paper: bool = True
     flag: str | None = None
+    when: Callable[[pd.DataFrame], bool] | None = None  # only for results it applies to (None: always)
 
 
 R50 = "ResNet-50 (tv:resnet50)"
@@ -227,6 +229,6 @@ FIGURES: dict[str, Spec] = {
         "classification Synth→Real of the same generator and prompt style (rgb): one point each, Spearman's ρ per task.",
         "ρ near +1: the generators that make good classification data make good dense data too; a generator far off "
         "the trend helps one task and not the other.",
-        dense_vs_classification, paper=False),
+        dense_vs_classification, paper=False, when=lambda table: "task" in table and table["task"].notna().any()),
 }
 

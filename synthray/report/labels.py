@@ -156,7 +156,7 @@ def _spec() -> Any:
 def write_page(groups: Mapping[str, Sequence[Labelled]], path: Path, title: str = "synthray pseudo-labels",
                class_names: Sequence[str] | None = None) -> Path:
     """`gallery_html` as a page of its own at `path`, with the report's self-check."""
-    from synthray.report.page import SELF_CHECK, STYLE
+    from synthray.report.common import SELF_CHECK, STYLE
 
     style = STYLE + "table.labels img { margin: 2px; image-rendering: pixelated; }"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"

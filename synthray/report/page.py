@@ -20,41 +20,9 @@ import pandas as pd
 from synthray.core import storage
 from synthray.core.registry import SynthrayError
 from synthray.report import gallery, labels
+from synthray.report.common import SELF_CHECK, STYLE  # noqa: F401 - the page's script and style (report/labels.py's too)
 from synthray.report.figures import FIGURES, Drawn, Skip, Spec
 from synthray.sweep.columns import shown_columns
-
-# Runs in the browser: marks broken images and collects errors, so a headless browser (tests/test_report.py) can
-# read the page's own verdict from its DOM.
-SELF_CHECK = """
-window.__errors = [];
-window.addEventListener('error', e => window.__errors.push(String(e.message || e.type)), true);
-const consoleError = console.error.bind(console);
-console.error = (...args) => { window.__errors.push(args.join(' ')); consoleError(...args); };
-window.addEventListener('load', () => {
-  const images = [...document.images];
-  const broken = images.filter(im => !(im.complete && im.naturalWidth > 0)).map(im => im.alt);
-  const out = document.getElementById('selfcheck');
-  out.textContent = JSON.stringify({images: images.length, broken: broken, errors: window.__errors});
-});
-document.querySelectorAll('table.sortable th').forEach((th, col) => th.addEventListener('click', () => {
-  const body = th.closest('table').tBodies[0];
-  const up = th.dataset.order !== 'up';
-  th.dataset.order = up ? 'up' : 'down';
-  const key = tr => { const t = tr.cells[col].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; };
-  [...body.rows].sort((a, b) => (key(a) > key(b) ? 1 : key(a) < key(b) ? -1 : 0) * (up ? 1 : -1))
-    .forEach(tr => body.appendChild(tr));
-}));
-"""
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1100px; color: #222; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { margin-top: 0.4em; font-size: 14px; } .read { color: #444; } .links { font-size: 12px; }
-.note { color: #777; font-style: italic; }
-table.paper { font-size: 14px; margin: 0.5em 0; } table.paper th { cursor: default; }
-table { border-collapse: collapse; font-size: 13px; } th, td { border: 1px solid #ccc; padding: 2px 6px; }
-th { cursor: pointer; background: #f3f3f3; } td.num { text-align: right; }
-"""
 
 
 def load_results(inputs: Sequence[str], root: str) -> tuple[pd.DataFrame, list[str] | None, list[str]]:
@@ -172,7 +140,7 @@ def write_report(inputs: Sequence[str], out: Path, root: str, heatmap: tuple[str
         if drawn is not None:  # only a sweep with a dense task has pseudo-labels to show
             samples += _section("pseudo-labels", labels.SPEC, drawn, why, tmp / "figures", figure=False)
         for name, spec in FIGURES.items():
-            if spec.flag is not None and not options.get(spec.flag):
+            if (spec.flag is not None and not options.get(spec.flag)) or (spec.when is not None and not spec.when(table)):
                 continue
             kwargs: dict[str, Any] = {}
             if name == "per-class":

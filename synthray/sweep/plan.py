@@ -78,7 +78,7 @@ def _check_dense(cfg: Any, dry: bool) -> None:
     sweep has no need of it) the ImageNet backbone file every dense worker loads."""
     from synthray.graph.tasks import check_tasks, grid_tasks, task_record
 
-    check_tasks(cfg)
+    check_tasks(cfg, grid_axes(cfg)["probe"])
     dense = [t for t in grid_tasks(cfg) if task_record(t).labels]
     if not dense:
         return
