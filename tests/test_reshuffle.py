@@ -26,6 +26,7 @@ def order(dataset, epoch, batch_size=32, world=1, rank=0, seed=0):
     return np.concatenate([b["image"] for b in batches]).tolist()
 
 
+@pytest.mark.slow
 def test_each_epoch_is_a_new_permutation_of_every_row(ray_cluster):
     data = rows(ray_cluster, 4)
     first, second = order(data, 0), order(data, 1)

@@ -183,6 +183,7 @@ def test_predict_shapes():
     assert not model.training
 
 
+@pytest.mark.slow
 def test_deeplabv3_resnet50_builds_offline_with_aux_head(tmp_path):
     from torchvision.models import resnet50
     from torchvision.models.segmentation.fcn import FCNHead

@@ -56,6 +56,7 @@ def refs_below(spec) -> set[str]:
     return out
 
 
+@pytest.mark.slow
 def test_empty_prompt_at_cfg0_keeps_every_key_where_no_generator_runs_unconditionally(tmp_path):
     """The smoke experiment (CFG 2) keeps its stored keys with the switch on; so do the paper's 13 generators, none
     of which the study runs at CFG 0 without being distilled (prompts cut to 2 a class: the rule is per row)."""
