@@ -78,7 +78,7 @@ def score_detection(folder: str, pairs: list[tuple[str, str]], config: dict[str,
     label_map = {str(p): p + start for p in range(len(targets))}
     truth: dict[str, dict[str, Any]] = {}
     for images, labels in pairs:
-        for r in labelled_rows(images, labels, with_image=False).to_pylist():
+        for r in labelled_rows(images, labels, with_image=False, with_masks=False).to_pylist():
             truth[r["id"]] = targets_from_labels([{**r, "label": targets[int(r["label"])]}], label_map, str(recipe["box_format"]))[0]
     metric = BoxMAP(num_classes=len(targets) + start)
     rows = 0

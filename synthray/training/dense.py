@@ -49,18 +49,19 @@ def backbone_file(hub_cache: str | None, check_only: bool = False) -> str | None
 
 
 def labelled_rows(images: str, labels: str, keep_bad: bool = False, drop_empty: str | None = None,
-                  with_image: bool = True) -> Any:
+                  with_image: bool = True, with_masks: bool = True) -> Any:
     """One image shard's rows joined on `id` with its labels shard (`labels` holds only labelled classes), as a
     pyarrow Table in the labels shard's order: LABEL_COLUMNS, `image` (encoded bytes) and `uid` (`inputs.row_uids`).
     Rows the quality guard flagged are left out unless `keep_bad`; `drop_empty` (a box format): detection training
-    rows the study keeps only with a usable box (`detection.study_keeps_for_training`)."""
+    rows the study keeps only with a usable box (`detection.study_keeps_for_training`). Without `with_image` and
+    `with_masks`, only the small columns are read (counting rows, box ground truth)."""
     import pyarrow as pa
 
     from synthray.core.images import read_shard, shard_schema
     from synthray.training.detection import study_keeps_for_training
     from synthray.training.inputs import UID, row_uids
 
-    table = read_shard(labels, list(LABEL_COLUMNS))
+    table = read_shard(labels, [c for c in LABEL_COLUMNS if with_masks or c not in ("masks", "scores")])
     columns = ["id"] + (["image"] if with_image else []) + \
         (["quality"] if not keep_bad and "quality" in shard_schema(images).names else [])
     source = read_shard(images, columns)
@@ -103,7 +104,8 @@ def drop_rule(task: str, recipe: dict[str, Any]) -> str | None:
 def count_rows(images: str, labels: str, task: str, recipe: dict[str, Any], keep_bad: bool) -> int:
     """The training rows of a split, from its labels and quality columns alone (no image bytes read)."""
     rule = drop_rule(task, recipe)
-    return sum(labelled_rows(i, lab, keep_bad, rule, with_image=False).num_rows for i, lab in shard_pairs(images, labels))
+    return sum(labelled_rows(i, lab, keep_bad, rule, with_image=False, with_masks=False).num_rows
+               for i, lab in shard_pairs(images, labels))
 
 
 def dense_job(spec: Any, data: DatasetRef, labels: Artifact) -> tuple[dict[str, Any], Any]:
