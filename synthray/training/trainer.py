@@ -115,12 +115,40 @@ def _encoded_bytes(folder: str, files: list[str]) -> float:
     return float("inf") if None in sizes else float(sum(sizes))
 
 
+# How long a finished fit waits for Ray Train's placement-group cleaner to stop. The cleaner checks the controller
+# through the state API, 10 s a try; where that API does not answer (Ray started without its dashboard, as tests and
+# the GPU machine do; a token-auth head), Ray's wait of 12 s ran out on every fit ("Failed to stop
+# PlacementGroupCleaner gracefully": 12.0 s of a 33 s one-epoch fit). The cleaner exits by itself after its stop
+# call whether or not the wait ends first, and it checks as often as before.
+CLEANER_STOP_S = 1.5
+
+
+def _trainer_class() -> Any:
+    """Ray's TorchTrainer, waiting CLEANER_STOP_S for its placement-group cleaner (which removes a dead controller's
+    placement group) to stop; Ray's own class where its internals differ from those this was written against."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:
+        return TorchTrainer
+    if not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            return [PlacementGroupCleanerCallback(stop_timeout=CLEANER_STOP_S)
+                    if isinstance(c, PlacementGroupCleanerCallback) else c for c in super()._create_default_callbacks()]
+
+    return Trainer
+
+
 def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path: tuple[Any, str], name: str,
          report_to_tune: bool, selector: dict[str, str] | None = None, loop: Any = train_loop) -> Any:
     """Run `loop` (the classifiers' `train_loop`, or the dense tasks' `dense.dense_loop`) on a Ray Train worker
     group; its checkpoints under `run_path` (filesystem, path)/`name`."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     gpu = t.device == "gpu"
     callbacks = []
@@ -131,7 +159,7 @@ def _fit(t: Any, loop_config: dict[str, Any], datasets: dict[str, Any], run_path
     # One worker has no peers to talk to: gloo, not Ray's NCCL default on GPU, whose process group refuses a node
     # whose GPUs Ray only counts (SYNTHRAY_FAKE_GPUS) and buys nothing without peers.
     backend = "gloo" if int(t.num_workers) == 1 else None
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         loop,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend=backend) if backend else None,
