@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from synthray.graph.labels import LabelSpec
-from synthray.graph.specs import Json, RealSpec, ResultSpec, Spec, Split, SyntheticSpec, Work, placed, run_field
+from synthray.graph.specs import Json, RealSpec, ResultSpec, Spec, Split, SyntheticSpec, Work, placed, run_field, walk_specs
 
 BACKBONE_FILE = "resnet50-0676ba61.pth"  # torchvision's ResNet50_Weights.IMAGENET1K_V1, the study's backbone
 IMAGENET = "imagenet"
@@ -146,17 +146,8 @@ class DensePlan:
         return point_label(self.point)
 
     def specs(self) -> Any:
-        seen: set[int] = set()
-
-        def walk(spec: Spec) -> Any:
-            for child in spec.inputs():
-                yield from walk(child)
-            if id(spec) not in seen:
-                seen.add(id(spec))
-                yield spec
-
-        for top in (self.synth_model, self.real_model, *self.evaluations.values(), self.result):
-            yield from walk(top)
+        """Every artifact spec of the trial, inputs first."""
+        return walk_specs((self.synth_model, self.real_model, *self.evaluations.values(), self.result))
 
 
 def plan_dense(cfg: Any, point: dict[str, Any], real: RealSpec, synth: SyntheticSpec, probe: Any,

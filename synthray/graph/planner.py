@@ -122,18 +122,10 @@ class TrialPlan:
 
     def specs(self) -> Iterator[Spec]:
         """Every artifact spec of the trial, inputs first."""
-        seen: set[int] = set()
+        from synthray.graph.specs import walk_specs
 
-        def walk(spec: Spec) -> Iterator[Spec]:
-            for child in spec.inputs():
-                yield from walk(child)
-            if id(spec) not in seen:
-                seen.add(id(spec))
-                yield spec
-
-        for top in (self.synth_model, self.real_model, *self.evaluations.values(), *self.features, self.clipscore, self.result):
-            if top is not None:
-                yield from walk(top)
+        return walk_specs((self.synth_model, self.real_model, *self.evaluations.values(), *self.features, self.clipscore,
+                           self.result))
 
 
 @dataclass

@@ -84,6 +84,22 @@ class Spec(abc.ABC):
         return Artifact(store, self.kind, self.identity(), label=self.label(), legacy=legacy)
 
 
+def walk_specs(tops: Any) -> Any:
+    """Every spec under `tops` (None entries skipped), inputs first, each once: a trial's specs in build order."""
+    seen: set[int] = set()
+
+    def walk(spec: Spec) -> Any:
+        for child in spec.inputs():
+            yield from walk(child)
+        if id(spec) not in seen:
+            seen.add(id(spec))
+            yield spec
+
+    for top in tops:
+        if top is not None:
+            yield from walk(top)
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of a dataset spec (`data`, or real data's `train`/`control`/`test`)."""

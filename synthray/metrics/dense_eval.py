@@ -145,9 +145,10 @@ def evaluate_dense(spec: Any, model: Artifact, data: DatasetRef, labels: Artifac
 
 def dense_report(evaluation: Artifact, prefix: str) -> dict[str, Any]:
     """`<prefix>_<metric>` and `<prefix>_<metric>_per_class` columns of a built dense evaluation."""
+    from synthray.graph.tasks import task_record
+
     meta = evaluation.meta()
-    names = ("map", "map_50") if meta["task"] == "detection" else ("miou", "pixel_acc")
-    out: dict[str, Any] = {f"{prefix}_{n}": meta[n] for n in names}
+    out: dict[str, Any] = {f"{prefix}_{n}": meta[n] for n in task_record(meta["task"]).metrics}
     if meta["task"] == "detection":
         out.update({f"{prefix}_map_per_class": meta["map_per_class"], f"{prefix}_map_50_per_class": meta["map_50_per_class"]})
     else:

@@ -72,7 +72,6 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
 
     from synthray.core.models import Models
     from synthray.graph.build import Context, build
-    from synthray.graph.synthetic import generator_entry
     from synthray.metrics.distribution import distribution_metrics
     from synthray.metrics.evaluation import accuracy_report
     from synthray.metrics.features import feature_sets, mean_clipscore
@@ -95,14 +94,22 @@ def _evaluate(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     row.update(distribution_metrics(OmegaConf.to_container(cfg.metrics, resolve=True), int(cfg.seed), real_set, synth_set))
     # CLIPScore of the generated images, not a probe view
     row["clipscore"] = mean_clipscore(build(planned.clipscore, ctx)) if planned.clipscore is not None else None
-    synthetic = build(planned.synthetic, ctx)
-    row["n_synthetic"] = synthetic.meta()["rows"]
-    row["released"] = generator_entry(cfg, point["generator"]).get("released")
-    row.update(dataset=synthetic.key, synth_model=planned.synth_model.key, real_model=planned.real_model.key)
+    row.update(_made_by(trial, ctx))
     log.info("trial %s: synth->real %.3f, real->synth %.3f, real->real %.3f, density %.3f, coverage %.3f",
              trial.label, row["synth_to_real_acc"], row["real_to_synth_acc"], row["real_to_real_acc"],
              row["density"], row["coverage"])
     return row
+
+
+def _made_by(trial: Trial, ctx: Any) -> dict[str, Any]:
+    """What made a row: the dataset (its key, its rows, its generator's release date) and both models' keys."""
+    from synthray.graph.build import build
+    from synthray.graph.synthetic import generator_entry
+
+    planned = trial.plan
+    synthetic = build(planned.synthetic, ctx)
+    return {"n_synthetic": synthetic.meta()["rows"], "released": generator_entry(trial.cfg, trial.point["generator"]).get("released"),
+            "dataset": synthetic.key, "synth_model": planned.synth_model.key, "real_model": planned.real_model.key}
 
 
 def _evaluate_dense(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
@@ -110,7 +117,6 @@ def _evaluate_dense(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     class, and what made them."""
     from synthray.core.models import Models
     from synthray.graph.build import Context, build
-    from synthray.graph.synthetic import generator_entry
     from synthray.metrics.dense_eval import dense_report
 
     cfg, point, planned = trial.cfg, trial.point, trial.plan
@@ -118,13 +124,10 @@ def _evaluate_dense(trial: Trial, report_to_tune: bool) -> dict[str, Any]:
     row: dict[str, Any] = dict(point)
     for prefix, spec in planned.evaluations.items():
         row.update(dense_report(build(spec, ctx), prefix))
-    synthetic = build(planned.synthetic, ctx)
-    row["n_synthetic"] = synthetic.meta()["rows"]
+    row.update(_made_by(trial, ctx))
     row["n_labelled"] = build(planned.synth_model, ctx).meta()["rows"]
-    row["released"] = generator_entry(cfg, point["generator"]).get("released")
     row["dense_classes"] = [planned.real.classes[i] for i in planned.synth_model.classes]
-    row.update(dataset=synthetic.key, synth_model=planned.synth_model.key, real_model=planned.real_model.key,
-               real=planned.real.key, labels_real=planned.labels["real_test"].key,
+    row.update(real=planned.real.key, labels_real=planned.labels["real_test"].key,
                labels_synthetic=planned.labels["synthetic"].key)  # the report's pseudo-label gallery reads them
     main = "map" if planned.task == "detection" else "miou"
     log.info("trial %s: synth->real %s %.3f, real->synth %.3f, real->real %.3f", trial.label, main,
